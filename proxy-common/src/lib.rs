@@ -1,0 +1,246 @@
+//! Types shared by the BPF programs (`proxy-ebpf`) and the agent and CLI (`proxy-user`).
+//!
+//! Every map key and value is `#[repr(C)]`, derives `bytemuck::Pod` (which refuses hidden
+//! padding at compile time) and has its size asserted, so both sides agree on the layout
+//! byte for byte. Addresses and ports are kept in network byte order, exactly as the kernel
+//! hands them to a `cgroup/connect4` program, so the datapath never swaps bytes.
+//!
+//! Map names carry the layout version (`_V1`). Any change to a type in this file that changes
+//! its size or meaning must bump [`LAYOUT_VERSION`] and every map name.
+#![no_std]
+
+use bytemuck::{Pod, Zeroable};
+
+pub mod names;
+
+/// Version of the map layout. Part of every map name and of the pin directory layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// IP protocol numbers as the socket reports them.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Largest number of selection slots one frontend may have. The agent reduces weights by
+/// their greatest common divisor and, only if the sum still exceeds this, scales them down.
+pub const MAX_SLOTS_PER_FRONTEND: u32 = 4096;
+
+/// Longest `namespace/name:port` stored for a frontend (longer names are truncated).
+pub const SERVICE_NAME_LEN: usize = 192;
+
+/// A service frontend: the address, port and protocol a client connects to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Frontend {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// [`IPPROTO_TCP`] or [`IPPROTO_UDP`].
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<Frontend>() == 8);
+
+/// A backend address (endpoint IP and target port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct Backend {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<Backend>() == 8);
+
+/// Value of the frontends map: what a connect to a [`Frontend`] needs to pick a backend.
+///
+/// The backend slots live in two tables (generations 0 and 1). The agent writes the new
+/// slots into the table not in use, then replaces this value in one map update, so a
+/// concurrent connect sees either the old or the new backend set, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Service {
+    /// Number of slots in the active table; 0 means "no usable endpoint": refuse.
+    pub slots: u32,
+    /// ClientIP affinity timeout in seconds; 0 means no affinity.
+    pub affinity_timeout_s: u32,
+    /// Number of backends (members), weight 0 included. For display only.
+    pub backends: u32,
+    /// Which slot table is active, 0 or 1.
+    pub generation: u8,
+    pub flags: u8,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<Service>() == 16);
+
+/// Key of the slots map: slot `index` of a frontend's table `generation`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct SlotKey {
+    pub frontend: Frontend,
+    pub index: u32,
+    pub generation: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<SlotKey>() == 16);
+
+/// Key of the members map: is `backend` (still) a backend of `frontend`?
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct MemberKey {
+    pub frontend: Frontend,
+    pub backend: Backend,
+}
+const _: () = assert!(size_of::<MemberKey>() == 16);
+
+/// Value of the members map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Member {
+    /// Configured weight. 0 keeps the backend listed but out of new connections and of
+    /// affinity.
+    pub weight: u32,
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Member>() == 8);
+
+/// Key of the affinity map: one client (a network namespace, i.e. a pod) and one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityKey {
+    /// `bpf_get_netns_cookie()` of the connecting socket.
+    pub client_netns: u64,
+    pub frontend: Frontend,
+}
+const _: () = assert!(size_of::<AffinityKey>() == 16);
+
+/// Value of the affinity map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Affinity {
+    pub backend: Backend,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last connection that used the entry.
+    pub last_used_ns: u64,
+}
+const _: () = assert!(size_of::<Affinity>() == 16);
+
+/// Key of the reverse-translation map: which frontend did this socket ask for, when it is
+/// now talking to `backend`? Read by recvmsg4 and getpeername4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct RevNatKey {
+    /// `bpf_get_socket_cookie()` of the socket.
+    pub socket_cookie: u64,
+    pub backend: Backend,
+}
+const _: () = assert!(size_of::<RevNatKey>() == 16);
+
+/// Per-frontend counters, one copy per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FrontendStats {
+    /// Connects and sends rewritten to a backend.
+    pub translated: u64,
+    /// Connects and sends refused because the frontend had no usable endpoint.
+    pub no_endpoint: u64,
+    /// Translations that reused a live affinity entry.
+    pub affinity_hits: u64,
+}
+const _: () = assert!(size_of::<FrontendStats>() == 24);
+
+/// The service a frontend belongs to, `namespace/name:port`, for `proxyctl`.
+/// Not read by the datapath.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceName {
+    pub len: u16,
+    pub _pad: [u8; 6],
+    pub bytes: [u8; SERVICE_NAME_LEN],
+}
+const _: () = assert!(size_of::<ServiceName>() == 200);
+
+impl ServiceName {
+    /// Stores `name`, truncated to [`SERVICE_NAME_LEN`] bytes at a character boundary.
+    pub fn new(name: &str) -> Self {
+        let mut end = name.len().min(SERVICE_NAME_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; SERVICE_NAME_LEN];
+        bytes[..end].copy_from_slice(&name.as_bytes()[..end]);
+        Self {
+            len: end as u16,
+            _pad: [0; 6],
+            bytes,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        let len = (self.len as usize).min(SERVICE_NAME_LEN);
+        core::str::from_utf8(&self.bytes[..len]).unwrap_or("<invalid name>")
+    }
+}
+
+/// Datapath events counted per CPU in the events map, indexed by the discriminant.
+/// Every exit of a program other than "not a service, pass" is one of these.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A connect or send was rewritten to a backend.
+    Translated = 0,
+    /// Refused with ECONNREFUSED: the frontend has no usable endpoint.
+    NoEndpoint = 1,
+    /// A slot the frontend said existed was missing (a table replaced mid-connect); retried.
+    SlotMissing = 2,
+    /// An affinity entry was found but its backend is no longer a member, or it expired.
+    AffinityStale = 3,
+    /// The reverse-translation entry could not be stored (replies will show the backend).
+    RevNatStoreFailed = 4,
+    /// The affinity entry could not be stored.
+    AffinityStoreFailed = 5,
+    /// A reply source or peer address was rewritten back to the frontend.
+    ReverseTranslated = 6,
+}
+
+impl Event {
+    pub const COUNT: u32 = 7;
+    pub const ALL: [Event; Event::COUNT as usize] = [
+        Event::Translated,
+        Event::NoEndpoint,
+        Event::SlotMissing,
+        Event::AffinityStale,
+        Event::RevNatStoreFailed,
+        Event::AffinityStoreFailed,
+        Event::ReverseTranslated,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Event::Translated => "translated",
+            Event::NoEndpoint => "rejected_no_endpoint",
+            Event::SlotMissing => "slot_missing_retried",
+            Event::AffinityStale => "affinity_stale",
+            Event::RevNatStoreFailed => "revnat_store_failed",
+            Event::AffinityStoreFailed => "affinity_store_failed",
+            Event::ReverseTranslated => "reverse_translated",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: each type is repr(C), Pod (no padding, any bit pattern valid) and 'static.
+    unsafe impl aya::Pod for Frontend {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for MemberKey {}
+    unsafe impl aya::Pod for Member {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for Affinity {}
+    unsafe impl aya::Pod for RevNatKey {}
+    unsafe impl aya::Pod for FrontendStats {}
+    unsafe impl aya::Pod for ServiceName {}
+}

@@ -1,0 +1,53 @@
+//! Names of maps and programs, shared by the BPF object and the loader. Map names are at
+//! most 15 bytes (the kernel's limit) and end in the layout version.
+
+/// Frontend -> Service.
+pub const MAP_SERVICES: &str = "EPX_SVC_V1";
+/// SlotKey -> Backend.
+pub const MAP_SLOTS: &str = "EPX_SLOT_V1";
+/// MemberKey -> Member.
+pub const MAP_MEMBERS: &str = "EPX_MEMB_V1";
+/// AffinityKey -> Affinity (LRU).
+pub const MAP_AFFINITY: &str = "EPX_AFF_V1";
+/// RevNatKey -> Frontend (LRU).
+pub const MAP_REVNAT: &str = "EPX_RNAT_V1";
+/// Frontend -> FrontendStats (per CPU).
+pub const MAP_STATS: &str = "EPX_STAT_V1";
+/// Event index -> u64 (per-CPU array).
+pub const MAP_EVENTS: &str = "EPX_EVT_V1";
+/// Frontend -> ServiceName.
+pub const MAP_NAMES: &str = "EPX_NAME_V1";
+
+/// Every map, for cleanup and status.
+pub const ALL_MAPS: [&str; 8] = [
+    MAP_SERVICES,
+    MAP_SLOTS,
+    MAP_MEMBERS,
+    MAP_AFFINITY,
+    MAP_REVNAT,
+    MAP_STATS,
+    MAP_EVENTS,
+    MAP_NAMES,
+];
+
+/// The cgroup socket programs: (program name in the object, attach point, link pin name).
+pub const PROG_CONNECT4: &str = "epx_connect4";
+pub const PROG_SENDMSG4: &str = "epx_sendmsg4";
+pub const PROG_RECVMSG4: &str = "epx_recvmsg4";
+pub const PROG_GETPEERNAME4: &str = "epx_getpeername4";
+
+pub const ALL_SOCK_PROGRAMS: [&str; 4] = [
+    PROG_CONNECT4,
+    PROG_SENDMSG4,
+    PROG_RECVMSG4,
+    PROG_GETPEERNAME4,
+];
+
+/// Default capacities. The LRU maps are preallocated by the kernel; the hash maps are
+/// created with `BPF_F_NO_PREALLOC` so that an update never recycles an element a reader
+/// may still hold, and cost memory only for what is used.
+pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
+pub const DEFAULT_MAX_SLOTS: u32 = 1 << 20;
+pub const DEFAULT_MAX_MEMBERS: u32 = 1 << 19;
+pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
+pub const DEFAULT_MAX_REVNAT: u32 = 131_072;

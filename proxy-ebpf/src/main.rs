@@ -1,0 +1,48 @@
+//! ebpf-proxy's socket load balancer: cgroup/sock_addr programs that rewrite a connect or
+//! send to a Service frontend into one to a backend, and rewrite the backend address back
+//! to the frontend where the application can see it (recvmsg source, getpeername).
+//!
+//! Entry points only call `try_*` functions in `sock_lb`; the maps are in `maps`.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod select;
+mod sock_lb;
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+
+/// Let the syscall proceed.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock_addr(connect4)]
+pub fn epx_connect4(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn epx_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn epx_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_reverse(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn epx_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_reverse(&ctx);
+    ALLOW
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

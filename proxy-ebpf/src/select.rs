@@ -1,0 +1,109 @@
+//! Backend selection: a live ClientIP affinity entry if there is one, otherwise a uniform
+//! random slot of the frontend's slot table. The agent lays out the table so that each
+//! backend owns a number of slots proportional to its weight, which makes the choice one
+//! hash lookup whatever the number of services and backends.
+
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use proxy_common::{Affinity, AffinityKey, Backend, Event, Frontend, MemberKey, Service, SlotKey};
+
+use crate::maps::{AFFINITY, MEMBERS, SERVICES, SLOTS, count};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+pub struct Choice {
+    pub backend: Backend,
+    pub from_affinity: bool,
+}
+
+/// Picks a backend for a new connection from `client_netns` to `frontend`, or `None` when
+/// the frontend has no usable backend.
+#[inline(always)]
+pub fn choose(frontend: &Frontend, service: &Service, client_netns: u64) -> Option<Choice> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let affinity_key = AffinityKey {
+        client_netns,
+        frontend: *frontend,
+    };
+    if service.affinity_timeout_s != 0 {
+        if let Some(backend) = live_affinity(&affinity_key, service, now) {
+            return Some(Choice {
+                backend,
+                from_affinity: true,
+            });
+        }
+    }
+    let backend = random_slot(frontend, service)?;
+    if service.affinity_timeout_s != 0 {
+        let entry = Affinity {
+            backend,
+            last_used_ns: now,
+        };
+        if AFFINITY.insert(&affinity_key, &entry, 0).is_err() {
+            count(Event::AffinityStoreFailed);
+        }
+    }
+    Some(Choice {
+        backend,
+        from_affinity: false,
+    })
+}
+
+/// The backend of the client's affinity entry if it was used within the timeout and is
+/// still a backend with non-zero weight. A hit refreshes the entry (a sliding window, like
+/// kube-proxy's `recent --set` on every new connection).
+#[inline(always)]
+fn live_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<Backend> {
+    let entry = AFFINITY.get_ptr_mut(key)?;
+    // SAFETY: the pointer comes from a successful lookup and stays valid for this program run.
+    let (backend, last_used) = unsafe { ((*entry).backend, (*entry).last_used_ns) };
+    let timeout_ns = service.affinity_timeout_s as u64 * NS_PER_SEC;
+    let member = MEMBERS.get_ptr(MemberKey {
+        frontend: key.frontend,
+        backend,
+    });
+    let usable = match member {
+        // SAFETY: as above.
+        Some(m) => (unsafe { (*m).weight }) != 0,
+        None => false,
+    };
+    if now.wrapping_sub(last_used) > timeout_ns || !usable {
+        count(Event::AffinityStale);
+        return None;
+    }
+    // SAFETY: as above; a racing writer can only store another timestamp.
+    unsafe { (*entry).last_used_ns = now };
+    Some(backend)
+}
+
+/// A uniformly random slot of the active table. If the slot is missing because the agent
+/// replaced the table between our two lookups, read the service again once: by then it
+/// points at the new table.
+#[inline(always)]
+fn random_slot(frontend: &Frontend, service: &Service) -> Option<Backend> {
+    if let Some(backend) = slot(frontend, service) {
+        return Some(backend);
+    }
+    if service.slots == 0 {
+        return None;
+    }
+    count(Event::SlotMissing);
+    // SAFETY: value pointer from a successful lookup, read once.
+    let fresh = unsafe { *SERVICES.get_ptr(frontend)? };
+    slot(frontend, &fresh)
+}
+
+#[inline(always)]
+fn slot(frontend: &Frontend, service: &Service) -> Option<Backend> {
+    if service.slots == 0 {
+        return None;
+    }
+    let index = unsafe { bpf_get_prandom_u32() } % service.slots;
+    let key = SlotKey {
+        frontend: *frontend,
+        index,
+        generation: service.generation,
+        _pad: [0; 3],
+    };
+    // SAFETY: value pointer from a successful lookup, copied out at once.
+    SLOTS.get_ptr(&key).map(|b| unsafe { *b })
+}

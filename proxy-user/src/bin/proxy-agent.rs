@@ -1,0 +1,105 @@
+//! proxy-agent: programs this node's Service frontends into the kernel.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, ValueEnum};
+use proxy_user::{
+    DEFAULT_BPFFS, agent, cgroup,
+    dataplane::ebpf::{EbpfDataplane, loader},
+    logging,
+    source::manifest::ManifestDir,
+};
+use tracing::info;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    /// cgroup socket programs and BPF maps.
+    Ebpf,
+}
+
+/// Programs this node's Kubernetes Services into the kernel with eBPF.
+///
+/// Example: proxy-agent --mode ebpf --source ./examples
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Dataplane to program.
+    #[arg(long, value_enum, default_value = "ebpf")]
+    mode: Mode,
+    /// Directory of Service and EndpointSlice manifests (YAML or JSON), watched for changes.
+    #[arg(long, value_name = "DIR", required_unless_present = "cleanup")]
+    source: Option<PathBuf>,
+    /// cgroup v2 directory to attach to; default: the root of the cgroup2 mount.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// bpffs directory holding the pinned maps and links.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+    /// Detach and unpin everything the agent installed, then exit.
+    #[arg(long)]
+    cleanup: bool,
+    /// How often the manifest directory is checked for changes.
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    poll_ms: u64,
+    /// Log JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+    /// Debug logging.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    logging::init(args.log_json, args.verbose);
+
+    if args.cleanup {
+        let removed = loader::cleanup(&args.bpffs)
+            .with_context(|| format!("cleaning up {}", args.bpffs.display()))?;
+        if removed.links.is_empty() && removed.maps.is_empty() {
+            info!(pin_dir = %args.bpffs.display(), "nothing installed");
+        } else {
+            info!(links = ?removed.links, maps = ?removed.maps, "detached and unpinned");
+        }
+        return Ok(());
+    }
+
+    let Some(source_dir) = args.source else {
+        bail!("--source DIR is required")
+    };
+    if source_dir.as_os_str() == "kubernetes" {
+        bail!(
+            "the Kubernetes API source is not available in this build yet: pass --source with a manifest directory"
+        );
+    }
+    if !source_dir.is_dir() {
+        bail!("--source {}: not a directory", source_dir.display());
+    }
+    let cgroup = match args.cgroup {
+        Some(path) => path,
+        None => cgroup::find_cgroup2().map_err(anyhow::Error::msg)?,
+    };
+    let Mode::Ebpf = args.mode;
+    let mut dataplane = EbpfDataplane::open(&args.bpffs, &cgroup, loader::Capacities::default())
+        .context("starting the eBPF dataplane")?;
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&shutdown))
+            .context("installing signal handlers")?;
+    }
+    let mut source = ManifestDir::new(&source_dir);
+    info!(source = %source.path().display(), cgroup = %cgroup.display(), "watching manifests");
+    agent::run(
+        &mut source,
+        &mut dataplane,
+        Duration::from_millis(args.poll_ms),
+        &shutdown,
+    );
+    Ok(())
+}

@@ -1,0 +1,285 @@
+//! Loading the embedded object, attaching the socket programs to a cgroup, and finding
+//! what a previous run left pinned. Three things are kept apart, as cilium/ebpf does: the
+//! object (programs and maps), the maps pinned by name (the state traffic depends on), and
+//! the links pinned under `link_<program>` (the attachments).
+//!
+//! A restart reuses the pinned maps and keeps a pinned link whose program is the same
+//! (same tag) as the one just loaded, so the programs are never attached twice. A link of
+//! another program (an upgrade) is replaced: the new link is attached and pinned first, then
+//! the old one is unpinned, so there is no moment without a program.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError,
+        links::{FdLink, PinnedLink},
+        loaded_programs,
+    },
+};
+use proxy_common::names::{self, ALL_SOCK_PROGRAMS};
+use tracing::{debug, info};
+
+use super::maps::{Maps, MapsError};
+
+/// The magic number statfs reports for a BPF filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(
+        "this proxy-agent was built without its BPF object (bpf-linker was missing at build time): \
+         run `cargo xtask setup` and rebuild"
+    )]
+    NoObject,
+    #[error(
+        "{path} is not on a BPF filesystem: mount one with `mount -t bpf bpf {mount}` or pass --bpffs"
+    )]
+    NotBpffs { path: PathBuf, mount: String },
+    #[error("pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cgroup {path} cannot be opened: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading the BPF object failed: {0}")]
+    Object(#[source] EbpfError),
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("program {program}: pinning its link at {path} failed: {message}")]
+    Pin {
+        program: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error(transparent)]
+    Maps(#[from] MapsError),
+}
+
+/// Capacities of the maps a fresh load creates (pinned maps keep their size).
+#[derive(Clone, Copy, Debug)]
+pub struct Capacities {
+    pub services: u32,
+    pub slots: u32,
+    pub members: u32,
+    pub affinity: u32,
+    pub revnat: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            services: names::DEFAULT_MAX_SERVICES,
+            slots: names::DEFAULT_MAX_SLOTS,
+            members: names::DEFAULT_MAX_MEMBERS,
+            affinity: names::DEFAULT_MAX_AFFINITY,
+            revnat: names::DEFAULT_MAX_REVNAT,
+        }
+    }
+}
+
+/// What happened to one program's attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// Nothing was pinned: attached now.
+    Attached,
+    /// The same program was already attached: kept as it was.
+    Adopted,
+    /// Another version was attached: replaced by this one.
+    Replaced,
+}
+
+pub fn link_pin(dir: &Path, program: &str) -> PathBuf {
+    dir.join(format!("link_{program}"))
+}
+
+/// Loads the object, reusing pinned maps, and makes sure each socket program is attached
+/// to `cgroup` exactly once.
+pub fn load_and_attach(
+    dir: &Path,
+    cgroup: &Path,
+    capacities: Capacities,
+) -> Result<(Maps, Vec<(&'static str, Attachment)>), LoadError> {
+    if crate::BPF_OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    prepare_pin_dir(dir)?;
+    let cgroup_fd = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
+        path: cgroup.into(),
+        source,
+    })?;
+
+    let mut ebpf: Ebpf = EbpfLoader::new()
+        .default_map_pin_directory(dir)
+        .map_max_entries(names::MAP_SERVICES, capacities.services)
+        .map_max_entries(names::MAP_STATS, capacities.services)
+        .map_max_entries(names::MAP_NAMES, capacities.services)
+        .map_max_entries(names::MAP_SLOTS, capacities.slots)
+        .map_max_entries(names::MAP_MEMBERS, capacities.members)
+        .map_max_entries(names::MAP_AFFINITY, capacities.affinity)
+        .map_max_entries(names::MAP_REVNAT, capacities.revnat)
+        .load(crate::BPF_OBJECT)
+        .map_err(LoadError::Object)?;
+
+    let mut outcomes = Vec::new();
+    for program in ALL_SOCK_PROGRAMS {
+        let outcome = attach_once(&mut ebpf, dir, program, &cgroup_fd)?;
+        info!(program, cgroup = %cgroup.display(), ?outcome, "socket program");
+        outcomes.push((program, outcome));
+    }
+    restrict_pins(dir)?;
+    let maps = Maps::from_ebpf(&mut ebpf)?;
+    Ok((maps, outcomes))
+}
+
+fn attach_once(
+    ebpf: &mut Ebpf,
+    dir: &Path,
+    program: &'static str,
+    cgroup: &fs::File,
+) -> Result<Attachment, LoadError> {
+    let err = |source| LoadError::Program { program, source };
+    let prog: &mut CgroupSockAddr = ebpf
+        .program_mut(program)
+        .ok_or_else(|| err(ProgramError::NotLoaded))?
+        .try_into()
+        .map_err(err)?;
+    prog.load().map_err(err)?;
+    let tag = prog.info().map_err(err)?.tag();
+    let pin = link_pin(dir, program);
+
+    let pinned_tag = pinned_program_tag(&pin);
+    if pinned_tag == Some(tag) {
+        return Ok(Attachment::Adopted);
+    }
+    let link_id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
+    let link: FdLink = prog
+        .take_link(link_id)
+        .map_err(err)?
+        .try_into()
+        .map_err(|e| LoadError::Pin {
+            program,
+            path: pin.clone(),
+            message: format!("{e}"),
+        })?;
+    let pin_error = |e: &dyn std::fmt::Display| LoadError::Pin {
+        program,
+        path: pin.clone(),
+        message: e.to_string(),
+    };
+    if pinned_tag.is_none() {
+        link.pin(&pin).map_err(|e| pin_error(&e))?;
+        return Ok(Attachment::Attached);
+    }
+    // Upgrade: pin the new link beside the old one, then move it over the old pin. Dropping
+    // the old pin's last reference detaches the old program.
+    let staging = dir.join(format!(".{program}.new"));
+    let _ = fs::remove_file(&staging);
+    link.pin(&staging).map_err(|e| pin_error(&e))?;
+    fs::rename(&staging, &pin).map_err(|e| pin_error(&e))?;
+    Ok(Attachment::Replaced)
+}
+
+/// Tag of the program behind a pinned link, if there is one.
+fn pinned_program_tag(pin: &Path) -> Option<u64> {
+    if !pin.exists() {
+        return None;
+    }
+    let link = FdLink::from(PinnedLink::from_pin(pin).ok()?);
+    let program_id = link.info().ok()?.program_id();
+    loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == program_id)
+        .map(|p| p.tag())
+}
+
+/// Creates the pin directory (root only) and checks it is on bpffs.
+fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(parent) && !is_bpffs(dir) {
+        return Err(LoadError::NotBpffs {
+            path: dir.to_owned(),
+            mount: parent.display().to_string(),
+        });
+    }
+    let pin_err = |source| LoadError::PinDir {
+        path: dir.to_owned(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(pin_err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(pin_err)
+}
+
+/// Maps and links decide where traffic goes: nobody but root may open them.
+fn restrict_pins(dir: &Path) -> Result<(), LoadError> {
+    let pin_err = |source| LoadError::PinDir {
+        path: dir.to_owned(),
+        source,
+    };
+    for entry in fs::read_dir(dir).map_err(pin_err)? {
+        let entry = entry.map_err(pin_err)?;
+        fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o600)).map_err(pin_err)?;
+    }
+    Ok(())
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is NUL-terminated and stat is a valid, writable statfs.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// What `--cleanup` removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub links: Vec<String>,
+    pub maps: Vec<String>,
+}
+
+/// Detaches every program and removes every map this agent pinned in `dir` (links first,
+/// so no program runs against a map being removed), then the directory itself.
+pub fn cleanup(dir: &Path) -> Result<Removed, std::io::Error> {
+    let mut removed = Removed::default();
+    if !dir.exists() {
+        return Ok(removed);
+    }
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort_by_key(|p| !file_name(p).starts_with("link_") && !file_name(p).starts_with('.'));
+    for path in entries {
+        let name = file_name(&path);
+        fs::remove_file(&path)?;
+        debug!(pin = %path.display(), "unpinned");
+        if name.starts_with("link_") || name.starts_with('.') {
+            removed.links.push(name);
+        } else {
+            removed.maps.push(name);
+        }
+    }
+    fs::remove_dir(dir)?;
+    Ok(removed)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

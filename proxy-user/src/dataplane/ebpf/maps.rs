@@ -1,0 +1,406 @@
+//! Typed access to the pinned maps: reading back what is installed, and writing one
+//! frontend so that a connecting client sees the old or the new backend set, never a mix.
+
+use std::{collections::BTreeMap, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+};
+use proxy_common::{
+    Affinity, AffinityKey, Backend, Event, Frontend, FrontendStats, Member, MemberKey, RevNatKey,
+    Service, ServiceName, SlotKey, names,
+};
+
+use super::{
+    convert::{backend, backend_addr, frontend, frontend_addr},
+    slots::slot_table,
+};
+use crate::model::{DesiredState, FrontendAddr, FrontendSpec, WeightedBackend};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {name} is missing from the BPF object")]
+    Missing { name: &'static str },
+    #[error("map {name}: {source}")]
+    Open {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("the {map} map is full ({capacity} entries): raise its capacity")]
+    Full { map: &'static str, capacity: u32 },
+    #[error("writing the {map} map failed: {source}")]
+    Write { map: &'static str, source: MapError },
+    #[error("reading the {map} map failed: {source}")]
+    Read { map: &'static str, source: MapError },
+}
+
+/// One handle per map, with its capacity for error messages and status.
+pub struct Maps {
+    pub services: HashMap<MapData, Frontend, Service>,
+    pub slots: HashMap<MapData, SlotKey, Backend>,
+    pub members: HashMap<MapData, MemberKey, Member>,
+    pub affinity: HashMap<MapData, AffinityKey, Affinity>,
+    pub revnat: HashMap<MapData, RevNatKey, Frontend>,
+    pub stats: PerCpuHashMap<MapData, Frontend, FrontendStats>,
+    pub events: PerCpuArray<MapData, u64>,
+    pub names: HashMap<MapData, Frontend, ServiceName>,
+    capacity: BTreeMap<&'static str, u32>,
+}
+
+/// Counters of one frontend, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub translated: u64,
+    pub no_endpoint: u64,
+    pub affinity_hits: u64,
+}
+
+impl Maps {
+    /// Takes the maps out of a freshly loaded object.
+    pub fn from_ebpf(ebpf: &mut Ebpf) -> Result<Self, MapsError> {
+        Self::build(|name| ebpf.take_map(name).ok_or(MapsError::Missing { name }))
+    }
+
+    /// Opens the maps pinned in `dir` (what proxyctl does).
+    pub fn from_pins(dir: &Path) -> Result<Self, MapsError> {
+        Self::build(|name| {
+            let data = MapData::from_pin(dir.join(name))
+                .map_err(|source| MapsError::Open { name, source })?;
+            Map::from_map_data(data).map_err(|source| MapsError::Open { name, source })
+        })
+    }
+
+    fn build(
+        mut take: impl FnMut(&'static str) -> Result<Map, MapsError>,
+    ) -> Result<Self, MapsError> {
+        let mut capacity = BTreeMap::new();
+        let mut open = |name: &'static str| -> Result<Map, MapsError> {
+            let map = take(name)?;
+            let info = match &map {
+                Map::HashMap(d)
+                | Map::LruHashMap(d)
+                | Map::PerCpuHashMap(d)
+                | Map::PerCpuArray(d) => d.info(),
+                _ => return Err(MapsError::Missing { name }),
+            };
+            let info = info.map_err(|source| MapsError::Open { name, source })?;
+            capacity.insert(name, info.max_entries());
+            Ok(map)
+        };
+        macro_rules! typed {
+            ($name:expr) => {{
+                let name = $name;
+                open(name)?
+                    .try_into()
+                    .map_err(|source| MapsError::Open { name, source })?
+            }};
+        }
+        Ok(Self {
+            services: typed!(names::MAP_SERVICES),
+            slots: typed!(names::MAP_SLOTS),
+            members: typed!(names::MAP_MEMBERS),
+            affinity: typed!(names::MAP_AFFINITY),
+            revnat: typed!(names::MAP_REVNAT),
+            stats: typed!(names::MAP_STATS),
+            events: typed!(names::MAP_EVENTS),
+            names: typed!(names::MAP_NAMES),
+            capacity,
+        })
+    }
+
+    pub fn capacity(&self, map: &str) -> u32 {
+        self.capacity.get(map).copied().unwrap_or(0)
+    }
+
+    /// Reads back every installed frontend, so a restarted agent diffs against what the
+    /// kernel really has.
+    pub fn installed(&self) -> Result<DesiredState, MapsError> {
+        let read = |map| move |source| MapsError::Read { map, source };
+        let mut members: BTreeMap<Frontend, Vec<WeightedBackend>> = BTreeMap::new();
+        for item in self.members.iter() {
+            let (key, member) = item.map_err(read(names::MAP_MEMBERS))?;
+            members
+                .entry(key.frontend)
+                .or_default()
+                .push(WeightedBackend {
+                    addr: backend_addr(&key.backend),
+                    weight: member.weight,
+                });
+        }
+        let mut state = DesiredState::new();
+        for item in self.services.iter() {
+            let (fe, service) = item.map_err(read(names::MAP_SERVICES))?;
+            let Some(addr) = frontend_addr(&fe) else {
+                continue;
+            };
+            let name = self
+                .names
+                .get(&fe, 0)
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_default();
+            let mut backends = members.remove(&fe).unwrap_or_default();
+            backends.sort();
+            state.insert(
+                addr,
+                FrontendSpec {
+                    service: name,
+                    affinity_timeout_s: service.affinity_timeout_s,
+                    backends,
+                },
+            );
+        }
+        Ok(state)
+    }
+
+    /// Removes slots outside a frontend's active table, and members and names of frontends
+    /// that no longer exist: what an agent killed in the middle of a write leaves behind.
+    pub fn remove_orphans(&mut self) -> Result<usize, MapsError> {
+        let services: BTreeMap<Frontend, Service> = self
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|source| MapsError::Read {
+                map: names::MAP_SERVICES,
+                source,
+            })?;
+        let live_slot = |k: &SlotKey| {
+            services
+                .get(&k.frontend)
+                .is_some_and(|s| s.generation == k.generation && k.index < s.slots)
+        };
+        let slots: Vec<SlotKey> = self
+            .slots
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live_slot(k))
+            .collect();
+        let members: Vec<MemberKey> = self
+            .members
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !services.contains_key(&k.frontend))
+            .collect();
+        let names: Vec<Frontend> = self
+            .names
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !services.contains_key(k))
+            .collect();
+        let removed = slots.len() + members.len() + names.len();
+        for k in &slots {
+            let _ = self.slots.remove(k);
+        }
+        for k in &members {
+            let _ = self.members.remove(k);
+        }
+        for k in &names {
+            let _ = self.names.remove(k);
+        }
+        Ok(removed)
+    }
+
+    /// Installs or replaces one frontend. `previous` is what is installed for it now.
+    ///
+    /// Order matters: members and the new slot table (in the generation not in use) are
+    /// written first, then the service value is replaced in one update, which is the moment
+    /// connects switch over; only then is the old table removed. If a map is full, what was
+    /// written is taken back and the frontend keeps serving its old backends.
+    pub fn write_frontend(
+        &mut self,
+        addr: &FrontendAddr,
+        spec: &FrontendSpec,
+        previous: Option<&FrontendSpec>,
+    ) -> Result<(), MapsError> {
+        let fe = frontend(addr);
+        let old = self.services.get(&fe, 0).ok();
+        let generation = old.map_or(0, |s| s.generation ^ 1);
+        let table = slot_table(&spec.backends);
+        let old_backends: Vec<Backend> = previous
+            .iter()
+            .flat_map(|p| &p.backends)
+            .map(|b| backend(&b.addr))
+            .collect();
+
+        let mut undo = Undo::default();
+        let result = (|| {
+            self.insert_name(&fe, &spec.service)?;
+            for b in &spec.backends {
+                let key = MemberKey {
+                    frontend: fe,
+                    backend: backend(&b.addr),
+                };
+                self.insert(names::MAP_MEMBERS, |m| {
+                    m.members.insert(
+                        key,
+                        Member {
+                            weight: b.weight,
+                            flags: 0,
+                        },
+                        0,
+                    )
+                })?;
+                if !old_backends.contains(&key.backend) {
+                    undo.members.push(key);
+                }
+            }
+            for (index, b) in table.iter().enumerate() {
+                let key = SlotKey {
+                    frontend: fe,
+                    index: index as u32,
+                    generation,
+                    _pad: [0; 3],
+                };
+                self.insert(names::MAP_SLOTS, |m| m.slots.insert(key, backend(b), 0))?;
+                undo.slots.push(key);
+            }
+            self.ensure_stats(&fe)?;
+            let value = Service {
+                slots: table.len() as u32,
+                affinity_timeout_s: spec.affinity_timeout_s,
+                backends: spec.backends.len() as u32,
+                generation,
+                flags: 0,
+                _pad: 0,
+            };
+            self.insert(names::MAP_SERVICES, |m| m.services.insert(fe, value, 0))
+        })();
+        if let Err(error) = result {
+            for key in &undo.slots {
+                let _ = self.slots.remove(key);
+            }
+            for key in &undo.members {
+                let _ = self.members.remove(key);
+            }
+            if old.is_none() {
+                let _ = self.names.remove(&fe);
+                let _ = self.stats.remove(&fe);
+            }
+            return Err(error);
+        }
+
+        if let Some(old) = old {
+            self.remove_table(&fe, &old);
+        }
+        let new_backends: Vec<Backend> = spec.backends.iter().map(|b| backend(&b.addr)).collect();
+        for gone in old_backends.iter().filter(|b| !new_backends.contains(b)) {
+            let _ = self.members.remove(&MemberKey {
+                frontend: fe,
+                backend: *gone,
+            });
+        }
+        Ok(())
+    }
+
+    /// Removes a frontend: from then on its address passes through untouched.
+    pub fn remove_frontend(&mut self, addr: &FrontendAddr, previous: &FrontendSpec) {
+        let fe = frontend(addr);
+        let old = self.services.get(&fe, 0).ok();
+        let _ = self.services.remove(&fe);
+        if let Some(old) = old {
+            self.remove_table(&fe, &old);
+        }
+        for b in &previous.backends {
+            let _ = self.members.remove(&MemberKey {
+                frontend: fe,
+                backend: backend(&b.addr),
+            });
+        }
+        let _ = self.stats.remove(&fe);
+        let _ = self.names.remove(&fe);
+    }
+
+    fn remove_table(&mut self, fe: &Frontend, service: &Service) {
+        for index in 0..service.slots {
+            let key = SlotKey {
+                frontend: *fe,
+                index,
+                generation: service.generation,
+                _pad: [0; 3],
+            };
+            let _ = self.slots.remove(&key);
+        }
+    }
+
+    fn insert_name(&mut self, fe: &Frontend, name: &str) -> Result<(), MapsError> {
+        let value = ServiceName::new(name);
+        self.insert(names::MAP_NAMES, |m| m.names.insert(fe, value, 0))
+    }
+
+    fn ensure_stats(&mut self, fe: &Frontend) -> Result<(), MapsError> {
+        if self.stats.get(fe, 0).is_ok() {
+            return Ok(());
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Write {
+            map: names::MAP_STATS,
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error: e,
+            }),
+        })?;
+        let zeroes = PerCpuValues::try_from(vec![FrontendStats::default(); cpus]).map_err(|e| {
+            MapsError::Write {
+                map: names::MAP_STATS,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "nr_cpus",
+                    io_error: e,
+                }),
+            }
+        })?;
+        self.insert(names::MAP_STATS, |m| m.stats.insert(fe, zeroes, 0))
+    }
+
+    fn insert(
+        &mut self,
+        map: &'static str,
+        write: impl FnOnce(&mut Self) -> Result<(), MapError>,
+    ) -> Result<(), MapsError> {
+        write(self).map_err(|source| match &source {
+            MapError::SyscallError(e)
+                if matches!(
+                    e.io_error.raw_os_error(),
+                    Some(libc::E2BIG) | Some(libc::ENOMEM)
+                ) =>
+            {
+                MapsError::Full {
+                    map,
+                    capacity: self.capacity(map),
+                }
+            }
+            _ => MapsError::Write { map, source },
+        })
+    }
+
+    /// Counters of one frontend, summed over CPUs.
+    pub fn counters(&self, fe: &Frontend) -> Counters {
+        let Ok(values) = self.stats.get(fe, 0) else {
+            return Counters::default();
+        };
+        values.iter().fold(Counters::default(), |acc, v| Counters {
+            translated: acc.translated + v.translated,
+            no_endpoint: acc.no_endpoint + v.no_endpoint,
+            affinity_hits: acc.affinity_hits + v.affinity_hits,
+        })
+    }
+
+    /// Datapath event counters by name, summed over CPUs.
+    pub fn events(&self) -> Vec<(&'static str, u64)> {
+        Event::ALL
+            .iter()
+            .map(|e| {
+                let total = self
+                    .events
+                    .get(&(*e as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (e.name(), total)
+            })
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Undo {
+    slots: Vec<SlotKey>,
+    members: Vec<MemberKey>,
+}

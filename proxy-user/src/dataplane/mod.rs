@@ -1,0 +1,24 @@
+//! Dataplanes: what turns the desired state into kernel state. The agent talks to one
+//! through [`Dataplane`] and never knows which.
+
+pub mod ebpf;
+
+use crate::{
+    model::{DesiredState, FrontendAddr},
+    sync::Change,
+};
+
+pub trait Dataplane {
+    /// What is in the kernel now (read back at start, then kept up to date).
+    fn installed(&self) -> &DesiredState;
+    /// Applies changes one frontend at a time; a failure leaves that frontend as it was.
+    fn apply(&mut self, changes: Vec<Change>) -> ApplyReport;
+}
+
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    pub written: usize,
+    pub removed: usize,
+    /// Frontend, service name, and why it could not be written.
+    pub failed: Vec<(FrontendAddr, String, String)>,
+}

@@ -1,0 +1,166 @@
+//! The desired state: which frontends exist and which backends each one spreads over, with
+//! what weight. Pure functions of the objects a source provides; no kernel, no I/O. Both
+//! dataplanes (eBPF maps, iptables rules) are written from this.
+
+mod endpoints;
+mod service;
+pub mod weights;
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+
+use serde::Serialize;
+
+use crate::source::{ObjectRef, ObjectSet};
+
+pub use service::translate_service;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => proxy_common::IPPROTO_TCP,
+            Protocol::Udp => proxy_common::IPPROTO_UDP,
+        }
+    }
+
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            proxy_common::IPPROTO_TCP => Some(Protocol::Tcp),
+            proxy_common::IPPROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        }
+    }
+}
+
+/// What a client connects to: ServiceIP:port/protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendAddr {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl fmt::Display for FrontendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol.as_str())
+    }
+}
+
+/// An endpoint address: pod IP and target port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendAddr {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.ip, self.port)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WeightedBackend {
+    pub addr: BackendAddr,
+    /// 0 keeps the backend listed but takes it out of new connections.
+    pub weight: u32,
+}
+
+/// One frontend as it should be programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendSpec {
+    /// `namespace/name:port` (`:port` only for a named port), as kube-proxy names it.
+    pub service: String,
+    /// ClientIP affinity timeout; 0 for none.
+    pub affinity_timeout_s: u32,
+    /// Sorted by address, no duplicates.
+    pub backends: Vec<WeightedBackend>,
+}
+
+impl FrontendSpec {
+    /// Backends that new connections can reach.
+    pub fn usable(&self) -> impl Iterator<Item = &WeightedBackend> {
+        self.backends.iter().filter(|b| b.weight > 0)
+    }
+}
+
+/// Every frontend of the node.
+pub type DesiredState = BTreeMap<FrontendAddr, FrontendSpec>;
+
+/// Why an object, or a part of it, could not be used. `object` names it the way an
+/// operator would look it up: `Service default/web`, `Service default/web port dns`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub object: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.reason)
+    }
+}
+
+/// The frontends of one Service, plus what was wrong with the parts that were skipped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceFrontends {
+    pub frontends: Vec<(FrontendAddr, FrontendSpec)>,
+    /// Problems that did not stop the Service from being served (a malformed weights
+    /// annotation, one unsupported port among several).
+    pub warnings: Vec<Rejection>,
+}
+
+/// What the objects translate to, per Service. A Service that cannot be used at all is an
+/// `Err`; ignored Services (headless, ExternalName, another proxy's) are absent.
+pub type Translation = BTreeMap<ObjectRef, Result<ServiceFrontends, Rejection>>;
+
+pub fn translate(objects: &ObjectSet) -> Translation {
+    let mut out = Translation::new();
+    for (key, service) in &objects.services {
+        if let Some(result) =
+            translate_service(key, service, &objects.slices_of(key).collect::<Vec<_>>())
+        {
+            out.insert(key.clone(), result);
+        }
+    }
+    out
+}
+
+/// Merges per-Service results into one desired state. Two Services claiming the same
+/// frontend: the first in `namespace/name` order keeps it and the other's frontend is
+/// rejected, so one bad Service cannot take over another's traffic.
+pub fn merge<'a>(
+    services: impl IntoIterator<Item = (&'a ObjectRef, &'a ServiceFrontends)>,
+) -> (DesiredState, Vec<Rejection>) {
+    let mut state = DesiredState::new();
+    let mut rejections = Vec::new();
+    for (key, frontends) in services {
+        for (addr, spec) in &frontends.frontends {
+            if let Some(owner) = state.get(addr) {
+                rejections.push(Rejection {
+                    object: format!("Service {key}"),
+                    reason: format!(
+                        "frontend {addr} is already served by {}; this port is skipped",
+                        owner.service
+                    ),
+                });
+                continue;
+            }
+            state.insert(*addr, spec.clone());
+        }
+    }
+    (state, rejections)
+}

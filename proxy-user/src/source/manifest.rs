@@ -1,0 +1,371 @@
+//! A directory of manifests standing in for the API server: every `*.yaml`, `*.yml` and
+//! `*.json` file, each holding Services and EndpointSlices as multi-document YAML or as a
+//! `kind: List` (what `kubectl get svc,endpointslices -A -o yaml` prints).
+//!
+//! The directory is polled: a change is picked up within one poll interval. A file that
+//! cannot be read or parsed is reported and its last good contents are kept, so a
+//! half-saved edit never takes services away.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use serde::Deserialize as _;
+use tracing::{debug, warn};
+
+use super::{ObjectRef, ObjectSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest directory {dir}: {source}")]
+    ReadDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: document {document} is not valid YAML or JSON: {message}")]
+    Syntax {
+        path: PathBuf,
+        document: usize,
+        message: String,
+    },
+}
+
+/// One object found in a file, or why it could not be used.
+#[derive(Debug)]
+pub enum Parsed {
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    /// Another kind (a Deployment in the same file, say): not ours, ignored.
+    Other {
+        kind: String,
+    },
+    /// A Service or EndpointSlice that does not deserialize (a port that is not a number,
+    /// a missing name...). `object` names it as well as the document allows.
+    Invalid {
+        object: String,
+        reason: String,
+    },
+}
+
+/// Parses the text of one file into the objects it holds.
+pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Parsed>, ManifestError> {
+    let mut out = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value =
+            serde_yaml::Value::deserialize(document).map_err(|e| ManifestError::Syntax {
+                path: path.to_owned(),
+                document: index + 1,
+                message: e.to_string(),
+            })?;
+        collect(value, &mut out);
+    }
+    Ok(out)
+}
+
+fn collect(value: serde_yaml::Value, out: &mut Vec<Parsed>) {
+    if value.is_null() {
+        return; // an empty document, e.g. a trailing `---`
+    }
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_owned();
+    match kind.as_str() {
+        "List" | "ServiceList" | "EndpointSliceList" => {
+            if let Some(serde_yaml::Value::Sequence(items)) = value.get("items") {
+                for item in items {
+                    collect(item.clone(), out);
+                }
+            }
+        }
+        "Service" => out.push(match serde_yaml::from_value::<Service>(value.clone()) {
+            Ok(s) => Parsed::Service(Box::new(s)),
+            Err(e) => invalid("Service", &value, e),
+        }),
+        "EndpointSlice" => out.push(
+            match serde_yaml::from_value::<EndpointSlice>(value.clone()) {
+                Ok(s) => Parsed::EndpointSlice(Box::new(s)),
+                Err(e) => invalid("EndpointSlice", &value, e),
+            },
+        ),
+        _ => out.push(Parsed::Other { kind }),
+    }
+}
+
+fn invalid(kind: &str, value: &serde_yaml::Value, error: serde_yaml::Error) -> Parsed {
+    let meta = value.get("metadata");
+    let field = |f: &str| {
+        meta.and_then(|m| m.get(f))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let object = format!(
+        "{kind} {}/{}",
+        field("namespace").unwrap_or_else(|| "default".into()),
+        field("name").unwrap_or_else(|| "<unnamed>".into())
+    );
+    Parsed::Invalid {
+        object,
+        reason: error.to_string(),
+    }
+}
+
+/// What identifies a file's contents without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime_ns: i128,
+    inode: u64,
+}
+
+struct CachedFile {
+    stamp: Stamp,
+    objects: Vec<Parsed>,
+}
+
+/// The manifest directory and what was last read from each file.
+pub struct ManifestDir {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, CachedFile>,
+}
+
+/// Result of a poll: the objects now known, and whether anything changed since the last poll.
+pub struct Snapshot {
+    pub objects: ObjectSet,
+    pub changed: bool,
+}
+
+impl ManifestDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Re-reads the files whose size, mtime or inode changed and returns the merged set.
+    /// Problems are logged and the previous contents of the affected file kept.
+    pub fn poll(&mut self) -> Result<Snapshot, ManifestError> {
+        let present = self.list()?;
+        let mut changed = false;
+        self.files.retain(|path, _| {
+            let keep = present.contains_key(path);
+            if !keep {
+                debug!(file = %path.display(), "manifest file removed");
+                changed = true;
+            }
+            keep
+        });
+        for (path, stamp) in present {
+            if self.files.get(&path).is_some_and(|c| c.stamp == stamp) {
+                continue;
+            }
+            changed = true;
+            match read_file(&path) {
+                Ok(objects) => {
+                    report_invalid(&path, &objects);
+                    self.files.insert(path, CachedFile { stamp, objects });
+                }
+                Err(error) => {
+                    let kept = self.files.contains_key(&path);
+                    warn!(%error, "{}", if kept { "keeping the file's last good contents" } else { "file skipped" });
+                    // Remember the stamp so the same broken file is not reported every poll.
+                    let objects = self
+                        .files
+                        .remove(&path)
+                        .map(|c| c.objects)
+                        .unwrap_or_default();
+                    self.files.insert(path, CachedFile { stamp, objects });
+                }
+            }
+        }
+        Ok(Snapshot {
+            objects: self.merged(),
+            changed,
+        })
+    }
+
+    fn list(&self) -> Result<BTreeMap<PathBuf, Stamp>, ManifestError> {
+        let entries = fs::read_dir(&self.dir).map_err(|source| ManifestError::ReadDir {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        let mut out = BTreeMap::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_manifest = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+            // Editors' temporary files (.web.yaml.swp, web.yaml~) do not match the extensions.
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if !is_manifest || hidden {
+                continue;
+            }
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let stamp = Stamp {
+                len: meta.len(),
+                mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+                inode: meta.ino(),
+            };
+            out.insert(path, stamp);
+        }
+        Ok(out)
+    }
+
+    fn merged(&self) -> ObjectSet {
+        let mut set = ObjectSet::default();
+        for (path, file) in &self.files {
+            for object in &file.objects {
+                match object {
+                    Parsed::Service(s) => {
+                        let key = object_ref(&s.metadata);
+                        if set.services.insert(key.clone(), (**s).clone()).is_some() {
+                            warn!(service = %key, file = %path.display(), "Service defined twice; the later file wins");
+                        }
+                    }
+                    Parsed::EndpointSlice(s) => {
+                        let key = object_ref(&s.metadata);
+                        if set
+                            .endpoint_slices
+                            .insert(key.clone(), (**s).clone())
+                            .is_some()
+                        {
+                            warn!(endpointslice = %key, file = %path.display(), "EndpointSlice defined twice; the later file wins");
+                        }
+                    }
+                    Parsed::Other { .. } | Parsed::Invalid { .. } => {}
+                }
+            }
+        }
+        set
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<Parsed>, ManifestError> {
+    let text = fs::read_to_string(path).map_err(|source| ManifestError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_documents(path, &text)
+}
+
+fn report_invalid(path: &Path, objects: &[Parsed]) {
+    for object in objects {
+        match object {
+            Parsed::Invalid { object, reason } => {
+                warn!(file = %path.display(), object = %object, reason = %reason, "object skipped: it does not parse");
+            }
+            Parsed::Other { kind } => {
+                debug!(file = %path.display(), kind = %kind, "ignoring object of another kind");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `namespace/name`, with the namespace defaulted as kubectl does.
+pub fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
+    ObjectRef::new(
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or(""),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Vec<Parsed> {
+        parse_documents(Path::new("test.yaml"), text).expect("parses")
+    }
+
+    #[test]
+    fn multi_document_yaml() {
+        let objects = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {clusterIP: 198.19.0.1}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: a-1, namespace: x}\naddressType: IPv4\nendpoints: []\n---\n",
+        );
+        assert!(matches!(objects[0], Parsed::Service(_)));
+        assert!(matches!(objects[1], Parsed::EndpointSlice(_)));
+        assert_eq!(objects.len(), 2);
+    }
+
+    #[test]
+    fn kubectl_list_in_json() {
+        let objects = parse(
+            r#"{"apiVersion":"v1","kind":"List","items":[
+                {"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"clusterIP":"198.19.0.1"}},
+                {"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d"}}]}"#,
+        );
+        assert!(matches!(objects[0], Parsed::Service(_)));
+        assert!(matches!(&objects[1], Parsed::Other { kind } if kind == "Deployment"));
+    }
+
+    #[test]
+    fn invalid_object_is_named() {
+        let objects = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: [{port: eighty}]}\n",
+        );
+        match &objects[0] {
+            Parsed::Invalid { object, reason } => {
+                assert_eq!(object, "Service shop/web");
+                assert!(reason.contains("invalid"), "{reason}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_document() {
+        let err = parse_documents(Path::new("bad.yaml"), "kind: Service\n---\nkind: [\n")
+            .expect_err("must fail");
+        let text = err.to_string();
+        assert!(text.starts_with("bad.yaml: document 2"), "{text}");
+    }
+
+    #[test]
+    fn broken_edit_keeps_last_good_contents() {
+        let dir = std::env::temp_dir().join(format!("epx-manifest-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let file = dir.join("svc.yaml");
+        fs::write(
+            &file,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {clusterIP: 198.19.0.1}\n",
+        )
+        .expect("write");
+        let mut source = ManifestDir::new(&dir);
+        let first = source.poll().expect("poll");
+        assert!(first.changed);
+        assert_eq!(first.objects.services.len(), 1);
+        assert!(!source.poll().expect("poll").changed, "nothing changed");
+        fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: {name: a\n").expect("write");
+        let broken = source.poll().expect("poll");
+        assert_eq!(broken.objects.services.len(), 1, "last good contents kept");
+        fs::remove_file(&file).expect("rm");
+        assert!(source.poll().expect("poll").objects.services.is_empty());
+        fs::remove_dir_all(&dir).expect("rmdir");
+    }
+}

@@ -1,0 +1,60 @@
+//! Where Services and EndpointSlices come from. Every source produces an [`ObjectSet`];
+//! the rest of the agent never knows which source it was.
+
+pub mod manifest;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+/// `namespace/name` of an object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything a source currently knows, keyed by `namespace/name`.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectSet {
+    pub services: BTreeMap<ObjectRef, Service>,
+    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
+}
+
+impl ObjectSet {
+    /// The EndpointSlices of one Service (label `kubernetes.io/service-name`).
+    pub fn slices_of<'a>(
+        &'a self,
+        service: &'a ObjectRef,
+    ) -> impl Iterator<Item = &'a EndpointSlice> {
+        self.endpoint_slices
+            .iter()
+            .filter(move |(key, slice)| {
+                key.namespace == service.namespace
+                    && slice
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                        .is_some_and(|n| *n == service.name)
+            })
+            .map(|(_, slice)| slice)
+    }
+}
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
