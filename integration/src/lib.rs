@@ -1,1 +1,487 @@
+//! Privileged test harness: isolated topologies of network namespaces, a cgroup per test,
+//! the real `proxy-agent` binary, and the `probe` workload. Everything is removed by a
+//! guard's `Drop`, and every name carries the test process id and a counter, so two runs
+//! never collide.
+//!
+//! Network safety: namespaces are connected only to each other (veth pairs created inside
+//! them), never to the root namespace, and use 198.18.0.0/15. A client namespace has no
+//! route to the service range, so a connect the programs do not translate fails with
+//! ENETUNREACH instead of leaving the machine.
 
+pub mod manifests;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead as _, BufReader},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+
+/// Set by CI: a privileged test that cannot run fails instead of skipping.
+pub const REQUIRE_ENV: &str = "EBPF_PROXY_REQUIRE_PRIVILEGED";
+
+/// True when the test can run. When it cannot, it skips with a message, or panics if
+/// [`REQUIRE_ENV`] is set.
+pub fn privileged() -> bool {
+    let missing = if unsafe { libc::geteuid() } != 0 {
+        Some("not running as root".to_string())
+    } else if !Path::new("/sys/fs/bpf").exists()
+        || !proxy_user::dataplane::ebpf::loader::is_bpffs(Path::new("/sys/fs/bpf"))
+    {
+        Some("/sys/fs/bpf is not a mounted bpffs (run `cargo xtask setup`)".to_string())
+    } else if !bin_dir().join("proxy-agent").exists() {
+        Some(format!(
+            "{} is missing (run `cargo xtask build`)",
+            bin_dir().join("proxy-agent").display()
+        ))
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(reason) if std::env::var_os(REQUIRE_ENV).is_some() => {
+            panic!("privileged test cannot run: {reason} ({REQUIRE_ENV} is set)")
+        }
+        Some(reason) => {
+            eprintln!("skipped: {reason}");
+            false
+        }
+    }
+}
+
+#[macro_export]
+macro_rules! require_privileges {
+    () => {
+        if !$crate::privileged() {
+            return;
+        }
+    };
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call: `epx<pid><n>`.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Where cargo put the binaries: next to the test executable's `deps` directory.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EBPF_PROXY_BIN_DIR") {
+        return dir.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("deps dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target dir").to_owned()
+    } else {
+        dir.to_owned()
+    }
+}
+
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: String) -> Self {
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn ip(&self, args: &[&str]) -> String {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// A command that runs inside this namespace and, if given, inside `cgroup`.
+    pub fn command(
+        &self,
+        program: impl AsRef<std::ffi::OsStr>,
+        cgroup: Option<&Cgroup>,
+    ) -> Command {
+        let netns = fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
+        let procs = cgroup.map(|c| {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(c.path.join("cgroup.procs"))
+                .expect("open cgroup.procs")
+        });
+        let mut cmd = Command::new(program);
+        // SAFETY: only async-signal-safe syscalls (write, setns) run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Join the cgroup first: after setns, /sys may be another view.
+                if let Some(procs) = &procs {
+                    let zero = b"0";
+                    if libc::write(procs.as_raw_fd(), zero.as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A cgroup v2 directory for one test's clients; the socket programs attach here.
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(name: &str) -> Self {
+        let root = proxy_user::cgroup::find_cgroup2().expect("cgroup2 mount");
+        let path = root.join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Its processes are children of this test, stopped by their own guards first.
+        for _ in 0..50 {
+            if fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.path.display());
+    }
+}
+
+/// A child process, killed (by its PID) and reaped on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct BackendHost {
+    pub name: String,
+    pub ip: String,
+    _server: ChildGuard,
+    pub netns: Netns,
+}
+
+/// One client namespace joined by a veth pair to each backend namespace:
+/// backend i is 198.18.(i+1).2 and serves HTTP on 8080 and UDP on 5353 as `web-i`.
+pub struct Topology {
+    pub id: String,
+    pub backends: Vec<BackendHost>,
+    pub client: Netns,
+    pub cgroup: Cgroup,
+}
+
+impl Topology {
+    pub fn new(backends: usize) -> Self {
+        let id = unique("epx");
+        let cgroup = Cgroup::new(&id);
+        let client = Netns::new(format!("{id}-c"));
+        let mut hosts = Vec::new();
+        for i in 0..backends {
+            let netns = Netns::new(format!("{id}-b{i}"));
+            let (client_if, net) = (format!("vb{i}"), i + 1);
+            client.ip(&[
+                "link",
+                "add",
+                &client_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &netns.name,
+            ]);
+            client.ip(&[
+                "addr",
+                "add",
+                &format!("198.18.{net}.1/24"),
+                "dev",
+                &client_if,
+            ]);
+            client.ip(&["link", "set", &client_if, "up"]);
+            let ip = format!("198.18.{net}.2");
+            netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            netns.ip(&["link", "set", "eth0", "up"]);
+            let name = format!("web-{i}");
+            let server = spawn_ready(netns.command(bin_dir().join("probe"), None).args([
+                "serve",
+                "--name",
+                &name,
+                "--tcp",
+                "0.0.0.0:8080",
+                "--udp",
+                "0.0.0.0:5353",
+            ]));
+            hosts.push(BackendHost {
+                name,
+                ip,
+                _server: server,
+                netns,
+            });
+        }
+        Self {
+            id,
+            backends: hosts,
+            client,
+            cgroup,
+        }
+    }
+
+    /// Runs `probe connect` in the client namespace and cgroup.
+    pub fn probe(&self, args: &[&str]) -> Report {
+        let out = run(self
+            .client
+            .command(bin_dir().join("probe"), Some(&self.cgroup))
+            .arg("connect")
+            .args(args));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("probe output {out:?}: {e}"))
+    }
+
+    /// A command in the client namespace and cgroup (for curl, socat...).
+    pub fn client_command(&self, program: &str) -> Command {
+        self.client.command(program, Some(&self.cgroup))
+    }
+}
+
+fn spawn_ready(cmd: &mut Command) -> ChildGuard {
+    let mut child = ChildGuard(
+        cmd.stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}")),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read ready");
+    assert_eq!(line.trim(), "ready", "server did not start");
+    child
+}
+
+/// What `probe connect` reports.
+#[derive(Debug, Default, Deserialize)]
+pub struct Report {
+    pub attempts: usize,
+    pub answers: BTreeMap<String, usize>,
+    pub errors: BTreeMap<String, usize>,
+    pub peers: BTreeMap<String, usize>,
+    pub reply_sources: BTreeMap<String, usize>,
+    #[serde(default)]
+    pub sequence: Vec<String>,
+}
+
+impl Report {
+    pub fn count(&self, name: &str) -> usize {
+        self.answers.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// The agent, started as a user would start it, on a manifest directory of its own.
+pub struct Agent {
+    child: Option<ChildGuard>,
+    pub bpffs: PathBuf,
+    pub manifests: PathBuf,
+    pub cgroup: PathBuf,
+    work: PathBuf,
+}
+
+impl Agent {
+    pub fn new(topology: &Topology) -> Self {
+        let work = std::env::temp_dir().join(&topology.id);
+        let manifests = work.join("manifests");
+        fs::create_dir_all(&manifests).expect("manifest dir");
+        Self {
+            child: None,
+            bpffs: PathBuf::from("/sys/fs/bpf").join(&topology.id),
+            manifests,
+            cgroup: topology.cgroup.path.clone(),
+            work,
+        }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "agent already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("agent log");
+        let child = Command::new(bin_dir().join("proxy-agent"))
+            .args(["--mode", "ebpf", "--poll-ms", "100", "--log-json"])
+            .arg("--source")
+            .arg(&self.manifests)
+            .arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .stderr(log)
+            .spawn()
+            .expect("spawn proxy-agent");
+        self.child = Some(ChildGuard(child));
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.work.join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait: the agent's graceful stop.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent not running");
+        unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+        child.0.wait().expect("wait agent")
+    }
+
+    pub fn kill(&mut self) {
+        drop(self.child.take());
+    }
+
+    /// Writes a manifest file atomically (write, then rename), as editors and kubectl do.
+    pub fn write(&self, file: &str, text: &str) {
+        let tmp = self.manifests.join(format!(".{file}.tmp"));
+        fs::write(&tmp, text).expect("write manifest");
+        fs::rename(&tmp, self.manifests.join(file)).expect("rename manifest");
+    }
+
+    pub fn remove(&self, file: &str) {
+        fs::remove_file(self.manifests.join(file)).expect("remove manifest");
+    }
+
+    pub fn proxyctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin_dir().join("proxyctl"))
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .args(args)
+            .output()
+            .expect("run proxyctl")
+    }
+
+    /// `proxyctl services --json`, parsed.
+    pub fn services(&self) -> serde_json::Value {
+        let out = self.proxyctl(&["services", "--json"]);
+        if !out.status.success() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until `ready(services)` holds; panics with the agent log after `timeout`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if ready(&self.services()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out waiting for {what}; proxyctl says {}\nagent log:\n{}",
+            self.services(),
+            self.log()
+        );
+    }
+
+    /// Waits until the frontend for `service` lists `backends` backends.
+    pub fn wait_backends(&self, service: &str, backends: usize) {
+        self.wait_for(
+            &format!("{service} with {backends} backends"),
+            Duration::from_secs(10),
+            |s| {
+                s.as_array().is_some_and(|rows| {
+                    rows.iter().any(|r| {
+                        r["service"] == service
+                            && r["backends"]
+                                .as_array()
+                                .is_some_and(|b| b.len() == backends)
+                    })
+                })
+            },
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        drop(self.child.take());
+        let _ = Command::new(bin_dir().join("proxy-agent"))
+            .arg("--cleanup")
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .output();
+        let _ = fs::remove_dir_all(&self.work);
+    }
+}
+
+/// IDs of the BPF programs attached to a cgroup, from the kernel (bpftool).
+pub fn attached_programs(cgroup: &Path) -> Vec<(u64, String)> {
+    let out = run(Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup));
+    let value: serde_json::Value =
+        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })
+            .expect("bpftool json");
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["id"].as_u64().unwrap_or(0),
+                        p["name"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

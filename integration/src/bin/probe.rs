@@ -1,0 +1,223 @@
+//! probe: the test and demo workload.
+//!
+//! `probe serve --name web-0 --tcp 0.0.0.0:8080 --udp 0.0.0.0:5353` answers HTTP requests
+//! and UDP datagrams with its name, closing TCP connections first (so TIME_WAIT stays on
+//! the server side). It prints `ready` once listening.
+//!
+//! `probe connect --to 198.19.0.10:80 --count 1000` makes sequential connections (or UDP
+//! exchanges) and prints one JSON object: who answered how often, which errors occurred,
+//! and which peer (getpeername) and reply source addresses the client saw.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+#[derive(Parser)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tcp: Vec<SocketAddr>,
+        #[arg(long)]
+        udp: Vec<SocketAddr>,
+    },
+    Connect {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// UDP instead of TCP.
+        #[arg(long)]
+        udp: bool,
+        /// UDP with sendto/recvfrom on an unconnected socket (the sendmsg4/recvmsg4 path).
+        #[arg(long)]
+        unconnected: bool,
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+        /// Pause between attempts.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// Also print who answered each attempt, in order.
+        #[arg(long)]
+        sequence: bool,
+    },
+}
+
+#[derive(Default, Serialize)]
+struct Report {
+    attempts: usize,
+    answers: BTreeMap<String, usize>,
+    errors: BTreeMap<String, usize>,
+    /// getpeername() results on connected sockets.
+    peers: BTreeMap<String, usize>,
+    /// Source addresses of UDP replies.
+    reply_sources: BTreeMap<String, usize>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    sequence: Vec<String>,
+}
+
+fn main() {
+    match Args::parse().command {
+        Command::Serve { name, tcp, udp } => serve(&name, &tcp, &udp),
+        Command::Connect {
+            to,
+            count,
+            udp,
+            unconnected,
+            timeout_ms,
+            interval_ms,
+            sequence,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            let mut report = Report::default();
+            for _ in 0..count {
+                report.attempts += 1;
+                let outcome = if udp || unconnected {
+                    udp_exchange(to, unconnected, timeout, &mut report)
+                } else {
+                    tcp_exchange(to, timeout, &mut report)
+                };
+                let label = match outcome {
+                    Ok(name) => {
+                        *report.answers.entry(name.clone()).or_default() += 1;
+                        name
+                    }
+                    Err(e) => {
+                        let label = error_name(&e);
+                        *report.errors.entry(label.clone()).or_default() += 1;
+                        label
+                    }
+                };
+                if sequence {
+                    report.sequence.push(label);
+                }
+                if interval_ms > 0 {
+                    std::thread::sleep(Duration::from_millis(interval_ms));
+                }
+            }
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        }
+    }
+}
+
+fn tcp_exchange(to: SocketAddr, timeout: Duration, report: &mut Report) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&to, timeout)?;
+    if let Ok(peer) = stream.peer_addr() {
+        *report.peers.entry(peer.to_string()).or_default() += 1;
+    }
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    if body.is_empty() {
+        return Err(std::io::Error::other("empty response"));
+    }
+    Ok(body)
+}
+
+fn udp_exchange(
+    to: SocketAddr,
+    unconnected: bool,
+    timeout: Duration,
+    report: &mut Report,
+) -> std::io::Result<String> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 512];
+    let (len, source) = if unconnected {
+        socket.send_to(b"who", to)?;
+        socket.recv_from(&mut buf)?
+    } else {
+        socket.connect(to)?;
+        if let Ok(peer) = socket.peer_addr() {
+            *report.peers.entry(peer.to_string()).or_default() += 1;
+        }
+        socket.send(b"who")?;
+        socket.recv_from(&mut buf)?
+    };
+    *report.reply_sources.entry(source.to_string()).or_default() += 1;
+    Ok(String::from_utf8_lossy(&buf[..len]).trim().to_owned())
+}
+
+fn error_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
+        Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(libc::EPERM) => "EPERM".into(),
+        Some(libc::ETIMEDOUT) | Some(libc::EAGAIN) => "ETIMEDOUT".into(),
+        Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(n) => format!("errno {n}"),
+        None if e.kind() == std::io::ErrorKind::TimedOut => "ETIMEDOUT".into(),
+        None => e.to_string(),
+    }
+}
+
+fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) {
+    let mut threads = Vec::new();
+    for addr in tcp {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+        let name = name.to_owned();
+        threads.push(std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                answer_http(stream, &name);
+            }
+        }));
+    }
+    for addr in udp {
+        let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+        let name = name.to_owned();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(format!("{name}\n").as_bytes(), from);
+            }
+        }));
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// Reads the request head (whatever arrives within a moment), answers with the name, and
+/// closes first.
+fn answer_http(mut stream: TcpStream, name: &str) {
+    let started = Instant::now();
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n")
+        && started.elapsed() < Duration::from_secs(1)
+    {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let body = format!("{name}\n");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+}
