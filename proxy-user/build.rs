@@ -16,6 +16,17 @@ fn main() -> anyhow::Result<()> {
              (run `cargo xtask setup`, then rebuild)"
         );
         fs::write(out_dir.join("proxy-ebpf"), b"").context("writing empty BPF object")?;
+        // Run again once bpf-linker is installed where `cargo install` puts it (a path that
+        // does not exist makes cargo re-run the script on every build until it does).
+        let cargo_home = env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+        if let Some(home) = cargo_home {
+            println!(
+                "cargo:rerun-if-changed={}",
+                home.join("bin/bpf-linker").display()
+            );
+        }
         println!("cargo:rustc-cfg=bpf_object_missing");
         println!("cargo:rustc-check-cfg=cfg(bpf_object_missing)");
         return Ok(());

@@ -322,6 +322,8 @@ impl Report {
 /// The agent, started as a user would start it, on a manifest directory of its own.
 pub struct Agent {
     child: Option<ChildGuard>,
+    /// Extra arguments for proxy-agent (capacities, say).
+    pub extra_args: Vec<String>,
     pub bpffs: PathBuf,
     pub manifests: PathBuf,
     pub cgroup: PathBuf,
@@ -335,6 +337,7 @@ impl Agent {
         fs::create_dir_all(&manifests).expect("manifest dir");
         Self {
             child: None,
+            extra_args: Vec::new(),
             bpffs: PathBuf::from("/sys/fs/bpf").join(&topology.id),
             manifests,
             cgroup: topology.cgroup.path.clone(),
@@ -357,6 +360,7 @@ impl Agent {
             .arg(&self.cgroup)
             .arg("--bpffs")
             .arg(&self.bpffs)
+            .args(&self.extra_args)
             .stderr(log)
             .spawn()
             .expect("spawn proxy-agent");

@@ -91,7 +91,7 @@ fn updates_are_atomic_for_connecting_clients() {
         let report = t.probe(&["--to", &format!("{VIP}:80"), "--count", "200"]);
         attempts += report.attempts;
         answers.extend(report.answers.into_keys());
-        failures.extend(report.errors.into_iter());
+        failures.extend(report.errors);
     }
     flipper.join().expect("flipper");
     assert!(

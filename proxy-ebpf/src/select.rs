@@ -24,21 +24,20 @@ pub fn choose(frontend: &Frontend, service: &Service, client_netns: u64) -> Opti
         client_netns,
         frontend: *frontend,
     };
-    if service.affinity_timeout_s != 0 {
-        if let Some(backend) = live_affinity(&affinity_key, service, now) {
+    if service.affinity_timeout_s != 0
+        && let Some(backend) = live_affinity(&affinity_key, service, now) {
             return Some(Choice {
                 backend,
                 from_affinity: true,
             });
         }
-    }
     let backend = random_slot(frontend, service)?;
     if service.affinity_timeout_s != 0 {
         let entry = Affinity {
             backend,
             last_used_ns: now,
         };
-        if AFFINITY.insert(&affinity_key, &entry, 0).is_err() {
+        if AFFINITY.insert(affinity_key, entry, 0).is_err() {
             count(Event::AffinityStoreFailed);
         }
     }
@@ -105,5 +104,5 @@ fn slot(frontend: &Frontend, service: &Service) -> Option<Backend> {
         _pad: [0; 3],
     };
     // SAFETY: value pointer from a successful lookup, copied out at once.
-    SLOTS.get_ptr(&key).map(|b| unsafe { *b })
+    SLOTS.get_ptr(key).map(|b| unsafe { *b })
 }

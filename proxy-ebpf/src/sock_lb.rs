@@ -50,7 +50,7 @@ pub fn try_forward(ctx: &SockAddrContext) -> i32 {
     let Some(frontend) = frontend_of(ctx) else {
         return ALLOW;
     };
-    let Some(service) = SERVICES.get_ptr(&frontend) else {
+    let Some(service) = SERVICES.get_ptr(frontend) else {
         return ALLOW;
     };
     // SAFETY: value pointer from a successful lookup; copied so a concurrent replace of
@@ -92,7 +92,7 @@ fn remember_frontend(ctx: &SockAddrContext, backend: &Backend, frontend: &Fronte
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         backend: *backend,
     };
-    if REVNAT.insert(&key, frontend, 0).is_err() {
+    if REVNAT.insert(key, frontend, 0).is_err() {
         count(Event::RevNatStoreFailed);
     }
 }
@@ -110,7 +110,7 @@ pub fn try_reverse(ctx: &SockAddrContext) {
             _pad: 0,
         },
     };
-    if let Some(frontend) = REVNAT.get_ptr(&key) {
+    if let Some(frontend) = REVNAT.get_ptr(key) {
         // SAFETY: value pointer from a successful lookup, copied out at once.
         let frontend = unsafe { *frontend };
         set_address(ctx, frontend.addr, frontend.port);

@@ -113,3 +113,126 @@ pub fn run(
     }
     info!("stopping; the datapath stays installed");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::{
+        dataplane::ApplyReport,
+        model::DesiredState,
+        source::manifest::{Parsed, object_ref, parse_documents},
+        sync::Change,
+    };
+
+    /// Records what it is asked to do; fails writes for services listed in `full`.
+    #[derive(Default)]
+    struct FakeDataplane {
+        installed: DesiredState,
+        writes: Vec<String>,
+        full: Vec<String>,
+    }
+
+    impl Dataplane for FakeDataplane {
+        fn installed(&self) -> &DesiredState {
+            &self.installed
+        }
+
+        fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
+            let mut report = ApplyReport::default();
+            for change in changes {
+                match change {
+                    Change::Upsert(addr, spec) if self.full.contains(&spec.service) => {
+                        report.failed.push((
+                            addr,
+                            spec.service.clone(),
+                            "the EPX_SLOT_V1 map is full".into(),
+                        ));
+                    }
+                    Change::Upsert(addr, spec) => {
+                        self.writes.push(spec.service.clone());
+                        self.installed.insert(addr, spec);
+                        report.written += 1;
+                    }
+                    Change::Remove(addr) => {
+                        self.installed.remove(&addr);
+                        report.removed += 1;
+                    }
+                }
+            }
+            report
+        }
+    }
+
+    fn objects(yaml: &str) -> ObjectSet {
+        let mut set = ObjectSet::default();
+        for parsed in parse_documents(Path::new("t.yaml"), yaml).expect("parses") {
+            if let Parsed::Service(s) = parsed {
+                set.services.insert(object_ref(&s.metadata), *s);
+            }
+        }
+        set
+    }
+
+    fn svc(name: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n---\n"
+        )
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_valid_version() {
+        let mut dp = FakeDataplane::default();
+        let mut syncer = Syncer::default();
+        syncer.sync(
+            &objects(&(svc("a", "198.19.0.1") + &svc("b", "198.19.0.2"))),
+            &mut dp,
+        );
+        assert_eq!(dp.installed.len(), 2);
+        let summary = syncer.sync(
+            &objects(&(svc("a", "198.19.0.999") + &svc("b", "198.19.0.2"))),
+            &mut dp,
+        );
+        assert_eq!(summary.rejected, 1);
+        assert_eq!(
+            dp.installed.len(),
+            2,
+            "ns/a keeps serving on its last valid address"
+        );
+        assert_eq!(dp.writes, ["ns/a", "ns/b"], "nothing rewritten");
+        // Deleting the Service really removes it, even though its last version was kept.
+        syncer.sync(&objects(&svc("b", "198.19.0.2")), &mut dp);
+        assert_eq!(dp.installed.len(), 1);
+    }
+
+    #[test]
+    fn a_change_to_one_service_rewrites_only_it() {
+        let mut dp = FakeDataplane::default();
+        let mut syncer = Syncer::default();
+        syncer.sync(
+            &objects(&(svc("a", "198.19.0.1") + &svc("b", "198.19.0.2"))),
+            &mut dp,
+        );
+        dp.writes.clear();
+        syncer.sync(
+            &objects(&(svc("a", "198.19.0.1") + &svc("b", "198.19.0.3"))),
+            &mut dp,
+        );
+        assert_eq!(dp.writes, ["ns/b"]);
+    }
+
+    #[test]
+    fn a_failed_write_is_counted_and_the_others_proceed() {
+        let mut dp = FakeDataplane {
+            full: vec!["ns/b".into()],
+            ..Default::default()
+        };
+        let summary = Syncer::default().sync(
+            &objects(&(svc("a", "198.19.0.1") + &svc("b", "198.19.0.2") + &svc("c", "198.19.0.3"))),
+            &mut dp,
+        );
+        assert_eq!((summary.written, summary.failed), (2, 1));
+        assert_eq!(dp.writes, ["ns/a", "ns/c"]);
+    }
+}

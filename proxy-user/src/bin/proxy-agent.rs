@@ -43,6 +43,12 @@ struct Args {
     /// Detach and unpin everything the agent installed, then exit.
     #[arg(long)]
     cleanup: bool,
+    /// Capacity of the services map (frontends) when it is created.
+    #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_SERVICES)]
+    max_services: u32,
+    /// Capacity of the backend slots map (sum of all frontends' slot tables) when created.
+    #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_SLOTS)]
+    max_backend_slots: u32,
     /// How often the manifest directory is checked for changes.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     poll_ms: u64,
@@ -85,7 +91,12 @@ fn main() -> anyhow::Result<()> {
         None => cgroup::find_cgroup2().map_err(anyhow::Error::msg)?,
     };
     let Mode::Ebpf = args.mode;
-    let mut dataplane = EbpfDataplane::open(&args.bpffs, &cgroup, loader::Capacities::default())
+    let capacities = loader::Capacities {
+        services: args.max_services,
+        slots: args.max_backend_slots,
+        ..loader::Capacities::default()
+    };
+    let mut dataplane = EbpfDataplane::open(&args.bpffs, &cgroup, capacities)
         .context("starting the eBPF dataplane")?;
 
     let shutdown = Arc::new(AtomicBool::new(false));

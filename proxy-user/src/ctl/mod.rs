@@ -18,7 +18,7 @@ pub enum CtlError {
     #[error("permission denied opening {dir}: proxyctl needs root or CAP_BPF")]
     NotPermitted { dir: String },
     #[error("reading the maps in {dir}: {source}")]
-    Maps { dir: String, source: MapsError },
+    Maps { dir: String, source: Box<MapsError> },
 }
 
 /// Opens the pinned maps, turning the common failures into sentences.
@@ -39,7 +39,7 @@ pub fn open_maps(dir: &Path) -> Result<Maps, CtlError> {
         } else {
             CtlError::Maps {
                 dir: shown.clone(),
-                source,
+                source: Box::new(source),
             }
         }
     })

@@ -168,9 +168,9 @@ SERVICE                      FRONTEND                 AFFINITY   TRANSLATED NO-E
 demo/empty                   198.19.0.11:53/UDP       30s                 7           0
   (no endpoints: connections are refused)
 demo/web:http                198.19.0.10:80/TCP       -                   7           0
-  -> 198.18.1.2:8080         weight 3      75.0%
-  -> 198.18.1.3:8080         weight 1      25.0%
-  -> 198.18.1.4:8080         weight 0       0.0%
+  -> 198.18.1.2:8080        weight 3      75.0%
+  -> 198.18.1.3:8080        weight 1      25.0%
+  -> 198.18.1.4:8080        weight 0       0.0%
 ";
         assert_eq!(table, expected);
     }

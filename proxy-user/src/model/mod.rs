@@ -164,3 +164,6 @@ pub fn merge<'a>(
     }
     (state, rejections)
 }
+
+#[cfg(test)]
+mod tests;

@@ -70,19 +70,23 @@ mod tests {
     #[test]
     fn malformed_annotations_explain_themselves() {
         assert_eq!(
-            Weights::parse("web-0").unwrap_err(),
+            Weights::parse("web-0").expect_err("malformed"),
             "\"web-0\" is not NAME=WEIGHT"
         );
         assert_eq!(
-            Weights::parse("web-0=-1").unwrap_err(),
+            Weights::parse("web-0=-1").expect_err("malformed"),
             "weight \"-1\" of \"web-0\" is not a whole number"
         );
         assert!(
             Weights::parse("a=1,a=2")
-                .unwrap_err()
+                .expect_err("malformed")
                 .contains("listed twice")
         );
-        assert!(Weights::parse("a=10001").unwrap_err().contains("maximum"));
+        assert!(
+            Weights::parse("a=10001")
+                .expect_err("malformed")
+                .contains("maximum")
+        );
         assert_eq!(
             Weights::parse("").expect("empty is fine"),
             Weights::default()

@@ -101,6 +101,9 @@ pub enum Attachment {
     Replaced,
 }
 
+/// Each socket program and what happened to its attachment.
+pub type Attachments = Vec<(&'static str, Attachment)>;
+
 pub fn link_pin(dir: &Path, program: &str) -> PathBuf {
     dir.join(format!("link_{program}"))
 }
@@ -111,7 +114,7 @@ pub fn load_and_attach(
     dir: &Path,
     cgroup: &Path,
     capacities: Capacities,
-) -> Result<(Maps, Vec<(&'static str, Attachment)>), LoadError> {
+) -> Result<(Maps, Attachments), LoadError> {
     if crate::BPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }

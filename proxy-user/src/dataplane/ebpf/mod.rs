@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use self::{
-    loader::{Attachment, Capacities, LoadError},
+    loader::{Attachments, Capacities, LoadError},
     maps::Maps,
 };
 use super::{ApplyReport, Dataplane};
@@ -20,7 +20,7 @@ pub struct EbpfDataplane {
     maps: Maps,
     installed: DesiredState,
     pub pin_dir: PathBuf,
-    pub attachments: Vec<(&'static str, Attachment)>,
+    pub attachments: Attachments,
 }
 
 impl EbpfDataplane {

@@ -1,0 +1,133 @@
+//! The demo behind `cargo xtask demo`: three backends in network namespaces, the agent on
+//! the manifests in examples/, and a client whose connections to ClusterIPs are spread by
+//! the socket programs. Everything it creates is removed when it ends.
+
+use std::{fs, path::Path, time::Duration};
+
+use integration::{Agent, Report, Topology, privileged, run};
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+
+fn main() {
+    if !privileged() {
+        eprintln!("the demo needs root (it creates network namespaces and attaches BPF programs)");
+        std::process::exit(1);
+    }
+    let t = Topology::new(3);
+    println!("\n== ebpf-proxy demo ==");
+    println!(
+        "client namespace {} (cgroup {})",
+        t.client.name,
+        t.cgroup.path.display()
+    );
+    for b in &t.backends {
+        println!(
+            "backend {} at {} in namespace {}",
+            b.name, b.ip, b.netns.name
+        );
+    }
+    println!(
+        "(the namespaces are connected only to each other; the client has no route to 198.19.0.0/16)"
+    );
+
+    let mut agent = Agent::new(&t);
+    for entry in fs::read_dir(EXAMPLES).expect("examples/").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        agent.write(
+            &name,
+            &fs::read_to_string(entry.path()).expect("read example"),
+        );
+    }
+    agent.start();
+    agent.wait_backends("demo/web:http", 3);
+    agent.wait_backends("demo/dns:dns", 2);
+    println!(
+        "\nproxy-agent --mode ebpf --source {} --cgroup {} --bpffs {}",
+        show(&agent.manifests),
+        show(&agent.cgroup),
+        show(&agent.bpffs)
+    );
+
+    let n = 600;
+    println!(
+        "\n-- 1. {n} HTTP requests to demo/web, ClusterIP 198.19.0.10:80, weights web-0=3,web-1=2,web-2=1"
+    );
+    let report = t.probe(&["--to", "198.19.0.10:80", "--count", &n.to_string()]);
+    println!(
+        "{:<8} {:>7} {:>11} {:>9} {:>9}",
+        "BACKEND", "WEIGHT", "CONFIGURED", "REALISED", "REQUESTS"
+    );
+    for (name, weight) in [("web-0", 3), ("web-1", 2), ("web-2", 1)] {
+        let got = report.count(name);
+        println!(
+            "{name:<8} {weight:>7} {:>10.1}% {:>8.1}% {got:>9}",
+            weight as f64 * 100.0 / 6.0,
+            got as f64 * 100.0 / n as f64
+        );
+    }
+    failures(&report);
+    println!("getpeername() on those sockets: {}", keys(&report.peers));
+
+    let curl =
+        run(t
+            .client_command("curl")
+            .args(["-sS", "--max-time", "5", "http://198.19.0.10/"]));
+    println!(
+        "\n-- 2. curl http://198.19.0.10/ from the client namespace answers: {}",
+        curl.trim()
+    );
+
+    println!("\n-- 3. ClientIP affinity: demo/web-sticky 198.19.0.11:80, timeoutSeconds 2");
+    let first = t.probe(&["--to", "198.19.0.11:80", "--count", "50"]);
+    println!("50 requests: {}", summary(&first));
+    for round in 1..=3 {
+        std::thread::sleep(Duration::from_millis(2500));
+        let next = t.probe(&["--to", "198.19.0.11:80", "--count", "50"]);
+        println!(
+            "after 2.5 s idle (entry expired), round {round}, 50 requests: {}",
+            summary(&next)
+        );
+    }
+
+    println!("\n-- 4. UDP to demo/dns 198.19.0.53:53 (unconnected sendto/recvfrom)");
+    let udp = t.probe(&["--to", "198.19.0.53:53", "--count", "20", "--unconnected"]);
+    println!(
+        "answers: {}; replies came from: {}",
+        summary(&udp),
+        keys(&udp.reply_sources)
+    );
+
+    println!("\n-- 5. proxyctl services");
+    let out = agent.proxyctl(&["services"]);
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    println!("\n-- 6. cleanup");
+    agent.stop();
+    drop(agent);
+    drop(t);
+    println!("agent stopped, proxy-agent --cleanup run, namespaces and cgroup removed");
+}
+
+fn show(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn keys(map: &std::collections::BTreeMap<String, usize>) -> String {
+    map.keys().cloned().collect::<Vec<_>>().join(", ")
+}
+
+fn summary(report: &Report) -> String {
+    let mut parts: Vec<String> = report
+        .answers
+        .iter()
+        .map(|(k, v)| format!("{k} x{v}"))
+        .collect();
+    parts.extend(report.errors.iter().map(|(k, v)| format!("{k} x{v}")));
+    parts.join(", ")
+}
+
+fn failures(report: &Report) {
+    if !report.errors.is_empty() {
+        println!("errors: {:?}", report.errors);
+    }
+}

@@ -1,0 +1,128 @@
+//! Bad input never costs a working Service: a full map, an unparsable file, an IPv6
+//! Service. Each is reported naming the object and the cause; the agent keeps running.
+
+use std::time::Duration;
+
+use integration::{
+    Agent, Topology,
+    manifests::{Endpoint, HTTP, ServiceOpts, service_with_endpoints},
+    require_privileges,
+};
+
+fn endpoints(t: &Topology) -> Vec<Endpoint<'_>> {
+    t.backends
+        .iter()
+        .map(|b| Endpoint::ready(&b.ip, &b.name))
+        .collect()
+}
+
+#[test]
+fn a_full_map_refuses_only_the_overflowing_service() {
+    require_privileges!();
+    let t = Topology::new(3);
+    let mut agent = Agent::new(&t);
+    // Room for 7 slots: `a` (3) and `b` (3) fit, `c` (3 more) does not.
+    agent.extra_args = vec!["--max-backend-slots".into(), "7".into()];
+    let eps = endpoints(&t);
+    agent.write(
+        "a.yaml",
+        &service_with_endpoints("a", "198.19.0.1", &[HTTP], &ServiceOpts::default(), &eps),
+    );
+    agent.write(
+        "b.yaml",
+        &service_with_endpoints("b", "198.19.0.2", &[HTTP], &ServiceOpts::default(), &eps),
+    );
+    agent.start();
+    agent.wait_backends("demo/a:http", 3);
+    agent.wait_backends("demo/b:http", 3);
+    agent.write(
+        "c.yaml",
+        &service_with_endpoints("c", "198.19.0.3", &[HTTP], &ServiceOpts::default(), &eps),
+    );
+    agent.wait_for("the refusal of demo/c", Duration::from_secs(5), |_| {
+        agent.log().contains("demo/c:http: not programmed")
+    });
+    let log = agent.log();
+    assert!(
+        log.contains("the EPX_SLOT_V1 map is full (7 entries)"),
+        "{log}"
+    );
+    for vip in ["198.19.0.1:80", "198.19.0.2:80"] {
+        let report = t.probe(&["--to", vip, "--count", "30"]);
+        assert_eq!(
+            report.answers.values().sum::<usize>(),
+            30,
+            "{vip} keeps working: {report:?}"
+        );
+    }
+    // The refused service was rolled back whole: no half-written frontend answers for it.
+    let report = t.probe(&["--to", "198.19.0.3:80", "--count", "1"]);
+    assert_eq!(report.errors.get("ENETUNREACH"), Some(&1), "{report:?}");
+    // Freeing room lets it in on the next change.
+    agent.remove("a.yaml");
+    agent.write(
+        "c.yaml",
+        &service_with_endpoints(
+            "c",
+            "198.19.0.3",
+            &[HTTP],
+            &ServiceOpts::default(),
+            &eps[..2],
+        ),
+    );
+    agent.wait_backends("demo/c:http", 2);
+    assert_eq!(
+        t.probe(&["--to", "198.19.0.3:80", "--count", "10"])
+            .answers
+            .values()
+            .sum::<usize>(),
+        10
+    );
+}
+
+#[test]
+fn unusable_objects_are_named_and_the_rest_served() {
+    require_privileges!();
+    let t = Topology::new(1);
+    let mut agent = Agent::new(&t);
+    let eps = endpoints(&t);
+    agent.write(
+        "good.yaml",
+        &service_with_endpoints("good", "198.19.0.1", &[HTTP], &ServiceOpts::default(), &eps),
+    );
+    agent.write(
+        "broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken\n",
+    );
+    agent.write(
+        "v6.yaml",
+        &service_with_endpoints("v6", "fd00::10", &[HTTP], &ServiceOpts::default(), &eps),
+    );
+    agent.write("port.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: badport, namespace: demo}\nspec: {clusterIP: 198.19.0.5, ports: [{port: eighty}]}\n");
+    agent.start();
+    agent.wait_backends("demo/good:http", 1);
+    assert_eq!(
+        t.probe(&["--to", "198.19.0.1:80", "--count", "10"])
+            .count("web-0"),
+        10
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("broken.yaml: document 1 is not valid YAML or JSON"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Service demo/v6: clusterIP fd00::10 is IPv6; this node serves IPv4 only"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Service demo/badport") && log.contains("does not parse"),
+        "{log}"
+    );
+    // Still running and still applying edits.
+    agent.write(
+        "good.yaml",
+        &service_with_endpoints("good", "198.19.0.1", &[HTTP], &ServiceOpts::default(), &[]),
+    );
+    agent.wait_backends("demo/good:http", 0);
+}

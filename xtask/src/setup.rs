@@ -1,0 +1,172 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks, and says what it does. Every
+//! step checks first, so a second run takes seconds. The recipe is ../shared/TOOLCHAIN.md's.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::step;
+
+/// Debian packages: LLVM 22 for bpf-linker (the same major as nightly's LLVM), and the
+/// tools the tests and demo drive (iptables, socat, bpftool, ip, curl).
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "iptables",
+    "socat",
+    "bpftool",
+    "curl",
+];
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> anyhow::Result<()> {
+    debian_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    bpffs()?;
+    step("setup", "done");
+    Ok(())
+}
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn output(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn must(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .contains("install ok installed")
+        })
+        .collect();
+    if missing.is_empty() {
+        step("setup", "Debian packages present");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {missing:?}: run `cargo xtask setup` as root, or `apt-get install {}`",
+            missing.join(" ")
+        );
+    }
+    step(
+        "setup",
+        &format!("installing Debian packages {}", missing.join(" ")),
+    );
+    must(Command::new("apt-get").args(["update", "-qq"]))?;
+    must(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    if !output(Command::new("rustup").args(["toolchain", "list"]))
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
+        step(
+            "setup",
+            "installing the nightly toolchain (builds the BPF object)",
+        );
+        must(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]));
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("setup", "nightly rust-src present");
+        return Ok(());
+    }
+    step(
+        "setup",
+        "adding rust-src to nightly (needed for -Z build-std=core)",
+    );
+    must(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if ok(Command::new("bpf-linker").arg("--version")) {
+        step("setup", "bpf-linker present");
+        return Ok(());
+    }
+    step(
+        "setup",
+        "building bpf-linker against Debian's LLVM 22 (about a minute)",
+    );
+    // LLVM_PREFIX: another llvm-config (LLVM 14) may be first on PATH.
+    must(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX),
+    )?;
+    if !ok(Command::new("bpf-linker").arg("--version")) {
+        bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
+
+fn bpffs() -> anyhow::Result<()> {
+    let path = Path::new("/sys/fs/bpf");
+    if is_bpffs(path) {
+        step("setup", "bpffs mounted at /sys/fs/bpf");
+        return Ok(());
+    }
+    if !is_root() {
+        step(
+            "setup",
+            "bpffs is not mounted at /sys/fs/bpf and we are not root: privileged tests and the demo need `mount -t bpf bpf /sys/fs/bpf`",
+        );
+        return Ok(());
+    }
+    step("setup", "mounting bpffs at /sys/fs/bpf");
+    must(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// `stat -f` names the filesystem type: `bpf_fs` for a BPF filesystem.
+fn is_bpffs(path: &Path) -> bool {
+    output(Command::new("stat").args(["-f", "-c", "%T"]).arg(path)).trim() == "bpf_fs"
+}
