@@ -25,12 +25,13 @@ pub fn choose(frontend: &Frontend, service: &Service, client_netns: u64) -> Opti
         frontend: *frontend,
     };
     if service.affinity_timeout_s != 0
-        && let Some(backend) = live_affinity(&affinity_key, service, now) {
-            return Some(Choice {
-                backend,
-                from_affinity: true,
-            });
-        }
+        && let Some(backend) = live_affinity(&affinity_key, service, now)
+    {
+        return Some(Choice {
+            backend,
+            from_affinity: true,
+        });
+    }
     let backend = random_slot(frontend, service)?;
     if service.affinity_timeout_s != 0 {
         let entry = Affinity {
