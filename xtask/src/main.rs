@@ -101,6 +101,8 @@ fn lint() -> anyhow::Result<()> {
     cargo(&[
         "clippy",
         "--workspace",
+        "--exclude",
+        "proxy-ebpf",
         "--all-targets",
         "--",
         "-D",
