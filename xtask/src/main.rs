@@ -136,6 +136,8 @@ fn lint() -> anyhow::Result<()> {
 }
 
 fn test(require_privileged: bool, extra: &[String]) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, BufReader};
+
     let root = unsafe { libc::geteuid() } == 0;
     step(
         "test",
@@ -147,13 +149,77 @@ fn test(require_privileged: bool, extra: &[String]) -> anyhow::Result<()> {
     );
     let mut cmd = Command::new(env!("CARGO"));
     // The default members: everything but the BPF crate, which has no host build.
-    cmd.arg("test").args(extra);
+    cmd.arg("test")
+        .args(extra)
+        .stdout(std::process::Stdio::piped());
     if require_privileged {
         cmd.env("EBPF_PROXY_REQUIRE_PRIVILEGED", "1");
     }
-    let status = cmd.status().context("running cargo test")?;
+    let mut child = cmd.spawn().context("running cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut totals = Totals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    // One closing line for the whole run, summed over every test binary.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     if !status.success() {
         bail!("tests failed ({status})");
     }
     Ok(())
+}
+
+/// Sums cargo test's `test result: ok. 9 passed; 0 failed; 1 ignored; ...` lines.
+#[derive(Default, Debug, PartialEq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    "ignored" => self.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn sums_cargo_test_result_lines() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 9 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 14.77s");
+        t.add("test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        t.add("running 3 tests");
+        assert_eq!(
+            t,
+            Totals {
+                passed: 13,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
 }
