@@ -25,7 +25,7 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> anyhow::Result<()> {
     debian_packages()?;
-    nightly_rust_src()?;
+    nightly_components()?;
     bpf_linker()?;
     bpffs()?;
     step("setup", "done");
@@ -86,7 +86,7 @@ fn debian_packages() -> anyhow::Result<()> {
     )
 }
 
-fn nightly_rust_src() -> anyhow::Result<()> {
+fn nightly_components() -> anyhow::Result<()> {
     if !output(Command::new("rustup").args(["toolchain", "list"]))
         .lines()
         .any(|l| l.starts_with("nightly"))
@@ -110,15 +110,22 @@ fn nightly_rust_src() -> anyhow::Result<()> {
         "nightly",
         "--installed",
     ]));
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        step("setup", "nightly rust-src present");
-        return Ok(());
+    // rust-src: aya-build compiles core with -Z build-std; clippy: the BPF crate's lint pass.
+    for component in ["rust-src", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            step("setup", &format!("nightly {component} present"));
+            continue;
+        }
+        step("setup", &format!("adding {component} to nightly"));
+        must(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
-    step(
-        "setup",
-        "adding rust-src to nightly (needed for -Z build-std=core)",
-    );
-    must(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
