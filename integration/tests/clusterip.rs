@@ -65,6 +65,12 @@ fn weights_3_1_0_are_realised() {
         "web-0 got {got} of {n}, expected within [{lo:.0}, {hi:.0}]"
     );
     let share = got / n as f64;
+    eprintln!(
+        "weights 3:1:0 over {n} connections: web-0 {:.2}%, web-1 {:.2}%, web-2 {:.2}%",
+        share * 100.0,
+        report.count("web-1") as f64 * 100.0 / n as f64,
+        report.count("web-2") as f64 * 100.0 / n as f64
+    );
     assert!(
         (share - 0.75).abs() < 0.01 + 5.3 * (0.75f64 * 0.25 / n as f64).sqrt(),
         "share {share}"

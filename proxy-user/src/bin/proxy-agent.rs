@@ -60,10 +60,20 @@ struct Args {
     verbose: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     logging::init(args.log_json, args.verbose);
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The cause chain, not a backtrace: this is read by operators.
+            tracing::error!("{}", logging::error_chain(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
+fn run(args: Args) -> anyhow::Result<()> {
     if args.cleanup {
         let removed = loader::cleanup(&args.bpffs)
             .with_context(|| format!("cleaning up {}", args.bpffs.display()))?;

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("proxyctl: {e:#}");
+            eprintln!("proxyctl: {}", proxy_user::logging::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

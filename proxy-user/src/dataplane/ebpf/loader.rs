@@ -118,11 +118,11 @@ pub fn load_and_attach(
     if crate::BPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
-    prepare_pin_dir(dir)?;
     let cgroup_fd = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.into(),
         source,
     })?;
+    prepare_pin_dir(dir)?;
 
     let mut ebpf: Ebpf = EbpfLoader::new()
         .default_map_pin_directory(dir)
