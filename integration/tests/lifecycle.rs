@@ -162,7 +162,17 @@ fn restart_adopts_instead_of_attaching_twice() {
         .lines()
         .filter(|l| l.contains("\"synced\""))
         .collect();
-    assert_eq!(syncs.len(), 1, "only the first start wrote maps: {syncs:?}");
+    assert_eq!(syncs.len(), 2, "one full sync per start: {syncs:?}");
+    assert!(
+        syncs[0].contains("\"written\":2"),
+        "the first start wrote both frontends: {}",
+        syncs[0]
+    );
+    assert!(
+        syncs[1].contains("\"written\":0") && syncs[1].contains("\"removed\":0"),
+        "the restart found the kernel as desired and wrote nothing: {}",
+        syncs[1]
+    );
 }
 
 #[test]

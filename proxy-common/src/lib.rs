@@ -69,10 +69,18 @@ pub struct Service {
     pub backends: u32,
     /// Which slot table is active, 0 or 1.
     pub generation: u8,
+    /// [`SERVICE_KIND_MASK`] bits: how clients reach the frontend; [`SERVICE_LOCAL_ONLY`].
     pub flags: u8,
     pub _pad: u16,
 }
 const _: () = assert!(size_of::<Service>() == 16);
+
+/// `Service::flags`: the frontend kind (0 ClusterIP, 1 NodePort, 2 ExternalIP,
+/// 3 LoadBalancer), for display.
+pub const SERVICE_KIND_MASK: u8 = 0b11;
+/// `Service::flags`: only node-local endpoints are used; none means "dropped", counted as
+/// [`Event::NoLocalEndpoint`].
+pub const SERVICE_LOCAL_ONLY: u8 = 0b100;
 
 /// Key of the slots map: slot `index` of a frontend's table `generation`.
 #[repr(C)]
@@ -201,10 +209,14 @@ pub enum Event {
     AffinityStoreFailed = 5,
     /// A reply source or peer address was rewritten back to the frontend.
     ReverseTranslated = 6,
+    /// Refused: the frontend uses node-local endpoints only and this node has none.
+    NoLocalEndpoint = 7,
 }
 
 impl Event {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
+    /// Size of the events map: room for events added later without a layout change.
+    pub const MAP_SLOTS: u32 = 32;
     pub const ALL: [Event; Event::COUNT as usize] = [
         Event::Translated,
         Event::NoEndpoint,
@@ -213,6 +225,7 @@ impl Event {
         Event::RevNatStoreFailed,
         Event::AffinityStoreFailed,
         Event::ReverseTranslated,
+        Event::NoLocalEndpoint,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -224,6 +237,7 @@ impl Event {
             Event::RevNatStoreFailed => "revnat_store_failed",
             Event::AffinityStoreFailed => "affinity_store_failed",
             Event::ReverseTranslated => "reverse_translated",
+            Event::NoLocalEndpoint => "dropped_no_local_endpoint",
         }
     }
 }

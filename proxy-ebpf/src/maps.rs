@@ -42,7 +42,7 @@ pub static STATS: PerCpuHashMap<Frontend, FrontendStats> =
     PerCpuHashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 #[map(name = "EPX_EVT_V1")]
-pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::COUNT, 0);
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::MAP_SLOTS, 0);
 
 /// Written by the agent, read by proxyctl only. Declared here so that the loader creates
 /// and pins it with the others.

@@ -6,7 +6,9 @@ use aya_ebpf::{
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use proxy_common::{Backend, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, RevNatKey, Service};
+use proxy_common::{
+    Backend, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, RevNatKey, SERVICE_LOCAL_ONLY, Service,
+};
 
 use crate::{
     ALLOW,
@@ -60,7 +62,11 @@ pub fn try_forward(ctx: &SockAddrContext) -> i32 {
     let stats = stats(&frontend);
 
     let Some(choice) = choose(&frontend, &service, client_netns) else {
-        count(Event::NoEndpoint);
+        count(if service.flags & SERVICE_LOCAL_ONLY != 0 {
+            Event::NoLocalEndpoint
+        } else {
+            Event::NoEndpoint
+        });
         if let Some(s) = stats {
             // SAFETY: per-CPU value of this CPU.
             unsafe { (*s).no_endpoint += 1 };

@@ -1,7 +1,25 @@
-//! Diff of installed against desired state: a change to one Service yields changes to that
-//! Service's frontends only.
+//! From dirty Services to dataplane changes. Only Services marked dirty in the store are
+//! translated again, so one endpoint change costs the same at 10 Services as at 10,000.
+//!
+//! The syncer also decides who owns a frontend: the first Service to claim an address:port
+//! keeps it; a later claimant is rejected and waits, and is tried again when the frontend is
+//! released. A Service that becomes unusable keeps its last valid version, so a bad edit
+//! never takes traffic away; a deleted Service really goes.
 
-use crate::model::{DesiredState, FrontendAddr, FrontendSpec};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::{Duration, Instant},
+};
+
+use tracing::{error, info, warn};
+
+use crate::{
+    dataplane::Dataplane,
+    model::{
+        FrontendAddr, FrontendSpec, NodeContext, Rejection, ServiceFrontends, translate_service,
+    },
+    source::{ObjectRef, store::ObjectStore},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -9,75 +27,193 @@ pub enum Change {
     Remove(FrontendAddr),
 }
 
-pub fn diff(installed: &DesiredState, desired: &DesiredState) -> Vec<Change> {
-    let mut changes: Vec<Change> = installed
-        .keys()
-        .filter(|addr| !desired.contains_key(addr))
-        .map(|addr| Change::Remove(*addr))
-        .collect();
-    changes.extend(
-        desired
-            .iter()
-            .filter(|(addr, spec)| installed.get(addr) != Some(spec))
-            .map(|(addr, spec)| Change::Upsert(*addr, spec.clone())),
-    );
-    changes
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncSummary {
+    /// Every Service was recomputed.
+    pub full: bool,
+    pub services: usize,
+    pub frontends: usize,
+    pub written: usize,
+    pub removed: usize,
+    pub failed: usize,
+    pub rejected: usize,
+    pub elapsed: Duration,
+}
+
+#[derive(Default)]
+pub struct Syncer {
+    last_good: HashMap<ObjectRef, ServiceFrontends>,
+    owned: HashMap<ObjectRef, BTreeSet<FrontendAddr>>,
+    owners: BTreeMap<FrontendAddr, ObjectRef>,
+    waiting: BTreeMap<FrontendAddr, BTreeSet<ObjectRef>>,
+    /// Services whose last write failed: retried by [`Syncer::retry_failed`].
+    failed: BTreeSet<ObjectRef>,
+    /// Whether a full sync has reconciled the dataplane with the store yet.
+    reconciled: bool,
+}
+
+impl Syncer {
+    pub fn sync(&mut self, store: &mut ObjectStore, dataplane: &mut dyn Dataplane) -> SyncSummary {
+        let started = Instant::now();
+        let dirty = store.take_dirty();
+        let full = dirty.all || !self.reconciled;
+        let mut queue: BTreeSet<ObjectRef> = if full {
+            store
+                .service_keys()
+                .cloned()
+                .chain(self.owned.keys().cloned())
+                .collect()
+        } else {
+            dirty.services
+        };
+        let mut summary = SyncSummary {
+            full,
+            services: queue.len(),
+            ..SyncSummary::default()
+        };
+        let node = store.node_context();
+        // What each touched frontend should become: Some(spec), or None for "remove".
+        let mut pending: BTreeMap<FrontendAddr, Option<FrontendSpec>> = BTreeMap::new();
+
+        while let Some(key) = queue.pop_first() {
+            let wanted = self.wanted(&key, store, &node, &mut summary);
+            let owned = self.owned.remove(&key).unwrap_or_default();
+            for addr in owned
+                .iter()
+                .filter(|a| !wanted.iter().any(|(w, _)| w == *a))
+            {
+                self.owners.remove(addr);
+                pending.insert(*addr, None);
+                // Services waiting for this frontend get their chance now.
+                queue.extend(self.waiting.remove(addr).unwrap_or_default());
+            }
+            let mut now_owned = BTreeSet::new();
+            for (addr, spec) in wanted {
+                match self.owners.get(&addr) {
+                    Some(owner) if *owner != key => {
+                        summary.rejected += 1;
+                        warn!(
+                            "{}",
+                            Rejection {
+                                object: format!("Service {key}"),
+                                reason: format!(
+                                    "frontend {addr} is already served by Service {owner}; this port is skipped"
+                                ),
+                            }
+                        );
+                        self.waiting.entry(addr).or_default().insert(key.clone());
+                    }
+                    _ => {
+                        self.owners.insert(addr, key.clone());
+                        now_owned.insert(addr);
+                        pending.insert(addr, Some(spec));
+                    }
+                }
+            }
+            if !now_owned.is_empty() {
+                self.owned.insert(key.clone(), now_owned);
+            }
+        }
+        if full {
+            // Installed by an earlier run for Services that no longer exist.
+            for addr in dataplane
+                .installed()
+                .keys()
+                .filter(|a| !self.owners.contains_key(*a))
+            {
+                pending.entry(*addr).or_insert(None);
+            }
+            self.reconciled = true;
+        }
+
+        let installed = dataplane.installed();
+        let changes: Vec<Change> = pending
+            .into_iter()
+            .filter_map(|(addr, spec)| match spec {
+                Some(spec) if installed.get(&addr) != Some(&spec) => {
+                    Some(Change::Upsert(addr, spec))
+                }
+                None if installed.contains_key(&addr) => Some(Change::Remove(addr)),
+                _ => None,
+            })
+            .collect();
+        let report = dataplane.apply(changes);
+        for (addr, service, reason) in &report.failed {
+            error!(frontend = %addr, "{service}: not programmed: {reason}; its previous state is kept");
+            if let Some(owner) = self.owners.get(addr) {
+                self.failed.insert(owner.clone());
+            }
+        }
+        summary.frontends = dataplane.installed().len();
+        summary.written = report.written;
+        summary.removed = report.removed;
+        summary.failed = report.failed.len();
+        summary.elapsed = started.elapsed();
+        if summary.written + summary.removed + summary.failed > 0 || full {
+            info!(
+                full,
+                services = summary.services,
+                frontends = summary.frontends,
+                written = summary.written,
+                removed = summary.removed,
+                failed = summary.failed,
+                elapsed_us = summary.elapsed.as_micros() as u64,
+                "synced"
+            );
+        }
+        summary
+    }
+
+    /// Marks Services whose write failed (a full map, say) for another attempt.
+    pub fn retry_failed(&mut self, store: &mut ObjectStore) -> bool {
+        if self.failed.is_empty() {
+            return false;
+        }
+        store.mark_dirty(std::mem::take(&mut self.failed));
+        true
+    }
+
+    /// The frontends `key` should have now.
+    fn wanted(
+        &mut self,
+        key: &ObjectRef,
+        store: &ObjectStore,
+        node: &NodeContext,
+        summary: &mut SyncSummary,
+    ) -> Vec<(FrontendAddr, FrontendSpec)> {
+        let Some(service) = store.service(key) else {
+            self.last_good.remove(key);
+            return Vec::new();
+        };
+        match translate_service(key, service, &store.slices(key), node) {
+            None => {
+                self.last_good.remove(key);
+                Vec::new()
+            }
+            Some(Ok(frontends)) => {
+                for warning in &frontends.warnings {
+                    warn!("{warning}");
+                }
+                let wanted = frontends.frontends.clone();
+                self.last_good.insert(key.clone(), frontends);
+                wanted
+            }
+            Some(Err(rejection)) => {
+                summary.rejected += 1;
+                match self.last_good.get(key) {
+                    Some(previous) => {
+                        warn!("{rejection}; keeping its last valid version");
+                        previous.frontends.clone()
+                    }
+                    None => {
+                        warn!("{rejection}; skipped");
+                        Vec::new()
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-    use crate::model::{BackendAddr, Protocol, WeightedBackend};
-
-    fn frontend(last: u8) -> FrontendAddr {
-        FrontendAddr {
-            ip: Ipv4Addr::new(198, 19, 0, last),
-            port: 80,
-            protocol: Protocol::Tcp,
-        }
-    }
-
-    fn spec(name: &str, backends: &[u8]) -> FrontendSpec {
-        FrontendSpec {
-            service: name.into(),
-            affinity_timeout_s: 0,
-            backends: backends
-                .iter()
-                .map(|b| WeightedBackend {
-                    addr: BackendAddr {
-                        ip: Ipv4Addr::new(198, 18, 1, *b),
-                        port: 8080,
-                    },
-                    weight: 1,
-                })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn only_changed_frontends_are_rewritten() {
-        let installed: DesiredState = [
-            (frontend(1), spec("a", &[1, 2])),
-            (frontend(2), spec("b", &[3])),
-            (frontend(3), spec("c", &[4])),
-        ]
-        .into();
-        let desired: DesiredState = [
-            (frontend(1), spec("a", &[1, 2])),
-            (frontend(2), spec("b", &[3, 5])),
-            (frontend(4), spec("d", &[6])),
-        ]
-        .into();
-        assert_eq!(
-            diff(&installed, &desired),
-            vec![
-                Change::Remove(frontend(3)),
-                Change::Upsert(frontend(2), spec("b", &[3, 5])),
-                Change::Upsert(frontend(4), spec("d", &[6])),
-            ]
-        );
-        assert!(diff(&desired, &desired).is_empty());
-    }
-}
+mod tests;

@@ -1,10 +1,6 @@
 //! proxy-agent: programs this node's Service frontends into the kernel.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
@@ -43,6 +39,10 @@ struct Args {
     /// Detach and unpin everything the agent installed, then exit.
     #[arg(long)]
     cleanup: bool,
+    /// This node's name: which endpoints are local, and which Node object (in the manifest
+    /// directory) gives the node's zone and NodePort addresses.
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
     /// Capacity of the services map (frontends) when it is created.
     #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_SERVICES)]
     max_services: u32,
@@ -109,18 +109,36 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut dataplane = EbpfDataplane::open(&args.bpffs, &cgroup, capacities)
         .context("starting the eBPF dataplane")?;
 
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&shutdown))
-            .context("installing signal handlers")?;
-    }
-    let mut source = ManifestDir::new(&source_dir);
+    let shared = agent::Shared::new(args.node_name, 1);
+    let source = ManifestDir::new(&source_dir);
     info!(source = %source.path().display(), cgroup = %cgroup.display(), "watching manifests");
-    agent::run(
-        &mut source,
-        &mut dataplane,
-        Duration::from_millis(args.poll_ms),
-        &shutdown,
-    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        tokio::spawn(agent::watch_manifests(
+            source,
+            shared.clone(),
+            Duration::from_millis(args.poll_ms),
+        ));
+        agent::sync_loop(shared, &mut dataplane, shutdown_signal(), |_| {}).await;
+    });
     Ok(())
+}
+
+/// SIGTERM or SIGINT: stop watching, leave the datapath installed, exit 0.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM"),
+        _ = int.recv() => info!("SIGINT"),
+    }
 }

@@ -116,7 +116,9 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::model::{BackendAddr, FrontendAddr, FrontendSpec, Protocol, WeightedBackend};
+    use crate::model::{
+        BackendAddr, FrontendAddr, FrontendKind, FrontendSpec, Protocol, WeightedBackend,
+    };
 
     fn installed() -> DesiredState {
         let backend = |last, weight| WeightedBackend {
@@ -135,6 +137,8 @@ mod tests {
                 },
                 FrontendSpec {
                     service: "demo/web:http".into(),
+                    kind: FrontendKind::ClusterIp,
+                    local_only: false,
                     affinity_timeout_s: 0,
                     backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
                 },
@@ -147,6 +151,8 @@ mod tests {
                 },
                 FrontendSpec {
                     service: "demo/empty".into(),
+                    kind: FrontendKind::ClusterIp,
+                    local_only: false,
                     affinity_timeout_s: 30,
                     backends: vec![],
                 },

@@ -1,18 +1,28 @@
-//! Which endpoints of a Service port receive new connections, as kube-proxy decides it for
-//! ClusterIP traffic (pkg/proxy/topology.go): the ready endpoints; if there are none, the
-//! endpoints that are serving and terminating.
+//! Which endpoints of a Service port receive new connections, as kube-proxy decides it
+//! (pkg/proxy/topology.go, CategorizeEndpoints):
+//!
+//! - cluster traffic: the ready endpoints, narrowed to the node's zone when topology hints
+//!   apply; if none is ready, the serving and terminating endpoints;
+//! - local traffic (internalTrafficPolicy Local): the ready endpoints on this node; if none,
+//!   the serving and terminating ones on this node; if none, nothing (the traffic is dropped).
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::{BackendAddr, Protocol, Rejection};
+use super::{BackendAddr, Protocol, Rejection, node::NodeContext};
 
 /// An endpoint of one Service port, after matching its slice port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortEndpoint {
     pub addr: BackendAddr,
     pub target_name: Option<String>,
+    pub node_name: Option<String>,
+    /// Zones this endpoint is hinted for; empty when the slice carries no hints.
+    pub zone_hints: BTreeSet<String>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -30,6 +40,8 @@ pub fn port_endpoints(
     let mut by_addr: BTreeMap<BackendAddr, PortEndpoint> = BTreeMap::new();
     for slice in slices {
         let slice_name = slice.metadata.name.as_deref().unwrap_or("<unnamed>");
+        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+        let object = || format!("EndpointSlice {namespace}/{slice_name}");
         if slice.address_type != "IPv4" {
             // IPv6 and FQDN slices are normal in dual-stack clusters; nothing to report.
             continue;
@@ -41,34 +53,26 @@ pub fn port_endpoints(
             continue;
         };
         let Some(number) = port.port else { continue };
-        let Ok(number) = u16::try_from(number) else {
+        let Some(number) = u16::try_from(number).ok().filter(|n| *n != 0) else {
             skipped.push(Rejection {
-                object: format!("EndpointSlice {}", slice_name),
+                object: object(),
                 reason: format!("port {number} is out of range"),
             });
             continue;
         };
-        if number == 0 {
-            skipped.push(Rejection {
-                object: format!("EndpointSlice {}", slice_name),
-                reason: "port 0 is out of range".into(),
-            });
-            continue;
-        }
         for endpoint in slice.endpoints.iter().flatten() {
             let conditions = endpoint.conditions.as_ref();
             // The API says: nil ready and nil serving mean true; nil terminating means false.
             let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
             let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
             let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            let target_name = endpoint.target_ref.as_ref().and_then(|r| r.name.clone());
             // kube-proxy uses the first address of an endpoint.
             let Some(address) = endpoint.addresses.first() else {
                 continue;
             };
             let Ok(ip) = address.parse::<Ipv4Addr>() else {
                 skipped.push(Rejection {
-                    object: format!("EndpointSlice {}", slice_name),
+                    object: object(),
                     reason: format!(
                         "endpoint address {address:?} is not an IPv4 address; endpoint skipped"
                     ),
@@ -78,7 +82,16 @@ pub fn port_endpoints(
             let addr = BackendAddr { ip, port: number };
             let candidate = PortEndpoint {
                 addr,
-                target_name,
+                target_name: endpoint.target_ref.as_ref().and_then(|r| r.name.clone()),
+                node_name: endpoint.node_name.clone(),
+                zone_hints: endpoint
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.for_zones.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|z| z.name.clone())
+                    .collect(),
                 ready,
                 serving,
                 terminating,
@@ -97,14 +110,60 @@ pub fn port_endpoints(
     by_addr.into_values().collect()
 }
 
-/// kube-proxy's choice for Cluster traffic policy.
-pub fn usable(endpoints: Vec<PortEndpoint>) -> Vec<PortEndpoint> {
-    if endpoints.iter().any(|e| e.ready) {
-        endpoints.into_iter().filter(|e| e.ready).collect()
-    } else {
-        endpoints
-            .into_iter()
-            .filter(|e| e.serving && e.terminating)
-            .collect()
+/// Endpoints for cluster-wide traffic.
+pub fn cluster(endpoints: &[PortEndpoint], node: &NodeContext) -> Vec<PortEndpoint> {
+    let zone = node
+        .zone
+        .as_deref()
+        .filter(|_| use_topology(endpoints, node));
+    let ready: Vec<PortEndpoint> = endpoints
+        .iter()
+        .filter(|e| e.ready && zone.is_none_or(|z| e.zone_hints.contains(z)))
+        .cloned()
+        .collect();
+    if !ready.is_empty() {
+        return ready;
     }
+    endpoints
+        .iter()
+        .filter(|e| e.serving && e.terminating)
+        .cloned()
+        .collect()
+}
+
+/// Endpoints for traffic with a Local policy: on this node only.
+pub fn local(endpoints: &[PortEndpoint], node: &NodeContext) -> Vec<PortEndpoint> {
+    let on_node = |e: &&PortEndpoint| node.is_local(e.node_name.as_deref());
+    let ready: Vec<PortEndpoint> = endpoints
+        .iter()
+        .filter(on_node)
+        .filter(|e| e.ready)
+        .cloned()
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    endpoints
+        .iter()
+        .filter(on_node)
+        .filter(|e| e.serving && e.terminating)
+        .cloned()
+        .collect()
+}
+
+/// kube-proxy's canUseTopology: hints are used only when every ready endpoint has zone
+/// hints and at least one is hinted for this node's zone; otherwise all endpoints are used
+/// (so a half-hinted slice never blackholes a zone).
+fn use_topology(endpoints: &[PortEndpoint], node: &NodeContext) -> bool {
+    let Some(zone) = node.zone.as_deref() else {
+        return false;
+    };
+    let mut for_zone = false;
+    for e in endpoints.iter().filter(|e| e.ready) {
+        if e.zone_hints.is_empty() {
+            return false;
+        }
+        for_zone |= e.zone_hints.contains(zone);
+    }
+    for_zone
 }

@@ -3,6 +3,7 @@
 //! dataplanes (eBPF maps, iptables rules) are written from this.
 
 mod endpoints;
+pub mod node;
 mod service;
 pub mod weights;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 
 use crate::source::{ObjectRef, ObjectSet};
 
+pub use node::NodeContext;
 pub use service::translate_service;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -79,13 +81,44 @@ pub struct WeightedBackend {
     pub weight: u32,
 }
 
+/// How clients reach a frontend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    pub const ALL: [FrontendKind; 4] = [
+        FrontendKind::ClusterIp,
+        FrontendKind::NodePort,
+        FrontendKind::ExternalIp,
+        FrontendKind::LoadBalancer,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
 /// One frontend as it should be programmed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrontendSpec {
     /// `namespace/name:port` (`:port` only for a named port), as kube-proxy names it.
     pub service: String,
+    pub kind: FrontendKind,
     /// ClientIP affinity timeout; 0 for none.
     pub affinity_timeout_s: u32,
+    /// Only this node's endpoints are used (internalTrafficPolicy Local); when there are
+    /// none the traffic is dropped rather than rejected (it still fails at once).
+    pub local_only: bool,
     /// Sorted by address, no duplicates.
     pub backends: Vec<WeightedBackend>,
 }
@@ -127,42 +160,15 @@ pub struct ServiceFrontends {
 /// `Err`; ignored Services (headless, ExternalName, another proxy's) are absent.
 pub type Translation = BTreeMap<ObjectRef, Result<ServiceFrontends, Rejection>>;
 
-pub fn translate(objects: &ObjectSet) -> Translation {
+pub fn translate(objects: &ObjectSet, node: &NodeContext) -> Translation {
     let mut out = Translation::new();
     for (key, service) in &objects.services {
-        if let Some(result) =
-            translate_service(key, service, &objects.slices_of(key).collect::<Vec<_>>())
-        {
+        let slices: Vec<_> = objects.slices_of(key).collect();
+        if let Some(result) = translate_service(key, service, &slices, node) {
             out.insert(key.clone(), result);
         }
     }
     out
-}
-
-/// Merges per-Service results into one desired state. Two Services claiming the same
-/// frontend: the first in `namespace/name` order keeps it and the other's frontend is
-/// rejected, so one bad Service cannot take over another's traffic.
-pub fn merge<'a>(
-    services: impl IntoIterator<Item = (&'a ObjectRef, &'a ServiceFrontends)>,
-) -> (DesiredState, Vec<Rejection>) {
-    let mut state = DesiredState::new();
-    let mut rejections = Vec::new();
-    for (key, frontends) in services {
-        for (addr, spec) in &frontends.frontends {
-            if let Some(owner) = state.get(addr) {
-                rejections.push(Rejection {
-                    object: format!("Service {key}"),
-                    reason: format!(
-                        "frontend {addr} is already served by {}; this port is skipped",
-                        owner.service
-                    ),
-                });
-                continue;
-            }
-            state.insert(*addr, spec.clone());
-        }
-    }
-    (state, rejections)
 }
 
 #[cfg(test)]

@@ -1,12 +1,25 @@
 //! One Service and its EndpointSlices -> its frontends.
+//!
+//! Every frontend here is reached by sockets on this node (pods or host processes), which
+//! is what the socket programs see. kube-proxy sends such traffic to *external* frontends
+//! (NodePort, ExternalIPs, LoadBalancer IPs) through the cluster-wide endpoint set even when
+//! externalTrafficPolicy is Local ("pod traffic for external destinations", "route LOCAL
+//! traffic"), so those frontends use cluster endpoints; externalTrafficPolicy Local governs
+//! traffic arriving from outside the node, which the tc programs handle. A ClusterIP with
+//! internalTrafficPolicy Local uses this node's endpoints only.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Service, ServicePort, ServiceSpec},
+    discovery::v1::EndpointSlice,
+};
 
 use super::{
-    FrontendAddr, FrontendSpec, Protocol, Rejection, ServiceFrontends, WeightedBackend,
-    endpoints::{port_endpoints, usable},
+    FrontendAddr, FrontendKind, FrontendSpec, Protocol, Rejection, ServiceFrontends,
+    WeightedBackend,
+    endpoints::{self, PortEndpoint, port_endpoints},
+    node::NodeContext,
     weights::{ANNOTATION, Weights},
 };
 use crate::source::ObjectRef;
@@ -23,6 +36,7 @@ pub fn translate_service(
     key: &ObjectRef,
     service: &Service,
     slices: &[&EndpointSlice],
+    node: &NodeContext,
 ) -> Option<Result<ServiceFrontends, Rejection>> {
     let reject = |reason: String| Rejection {
         object: format!("Service {key}"),
@@ -40,36 +54,12 @@ pub fn translate_service(
     if spec.type_.as_deref() == Some("ExternalName") {
         return None;
     }
-    let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
-    if cluster_ip == "None" {
-        return None; // headless: DNS only
-    }
-    if cluster_ip.is_empty() {
-        return Some(Err(reject("has no clusterIP yet".into())));
-    }
-    // Dual-stack Services list both families in clusterIPs; we serve the IPv4 one.
-    let ips: Vec<&str> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        _ => vec![cluster_ip],
+    let cluster_ip = match cluster_ip(spec) {
+        Ok(Some(ip)) => ip,
+        Ok(None) => return None, // headless: DNS only
+        Err(reason) => return Some(Err(reject(reason))),
     };
-    let ip = match ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
-        Some(ip) => ip,
-        None if ips
-            .iter()
-            .all(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()) =>
-        {
-            return Some(Err(reject(format!(
-                "clusterIP {cluster_ip} is IPv6; this node serves IPv4 only"
-            ))));
-        }
-        None => {
-            return Some(Err(reject(format!(
-                "clusterIP {cluster_ip:?} is not an IP address"
-            ))));
-        }
-    };
-
-    let affinity_timeout_s = match affinity_timeout(service) {
+    let affinity_timeout_s = match affinity_timeout(spec) {
         Ok(t) => t,
         Err(reason) => return Some(Err(reject(reason))),
     };
@@ -89,77 +79,203 @@ pub fn translate_service(
             Weights::default()
         }),
     };
+    let external = external_addresses(service, spec, &mut out.warnings, &reject);
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let node_ports = matches!(
+        spec.type_.as_deref(),
+        Some("NodePort") | Some("LoadBalancer")
+    );
 
     for port in spec.ports.iter().flatten() {
-        let port_name = port.name.as_deref().unwrap_or("");
-        let port_label = if port_name.is_empty() {
-            port.port.to_string()
-        } else {
-            port_name.to_owned()
-        };
-        let port_reject = |reason: String| Rejection {
-            object: format!("Service {key} port {port_label}"),
-            reason,
-        };
-        let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            other => {
-                out.warnings.push(port_reject(format!(
-                    "protocol {other} is not supported; port skipped"
-                )));
-                continue;
-            }
-        };
-        let Some(number) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
-            out.warnings.push(port_reject(format!(
-                "port {} is out of range; port skipped",
-                port.port
-            )));
+        let Some((protocol, number, port_name)) = checked_port(key, port, &mut out.warnings) else {
             continue;
         };
-        let endpoints = usable(port_endpoints(
-            slices,
-            port_name,
-            protocol,
-            &mut out.warnings,
-        ));
-        let mut backends: Vec<WeightedBackend> = endpoints
-            .iter()
-            .map(|e| WeightedBackend {
-                addr: e.addr,
-                weight: weights.of(e.target_name.as_deref(), &e.addr.ip.to_string()),
-            })
-            .collect();
-        backends.sort();
+        let all = port_endpoints(slices, port_name, protocol, &mut out.warnings);
+        let weigh = |chosen: Vec<PortEndpoint>| -> Vec<WeightedBackend> {
+            let mut backends: Vec<WeightedBackend> = chosen
+                .iter()
+                .map(|e| WeightedBackend {
+                    addr: e.addr,
+                    weight: weights.of(e.target_name.as_deref(), &e.addr.ip.to_string()),
+                })
+                .collect();
+            backends.sort();
+            backends
+        };
+        let cluster_backends = weigh(endpoints::cluster(&all, node));
         let name = if port_name.is_empty() {
             key.to_string()
         } else {
             format!("{key}:{port_name}")
         };
+        let frontend = |kind, backends, local_only| FrontendSpec {
+            service: name.clone(),
+            kind,
+            affinity_timeout_s,
+            local_only,
+            backends,
+        };
+
+        let clusterip_backends = if internal_local {
+            weigh(endpoints::local(&all, node))
+        } else {
+            cluster_backends.clone()
+        };
         out.frontends.push((
             FrontendAddr {
-                ip,
+                ip: cluster_ip,
                 port: number,
                 protocol,
             },
-            FrontendSpec {
-                service: name,
-                affinity_timeout_s,
-                backends,
-            },
+            frontend(FrontendKind::ClusterIp, clusterip_backends, internal_local),
         ));
+        for (ip, kind) in &external {
+            out.frontends.push((
+                FrontendAddr {
+                    ip: *ip,
+                    port: number,
+                    protocol,
+                },
+                frontend(*kind, cluster_backends.clone(), false),
+            ));
+        }
+        match port.node_port {
+            Some(node_port) if node_ports && node_port != 0 => {
+                let Some(node_port) = u16::try_from(node_port).ok() else {
+                    out.warnings.push(reject(format!(
+                        "nodePort {node_port} is out of range; skipped"
+                    )));
+                    continue;
+                };
+                for ip in &node.addresses {
+                    out.frontends.push((
+                        FrontendAddr {
+                            ip: *ip,
+                            port: node_port,
+                            protocol,
+                        },
+                        frontend(FrontendKind::NodePort, cluster_backends.clone(), false),
+                    ));
+                }
+            }
+            _ => {}
+        }
     }
+    // The same slice problem is found once per port; report it once.
+    let mut seen = std::collections::BTreeSet::new();
+    out.warnings.retain(|w| seen.insert(w.to_string()));
     Some(Ok(out))
 }
 
-fn affinity_timeout(service: &Service) -> Result<u32, String> {
-    let spec = service.spec.as_ref();
-    if spec.and_then(|s| s.session_affinity.as_deref()) != Some("ClientIP") {
+/// The IPv4 ClusterIP, `None` for a headless Service.
+fn cluster_ip(spec: &ServiceSpec) -> Result<Option<Ipv4Addr>, String> {
+    let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
+    if cluster_ip == "None" {
+        return Ok(None);
+    }
+    if cluster_ip.is_empty() {
+        return Err("has no clusterIP yet".into());
+    }
+    // Dual-stack Services list both families in clusterIPs; we serve the IPv4 one.
+    let ips: Vec<&str> = match &spec.cluster_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => vec![cluster_ip],
+    };
+    if let Some(ip) = ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
+        return Ok(Some(ip));
+    }
+    if ips.iter().all(|ip| ip.parse::<Ipv6Addr>().is_ok()) {
+        return Err(format!(
+            "clusterIP {cluster_ip} is IPv6; this node serves IPv4 only"
+        ));
+    }
+    Err(format!("clusterIP {cluster_ip:?} is not an IP address"))
+}
+
+/// ExternalIPs and LoadBalancer ingress IPs (IPv4; `ipMode: Proxy` ingress is left to the
+/// load balancer, as kube-proxy does).
+fn external_addresses(
+    service: &Service,
+    spec: &ServiceSpec,
+    warnings: &mut Vec<Rejection>,
+    reject: &dyn Fn(String) -> Rejection,
+) -> Vec<(Ipv4Addr, FrontendKind)> {
+    let mut out = Vec::new();
+    for text in spec.external_ips.iter().flatten() {
+        match text.parse::<Ipv4Addr>() {
+            Ok(ip) => out.push((ip, FrontendKind::ExternalIp)),
+            Err(_) if text.parse::<Ipv6Addr>().is_ok() => {}
+            Err(_) => warnings.push(reject(format!(
+                "externalIP {text:?} is not an IP address; skipped"
+            ))),
+        }
+    }
+    if spec.type_.as_deref() == Some("LoadBalancer") {
+        let ingress = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        for entry in ingress.into_iter().flatten() {
+            if entry.ip_mode.as_deref() == Some("Proxy") {
+                continue;
+            }
+            let Some(text) = entry.ip.as_deref() else {
+                continue;
+            };
+            match text.parse::<Ipv4Addr>() {
+                Ok(ip) => out.push((ip, FrontendKind::LoadBalancer)),
+                Err(_) if text.parse::<Ipv6Addr>().is_ok() => {}
+                Err(_) => warnings.push(reject(format!(
+                    "load balancer ingress IP {text:?} is not an IP address; skipped"
+                ))),
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn checked_port<'p>(
+    key: &ObjectRef,
+    port: &'p ServicePort,
+    warnings: &mut Vec<Rejection>,
+) -> Option<(Protocol, u16, &'p str)> {
+    let port_name = port.name.as_deref().unwrap_or("");
+    let label = if port_name.is_empty() {
+        port.port.to_string()
+    } else {
+        port_name.to_owned()
+    };
+    let mut skip = |reason: String| {
+        warnings.push(Rejection {
+            object: format!("Service {key} port {label}"),
+            reason,
+        });
+    };
+    let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        other => {
+            skip(format!("protocol {other} is not supported; port skipped"));
+            return None;
+        }
+    };
+    let Some(number) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
+        skip(format!("port {} is out of range; port skipped", port.port));
+        return None;
+    };
+    Some((protocol, number, port_name))
+}
+
+fn affinity_timeout(spec: &ServiceSpec) -> Result<u32, String> {
+    if spec.session_affinity.as_deref() != Some("ClientIP") {
         return Ok(0);
     }
     let configured = spec
-        .and_then(|s| s.session_affinity_config.as_ref())
+        .session_affinity_config
+        .as_ref()
         .and_then(|c| c.client_ip.as_ref())
         .and_then(|c| c.timeout_seconds);
     match configured {

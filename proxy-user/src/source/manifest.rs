@@ -13,7 +13,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::Deserialize as _;
 use tracing::{debug, warn};
 
@@ -44,6 +47,7 @@ pub enum ManifestError {
 pub enum Parsed {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
+    Node(Box<Node>),
     /// Another kind (a Deployment in the same file, say): not ours, ignored.
     Other {
         kind: String,
@@ -98,6 +102,10 @@ fn collect(value: serde_yaml::Value, out: &mut Vec<Parsed>) {
                 Err(e) => invalid("EndpointSlice", &value, e),
             },
         ),
+        "Node" => out.push(match serde_yaml::from_value::<Node>(value.clone()) {
+            Ok(n) => Parsed::Node(Box::new(n)),
+            Err(e) => invalid("Node", &value, e),
+        }),
         _ => out.push(Parsed::Other { kind }),
     }
 }
@@ -255,6 +263,10 @@ impl ManifestDir {
                         {
                             warn!(endpointslice = %key, file = %path.display(), "EndpointSlice defined twice; the later file wins");
                         }
+                    }
+                    Parsed::Node(n) => {
+                        let name = n.metadata.name.clone().unwrap_or_default();
+                        set.nodes.insert(name, (**n).clone());
                     }
                     Parsed::Other { .. } | Parsed::Invalid { .. } => {}
                 }

@@ -2,10 +2,14 @@
 //! the rest of the agent never knows which source it was.
 
 pub mod manifest;
+pub mod store;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 
 /// `namespace/name` of an object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,6 +38,8 @@ impl std::fmt::Display for ObjectRef {
 pub struct ObjectSet {
     pub services: BTreeMap<ObjectRef, Service>,
     pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
+    /// Nodes by name (the agent only needs its own).
+    pub nodes: BTreeMap<String, Node>,
 }
 
 impl ObjectSet {

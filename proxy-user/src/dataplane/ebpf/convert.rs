@@ -2,9 +2,9 @@
 
 use std::net::Ipv4Addr;
 
-use proxy_common::{Backend, Frontend};
+use proxy_common::{Backend, Frontend, SERVICE_KIND_MASK, SERVICE_LOCAL_ONLY};
 
-use crate::model::{BackendAddr, FrontendAddr, Protocol};
+use crate::model::{BackendAddr, FrontendAddr, FrontendKind, Protocol};
 
 pub fn frontend(addr: &FrontendAddr) -> Frontend {
     Frontend {
@@ -38,6 +38,21 @@ pub fn backend_addr(be: &Backend) -> BackendAddr {
     }
 }
 
+/// `Service::flags` for a frontend.
+pub fn service_flags(kind: FrontendKind, local_only: bool) -> u8 {
+    let kind = FrontendKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(0) as u8;
+    kind | if local_only { SERVICE_LOCAL_ONLY } else { 0 }
+}
+
+/// Kind and local-only back from `Service::flags`.
+pub fn from_service_flags(flags: u8) -> (FrontendKind, bool) {
+    let kind = FrontendKind::ALL[(flags & SERVICE_KIND_MASK) as usize];
+    (kind, flags & SERVICE_LOCAL_ONLY != 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +73,13 @@ mod tests {
             port: 53,
         };
         assert_eq!(backend_addr(&backend(&b)), b);
+        for kind in FrontendKind::ALL {
+            for local in [false, true] {
+                assert_eq!(
+                    from_service_flags(service_flags(kind, local)),
+                    (kind, local)
+                );
+            }
+        }
     }
 }

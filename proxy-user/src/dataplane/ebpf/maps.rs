@@ -13,7 +13,7 @@ use proxy_common::{
 };
 
 use super::{
-    convert::{backend, backend_addr, frontend, frontend_addr},
+    convert::{backend, backend_addr, from_service_flags, frontend, frontend_addr, service_flags},
     slots::slot_table,
 };
 use crate::model::{DesiredState, FrontendAddr, FrontendSpec, WeightedBackend};
@@ -141,10 +141,13 @@ impl Maps {
                 .unwrap_or_default();
             let mut backends = members.remove(&fe).unwrap_or_default();
             backends.sort();
+            let (kind, local_only) = from_service_flags(service.flags);
             state.insert(
                 addr,
                 FrontendSpec {
                     service: name,
+                    kind,
+                    local_only,
                     affinity_timeout_s: service.affinity_timeout_s,
                     backends,
                 },
@@ -260,7 +263,7 @@ impl Maps {
                 affinity_timeout_s: spec.affinity_timeout_s,
                 backends: spec.backends.len() as u32,
                 generation,
-                flags: 0,
+                flags: service_flags(spec.kind, spec.local_only),
                 _pad: 0,
             };
             self.insert(names::MAP_SERVICES, |m| m.services.insert(fe, value, 0))

@@ -1,0 +1,45 @@
+//! What the model needs to know about the node it runs on: its name (which endpoints are
+//! local), its zone (topology hints) and its IPv4 addresses (NodePort frontends).
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Node;
+
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    pub name: Option<String>,
+    pub zone: Option<String>,
+    /// Addresses a NodePort is served on, from the Node's status (InternalIP, ExternalIP).
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+impl NodeContext {
+    /// The context of `name`, from its Node object when there is one.
+    pub fn new(name: Option<&str>, node: Option<&Node>) -> Self {
+        let zone = node
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|l| l.get(ZONE_LABEL))
+            .cloned();
+        let mut addresses: Vec<Ipv4Addr> = node
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Self {
+            name: name.map(str::to_owned),
+            zone,
+            addresses,
+        }
+    }
+
+    pub fn is_local(&self, node_name: Option<&str>) -> bool {
+        self.name.is_some() && self.name.as_deref() == node_name
+    }
+}
