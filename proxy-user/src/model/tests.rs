@@ -246,3 +246,197 @@ fn invalid_endpoint_addresses_are_skipped_and_named() {
     assert_eq!(out.frontends[0].1.backends.len(), 1);
     assert!(out.warnings.iter().any(|w| w.to_string() == "EndpointSlice shop/web-1: endpoint address \"not-an-ip\" is not an IPv4 address; endpoint skipped"), "{:?}", out.warnings);
 }
+
+// ---- Frontends beyond the ClusterIP, traffic policies and topology ----
+
+fn node(zone: Option<&str>) -> NodeContext {
+    let zone_label = zone
+        .map(|z| format!("  labels: {{topology.kubernetes.io/zone: {z}}}\n"))
+        .unwrap_or_default();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n{zone_label}status:\n  addresses:\n  - {{type: InternalIP, address: 198.18.0.5}}\n  - {{type: ExternalIP, address: 198.18.0.6}}\n  - {{type: InternalIP, address: fd00::5}}\n  - {{type: Hostname, address: node-a}}\n"
+    );
+    let parsed = parse_documents(Path::new("node.yaml"), &yaml).expect("parses");
+    let Some(Parsed::Node(n)) = parsed.into_iter().next() else {
+        panic!("a Node")
+    };
+    NodeContext::new(Some("node-a"), Some(&n))
+}
+
+/// Two endpoints on node-a (one terminating), one on node-b.
+const NODES_SLICE: &str = "
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [198.18.1.2], nodeName: node-a, conditions: {ready: true}, hints: {forZones: [{name: z1}]}}
+- {addresses: [198.18.1.3], nodeName: node-b, conditions: {ready: true}, hints: {forZones: [{name: z2}]}}
+- {addresses: [198.18.1.4], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+";
+
+fn frontends_on(yaml: &str, node: &NodeContext) -> Vec<(FrontendAddr, FrontendSpec)> {
+    let set = objects(yaml);
+    let t = translate(&set, node);
+    let out = t.into_values().next().expect("translated").expect("valid");
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    out.frontends
+}
+
+fn web(spec: &str, slice: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  clusterIP: 198.19.0.10\n  ports: [{{name: http, port: 80, nodePort: 30080}}]\n{spec}---\n{slice}"
+    )
+}
+
+fn ips(spec: &FrontendSpec) -> Vec<String> {
+    spec.backends
+        .iter()
+        .map(|b| b.addr.ip.to_string())
+        .collect()
+}
+
+#[test]
+fn node_ports_are_served_on_the_node_addresses() {
+    let frontends = frontends_on(&web("  type: NodePort\n", NODES_SLICE), &node(None));
+    let shown: Vec<String> = frontends
+        .iter()
+        .map(|(a, s)| format!("{a} {}", s.kind.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "198.19.0.10:80/TCP ClusterIP",
+            "198.18.0.5:30080/TCP NodePort",
+            "198.18.0.6:30080/TCP NodePort"
+        ]
+    );
+    assert_eq!(ips(&frontends[1].1), ["198.18.1.2", "198.18.1.3"]);
+    // A ClusterIP Service ignores a stray nodePort.
+    assert_eq!(frontends_on(&web("", NODES_SLICE), &node(None)).len(), 1);
+}
+
+#[test]
+fn external_ips_and_load_balancer_ingress() {
+    let yaml = web(
+        "  type: LoadBalancer\n  externalIPs: [198.19.1.1, \"fd00::1\"]\nstatus:\n  loadBalancer:\n    ingress:\n    - {ip: 198.19.2.1}\n    - {ip: 198.19.2.2, ipMode: Proxy}\n    - {hostname: lb.example.org}\n",
+        NODES_SLICE,
+    );
+    let frontends = frontends_on(&yaml, &NodeContext::default());
+    let shown: Vec<String> = frontends
+        .iter()
+        .map(|(a, s)| format!("{a} {}", s.kind.as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "198.19.0.10:80/TCP ClusterIP",
+            "198.19.1.1:80/TCP ExternalIP",
+            "198.19.2.1:80/TCP LoadBalancer"
+        ],
+        "ipMode Proxy and hostnames are left to the load balancer; no node addresses, no NodePort"
+    );
+}
+
+#[test]
+fn bad_external_ips_are_named() {
+    let set = objects(&web("  externalIPs: [bogus]\n", NODES_SLICE));
+    let out = translate(&set, &NodeContext::default())
+        .into_values()
+        .next()
+        .expect("t")
+        .expect("valid");
+    assert_eq!(
+        out.warnings[0].to_string(),
+        "Service shop/web: externalIP \"bogus\" is not an IP address; skipped"
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_uses_this_nodes_endpoints() {
+    let frontends = frontends_on(
+        &web(
+            "  type: NodePort\n  internalTrafficPolicy: Local\n",
+            NODES_SLICE,
+        ),
+        &node(None),
+    );
+    let (_, clusterip) = &frontends[0];
+    assert!(clusterip.local_only);
+    assert_eq!(ips(clusterip), ["198.18.1.2"], "ready and local");
+    // NodePort traffic from this node's sockets is not internal traffic: all endpoints.
+    assert!(!frontends[1].1.local_only);
+    assert_eq!(ips(&frontends[1].1), ["198.18.1.2", "198.18.1.3"]);
+}
+
+#[test]
+fn local_policy_falls_back_to_local_terminating_then_drops() {
+    let not_ready = NODES_SLICE.replacen(
+        "nodeName: node-a, conditions: {ready: true}",
+        "nodeName: node-a, conditions: {ready: false, serving: false}",
+        1,
+    );
+    let frontends = frontends_on(
+        &web("  internalTrafficPolicy: Local\n", &not_ready),
+        &node(None),
+    );
+    assert_eq!(
+        ips(&frontends[0].1),
+        ["198.18.1.4"],
+        "the local serving-terminating endpoint"
+    );
+    let none_local = not_ready.replace(
+        "node-a, conditions: {ready: false, serving: true",
+        "node-b, conditions: {ready: false, serving: true",
+    );
+    let frontends = frontends_on(
+        &web("  internalTrafficPolicy: Local\n", &none_local),
+        &node(None),
+    );
+    assert!(
+        frontends[0].1.backends.is_empty() && frontends[0].1.local_only,
+        "no local endpoint: dropped"
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_does_not_narrow_socket_traffic() {
+    let frontends = frontends_on(
+        &web(
+            "  type: NodePort\n  externalTrafficPolicy: Local\n",
+            NODES_SLICE,
+        ),
+        &node(None),
+    );
+    assert!(
+        frontends
+            .iter()
+            .all(|(_, s)| ips(s) == ["198.18.1.2", "198.18.1.3"] && !s.local_only)
+    );
+}
+
+#[test]
+fn topology_hints_narrow_to_the_nodes_zone_when_every_endpoint_has_them() {
+    let frontends = frontends_on(&web("", NODES_SLICE), &node(Some("z1")));
+    assert_eq!(ips(&frontends[0].1), ["198.18.1.2"], "hinted for z1");
+    let frontends = frontends_on(&web("", NODES_SLICE), &node(Some("z9")));
+    assert_eq!(
+        ips(&frontends[0].1),
+        ["198.18.1.2", "198.18.1.3"],
+        "no endpoint for this zone: all"
+    );
+    let half = NODES_SLICE.replace(", hints: {forZones: [{name: z2}]}", "");
+    let frontends = frontends_on(&web("", &half), &node(Some("z1")));
+    assert_eq!(
+        ips(&frontends[0].1),
+        ["198.18.1.2", "198.18.1.3"],
+        "an endpoint without hints: all"
+    );
+    let frontends = frontends_on(&web("", NODES_SLICE), &node(None));
+    assert_eq!(
+        ips(&frontends[0].1),
+        ["198.18.1.2", "198.18.1.3"],
+        "a node without a zone: all"
+    );
+}
