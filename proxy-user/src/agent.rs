@@ -59,9 +59,9 @@ impl Shared {
 
 /// Syncs whenever the store changes, until `shutdown` resolves. `on_sync` sees every
 /// summary (metrics, health).
-pub async fn sync_loop(
+pub async fn sync_loop<D: Dataplane + ?Sized>(
     shared: Arc<Shared>,
-    dataplane: &mut dyn Dataplane,
+    dataplane: &mut D,
     shutdown: impl std::future::Future<Output = ()>,
     mut on_sync: impl FnMut(&SyncSummary),
 ) {
@@ -87,7 +87,7 @@ pub async fn sync_loop(
             }
             continue;
         }
-        let summary = syncer.sync(&mut shared.lock(), dataplane);
+        let summary = syncer.sync(&mut shared.lock(), &mut *dataplane);
         on_sync(&summary);
     }
     info!("stopping; the datapath stays installed");

@@ -53,7 +53,11 @@ pub struct Syncer {
 }
 
 impl Syncer {
-    pub fn sync(&mut self, store: &mut ObjectStore, dataplane: &mut dyn Dataplane) -> SyncSummary {
+    pub fn sync<D: Dataplane + ?Sized>(
+        &mut self,
+        store: &mut ObjectStore,
+        dataplane: &mut D,
+    ) -> SyncSummary {
         let started = Instant::now();
         let dirty = store.take_dirty();
         let full = dirty.all || !self.reconciled;

@@ -8,7 +8,7 @@ use proxy_user::{
     DEFAULT_BPFFS, agent, cgroup,
     dataplane::ebpf::{EbpfDataplane, loader},
     logging,
-    source::manifest::ManifestDir,
+    source::{kubernetes, manifest::ManifestDir},
 };
 use tracing::info;
 
@@ -27,9 +27,13 @@ struct Args {
     /// Dataplane to program.
     #[arg(long, value_enum, default_value = "ebpf")]
     mode: Mode,
-    /// Directory of Service and EndpointSlice manifests (YAML or JSON), watched for changes.
-    #[arg(long, value_name = "DIR", required_unless_present = "cleanup")]
-    source: Option<PathBuf>,
+    /// Where Services and EndpointSlices come from: `kubernetes` (the API server), or a
+    /// directory of manifests (YAML or JSON) watched for changes.
+    #[arg(long, value_name = "kubernetes|DIR", default_value = "kubernetes")]
+    source: PathBuf,
+    /// kubeconfig for `--source kubernetes`; default: in-cluster config, else ~/.kube/config.
+    #[arg(long, value_name = "PATH", env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// cgroup v2 directory to attach to; default: the root of the cgroup2 mount.
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
@@ -85,16 +89,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let Some(source_dir) = args.source else {
-        bail!("--source DIR is required")
-    };
-    if source_dir.as_os_str() == "kubernetes" {
+    let from_api = args.source.as_os_str() == "kubernetes";
+    if !from_api && !args.source.is_dir() {
         bail!(
-            "the Kubernetes API source is not available in this build yet: pass --source with a manifest directory"
+            "--source {}: not a directory (or `kubernetes` for the API server)",
+            args.source.display()
         );
-    }
-    if !source_dir.is_dir() {
-        bail!("--source {}: not a directory", source_dir.display());
     }
     let cgroup = match args.cgroup {
         Some(path) => path,
@@ -109,21 +109,34 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut dataplane = EbpfDataplane::open(&args.bpffs, &cgroup, capacities)
         .context("starting the eBPF dataplane")?;
 
-    let shared = agent::Shared::new(args.node_name, 1);
-    let source = ManifestDir::new(&source_dir);
-    info!(source = %source.path().display(), cgroup = %cgroup.display(), "watching manifests");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        tokio::spawn(agent::watch_manifests(
-            source,
-            shared.clone(),
-            Duration::from_millis(args.poll_ms),
-        ));
+        let shared = if from_api {
+            let client = kubernetes::client(args.kubeconfig.as_deref()).await?;
+            let shared = agent::Shared::new(
+                args.node_name.clone(),
+                kubernetes::sources(args.node_name.as_deref()),
+            );
+            kubernetes::watch(client, shared.clone(), args.node_name);
+            shared
+        } else {
+            let shared = agent::Shared::new(args.node_name, 1);
+            let dir = ManifestDir::new(&args.source);
+            info!(source = %dir.path().display(), "watching manifests");
+            tokio::spawn(agent::watch_manifests(
+                dir,
+                shared.clone(),
+                Duration::from_millis(args.poll_ms),
+            ));
+            shared
+        };
+        info!(cgroup = %cgroup.display(), "attached");
         agent::sync_loop(shared, &mut dataplane, shutdown_signal(), |_| {}).await;
-    });
+        anyhow::Ok(())
+    })?;
     Ok(())
 }
 

@@ -2,52 +2,12 @@ use std::path::Path;
 
 use super::*;
 use crate::{
-    dataplane::ApplyReport,
-    model::DesiredState,
+    dataplane::memory::MemoryDataplane as FakeDataplane,
     source::{
         ObjectSet,
         manifest::{Parsed, object_ref, parse_documents},
     },
 };
-
-/// Records what it is asked to do; fails writes for services listed in `full`.
-#[derive(Default)]
-struct FakeDataplane {
-    installed: DesiredState,
-    writes: Vec<String>,
-    full: Vec<String>,
-}
-
-impl Dataplane for FakeDataplane {
-    fn installed(&self) -> &DesiredState {
-        &self.installed
-    }
-
-    fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
-        let mut report = ApplyReport::default();
-        for change in changes {
-            match change {
-                Change::Upsert(addr, spec) if self.full.contains(&spec.service) => {
-                    report.failed.push((
-                        addr,
-                        spec.service.clone(),
-                        "the EPX_SLOT_V1 map is full".into(),
-                    ));
-                }
-                Change::Upsert(addr, spec) => {
-                    self.writes.push(spec.service.clone());
-                    self.installed.insert(addr, spec);
-                    report.written += 1;
-                }
-                Change::Remove(addr) => {
-                    self.installed.remove(&addr);
-                    report.removed += 1;
-                }
-            }
-        }
-        report
-    }
-}
 
 fn objects(yaml: &str) -> ObjectSet {
     let mut set = ObjectSet::default();
@@ -100,7 +60,7 @@ fn a_broken_edit_keeps_the_last_valid_version() {
         &mut dp,
         &(svc("a", "198.19.0.1") + &svc("b", "198.19.0.2")),
     );
-    assert_eq!(dp.installed.len(), 2);
+    assert_eq!(dp.installed().len(), 2);
     let summary = sync(
         &mut syncer,
         &mut store,
@@ -109,14 +69,18 @@ fn a_broken_edit_keeps_the_last_valid_version() {
     );
     assert_eq!(summary.rejected, 1);
     assert_eq!(
-        dp.installed.len(),
+        dp.installed().len(),
         2,
         "ns/a keeps serving on its last valid address"
     );
-    assert_eq!(dp.writes, ["ns/a", "ns/b"], "nothing rewritten");
+    assert_eq!(
+        dp.log,
+        ["written ns/a", "written ns/b"],
+        "nothing rewritten"
+    );
     // Deleting the Service really removes it, even though its last version was kept.
     sync(&mut syncer, &mut store, &mut dp, &svc("b", "198.19.0.2"));
-    assert_eq!(dp.installed.len(), 1);
+    assert_eq!(dp.installed().len(), 1);
 }
 
 #[test]
@@ -133,7 +97,7 @@ fn a_change_to_one_service_recomputes_and_rewrites_only_it() {
         &(svc("a", "198.19.0.1") + &svc("b", "198.19.0.2")),
     );
     assert!(first.full);
-    dp.writes.clear();
+    dp.log.clear();
     let summary = sync(
         &mut syncer,
         &mut store,
@@ -142,7 +106,7 @@ fn a_change_to_one_service_recomputes_and_rewrites_only_it() {
     );
     assert!(!summary.full);
     assert_eq!(summary.services, 1, "only ns/b was translated again");
-    assert_eq!(dp.writes, ["ns/b"]);
+    assert_eq!(dp.log, ["written ns/b"]);
 }
 
 #[test]
@@ -152,7 +116,7 @@ fn a_failed_write_is_retried() {
         ObjectStore::new(None),
         FakeDataplane::default(),
     );
-    dp.full = vec!["ns/b".into()];
+    dp.refuse = ["ns/b".to_string()].into();
     let summary = sync(
         &mut syncer,
         &mut store,
@@ -160,8 +124,8 @@ fn a_failed_write_is_retried() {
         &(svc("a", "198.19.0.1") + &svc("b", "198.19.0.2") + &svc("c", "198.19.0.3")),
     );
     assert_eq!((summary.written, summary.failed), (2, 1));
-    assert_eq!(dp.writes, ["ns/a", "ns/c"]);
-    dp.full.clear();
+    assert_eq!(dp.log, ["written ns/a", "written ns/c"]);
+    dp.refuse.clear();
     assert!(syncer.retry_failed(&mut store));
     let retry = syncer.sync(&mut store, &mut dp);
     assert_eq!((retry.services, retry.written), (1, 1));
@@ -183,7 +147,7 @@ fn the_first_claimant_keeps_a_frontend_and_the_other_waits() {
     );
     assert_eq!(summary.rejected, 1);
     assert_eq!(
-        dp.installed
+        dp.installed()
             .values()
             .map(|s| s.service.as_str())
             .collect::<Vec<_>>(),
@@ -192,7 +156,7 @@ fn the_first_claimant_keeps_a_frontend_and_the_other_waits() {
     // When ns/a lets go, ns/z takes the frontend in the same sync.
     sync(&mut syncer, &mut store, &mut dp, &svc("z", "198.19.0.1"));
     assert_eq!(
-        dp.installed
+        dp.installed()
             .values()
             .map(|s| s.service.as_str())
             .collect::<Vec<_>>(),
@@ -214,7 +178,7 @@ fn a_restart_removes_frontends_of_services_deleted_while_down() {
         &(svc("a", "198.19.0.1") + &svc("b", "198.19.0.2")),
     );
     // A new agent: fresh syncer and store, the dataplane as the kernel keeps it.
-    dp.writes.clear();
+    dp.log.clear();
     let (mut syncer, mut store) = (Syncer::default(), ObjectStore::new(None));
     let summary = sync(&mut syncer, &mut store, &mut dp, &svc("a", "198.19.0.1"));
     assert_eq!(
@@ -222,5 +186,5 @@ fn a_restart_removes_frontends_of_services_deleted_while_down() {
         (0, 1),
         "ns/a untouched, ns/b removed"
     );
-    assert!(dp.writes.is_empty());
+    assert_eq!(dp.log, ["removed 198.19.0.2:80/TCP"]);
 }
