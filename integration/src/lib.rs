@@ -124,32 +124,43 @@ impl Netns {
         program: impl AsRef<std::ffi::OsStr>,
         cgroup: Option<&Cgroup>,
     ) -> Command {
-        let netns = fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-        let procs = cgroup.map(|c| {
-            fs::OpenOptions::new()
-                .write(true)
-                .open(c.path.join("cgroup.procs"))
-                .expect("open cgroup.procs")
-        });
-        let mut cmd = Command::new(program);
-        // SAFETY: only async-signal-safe syscalls (write, setns) run between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Join the cgroup first: after setns, /sys may be another view.
-                if let Some(procs) = &procs {
-                    let zero = b"0";
-                    if libc::write(procs.as_raw_fd(), zero.as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+        command_in(&self.name, cgroup.map(|c| c.path.as_path()), program)
+    }
+}
+
+/// A command that joins network namespace `netns` (setns only: unlike `ip netns exec`,
+/// /sys is not remounted, so bpffs and the cgroup tree stay visible) and, if given, the
+/// cgroup directory `cgroup`.
+pub fn command_in(
+    netns: &str,
+    cgroup: Option<&Path>,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> Command {
+    let netns = fs::File::open(format!("/run/netns/{netns}")).expect("open netns");
+    let procs = cgroup.map(|c| {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(c.join("cgroup.procs"))
+            .expect("open cgroup.procs")
+    });
+    let mut cmd = Command::new(program);
+    // SAFETY: only async-signal-safe syscalls (write, setns) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Join the cgroup first: after setns, /sys may be another view.
+            if let Some(procs) = &procs {
+                let zero = b"0";
+                if libc::write(procs.as_raw_fd(), zero.as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
-            });
-        }
-        cmd
+            }
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
+    cmd
 }
 
 impl Drop for Netns {
@@ -327,6 +338,9 @@ pub struct Agent {
     pub bpffs: PathBuf,
     pub manifests: PathBuf,
     pub cgroup: PathBuf,
+    /// The agent runs in this network namespace (the client's), so its /metrics and
+    /// /healthz listeners are private to the test and reached from inside it only.
+    pub netns: String,
     work: PathBuf,
 }
 
@@ -341,6 +355,7 @@ impl Agent {
             bpffs: PathBuf::from("/sys/fs/bpf").join(&topology.id),
             manifests,
             cgroup: topology.cgroup.path.clone(),
+            netns: topology.client.name.clone(),
             work,
         }
     }
@@ -352,7 +367,7 @@ impl Agent {
             .append(true)
             .open(self.log_path())
             .expect("agent log");
-        let child = Command::new(bin_dir().join("proxy-agent"))
+        let child = command_in(&self.netns, None, bin_dir().join("proxy-agent"))
             .args(["--mode", "ebpf", "--poll-ms", "100", "--log-json"])
             .arg("--source")
             .arg(&self.manifests)
@@ -488,4 +503,30 @@ pub fn attached_programs(cgroup: &Path) -> Vec<(u64, String)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+impl Agent {
+    /// GET `path` from the agent's HTTP endpoints (`127.0.0.1:10249` for /metrics,
+    /// `127.0.0.1:10256` for health), from inside its namespace. Returns (status, body).
+    pub fn http_get(&self, port: u16, path: &str) -> (u16, String) {
+        let out = command_in(&self.netns, None, "curl")
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// The value of one /metrics sample, by its full name with labels as printed.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, body) = self.http_get(10249, "/metrics");
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .and_then(|v| v.trim().parse().ok())
+    }
 }

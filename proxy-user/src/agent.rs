@@ -57,13 +57,19 @@ impl Shared {
     }
 }
 
-/// Syncs whenever the store changes, until `shutdown` resolves. `on_sync` sees every
-/// summary (metrics, health).
+/// What the sync loop reports to its observer (metrics, health).
+pub enum LoopEvent<'a> {
+    Synced(&'a SyncSummary),
+    /// Nothing to do this tick; the loop is alive.
+    Idle,
+}
+
+/// Syncs whenever the store changes, until `shutdown` resolves.
 pub async fn sync_loop<D: Dataplane + ?Sized>(
     shared: Arc<Shared>,
     dataplane: &mut D,
     shutdown: impl std::future::Future<Output = ()>,
-    mut on_sync: impl FnMut(&SyncSummary),
+    mut observe: impl FnMut(LoopEvent<'_>),
 ) {
     let mut syncer = Syncer::default();
     let mut retry = tokio::time::interval(Duration::from_secs(5));
@@ -76,6 +82,7 @@ pub async fn sync_loop<D: Dataplane + ?Sized>(
             _ = shared.changed.notified() => {}
             _ = retry.tick() => {
                 if !syncer.retry_failed(&mut shared.lock()) {
+                    observe(LoopEvent::Idle);
                     continue;
                 }
             }
@@ -87,8 +94,13 @@ pub async fn sync_loop<D: Dataplane + ?Sized>(
             }
             continue;
         }
-        let summary = syncer.sync(&mut shared.lock(), &mut *dataplane);
-        on_sync(&summary);
+        let mut store = shared.lock();
+        if !syncer.has_work(&store) {
+            continue; // woken twice for one change
+        }
+        let summary = syncer.sync(&mut store, &mut *dataplane);
+        drop(store);
+        observe(LoopEvent::Synced(&summary));
     }
     info!("stopping; the datapath stays installed");
 }

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod ctl;
 pub mod dataplane;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod source;
 pub mod sync;

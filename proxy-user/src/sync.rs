@@ -8,17 +8,20 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tracing::{error, info, warn};
 
 use crate::{
-    dataplane::Dataplane,
+    dataplane::{Dataplane, MapUsage},
     model::{
         FrontendAddr, FrontendSpec, NodeContext, Rejection, ServiceFrontends, translate_service,
     },
-    source::{ObjectRef, store::ObjectStore},
+    source::{
+        ObjectRef,
+        store::{ChangeCounts, ObjectStore},
+    },
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,8 +39,16 @@ pub struct SyncSummary {
     pub written: usize,
     pub removed: usize,
     pub failed: usize,
-    pub rejected: usize,
+    /// Reason codes of everything rejected in this sync.
+    pub rejections: Vec<&'static str>,
     pub elapsed: Duration,
+    /// From each endpoint change's trigger time to its frontends being programmed.
+    pub programming_latencies: Vec<Duration>,
+    /// Cumulative change counters of the store.
+    pub changes: ChangeCounts,
+    /// Services with a Local internal policy and no local endpoint.
+    pub no_local_endpoints: usize,
+    pub usage: Vec<MapUsage>,
 }
 
 #[derive(Default)]
@@ -78,8 +89,12 @@ impl Syncer {
         let node = store.node_context();
         // What each touched frontend should become: Some(spec), or None for "remove".
         let mut pending: BTreeMap<FrontendAddr, Option<FrontendSpec>> = BTreeMap::new();
+        let mut triggers: Vec<(ObjectRef, SystemTime)> = Vec::new();
 
         while let Some(key) = queue.pop_first() {
+            if let Some(trigger) = store.take_trigger(&key) {
+                triggers.push((key.clone(), trigger));
+            }
             let wanted = self.wanted(&key, store, &node, &mut summary);
             let owned = self.owned.remove(&key).unwrap_or_default();
             for addr in owned
@@ -95,11 +110,12 @@ impl Syncer {
             for (addr, spec) in wanted {
                 match self.owners.get(&addr) {
                     Some(owner) if *owner != key => {
-                        summary.rejected += 1;
+                        summary.rejections.push("frontend_conflict");
                         warn!(
                             "{}",
                             Rejection {
                                 object: format!("Service {key}"),
+                                code: "frontend_conflict",
                                 reason: format!(
                                     "frontend {addr} is already served by Service {owner}; this port is skipped"
                                 ),
@@ -148,7 +164,22 @@ impl Syncer {
                 self.failed.insert(owner.clone());
             }
         }
+        let now = SystemTime::now();
+        summary.programming_latencies = triggers
+            .iter()
+            .filter(|(key, _)| !self.failed.contains(key))
+            .filter_map(|(_, trigger)| now.duration_since(*trigger).ok())
+            .collect();
         summary.frontends = dataplane.installed().len();
+        summary.changes = store.changes;
+        summary.usage = dataplane.usage();
+        summary.no_local_endpoints = dataplane
+            .installed()
+            .values()
+            .filter(|s| s.local_only && s.backends.is_empty())
+            .map(|s| s.service.as_str())
+            .collect::<BTreeSet<_>>()
+            .len();
         summary.written = report.written;
         summary.removed = report.removed;
         summary.failed = report.failed.len();
@@ -166,6 +197,11 @@ impl Syncer {
             );
         }
         summary
+    }
+
+    /// Whether a sync would do anything: something changed, or nothing was synced yet.
+    pub fn has_work(&self, store: &ObjectStore) -> bool {
+        !self.reconciled || store.is_dirty()
     }
 
     /// Marks Services whose write failed (a full map, say) for another attempt.
@@ -197,13 +233,14 @@ impl Syncer {
             Some(Ok(frontends)) => {
                 for warning in &frontends.warnings {
                     warn!("{warning}");
+                    summary.rejections.push(warning.code);
                 }
                 let wanted = frontends.frontends.clone();
                 self.last_good.insert(key.clone(), frontends);
                 wanted
             }
             Some(Err(rejection)) => {
-                summary.rejected += 1;
+                summary.rejections.push(rejection.code);
                 match self.last_good.get(key) {
                     Some(previous) => {
                         warn!("{rejection}; keeping its last valid version");

@@ -62,8 +62,10 @@ impl Agent {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            agent::sync_loop(shared, &mut dataplane, shutdown, |_| {
-                *counter.lock().expect("syncs") += 1
+            agent::sync_loop(shared, &mut dataplane, shutdown, |event| {
+                if let agent::LoopEvent::Synced(_) = event {
+                    *counter.lock().expect("syncs") += 1;
+                }
             })
             .await;
         });
@@ -141,7 +143,13 @@ async fn nothing_is_programmed_before_services_and_slices_are_listed() {
         agent.installed().is_empty(),
         "Services listed, EndpointSlices not yet: nothing programmed"
     );
-    assert_eq!(*agent.syncs.lock().expect("syncs"), 0);
+    assert_eq!(
+        *agent.syncs.lock().expect("syncs"),
+        0,
+        "requests: {:#?}\ninstalled: {:?}",
+        api.requests(),
+        agent.summary()
+    );
     api.release(Kind::EndpointSlice);
     agent
         .wait_for("web with its endpoint", |s| {

@@ -1,6 +1,6 @@
 //! proxy-agent: programs this node's Service frontends into the kernel.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
@@ -8,6 +8,7 @@ use proxy_user::{
     DEFAULT_BPFFS, agent, cgroup,
     dataplane::ebpf::{EbpfDataplane, loader},
     logging,
+    metrics::{self, AgentMetrics},
     source::{kubernetes, manifest::ManifestDir},
 };
 use tracing::info;
@@ -53,6 +54,12 @@ struct Args {
     /// Capacity of the backend slots map (sum of all frontends' slot tables) when created.
     #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_SLOTS)]
     max_backend_slots: u32,
+    /// Where /metrics is served (Prometheus text format).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
+    metrics_addr: std::net::SocketAddr,
+    /// Where /healthz and /livez are served.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
+    healthz_addr: std::net::SocketAddr,
     /// How often the manifest directory is checked for changes.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     poll_ms: u64,
@@ -134,7 +141,23 @@ fn run(args: Args) -> anyhow::Result<()> {
             shared
         };
         info!(cgroup = %cgroup.display(), "attached");
-        agent::sync_loop(shared, &mut dataplane, shutdown_signal(), |_| {}).await;
+        let metrics = Arc::new(AgentMetrics::new(Some(args.bpffs.clone())));
+        metrics::http::serve(args.metrics_addr, metrics.clone(), "/metrics")
+            .await
+            .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
+        metrics::http::serve(args.healthz_addr, metrics.clone(), "/healthz and /livez")
+            .await
+            .with_context(|| format!("binding --healthz-addr {}", args.healthz_addr))?;
+        agent::sync_loop(
+            shared,
+            &mut dataplane,
+            shutdown_signal(),
+            |event| match event {
+                agent::LoopEvent::Synced(summary) => metrics.observe_sync(summary),
+                agent::LoopEvent::Idle => metrics.heartbeat(),
+            },
+        )
+        .await;
         anyhow::Ok(())
     })?;
     Ok(())

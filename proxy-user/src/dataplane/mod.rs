@@ -14,6 +14,18 @@ pub trait Dataplane {
     fn installed(&self) -> &DesiredState;
     /// Applies changes one frontend at a time; a failure leaves that frontend as it was.
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport;
+    /// Fill level of the dataplane's tables, for metrics and status.
+    fn usage(&self) -> Vec<MapUsage> {
+        Vec::new()
+    }
+}
+
+/// Entries in one table against its capacity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 #[derive(Debug, Default)]

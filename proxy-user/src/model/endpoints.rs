@@ -56,6 +56,7 @@ pub fn port_endpoints(
         let Some(number) = u16::try_from(number).ok().filter(|n| *n != 0) else {
             skipped.push(Rejection {
                 object: object(),
+                code: "port_out_of_range",
                 reason: format!("port {number} is out of range"),
             });
             continue;
@@ -73,6 +74,7 @@ pub fn port_endpoints(
             let Ok(ip) = address.parse::<Ipv4Addr>() else {
                 skipped.push(Rejection {
                     object: object(),
+                    code: "invalid_endpoint_address",
                     reason: format!(
                         "endpoint address {address:?} is not an IPv4 address; endpoint skipped"
                     ),

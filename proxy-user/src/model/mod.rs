@@ -138,6 +138,8 @@ pub type DesiredState = BTreeMap<FrontendAddr, FrontendSpec>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     pub object: String,
+    /// A stable, low-cardinality code for metrics: `invalid_cluster_ip`, `ipv6_only`...
+    pub code: &'static str,
     pub reason: String,
 }
 

@@ -38,8 +38,9 @@ pub fn translate_service(
     slices: &[&EndpointSlice],
     node: &NodeContext,
 ) -> Option<Result<ServiceFrontends, Rejection>> {
-    let reject = |reason: String| Rejection {
+    let reject = |code: &'static str, reason: String| Rejection {
         object: format!("Service {key}"),
+        code,
         reason,
     };
     if service
@@ -57,11 +58,11 @@ pub fn translate_service(
     let cluster_ip = match cluster_ip(spec) {
         Ok(Some(ip)) => ip,
         Ok(None) => return None, // headless: DNS only
-        Err(reason) => return Some(Err(reject(reason))),
+        Err((code, reason)) => return Some(Err(reject(code, reason))),
     };
     let affinity_timeout_s = match affinity_timeout(spec) {
         Ok(t) => t,
-        Err(reason) => return Some(Err(reject(reason))),
+        Err(reason) => return Some(Err(reject("invalid_affinity_timeout", reason))),
     };
 
     let mut out = ServiceFrontends::default();
@@ -73,9 +74,10 @@ pub fn translate_service(
     {
         None => Weights::default(),
         Some(text) => Weights::parse(text).unwrap_or_else(|reason| {
-            out.warnings.push(reject(format!(
-                "annotation {ANNOTATION} is malformed ({reason}); using equal weights"
-            )));
+            out.warnings.push(reject(
+                "malformed_weights",
+                format!("annotation {ANNOTATION} is malformed ({reason}); using equal weights"),
+            ));
             Weights::default()
         }),
     };
@@ -142,9 +144,10 @@ pub fn translate_service(
         match port.node_port {
             Some(node_port) if node_ports && node_port != 0 => {
                 let Some(node_port) = u16::try_from(node_port).ok() else {
-                    out.warnings.push(reject(format!(
-                        "nodePort {node_port} is out of range; skipped"
-                    )));
+                    out.warnings.push(reject(
+                        "port_out_of_range",
+                        format!("nodePort {node_port} is out of range; skipped"),
+                    ));
                     continue;
                 };
                 for ip in &node.addresses {
@@ -168,13 +171,13 @@ pub fn translate_service(
 }
 
 /// The IPv4 ClusterIP, `None` for a headless Service.
-fn cluster_ip(spec: &ServiceSpec) -> Result<Option<Ipv4Addr>, String> {
+fn cluster_ip(spec: &ServiceSpec) -> Result<Option<Ipv4Addr>, (&'static str, String)> {
     let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
     if cluster_ip == "None" {
         return Ok(None);
     }
     if cluster_ip.is_empty() {
-        return Err("has no clusterIP yet".into());
+        return Err(("no_cluster_ip", "has no clusterIP yet".into()));
     }
     // Dual-stack Services list both families in clusterIPs; we serve the IPv4 one.
     let ips: Vec<&str> = match &spec.cluster_ips {
@@ -185,11 +188,15 @@ fn cluster_ip(spec: &ServiceSpec) -> Result<Option<Ipv4Addr>, String> {
         return Ok(Some(ip));
     }
     if ips.iter().all(|ip| ip.parse::<Ipv6Addr>().is_ok()) {
-        return Err(format!(
-            "clusterIP {cluster_ip} is IPv6; this node serves IPv4 only"
+        return Err((
+            "ipv6_only",
+            format!("clusterIP {cluster_ip} is IPv6; this node serves IPv4 only"),
         ));
     }
-    Err(format!("clusterIP {cluster_ip:?} is not an IP address"))
+    Err((
+        "invalid_cluster_ip",
+        format!("clusterIP {cluster_ip:?} is not an IP address"),
+    ))
 }
 
 /// ExternalIPs and LoadBalancer ingress IPs (IPv4; `ipMode: Proxy` ingress is left to the
@@ -198,16 +205,17 @@ fn external_addresses(
     service: &Service,
     spec: &ServiceSpec,
     warnings: &mut Vec<Rejection>,
-    reject: &dyn Fn(String) -> Rejection,
+    reject: &dyn Fn(&'static str, String) -> Rejection,
 ) -> Vec<(Ipv4Addr, FrontendKind)> {
     let mut out = Vec::new();
     for text in spec.external_ips.iter().flatten() {
         match text.parse::<Ipv4Addr>() {
             Ok(ip) => out.push((ip, FrontendKind::ExternalIp)),
             Err(_) if text.parse::<Ipv6Addr>().is_ok() => {}
-            Err(_) => warnings.push(reject(format!(
-                "externalIP {text:?} is not an IP address; skipped"
-            ))),
+            Err(_) => warnings.push(reject(
+                "invalid_external_ip",
+                format!("externalIP {text:?} is not an IP address; skipped"),
+            )),
         }
     }
     if spec.type_.as_deref() == Some("LoadBalancer") {
@@ -226,9 +234,10 @@ fn external_addresses(
             match text.parse::<Ipv4Addr>() {
                 Ok(ip) => out.push((ip, FrontendKind::LoadBalancer)),
                 Err(_) if text.parse::<Ipv6Addr>().is_ok() => {}
-                Err(_) => warnings.push(reject(format!(
-                    "load balancer ingress IP {text:?} is not an IP address; skipped"
-                ))),
+                Err(_) => warnings.push(reject(
+                    "invalid_external_ip",
+                    format!("load balancer ingress IP {text:?} is not an IP address; skipped"),
+                )),
             }
         }
     }
@@ -248,9 +257,10 @@ fn checked_port<'p>(
     } else {
         port_name.to_owned()
     };
-    let mut skip = |reason: String| {
+    let mut skip = |code: &'static str, reason: String| {
         warnings.push(Rejection {
             object: format!("Service {key} port {label}"),
+            code,
             reason,
         });
     };
@@ -258,12 +268,18 @@ fn checked_port<'p>(
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,
         other => {
-            skip(format!("protocol {other} is not supported; port skipped"));
+            skip(
+                "unsupported_protocol",
+                format!("protocol {other} is not supported; port skipped"),
+            );
             return None;
         }
     };
     let Some(number) = u16::try_from(port.port).ok().filter(|p| *p != 0) else {
-        skip(format!("port {} is out of range; port skipped", port.port));
+        skip(
+            "port_out_of_range",
+            format!("port {} is out of range; port skipped", port.port),
+        );
         return None;
     };
     Some((protocol, number, port_name))

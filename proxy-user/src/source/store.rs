@@ -2,7 +2,10 @@
 //! the index the model needs (Service -> its slices) and the set of Services whose
 //! frontends must be recomputed. Sources write here; the syncer reads and drains `dirty`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::SystemTime,
+};
 
 use k8s_openapi::api::{
     core::v1::{Node, Service},
@@ -38,7 +41,13 @@ pub struct ObjectStore {
     node: Option<Node>,
     dirty: Dirty,
     pub changes: ChangeCounts,
+    /// Earliest `endpoints.kubernetes.io/last-change-trigger-time` not yet programmed, per
+    /// Service: the start of kube-proxy's network programming latency.
+    triggers: HashMap<ObjectRef, SystemTime>,
 }
+
+/// Set by the EndpointSlice controller to the time of the change that caused the update.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 impl ObjectStore {
     pub fn new(node_name: Option<String>) -> Self {
@@ -81,6 +90,10 @@ impl ObjectStore {
         let owner = slice_owner(&slice);
         self.unlink_slice(&key);
         if let Some(owner) = owner {
+            if let Some(trigger) = trigger_time(&slice) {
+                let earliest = self.triggers.entry(owner.clone()).or_insert(trigger);
+                *earliest = (*earliest).min(trigger);
+            }
             self.slices_of
                 .entry(owner.clone())
                 .or_default()
@@ -171,6 +184,10 @@ impl ObjectStore {
         self.replace_slices(objects.endpoint_slices.into_values());
     }
 
+    pub fn is_dirty(&self) -> bool {
+        self.dirty.all || !self.dirty.services.is_empty()
+    }
+
     pub fn take_dirty(&mut self) -> Dirty {
         std::mem::take(&mut self.dirty)
     }
@@ -197,6 +214,11 @@ impl ObjectStore {
             .collect()
     }
 
+    /// The pending trigger time of a Service's endpoint change, taken once.
+    pub fn take_trigger(&mut self, service: &ObjectRef) -> Option<SystemTime> {
+        self.triggers.remove(service)
+    }
+
     pub fn node_context(&self) -> NodeContext {
         NodeContext::new(self.node_name.as_deref(), self.node.as_ref())
     }
@@ -204,6 +226,16 @@ impl ObjectStore {
     pub fn counts(&self) -> (usize, usize) {
         (self.services.len(), self.slices.len())
     }
+}
+
+fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
+    let text = slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(TRIGGER_TIME_ANNOTATION)?;
+    let timestamp: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    Some(SystemTime::from(timestamp))
 }
 
 fn slice_owner(slice: &EndpointSlice) -> Option<ObjectRef> {

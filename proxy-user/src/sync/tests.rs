@@ -67,7 +67,7 @@ fn a_broken_edit_keeps_the_last_valid_version() {
         &mut dp,
         &(svc("a", "198.19.0.999") + &svc("b", "198.19.0.2")),
     );
-    assert_eq!(summary.rejected, 1);
+    assert_eq!(summary.rejections, ["invalid_cluster_ip"]);
     assert_eq!(
         dp.installed().len(),
         2,
@@ -145,7 +145,7 @@ fn the_first_claimant_keeps_a_frontend_and_the_other_waits() {
         &mut dp,
         &(svc("a", "198.19.0.1") + &svc("z", "198.19.0.1")),
     );
-    assert_eq!(summary.rejected, 1);
+    assert_eq!(summary.rejections, ["frontend_conflict"]);
     assert_eq!(
         dp.installed()
             .values()

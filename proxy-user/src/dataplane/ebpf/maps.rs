@@ -214,7 +214,7 @@ impl Maps {
         addr: &FrontendAddr,
         spec: &FrontendSpec,
         previous: Option<&FrontendSpec>,
-    ) -> Result<(), MapsError> {
+    ) -> Result<SlotDelta, MapsError> {
         let fe = frontend(addr);
         let old = self.services.get(&fe, 0).ok();
         let generation = old.map_or(0, |s| s.generation ^ 1);
@@ -285,6 +285,10 @@ impl Maps {
         if let Some(old) = old {
             self.remove_table(&fe, &old);
         }
+        let delta = SlotDelta {
+            before: old.map_or(0, |o| o.slots),
+            after: table.len() as u32,
+        };
         let new_backends: Vec<Backend> = spec.backends.iter().map(|b| backend(&b.addr)).collect();
         for gone in old_backends.iter().filter(|b| !new_backends.contains(b)) {
             let _ = self.members.remove(&MemberKey {
@@ -292,11 +296,12 @@ impl Maps {
                 backend: *gone,
             });
         }
-        Ok(())
+        Ok(delta)
     }
 
-    /// Removes a frontend: from then on its address passes through untouched.
-    pub fn remove_frontend(&mut self, addr: &FrontendAddr, previous: &FrontendSpec) {
+    /// Removes a frontend: from then on its address passes through untouched. Returns the
+    /// number of slots freed.
+    pub fn remove_frontend(&mut self, addr: &FrontendAddr, previous: &FrontendSpec) -> u32 {
         let fe = frontend(addr);
         let old = self.services.get(&fe, 0).ok();
         let _ = self.services.remove(&fe);
@@ -311,6 +316,16 @@ impl Maps {
         }
         let _ = self.stats.remove(&fe);
         let _ = self.names.remove(&fe);
+        old.map_or(0, |o| o.slots)
+    }
+
+    /// Slots in use over all active tables (read once at start; then tracked by the caller).
+    pub fn slots_in_use(&self) -> u64 {
+        self.services
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, s)| u64::from(s.slots))
+            .sum()
     }
 
     fn remove_table(&mut self, fe: &Frontend, service: &Service) {
@@ -386,6 +401,23 @@ impl Maps {
         })
     }
 
+    /// Every frontend with its service name and counters (what /metrics reports).
+    pub fn frontend_counters(&self) -> Vec<(FrontendAddr, String, Counters)> {
+        self.services
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|fe| {
+                let addr = frontend_addr(&fe)?;
+                let name = self
+                    .names
+                    .get(&fe, 0)
+                    .map(|n| n.as_str().to_owned())
+                    .unwrap_or_default();
+                Some((addr, name, self.counters(&fe)))
+            })
+            .collect()
+    }
+
     /// Datapath event counters by name, summed over CPUs.
     pub fn events(&self) -> Vec<(&'static str, u64)> {
         Event::ALL
@@ -400,6 +432,13 @@ impl Maps {
             })
             .collect()
     }
+}
+
+/// Slots of a frontend's table before and after a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotDelta {
+    pub before: u32,
+    pub after: u32,
 }
 
 #[derive(Default)]

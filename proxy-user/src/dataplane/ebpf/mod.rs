@@ -13,12 +13,16 @@ use self::{
     loader::{Attachments, Capacities, LoadError},
     maps::Maps,
 };
-use super::{ApplyReport, Dataplane};
+use proxy_common::names;
+
+use super::{ApplyReport, Dataplane, MapUsage};
 use crate::{model::DesiredState, sync::Change};
 
 pub struct EbpfDataplane {
     maps: Maps,
     installed: DesiredState,
+    /// Slots in the active tables, kept up to date by every write.
+    slots_in_use: u64,
     pub pin_dir: PathBuf,
     pub attachments: Attachments,
 }
@@ -35,10 +39,12 @@ impl EbpfDataplane {
             );
         }
         let installed = maps.installed()?;
+        let slots_in_use = maps.slots_in_use();
         info!(frontends = installed.len(), pin_dir = %pin_dir.display(), "eBPF dataplane ready");
         Ok(Self {
             maps,
             installed,
+            slots_in_use,
             pin_dir: pin_dir.to_owned(),
             attachments,
         })
@@ -57,7 +63,9 @@ impl Dataplane for EbpfDataplane {
                 Change::Upsert(addr, spec) => {
                     let previous = self.installed.get(&addr);
                     match self.maps.write_frontend(&addr, &spec, previous) {
-                        Ok(()) => {
+                        Ok(delta) => {
+                            self.slots_in_use = self.slots_in_use + u64::from(delta.after)
+                                - u64::from(delta.before);
                             report.written += 1;
                             self.installed.insert(addr, spec);
                         }
@@ -70,12 +78,31 @@ impl Dataplane for EbpfDataplane {
                 }
                 Change::Remove(addr) => {
                     if let Some(previous) = self.installed.remove(&addr) {
-                        self.maps.remove_frontend(&addr, &previous);
+                        let freed = self.maps.remove_frontend(&addr, &previous);
+                        self.slots_in_use = self.slots_in_use.saturating_sub(u64::from(freed));
                         report.removed += 1;
                     }
                 }
             }
         }
         report
+    }
+
+    fn usage(&self) -> Vec<MapUsage> {
+        let members: u64 = self
+            .installed
+            .values()
+            .map(|s| s.backends.len() as u64)
+            .sum();
+        let usage = |map: &'static str, entries: u64| MapUsage {
+            map,
+            entries,
+            capacity: u64::from(self.maps.capacity(map)),
+        };
+        vec![
+            usage(names::MAP_SERVICES, self.installed.len() as u64),
+            usage(names::MAP_SLOTS, self.slots_in_use),
+            usage(names::MAP_MEMBERS, members),
+        ]
     }
 }

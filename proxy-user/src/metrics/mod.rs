@@ -1,0 +1,336 @@
+//! What the agent reports on /metrics, and its health for /healthz and /livez.
+//!
+//! kube-proxy's metric names (subsystem `kubeproxy`) are used where they mean the same,
+//! so existing dashboards and alerts keep working; ours are prefixed `ebpf_proxy_`.
+
+pub mod exposition;
+pub mod http;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime},
+};
+
+use exposition::{Histogram, PROGRAMMING_BUCKETS, SYNC_BUCKETS, header, sample};
+
+use crate::{dataplane::MapUsage, sync::SyncSummary};
+
+/// The sync loop must report within this long to be considered alive.
+const LIVENESS_WINDOW: Duration = Duration::from_secs(60);
+
+pub struct AgentMetrics {
+    inner: Mutex<Inner>,
+    /// Where the BPF maps are pinned, for the per-frontend counters read at scrape time.
+    pin_dir: Option<PathBuf>,
+}
+
+struct Inner {
+    sync_all: Histogram,
+    sync_full: Histogram,
+    sync_partial: Histogram,
+    programming: Histogram,
+    last_sync: Option<SystemTime>,
+    service_changes: u64,
+    endpoint_changes: u64,
+    no_local_endpoints: u64,
+    rejected: BTreeMap<&'static str, u64>,
+    write_failures: u64,
+    last_failed: usize,
+    usage: Vec<MapUsage>,
+    heartbeat: Instant,
+}
+
+/// What /healthz and /livez answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Health {
+    pub healthy: bool,
+    pub body: String,
+}
+
+impl AgentMetrics {
+    pub fn new(pin_dir: Option<PathBuf>) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                sync_all: Histogram::new(SYNC_BUCKETS),
+                sync_full: Histogram::new(SYNC_BUCKETS),
+                sync_partial: Histogram::new(SYNC_BUCKETS),
+                programming: Histogram::new(PROGRAMMING_BUCKETS),
+                last_sync: None,
+                service_changes: 0,
+                endpoint_changes: 0,
+                no_local_endpoints: 0,
+                rejected: BTreeMap::new(),
+                write_failures: 0,
+                last_failed: 0,
+                usage: Vec::new(),
+                heartbeat: Instant::now(),
+            }),
+            pin_dir,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one sync.
+    pub fn observe_sync(&self, summary: &SyncSummary) {
+        let mut m = self.lock();
+        let seconds = summary.elapsed.as_secs_f64();
+        m.sync_all.observe(seconds);
+        if summary.full {
+            m.sync_full.observe(seconds);
+        } else {
+            m.sync_partial.observe(seconds);
+        }
+        for latency in &summary.programming_latencies {
+            m.programming.observe(latency.as_secs_f64());
+        }
+        m.last_sync = Some(SystemTime::now());
+        m.service_changes = summary.changes.services;
+        m.endpoint_changes = summary.changes.endpoint_slices;
+        m.no_local_endpoints = summary.no_local_endpoints as u64;
+        for code in &summary.rejections {
+            *m.rejected.entry(code).or_default() += 1;
+        }
+        m.write_failures += summary.failed as u64;
+        m.last_failed = summary.failed;
+        m.usage = summary.usage.clone();
+        m.heartbeat = Instant::now();
+    }
+
+    /// The sync loop is alive even when nothing changes.
+    pub fn heartbeat(&self) {
+        self.lock().heartbeat = Instant::now();
+    }
+
+    /// /livez: the sync loop is running.
+    pub fn liveness(&self) -> Health {
+        let m = self.lock();
+        let alive = m.heartbeat.elapsed() < LIVENESS_WINDOW;
+        Health {
+            healthy: alive,
+            body: health_body(&m, alive),
+        }
+    }
+
+    /// /healthz: synced at least once, the last sync wrote everything it had to, and the
+    /// loop is alive.
+    pub fn readiness(&self) -> Health {
+        let m = self.lock();
+        let healthy =
+            m.last_sync.is_some() && m.last_failed == 0 && m.heartbeat.elapsed() < LIVENESS_WINDOW;
+        Health {
+            healthy,
+            body: health_body(&m, healthy),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        {
+            let m = self.lock();
+            m.sync_all.render(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds",
+            );
+            m.sync_full.render(
+                &mut out,
+                "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for full resyncs",
+            );
+            m.sync_partial.render(
+                &mut out,
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for partial resyncs",
+            );
+            m.programming.render(
+                &mut out,
+                "kubeproxy_network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+            );
+            header(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                "The last time proxy rules were successfully synced",
+                "gauge",
+            );
+            let last = m
+                .last_sync
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            sample(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                &[],
+                last,
+            );
+            header(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_service_changes_total",
+                "Cumulative proxy rules Service changes",
+                "counter",
+            );
+            sample(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_service_changes_total",
+                &[],
+                m.service_changes,
+            );
+            header(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+                "Cumulative proxy rules Endpoint changes",
+                "counter",
+            );
+            sample(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+                &[],
+                m.endpoint_changes,
+            );
+            header(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                "Number of services with a Local traffic policy and no endpoints",
+                "gauge",
+            );
+            sample(
+                &mut out,
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                &[("traffic_policy", "internal")],
+                m.no_local_endpoints,
+            );
+
+            header(
+                &mut out,
+                "ebpf_proxy_objects_rejected_total",
+                "Objects or parts of objects that could not be used, by reason",
+                "counter",
+            );
+            for (code, n) in &m.rejected {
+                sample(
+                    &mut out,
+                    "ebpf_proxy_objects_rejected_total",
+                    &[("reason", code)],
+                    n,
+                );
+            }
+            header(
+                &mut out,
+                "ebpf_proxy_frontend_write_failures_total",
+                "Frontends that could not be written (a full map)",
+                "counter",
+            );
+            sample(
+                &mut out,
+                "ebpf_proxy_frontend_write_failures_total",
+                &[],
+                m.write_failures,
+            );
+            header(
+                &mut out,
+                "ebpf_proxy_map_entries",
+                "Entries in each BPF map",
+                "gauge",
+            );
+            for u in &m.usage {
+                sample(
+                    &mut out,
+                    "ebpf_proxy_map_entries",
+                    &[("map", u.map)],
+                    u.entries,
+                );
+            }
+            header(
+                &mut out,
+                "ebpf_proxy_map_capacity",
+                "Capacity of each BPF map",
+                "gauge",
+            );
+            for u in &m.usage {
+                sample(
+                    &mut out,
+                    "ebpf_proxy_map_capacity",
+                    &[("map", u.map)],
+                    u.capacity,
+                );
+            }
+        }
+        if let Some(dir) = &self.pin_dir {
+            datapath_counters(&mut out, dir);
+        }
+        out
+    }
+}
+
+fn health_body(m: &Inner, healthy: bool) -> String {
+    let time = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    };
+    serde_json::json!({
+        "lastUpdated": m.last_sync.map(time),
+        "currentTime": time(SystemTime::now()),
+        "healthy": healthy,
+        "lastSyncFailedFrontends": m.last_failed,
+    })
+    .to_string()
+}
+
+/// Per-frontend and datapath counters, read from the pinned maps.
+fn datapath_counters(out: &mut String, dir: &std::path::Path) {
+    let Ok(maps) = crate::dataplane::ebpf::maps::Maps::from_pins(dir) else {
+        return;
+    };
+    header(
+        out,
+        "ebpf_proxy_service_connections_total",
+        "Connections and sends translated to a backend, per frontend",
+        "counter",
+    );
+    let mut rejected = String::new();
+    header(
+        &mut rejected,
+        "ebpf_proxy_service_rejected_total",
+        "Connections and sends refused for lack of an endpoint, per frontend",
+        "counter",
+    );
+    for (addr, service, counters) in maps.frontend_counters() {
+        let frontend = addr.to_string();
+        let labels = [
+            ("service", service.as_str()),
+            ("frontend", frontend.as_str()),
+        ];
+        sample(
+            out,
+            "ebpf_proxy_service_connections_total",
+            &labels,
+            counters.translated,
+        );
+        sample(
+            &mut rejected,
+            "ebpf_proxy_service_rejected_total",
+            &labels,
+            counters.no_endpoint,
+        );
+    }
+    out.push_str(&rejected);
+    header(
+        out,
+        "ebpf_proxy_datapath_events_total",
+        "Datapath events by name",
+        "counter",
+    );
+    for (event, n) in maps.events() {
+        sample(
+            out,
+            "ebpf_proxy_datapath_events_total",
+            &[("event", event)],
+            n,
+        );
+    }
+}
