@@ -147,6 +147,11 @@ pub fn command_in(
     // SAFETY: only async-signal-safe syscalls (write, setns) run between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // Die with the test thread that started us, even if it never gets to Drop
+            // (a test runner killed from outside): no helper outlives its test.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             // Join the cgroup first: after setns, /sys may be another view.
             if let Some(procs) = &procs {
                 let zero = b"0";

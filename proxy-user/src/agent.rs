@@ -64,13 +64,14 @@ pub enum LoopEvent<'a> {
     Idle,
 }
 
-/// Syncs whenever the store changes, until `shutdown` resolves.
+/// Syncs whenever the store changes, until `shutdown` resolves. After the first full sync
+/// the dataplane is activated; if that fails the loop ends with the error.
 pub async fn sync_loop<D: Dataplane + ?Sized>(
     shared: Arc<Shared>,
     dataplane: &mut D,
     shutdown: impl std::future::Future<Output = ()>,
     mut observe: impl FnMut(LoopEvent<'_>),
-) {
+) -> Result<(), String> {
     let mut syncer = Syncer::default();
     let mut retry = tokio::time::interval(Duration::from_secs(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -100,9 +101,13 @@ pub async fn sync_loop<D: Dataplane + ?Sized>(
         }
         let summary = syncer.sync(&mut store, &mut *dataplane);
         drop(store);
+        if summary.full {
+            dataplane.activate()?;
+        }
         observe(LoopEvent::Synced(&summary));
     }
     info!("stopping; the datapath stays installed");
+    Ok(())
 }
 
 /// Polls a manifest directory into the store.

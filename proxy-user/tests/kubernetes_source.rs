@@ -67,7 +67,8 @@ impl Agent {
                     *counter.lock().expect("syncs") += 1;
                 }
             })
-            .await;
+            .await
+            .expect("the in-memory dataplane always activates");
         });
         Self {
             seen,

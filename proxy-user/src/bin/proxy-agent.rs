@@ -157,7 +157,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 agent::LoopEvent::Idle => metrics.heartbeat(),
             },
         )
-        .await;
+        .await
+        .map_err(|e| anyhow::anyhow!("activating the eBPF dataplane: {e}"))?;
         anyhow::Ok(())
     })?;
     Ok(())

@@ -14,6 +14,11 @@ pub trait Dataplane {
     fn installed(&self) -> &DesiredState;
     /// Applies changes one frontend at a time; a failure leaves that frontend as it was.
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport;
+    /// Starts serving traffic from what has been written: called once, after the first full
+    /// sync, so a replaced datapath never starts from empty tables.
+    fn activate(&mut self) -> Result<(), String> {
+        Ok(())
+    }
     /// Fill level of the dataplane's tables, for metrics and status.
     fn usage(&self) -> Vec<MapUsage> {
         Vec::new()

@@ -3,10 +3,11 @@
 //! object (programs and maps), the maps pinned by name (the state traffic depends on), and
 //! the links pinned under `link_<program>` (the attachments).
 //!
-//! A restart reuses the pinned maps and keeps a pinned link whose program is the same
-//! (same tag) as the one just loaded, so the programs are never attached twice. A link of
-//! another program (an upgrade) is replaced: the new link is attached and pinned first, then
-//! the old one is unpinned, so there is no moment without a program.
+//! A restart reuses the pinned maps and keeps a pinned link whose program is the one just
+//! loaded (same tag) bound to the same maps (same map ids), so nothing is attached twice.
+//! Any other pinned link (an upgrade, or maps of another layout) is replaced after the
+//! first full sync has filled the maps the new program reads; the new link is pinned and
+//! renamed over the old one, so there is no moment without a program.
 
 use std::{
     fs,
@@ -17,7 +18,7 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramInfo,
         links::{FdLink, PinnedLink},
         loaded_programs,
     },
@@ -108,13 +109,54 @@ pub fn link_pin(dir: &Path, program: &str) -> PathBuf {
     dir.join(format!("link_{program}"))
 }
 
-/// Loads the object, reusing pinned maps, and makes sure each socket program is attached
-/// to `cgroup` exactly once.
-pub fn load_and_attach(
+/// The object loaded, its maps reused or created and pinned, and for each socket program
+/// what must happen to its attachment. Nothing is attached until [`Loaded::activate`], which
+/// the agent calls after its first full sync: a program replacing another starts out with
+/// maps that already hold every frontend, so no connection finds them empty.
+pub struct Loaded {
+    ebpf: Ebpf,
+    cgroup: fs::File,
+    cgroup_path: PathBuf,
+    dir: PathBuf,
+    plan: Vec<(&'static str, Plan)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    /// The pinned link runs this very program on these very maps.
+    Keep,
+    /// Nothing is attached.
+    Attach,
+    /// Another program, or the same program bound to other maps (an older layout, or maps
+    /// that were recreated), is attached: swap it for ours.
+    Replace,
+}
+
+/// A program as the kernel identifies it: its instructions (tag) and the maps it uses.
+#[derive(Debug, PartialEq, Eq)]
+struct Identity {
+    tag: u64,
+    map_ids: Vec<u32>,
+}
+
+impl Identity {
+    fn of(info: &ProgramInfo) -> Option<Self> {
+        let mut map_ids = info.map_ids().ok()??;
+        map_ids.sort_unstable();
+        Some(Self {
+            tag: info.tag(),
+            map_ids,
+        })
+    }
+}
+
+/// Loads the object, reusing the maps pinned in `dir` (creating and pinning missing ones),
+/// and decides what each program's attachment needs. Attaches nothing.
+pub fn load(
     dir: &Path,
     cgroup: &Path,
     capacities: Capacities,
-) -> Result<(Maps, Attachments), LoadError> {
+) -> Result<(Loaded, Maps), LoadError> {
     if crate::BPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -136,76 +178,136 @@ pub fn load_and_attach(
         .load(crate::BPF_OBJECT)
         .map_err(LoadError::Object)?;
 
-    let mut outcomes = Vec::new();
+    let mut plan = Vec::new();
     for program in ALL_SOCK_PROGRAMS {
-        let outcome = attach_once(&mut ebpf, dir, program, &cgroup_fd)?;
-        info!(program, cgroup = %cgroup.display(), ?outcome, "socket program");
-        outcomes.push((program, outcome));
+        let err = |source| LoadError::Program { program, source };
+        let prog: &mut CgroupSockAddr = ebpf
+            .program_mut(program)
+            .ok_or_else(|| err(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(err)?;
+        prog.load().map_err(err)?;
+        let ours = Identity::of(&prog.info().map_err(err)?);
+        let step = match pinned_identity(&link_pin(dir, program)) {
+            None => Plan::Attach,
+            Some(pinned) if ours.as_ref() == Some(&pinned) => Plan::Keep,
+            Some(_) => Plan::Replace,
+        };
+        plan.push((program, step));
     }
     restrict_pins(dir)?;
     let maps = Maps::from_ebpf(&mut ebpf)?;
-    Ok((maps, outcomes))
+    let loaded = Loaded {
+        ebpf,
+        cgroup: cgroup_fd,
+        cgroup_path: cgroup.to_owned(),
+        dir: dir.to_owned(),
+        plan,
+    };
+    Ok((loaded, maps))
 }
 
-fn attach_once(
-    ebpf: &mut Ebpf,
-    dir: &Path,
-    program: &'static str,
-    cgroup: &fs::File,
-) -> Result<Attachment, LoadError> {
-    let err = |source| LoadError::Program { program, source };
-    let prog: &mut CgroupSockAddr = ebpf
-        .program_mut(program)
-        .ok_or_else(|| err(ProgramError::NotLoaded))?
-        .try_into()
-        .map_err(err)?;
-    prog.load().map_err(err)?;
-    let tag = prog.info().map_err(err)?.tag();
-    let pin = link_pin(dir, program);
-
-    let pinned_tag = pinned_program_tag(&pin);
-    if pinned_tag == Some(tag) {
-        return Ok(Attachment::Adopted);
+impl Loaded {
+    /// Attaches what is missing, swaps what is outdated, and removes pins of maps that no
+    /// program of ours uses any more (an older layout's). Pinned links keep the programs
+    /// attached after this value is dropped.
+    pub fn activate(mut self) -> Result<Attachments, LoadError> {
+        let mut outcomes = Vec::new();
+        for (program, step) in std::mem::take(&mut self.plan) {
+            let outcome = match step {
+                Plan::Keep => Attachment::Adopted,
+                Plan::Attach => {
+                    self.attach(program, false)?;
+                    Attachment::Attached
+                }
+                Plan::Replace => {
+                    self.attach(program, true)?;
+                    Attachment::Replaced
+                }
+            };
+            info!(program, cgroup = %self.cgroup_path.display(), ?outcome, "socket program");
+            outcomes.push((program, outcome));
+        }
+        remove_stale_pins(&self.dir)?;
+        restrict_pins(&self.dir)?;
+        Ok(outcomes)
     }
-    let link_id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
-    let link: FdLink = prog
-        .take_link(link_id)
-        .map_err(err)?
-        .try_into()
-        .map_err(|e| LoadError::Pin {
+
+    fn attach(&mut self, program: &'static str, replace: bool) -> Result<(), LoadError> {
+        let err = |source| LoadError::Program { program, source };
+        let pin = link_pin(&self.dir, program);
+        let pin_error = |e: &dyn std::fmt::Display| LoadError::Pin {
             program,
             path: pin.clone(),
-            message: format!("{e}"),
-        })?;
-    let pin_error = |e: &dyn std::fmt::Display| LoadError::Pin {
-        program,
-        path: pin.clone(),
-        message: e.to_string(),
-    };
-    if pinned_tag.is_none() {
-        link.pin(&pin).map_err(|e| pin_error(&e))?;
-        return Ok(Attachment::Attached);
+            message: e.to_string(),
+        };
+        let prog: &mut CgroupSockAddr = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| err(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(err)?;
+        let link_id = prog
+            .attach(&self.cgroup, CgroupAttachMode::Single)
+            .map_err(err)?;
+        let link: FdLink = prog
+            .take_link(link_id)
+            .map_err(err)?
+            .try_into()
+            .map_err(|e| pin_error(&e))?;
+        if !replace {
+            link.pin(&pin).map_err(|e| pin_error(&e))?;
+            return Ok(());
+        }
+        // Pin the new link beside the old one, then rename it over the old pin: the old
+        // link loses its last reference and detaches. Both programs run for that instant,
+        // which is harmless: the second sees a backend address, not a frontend.
+        // bpffs refuses names with a dot in them.
+        let staging = self.dir.join(format!("staging_{program}"));
+        let _ = fs::remove_file(&staging);
+        let staging_error = |e: &dyn std::fmt::Display| LoadError::Pin {
+            program,
+            path: staging.clone(),
+            message: e.to_string(),
+        };
+        link.pin(&staging).map_err(|e| staging_error(&e))?;
+        fs::rename(&staging, &pin).map_err(|e| pin_error(&e))
     }
-    // Upgrade: pin the new link beside the old one, then move it over the old pin. Dropping
-    // the old pin's last reference detaches the old program.
-    let staging = dir.join(format!(".{program}.new"));
-    let _ = fs::remove_file(&staging);
-    link.pin(&staging).map_err(|e| pin_error(&e))?;
-    fs::rename(&staging, &pin).map_err(|e| pin_error(&e))?;
-    Ok(Attachment::Replaced)
 }
 
-/// Tag of the program behind a pinned link, if there is one.
-fn pinned_program_tag(pin: &Path) -> Option<u64> {
+/// Removes pinned maps whose names are not ours any more (another layout version).
+fn remove_stale_pins(dir: &Path) -> Result<(), LoadError> {
+    let pin_err = |source| LoadError::PinDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let links: Vec<String> = ALL_SOCK_PROGRAMS
+        .iter()
+        .map(|p| format!("link_{p}"))
+        .collect();
+    for entry in fs::read_dir(dir).map_err(pin_err)? {
+        let entry = entry.map_err(pin_err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if names::ALL_MAPS.contains(&name.as_str()) || links.contains(&name) {
+            continue;
+        }
+        fs::remove_file(entry.path()).map_err(pin_err)?;
+        info!(pin = %entry.path().display(), "removed a pin no program of ours uses (older layout)");
+    }
+    Ok(())
+}
+
+/// What the program behind a pinned link is, if there is one.
+fn pinned_identity(pin: &Path) -> Option<Identity> {
     if !pin.exists() {
         return None;
     }
     let link = FdLink::from(PinnedLink::from_pin(pin).ok()?);
     let program_id = link.info().ok()?.program_id();
-    loaded_programs()
+    let info = loaded_programs()
         .filter_map(Result::ok)
-        .find(|p| p.id() == program_id)
-        .map(|p| p.tag())
+        .find(|p| p.id() == program_id)?;
+    Identity::of(&info)
 }
 
 /// Creates the pin directory (root only) and checks it is on bpffs.
@@ -266,12 +368,12 @@ pub fn cleanup(dir: &Path) -> Result<Removed, std::io::Error> {
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
-    entries.sort_by_key(|p| !file_name(p).starts_with("link_") && !file_name(p).starts_with('.'));
+    entries.sort_by_key(|p| !is_link_pin(&file_name(p)));
     for path in entries {
         let name = file_name(&path);
         fs::remove_file(&path)?;
         debug!(pin = %path.display(), "unpinned");
-        if name.starts_with("link_") || name.starts_with('.') {
+        if is_link_pin(&name) {
             removed.links.push(name);
         } else {
             removed.maps.push(name);
@@ -285,4 +387,9 @@ fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// A pinned link (or one being swapped in), as opposed to a map.
+fn is_link_pin(name: &str) -> bool {
+    name.starts_with("link_") || name.starts_with("staging_")
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use self::{
-    loader::{Attachments, Capacities, LoadError},
+    loader::{Attachments, Capacities, LoadError, Loaded},
     maps::Maps,
 };
 use proxy_common::names;
@@ -24,13 +24,15 @@ pub struct EbpfDataplane {
     /// Slots in the active tables, kept up to date by every write.
     slots_in_use: u64,
     pub pin_dir: PathBuf,
+    /// Programs loaded but not yet attached: see [`Dataplane::activate`].
+    pending: Option<Loaded>,
     pub attachments: Attachments,
 }
 
 impl EbpfDataplane {
     /// Loads and attaches (or adopts) the programs and reads back what is installed.
     pub fn open(pin_dir: &Path, cgroup: &Path, capacities: Capacities) -> Result<Self, LoadError> {
-        let (mut maps, attachments) = loader::load_and_attach(pin_dir, cgroup, capacities)?;
+        let (loaded, mut maps) = loader::load(pin_dir, cgroup, capacities)?;
         let orphans = maps.remove_orphans()?;
         if orphans > 0 {
             warn!(
@@ -46,7 +48,8 @@ impl EbpfDataplane {
             installed,
             slots_in_use,
             pin_dir: pin_dir.to_owned(),
-            attachments,
+            pending: Some(loaded),
+            attachments: Vec::new(),
         })
     }
 }
@@ -86,6 +89,15 @@ impl Dataplane for EbpfDataplane {
             }
         }
         report
+    }
+
+    fn activate(&mut self) -> Result<(), String> {
+        if let Some(loaded) = self.pending.take() {
+            self.attachments = loaded
+                .activate()
+                .map_err(|e| crate::logging::error_chain(&e))?;
+        }
+        Ok(())
     }
 
     fn usage(&self) -> Vec<MapUsage> {
