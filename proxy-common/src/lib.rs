@@ -144,7 +144,7 @@ pub struct RevNatKey {
 }
 const _: () = assert!(size_of::<RevNatKey>() == 16);
 
-/// Per-frontend counters, one copy per CPU.
+/// Per-frontend counters, created by the datapath on first use and counted atomically.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FrontendStats {

@@ -11,7 +11,7 @@ pub const MAP_MEMBERS: &str = "EPX_MEMB_V1";
 pub const MAP_AFFINITY: &str = "EPX_AFF_V1";
 /// RevNatKey -> Frontend (LRU).
 pub const MAP_REVNAT: &str = "EPX_RNAT_V1";
-/// Frontend -> FrontendStats (per CPU).
+/// Frontend -> FrontendStats (created by the datapath, atomic counters).
 pub const MAP_STATS: &str = "EPX_STAT_V1";
 /// Event index -> u64 (per-CPU array).
 pub const MAP_EVENTS: &str = "EPX_EVT_V1";

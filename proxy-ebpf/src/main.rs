@@ -5,6 +5,9 @@
 //! Entry points only call `try_*` functions in `sock_lb`; the maps are in `maps`.
 #![no_std]
 #![no_main]
+// atomic_xadd: the BPF target has no atomic read-modify-write in core::sync::atomic.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod maps;
 mod select;

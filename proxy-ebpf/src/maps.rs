@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     Affinity, AffinityKey, Backend, Event, Frontend, FrontendStats, Member, MemberKey, RevNatKey,
@@ -37,9 +37,13 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
 #[map(name = "EPX_RNAT_V1")]
 pub static REVNAT: LruHashMap<RevNatKey, Frontend> = LruHashMap::pinned(DEFAULT_MAX_REVNAT, 0);
 
+/// Created by the datapath on a frontend's first connection and counted with atomic adds:
+/// the agent never writes it, so programming 10,000 frontends does not pay for 10,000
+/// counter allocations (per-CPU hash elements are slow to allocate without preallocation,
+/// and preallocating costs capacity x CPUs of memory).
 #[map(name = "EPX_STAT_V1")]
-pub static STATS: PerCpuHashMap<Frontend, FrontendStats> =
-    PerCpuHashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
+pub static STATS: HashMap<Frontend, FrontendStats> =
+    HashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 #[map(name = "EPX_EVT_V1")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::MAP_SLOTS, 0);
@@ -58,7 +62,25 @@ pub fn count(event: Event) {
     }
 }
 
+/// Only create the entry if it is not there (another CPU may have just done so).
+const BPF_NOEXIST: u64 = 1;
+
+/// The counters of `frontend`, created on first use.
 #[inline(always)]
 pub fn stats(frontend: &Frontend) -> Option<*mut FrontendStats> {
+    if let Some(stats) = STATS.get_ptr_mut(frontend) {
+        return Some(stats);
+    }
+    let _ = STATS.insert(frontend, FrontendStats::default(), BPF_NOEXIST);
     STATS.get_ptr_mut(frontend)
+}
+
+/// Adds one to a counter shared by all CPUs.
+#[inline(always)]
+pub fn bump(counter: *mut u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: `counter` points into a map value that stays valid for this program run. The
+    // BPF target offers no atomic read-modify-write types, but LLVM lowers this intrinsic
+    // to BPF's atomic add (what C gets from __sync_fetch_and_add), so CPUs lose no counts.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
 }

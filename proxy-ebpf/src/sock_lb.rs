@@ -12,7 +12,7 @@ use proxy_common::{
 
 use crate::{
     ALLOW,
-    maps::{REVNAT, SERVICES, count, stats},
+    maps::{REVNAT, SERVICES, bump, count, stats},
     select::choose,
 };
 
@@ -68,8 +68,8 @@ pub fn try_forward(ctx: &SockAddrContext) -> i32 {
             Event::NoEndpoint
         });
         if let Some(s) = stats {
-            // SAFETY: per-CPU value of this CPU.
-            unsafe { (*s).no_endpoint += 1 };
+            // SAFETY: a value pointer from a successful lookup.
+            bump(unsafe { &raw mut (*s).no_endpoint });
         }
         // kube-proxy answers with REJECT: the caller sees ECONNREFUSED at once.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
@@ -80,12 +80,10 @@ pub fn try_forward(ctx: &SockAddrContext) -> i32 {
     set_address(ctx, choice.backend.addr, choice.backend.port);
     count(Event::Translated);
     if let Some(s) = stats {
-        // SAFETY: per-CPU value of this CPU.
-        unsafe {
-            (*s).translated += 1;
-            if choice.from_affinity {
-                (*s).affinity_hits += 1;
-            }
+        // SAFETY: a value pointer from a successful lookup.
+        bump(unsafe { &raw mut (*s).translated });
+        if choice.from_affinity {
+            bump(unsafe { &raw mut (*s).affinity_hits });
         }
     }
     ALLOW

@@ -6,50 +6,56 @@
 //! - local traffic (internalTrafficPolicy Local): the ready endpoints on this node; if none,
 //!   the serving and terminating ones on this node; if none, nothing (the traffic is dropped).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+use std::collections::BTreeMap;
+
+use super::{
+    BackendAddr, Protocol, Rejection,
+    input::{EndpointInput, SliceInput},
+    node::NodeContext,
 };
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
-use super::{BackendAddr, Protocol, Rejection, node::NodeContext};
-
-/// An endpoint of one Service port, after matching its slice port.
+/// An endpoint of one Service port: its address with the slice port's number.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortEndpoint {
+pub struct PortEndpoint<'a> {
     pub addr: BackendAddr,
-    pub target_name: Option<String>,
-    pub node_name: Option<String>,
-    /// Zones this endpoint is hinted for; empty when the slice carries no hints.
-    pub zone_hints: BTreeSet<String>,
-    pub ready: bool,
-    pub serving: bool,
-    pub terminating: bool,
+    pub endpoint: &'a EndpointInput,
+}
+
+impl PortEndpoint<'_> {
+    fn ready(&self) -> bool {
+        self.endpoint.ready
+    }
+
+    fn serving_terminating(&self) -> bool {
+        self.endpoint.serving && self.endpoint.terminating
+    }
+
+    fn hinted_for(&self, zone: &str) -> bool {
+        self.endpoint.zone_hints.iter().any(|z| &**z == zone)
+    }
 }
 
 /// The endpoints of the Service port named `port_name` (empty for an unnamed port) with
 /// `protocol`, over all slices, deduplicated by address. The slice port carries the
 /// resolved target port, which is how named targetPorts are honoured.
-pub fn port_endpoints(
-    slices: &[&EndpointSlice],
+pub fn port_endpoints<'a>(
+    slices: &[&'a SliceInput],
     port_name: &str,
     protocol: Protocol,
     skipped: &mut Vec<Rejection>,
-) -> Vec<PortEndpoint> {
+) -> Vec<PortEndpoint<'a>> {
     let mut by_addr: BTreeMap<BackendAddr, PortEndpoint> = BTreeMap::new();
     for slice in slices {
-        let slice_name = slice.metadata.name.as_deref().unwrap_or("<unnamed>");
-        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-        let object = || format!("EndpointSlice {namespace}/{slice_name}");
-        if slice.address_type != "IPv4" {
+        if !slice.ipv4 {
             // IPv6 and FQDN slices are normal in dual-stack clusters; nothing to report.
             continue;
         }
-        let Some(port) = slice.ports.iter().flatten().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name
-                && p.protocol.as_deref().unwrap_or("TCP") == protocol.as_str()
-        }) else {
+        let object = || format!("EndpointSlice {}", slice.name);
+        let Some(port) = slice
+            .ports
+            .iter()
+            .find(|p| &*p.name == port_name && &*p.protocol == protocol.as_str())
+        else {
             continue;
         };
         let Some(number) = port.port else { continue };
@@ -61,48 +67,27 @@ pub fn port_endpoints(
             });
             continue;
         };
-        for endpoint in slice.endpoints.iter().flatten() {
-            let conditions = endpoint.conditions.as_ref();
-            // The API says: nil ready and nil serving mean true; nil terminating means false.
-            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-            let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
-            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
-            // kube-proxy uses the first address of an endpoint.
-            let Some(address) = endpoint.addresses.first() else {
-                continue;
-            };
-            let Ok(ip) = address.parse::<Ipv4Addr>() else {
-                skipped.push(Rejection {
-                    object: object(),
-                    code: "invalid_endpoint_address",
-                    reason: format!(
-                        "endpoint address {address:?} is not an IPv4 address; endpoint skipped"
-                    ),
-                });
-                continue;
+        for endpoint in slice.endpoints.iter() {
+            let ip = match &endpoint.address {
+                Ok(ip) => *ip,
+                Err(text) => {
+                    skipped.push(Rejection {
+                        object: object(),
+                        code: "invalid_endpoint_address",
+                        reason: format!(
+                            "endpoint address {text:?} is not an IPv4 address; endpoint skipped"
+                        ),
+                    });
+                    continue;
+                }
             };
             let addr = BackendAddr { ip, port: number };
-            let candidate = PortEndpoint {
-                addr,
-                target_name: endpoint.target_ref.as_ref().and_then(|r| r.name.clone()),
-                node_name: endpoint.node_name.clone(),
-                zone_hints: endpoint
-                    .hints
-                    .as_ref()
-                    .and_then(|h| h.for_zones.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .map(|z| z.name.clone())
-                    .collect(),
-                ready,
-                serving,
-                terminating,
-            };
+            let candidate = PortEndpoint { addr, endpoint };
             // The same address in two slices (during a slice split): prefer the ready copy.
             by_addr
                 .entry(addr)
                 .and_modify(|e| {
-                    if candidate.ready && !e.ready {
+                    if candidate.endpoint.ready && !e.endpoint.ready {
                         *e = candidate.clone();
                     }
                 })
@@ -113,14 +98,14 @@ pub fn port_endpoints(
 }
 
 /// Endpoints for cluster-wide traffic.
-pub fn cluster(endpoints: &[PortEndpoint], node: &NodeContext) -> Vec<PortEndpoint> {
+pub fn cluster<'a>(endpoints: &[PortEndpoint<'a>], node: &NodeContext) -> Vec<PortEndpoint<'a>> {
     let zone = node
         .zone
         .as_deref()
         .filter(|_| use_topology(endpoints, node));
     let ready: Vec<PortEndpoint> = endpoints
         .iter()
-        .filter(|e| e.ready && zone.is_none_or(|z| e.zone_hints.contains(z)))
+        .filter(|e| e.ready() && zone.is_none_or(|z| e.hinted_for(z)))
         .cloned()
         .collect();
     if !ready.is_empty() {
@@ -128,18 +113,18 @@ pub fn cluster(endpoints: &[PortEndpoint], node: &NodeContext) -> Vec<PortEndpoi
     }
     endpoints
         .iter()
-        .filter(|e| e.serving && e.terminating)
+        .filter(|e| e.serving_terminating())
         .cloned()
         .collect()
 }
 
 /// Endpoints for traffic with a Local policy: on this node only.
-pub fn local(endpoints: &[PortEndpoint], node: &NodeContext) -> Vec<PortEndpoint> {
-    let on_node = |e: &&PortEndpoint| node.is_local(e.node_name.as_deref());
+pub fn local<'a>(endpoints: &[PortEndpoint<'a>], node: &NodeContext) -> Vec<PortEndpoint<'a>> {
+    let on_node = |e: &&PortEndpoint| node.is_local(e.endpoint.node_name.as_deref());
     let ready: Vec<PortEndpoint> = endpoints
         .iter()
         .filter(on_node)
-        .filter(|e| e.ready)
+        .filter(|e| e.ready())
         .cloned()
         .collect();
     if !ready.is_empty() {
@@ -148,7 +133,7 @@ pub fn local(endpoints: &[PortEndpoint], node: &NodeContext) -> Vec<PortEndpoint
     endpoints
         .iter()
         .filter(on_node)
-        .filter(|e| e.serving && e.terminating)
+        .filter(|e| e.serving_terminating())
         .cloned()
         .collect()
 }
@@ -161,11 +146,11 @@ fn use_topology(endpoints: &[PortEndpoint], node: &NodeContext) -> bool {
         return false;
     };
     let mut for_zone = false;
-    for e in endpoints.iter().filter(|e| e.ready) {
-        if e.zone_hints.is_empty() {
+    for e in endpoints.iter().filter(|e| e.ready()) {
+        if e.endpoint.zone_hints.is_empty() {
             return false;
         }
-        for_zone |= e.zone_hints.contains(zone);
+        for_zone |= e.hinted_for(zone);
     }
     for_zone
 }

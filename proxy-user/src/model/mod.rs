@@ -3,6 +3,7 @@
 //! dataplanes (eBPF maps, iptables rules) are written from this.
 
 mod endpoints;
+pub mod input;
 pub mod node;
 mod service;
 pub mod weights;
@@ -165,8 +166,14 @@ pub type Translation = BTreeMap<ObjectRef, Result<ServiceFrontends, Rejection>>;
 pub fn translate(objects: &ObjectSet, node: &NodeContext) -> Translation {
     let mut out = Translation::new();
     for (key, service) in &objects.services {
-        let slices: Vec<_> = objects.slices_of(key).collect();
-        if let Some(result) = translate_service(key, service, &slices, node) {
+        let slices: Vec<input::SliceInput> = objects
+            .slices_of(key)
+            .map(input::SliceInput::from)
+            .collect();
+        let slices: Vec<&input::SliceInput> = slices.iter().collect();
+        if let Some(result) =
+            translate_service(key, &input::ServiceInput::from(service), &slices, node)
+        {
             out.insert(key.clone(), result);
         }
     }

@@ -8,17 +8,16 @@
 //! traffic arriving from outside the node, which the tc programs handle. A ClusterIP with
 //! internalTrafficPolicy Local uses this node's endpoints only.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
-use k8s_openapi::api::{
-    core::v1::{Service, ServicePort, ServiceSpec},
-    discovery::v1::EndpointSlice,
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use super::{
     FrontendAddr, FrontendKind, FrontendSpec, Protocol, Rejection, ServiceFrontends,
     WeightedBackend,
     endpoints::{self, PortEndpoint, port_endpoints},
+    input::{PortInput, ServiceInput, SliceInput},
     node::NodeContext,
     weights::{ANNOTATION, Weights},
 };
@@ -34,8 +33,8 @@ pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
 /// ExternalName, another proxy's label); `Err` when it cannot be used at all.
 pub fn translate_service(
     key: &ObjectRef,
-    service: &Service,
-    slices: &[&EndpointSlice],
+    service: &ServiceInput,
+    slices: &[&SliceInput],
     node: &NodeContext,
 ) -> Option<Result<ServiceFrontends, Rejection>> {
     let reject = |code: &'static str, reason: String| Rejection {
@@ -43,35 +42,21 @@ pub fn translate_service(
         code,
         reason,
     };
-    if service
-        .metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
-    {
+    if service.other_proxy || &*service.type_ == "ExternalName" {
         return None;
     }
-    let spec = service.spec.as_ref()?;
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return None;
-    }
-    let cluster_ip = match cluster_ip(spec) {
+    let cluster_ip = match cluster_ip(service) {
         Ok(Some(ip)) => ip,
         Ok(None) => return None, // headless: DNS only
         Err((code, reason)) => return Some(Err(reject(code, reason))),
     };
-    let affinity_timeout_s = match affinity_timeout(spec) {
+    let affinity_timeout_s = match affinity_timeout(service) {
         Ok(t) => t,
         Err(reason) => return Some(Err(reject("invalid_affinity_timeout", reason))),
     };
 
     let mut out = ServiceFrontends::default();
-    let weights = match service
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANNOTATION))
-    {
+    let weights = match service.weights.as_deref() {
         None => Weights::default(),
         Some(text) => Weights::parse(text).unwrap_or_else(|reason| {
             out.warnings.push(reject(
@@ -81,34 +66,30 @@ pub fn translate_service(
             Weights::default()
         }),
     };
-    let external = external_addresses(service, spec, &mut out.warnings, &reject);
-    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let node_ports = matches!(
-        spec.type_.as_deref(),
-        Some("NodePort") | Some("LoadBalancer")
-    );
+    let external = external_addresses(service, &mut out.warnings, &reject);
+    let node_ports = matches!(&*service.type_, "NodePort" | "LoadBalancer");
 
-    for port in spec.ports.iter().flatten() {
-        let Some((protocol, number, port_name)) = checked_port(key, port, &mut out.warnings) else {
+    for port in service.ports.iter() {
+        let Some((protocol, number)) = checked_port(key, port, &mut out.warnings) else {
             continue;
         };
-        let all = port_endpoints(slices, port_name, protocol, &mut out.warnings);
+        let all = port_endpoints(slices, &port.name, protocol, &mut out.warnings);
         let weigh = |chosen: Vec<PortEndpoint>| -> Vec<WeightedBackend> {
             let mut backends: Vec<WeightedBackend> = chosen
                 .iter()
                 .map(|e| WeightedBackend {
                     addr: e.addr,
-                    weight: weights.of(e.target_name.as_deref(), &e.addr.ip.to_string()),
+                    weight: weights.of(e.endpoint.target_name.as_deref(), e.addr.ip),
                 })
                 .collect();
             backends.sort();
             backends
         };
         let cluster_backends = weigh(endpoints::cluster(&all, node));
-        let name = if port_name.is_empty() {
+        let name = if port.name.is_empty() {
             key.to_string()
         } else {
-            format!("{key}:{port_name}")
+            format!("{key}:{}", port.name)
         };
         let frontend = |kind, backends, local_only| FrontendSpec {
             service: name.clone(),
@@ -118,7 +99,7 @@ pub fn translate_service(
             backends,
         };
 
-        let clusterip_backends = if internal_local {
+        let clusterip_backends = if service.internal_traffic_local {
             weigh(endpoints::local(&all, node))
         } else {
             cluster_backends.clone()
@@ -129,7 +110,11 @@ pub fn translate_service(
                 port: number,
                 protocol,
             },
-            frontend(FrontendKind::ClusterIp, clusterip_backends, internal_local),
+            frontend(
+                FrontendKind::ClusterIp,
+                clusterip_backends,
+                service.internal_traffic_local,
+            ),
         ));
         for (ip, kind) in &external {
             out.frontends.push((
@@ -165,14 +150,14 @@ pub fn translate_service(
         }
     }
     // The same slice problem is found once per port; report it once.
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen = BTreeSet::new();
     out.warnings.retain(|w| seen.insert(w.to_string()));
     Some(Ok(out))
 }
 
 /// The IPv4 ClusterIP, `None` for a headless Service.
-fn cluster_ip(spec: &ServiceSpec) -> Result<Option<Ipv4Addr>, (&'static str, String)> {
-    let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
+fn cluster_ip(service: &ServiceInput) -> Result<Option<Ipv4Addr>, (&'static str, String)> {
+    let cluster_ip = &*service.cluster_ip;
     if cluster_ip == "None" {
         return Ok(None);
     }
@@ -180,9 +165,10 @@ fn cluster_ip(spec: &ServiceSpec) -> Result<Option<Ipv4Addr>, (&'static str, Str
         return Err(("no_cluster_ip", "has no clusterIP yet".into()));
     }
     // Dual-stack Services list both families in clusterIPs; we serve the IPv4 one.
-    let ips: Vec<&str> = match &spec.cluster_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-        _ => vec![cluster_ip],
+    let ips: Vec<&str> = if service.cluster_ips.is_empty() {
+        vec![cluster_ip]
+    } else {
+        service.cluster_ips.iter().map(|ip| &**ip).collect()
     };
     if let Some(ip) = ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
         return Ok(Some(ip));
@@ -200,45 +186,35 @@ fn cluster_ip(spec: &ServiceSpec) -> Result<Option<Ipv4Addr>, (&'static str, Str
 }
 
 /// ExternalIPs and LoadBalancer ingress IPs (IPv4; `ipMode: Proxy` ingress is left to the
-/// load balancer, as kube-proxy does).
+/// load balancer, as kube-proxy does, and was dropped on ingest).
 fn external_addresses(
-    service: &Service,
-    spec: &ServiceSpec,
+    service: &ServiceInput,
     warnings: &mut Vec<Rejection>,
     reject: &dyn Fn(&'static str, String) -> Rejection,
 ) -> Vec<(Ipv4Addr, FrontendKind)> {
+    let load_balancer: &[Box<str>] = if &*service.type_ == "LoadBalancer" {
+        &service.load_balancer_ips
+    } else {
+        &[]
+    };
+    let candidates = service
+        .external_ips
+        .iter()
+        .map(|ip| (ip, FrontendKind::ExternalIp, "externalIP"))
+        .chain(
+            load_balancer
+                .iter()
+                .map(|ip| (ip, FrontendKind::LoadBalancer, "load balancer ingress IP")),
+        );
     let mut out = Vec::new();
-    for text in spec.external_ips.iter().flatten() {
+    for (text, kind, what) in candidates {
         match text.parse::<Ipv4Addr>() {
-            Ok(ip) => out.push((ip, FrontendKind::ExternalIp)),
+            Ok(ip) => out.push((ip, kind)),
             Err(_) if text.parse::<Ipv6Addr>().is_ok() => {}
             Err(_) => warnings.push(reject(
                 "invalid_external_ip",
-                format!("externalIP {text:?} is not an IP address; skipped"),
+                format!("{what} {text:?} is not an IP address; skipped"),
             )),
-        }
-    }
-    if spec.type_.as_deref() == Some("LoadBalancer") {
-        let ingress = service
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref());
-        for entry in ingress.into_iter().flatten() {
-            if entry.ip_mode.as_deref() == Some("Proxy") {
-                continue;
-            }
-            let Some(text) = entry.ip.as_deref() else {
-                continue;
-            };
-            match text.parse::<Ipv4Addr>() {
-                Ok(ip) => out.push((ip, FrontendKind::LoadBalancer)),
-                Err(_) if text.parse::<Ipv6Addr>().is_ok() => {}
-                Err(_) => warnings.push(reject(
-                    "invalid_external_ip",
-                    format!("load balancer ingress IP {text:?} is not an IP address; skipped"),
-                )),
-            }
         }
     }
     out.sort();
@@ -246,16 +222,15 @@ fn external_addresses(
     out
 }
 
-fn checked_port<'p>(
+fn checked_port(
     key: &ObjectRef,
-    port: &'p ServicePort,
+    port: &PortInput,
     warnings: &mut Vec<Rejection>,
-) -> Option<(Protocol, u16, &'p str)> {
-    let port_name = port.name.as_deref().unwrap_or("");
-    let label = if port_name.is_empty() {
+) -> Option<(Protocol, u16)> {
+    let label = if port.name.is_empty() {
         port.port.to_string()
     } else {
-        port_name.to_owned()
+        port.name.to_string()
     };
     let mut skip = |code: &'static str, reason: String| {
         warnings.push(Rejection {
@@ -264,7 +239,7 @@ fn checked_port<'p>(
             reason,
         });
     };
-    let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
+    let protocol = match &*port.protocol {
         "TCP" => Protocol::Tcp,
         "UDP" => Protocol::Udp,
         other => {
@@ -282,19 +257,14 @@ fn checked_port<'p>(
         );
         return None;
     };
-    Some((protocol, number, port_name))
+    Some((protocol, number))
 }
 
-fn affinity_timeout(spec: &ServiceSpec) -> Result<u32, String> {
-    if spec.session_affinity.as_deref() != Some("ClientIP") {
+fn affinity_timeout(service: &ServiceInput) -> Result<u32, String> {
+    if !service.client_ip_affinity {
         return Ok(0);
     }
-    let configured = spec
-        .session_affinity_config
-        .as_ref()
-        .and_then(|c| c.client_ip.as_ref())
-        .and_then(|c| c.timeout_seconds);
-    match configured {
+    match service.affinity_timeout {
         None => Ok(DEFAULT_AFFINITY_TIMEOUT_S),
         Some(t) if (1..=MAX_AFFINITY_TIMEOUT_S as i32).contains(&t) => Ok(t as u32),
         Some(t) => Err(format!(

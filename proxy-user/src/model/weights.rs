@@ -41,10 +41,13 @@ impl Weights {
     }
 
     /// Weight of an endpoint: by targetRef name first, then by IP, else 1.
-    pub fn of(&self, target_name: Option<&str>, ip: &str) -> u32 {
+    pub fn of(&self, target_name: Option<&str>, ip: std::net::Ipv4Addr) -> u32 {
+        if self.0.is_empty() {
+            return 1;
+        }
         target_name
             .and_then(|n| self.0.get(n))
-            .or_else(|| self.0.get(ip))
+            .or_else(|| self.0.get(&ip.to_string()))
             .copied()
             .unwrap_or(1)
     }
@@ -57,11 +60,11 @@ mod tests {
     #[test]
     fn names_ips_and_defaults() {
         let w = Weights::parse("web-0=3, web-1=1,198.18.1.4=0").expect("valid");
-        assert_eq!(w.of(Some("web-0"), "198.18.1.2"), 3);
-        assert_eq!(w.of(Some("web-1"), "198.18.1.3"), 1);
-        assert_eq!(w.of(None, "198.18.1.4"), 0);
+        assert_eq!(w.of(Some("web-0"), [198, 18, 1, 2].into()), 3);
+        assert_eq!(w.of(Some("web-1"), [198, 18, 1, 3].into()), 1);
+        assert_eq!(w.of(None, [198, 18, 1, 4].into()), 0);
         assert_eq!(
-            w.of(Some("web-9"), "198.18.1.9"),
+            w.of(Some("web-9"), [198, 18, 1, 9].into()),
             1,
             "unlisted endpoints weigh 1"
         );

@@ -13,7 +13,10 @@ use k8s_openapi::api::{
 };
 
 use super::{ObjectRef, ObjectSet, SERVICE_NAME_LABEL, manifest::object_ref};
-use crate::model::NodeContext;
+use crate::model::{
+    NodeContext,
+    input::{ServiceInput, SliceInput},
+};
 
 /// Services to recompute.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -33,8 +36,9 @@ pub struct ChangeCounts {
 #[derive(Default)]
 pub struct ObjectStore {
     node_name: Option<String>,
-    services: BTreeMap<ObjectRef, Service>,
-    slices: BTreeMap<ObjectRef, EndpointSlice>,
+    /// What the model needs of each object, not the objects themselves.
+    services: BTreeMap<ObjectRef, ServiceInput>,
+    slices: BTreeMap<ObjectRef, SliceInput>,
     /// Slice -> the Service it belongs to (its `kubernetes.io/service-name` label).
     slice_owner: HashMap<ObjectRef, ObjectRef>,
     slices_of: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
@@ -67,6 +71,7 @@ impl ObjectStore {
 
     pub fn upsert_service(&mut self, service: Service) {
         let key = object_ref(&service.metadata);
+        let service = ServiceInput::from(&service);
         if self.services.get(&key) == Some(&service) {
             return;
         }
@@ -84,13 +89,15 @@ impl ObjectStore {
 
     pub fn upsert_slice(&mut self, slice: EndpointSlice) {
         let key = object_ref(&slice.metadata);
-        if self.slices.get(&key) == Some(&slice) {
+        let owner = slice_owner(&slice);
+        let trigger = trigger_time(&slice);
+        let slice = SliceInput::from(&slice);
+        if self.slices.get(&key) == Some(&slice) && self.slice_owner.get(&key) == owner.as_ref() {
             return;
         }
-        let owner = slice_owner(&slice);
         self.unlink_slice(&key);
         if let Some(owner) = owner {
-            if let Some(trigger) = trigger_time(&slice) {
+            if let Some(trigger) = trigger {
                 let earliest = self.triggers.entry(owner.clone()).or_insert(trigger);
                 *earliest = (*earliest).min(trigger);
             }
@@ -197,7 +204,7 @@ impl ObjectStore {
         self.dirty.services.extend(keys);
     }
 
-    pub fn service(&self, key: &ObjectRef) -> Option<&Service> {
+    pub fn service(&self, key: &ObjectRef) -> Option<&ServiceInput> {
         self.services.get(key)
     }
 
@@ -205,7 +212,7 @@ impl ObjectStore {
         self.services.keys()
     }
 
-    pub fn slices(&self, service: &ObjectRef) -> Vec<&EndpointSlice> {
+    pub fn slices(&self, service: &ObjectRef) -> Vec<&SliceInput> {
         self.slices_of
             .get(service)
             .into_iter()

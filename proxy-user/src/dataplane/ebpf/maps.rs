@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use proxy_common::{
     Affinity, AffinityKey, Backend, Event, Frontend, FrontendStats, Member, MemberKey, RevNatKey,
@@ -13,6 +13,7 @@ use proxy_common::{
 };
 
 use super::{
+    batch::BatchMap,
     convert::{backend, backend_addr, from_service_flags, frontend, frontend_addr, service_flags},
     slots::slot_table,
 };
@@ -42,7 +43,7 @@ pub struct Maps {
     pub members: HashMap<MapData, MemberKey, Member>,
     pub affinity: HashMap<MapData, AffinityKey, Affinity>,
     pub revnat: HashMap<MapData, RevNatKey, Frontend>,
-    pub stats: PerCpuHashMap<MapData, Frontend, FrontendStats>,
+    pub stats: HashMap<MapData, Frontend, FrontendStats>,
     pub events: PerCpuArray<MapData, u64>,
     pub names: HashMap<MapData, Frontend, ServiceName>,
     capacity: BTreeMap<&'static str, u32>,
@@ -257,7 +258,6 @@ impl Maps {
                 self.insert(names::MAP_SLOTS, |m| m.slots.insert(key, backend(b), 0))?;
                 undo.slots.push(key);
             }
-            self.ensure_stats(&fe)?;
             let value = Service {
                 slots: table.len() as u32,
                 affinity_timeout_s: spec.affinity_timeout_s,
@@ -345,29 +345,6 @@ impl Maps {
         self.insert(names::MAP_NAMES, |m| m.names.insert(fe, value, 0))
     }
 
-    fn ensure_stats(&mut self, fe: &Frontend) -> Result<(), MapsError> {
-        if self.stats.get(fe, 0).is_ok() {
-            return Ok(());
-        }
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Write {
-            map: names::MAP_STATS,
-            source: MapError::SyscallError(aya::sys::SyscallError {
-                call: "nr_cpus",
-                io_error: e,
-            }),
-        })?;
-        let zeroes = PerCpuValues::try_from(vec![FrontendStats::default(); cpus]).map_err(|e| {
-            MapsError::Write {
-                map: names::MAP_STATS,
-                source: MapError::SyscallError(aya::sys::SyscallError {
-                    call: "nr_cpus",
-                    io_error: e,
-                }),
-            }
-        })?;
-        self.insert(names::MAP_STATS, |m| m.stats.insert(fe, zeroes, 0))
-    }
-
     fn insert(
         &mut self,
         map: &'static str,
@@ -389,16 +366,15 @@ impl Maps {
         })
     }
 
-    /// Counters of one frontend, summed over CPUs.
+    /// Counters of one frontend (zero until its first connection).
     pub fn counters(&self, fe: &Frontend) -> Counters {
-        let Ok(values) = self.stats.get(fe, 0) else {
-            return Counters::default();
-        };
-        values.iter().fold(Counters::default(), |acc, v| Counters {
-            translated: acc.translated + v.translated,
-            no_endpoint: acc.no_endpoint + v.no_endpoint,
-            affinity_hits: acc.affinity_hits + v.affinity_hits,
-        })
+        self.stats
+            .get(fe, 0)
+            .map_or(Counters::default(), |v| Counters {
+                translated: v.translated,
+                no_endpoint: v.no_endpoint,
+                affinity_hits: v.affinity_hits,
+            })
     }
 
     /// Every frontend with its service name and counters (what /metrics reports).
@@ -445,4 +421,143 @@ pub struct SlotDelta {
 struct Undo {
     slots: Vec<SlotKey>,
     members: Vec<MemberKey>,
+}
+
+/// Second handles on the maps a frontend write touches, for batch writes.
+pub struct BatchMaps {
+    services: BatchMap,
+    slots: BatchMap,
+    members: BatchMap,
+    names: BatchMap,
+}
+
+impl BatchMaps {
+    pub fn open(dir: &Path) -> Result<Self, MapsError> {
+        let open = |name: &'static str, per_cpu: bool, value_size: usize| {
+            BatchMap::open(&dir.join(name), per_cpu, value_size)
+                .map_err(|source| MapsError::Open { name, source })
+        };
+        Ok(Self {
+            services: open(names::MAP_SERVICES, false, size_of::<Service>())?,
+            slots: open(names::MAP_SLOTS, false, size_of::<Backend>())?,
+            members: open(names::MAP_MEMBERS, false, size_of::<Member>())?,
+            names: open(names::MAP_NAMES, false, size_of::<ServiceName>())?,
+        })
+    }
+}
+
+impl Maps {
+    /// Writes frontends that are not installed at all, a whole map at a time: names,
+    /// members, slot tables and counters first, the service values last (one element each,
+    /// so each frontend still switches on atomically). On failure everything written here
+    /// is removed again and the error returned; the caller then writes the frontends one by
+    /// one, which finds and names the one that does not fit. Returns the slots written.
+    pub fn write_fresh(
+        &mut self,
+        batch: &BatchMaps,
+        fresh: &[(FrontendAddr, FrontendSpec)],
+    ) -> Result<u64, MapsError> {
+        let mut service_keys = Vec::with_capacity(fresh.len());
+        let mut service_values: Vec<Service> = Vec::with_capacity(fresh.len());
+        let mut name_values: Vec<ServiceName> = Vec::with_capacity(fresh.len());
+        let (mut member_keys, mut member_values) = (Vec::new(), Vec::<Member>::new());
+        let (mut slot_keys, mut slot_values) = (Vec::new(), Vec::<Backend>::new());
+        for (addr, spec) in fresh {
+            let fe = frontend(addr);
+            let table = slot_table(&spec.backends);
+            for b in &spec.backends {
+                member_keys.push(MemberKey {
+                    frontend: fe,
+                    backend: backend(&b.addr),
+                });
+                member_values.push(Member {
+                    weight: b.weight,
+                    flags: 0,
+                });
+            }
+            for (index, b) in table.iter().enumerate() {
+                slot_keys.push(SlotKey {
+                    frontend: fe,
+                    index: index as u32,
+                    generation: 0,
+                    _pad: [0; 3],
+                });
+                slot_values.push(backend(b));
+            }
+            service_keys.push(fe);
+            name_values.push(ServiceName::new(&spec.service));
+            service_values.push(Service {
+                slots: table.len() as u32,
+                affinity_timeout_s: spec.affinity_timeout_s,
+                backends: spec.backends.len() as u32,
+                generation: 0,
+                flags: service_flags(spec.kind, spec.local_only),
+                _pad: 0,
+            });
+        }
+        let full_or = |map: &'static str, capacity: u32, e: std::io::Error| match e.raw_os_error() {
+            Some(libc::E2BIG) | Some(libc::ENOMEM) => MapsError::Full { map, capacity },
+            _ => MapsError::Write {
+                map,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "BPF_MAP_UPDATE_BATCH",
+                    io_error: e,
+                }),
+            },
+        };
+        let result = (|| {
+            let run =
+                |map: &'static str, handle: &BatchMap, r: Result<(), (usize, std::io::Error)>| {
+                    r.map_err(|(_, e)| full_or(map, self.capacity(map), e))
+                        .map(|()| handle.value_stride())
+                };
+            run(
+                names::MAP_NAMES,
+                &batch.names,
+                batch
+                    .names
+                    .update(&service_keys, bytemuck::cast_slice(&name_values)),
+            )?;
+            run(
+                names::MAP_MEMBERS,
+                &batch.members,
+                batch
+                    .members
+                    .update(&member_keys, bytemuck::cast_slice(&member_values)),
+            )?;
+            run(
+                names::MAP_SLOTS,
+                &batch.slots,
+                batch
+                    .slots
+                    .update(&slot_keys, bytemuck::cast_slice(&slot_values)),
+            )?;
+            run(
+                names::MAP_SERVICES,
+                &batch.services,
+                batch
+                    .services
+                    .update(&service_keys, bytemuck::cast_slice(&service_values)),
+            )?;
+            Ok::<(), MapsError>(())
+        })();
+        if let Err(error) = result {
+            // Services first, so no connect ever sees a frontend whose table is going away.
+            for k in &service_keys {
+                let _ = self.services.remove(k);
+            }
+            for k in &slot_keys {
+                let _ = self.slots.remove(k);
+            }
+            for k in &member_keys {
+                let _ = self.members.remove(k);
+            }
+            for k in &service_keys {
+                let _ = self.stats.remove(k);
+                let _ = self.names.remove(k);
+            }
+            return Err(error);
+        }
+        Ok(slot_keys.len() as u64)
+    }
 }

@@ -1,5 +1,6 @@
 //! The eBPF dataplane: cgroup socket programs and the maps they read.
 
+pub mod batch;
 pub mod convert;
 pub mod loader;
 pub mod maps;
@@ -11,15 +12,19 @@ use tracing::{info, warn};
 
 use self::{
     loader::{Attachments, Capacities, LoadError, Loaded},
-    maps::Maps,
+    maps::{BatchMaps, Maps},
 };
 use proxy_common::names;
 
 use super::{ApplyReport, Dataplane, MapUsage};
-use crate::{model::DesiredState, sync::Change};
+use crate::{
+    model::{DesiredState, FrontendAddr, FrontendSpec},
+    sync::Change,
+};
 
 pub struct EbpfDataplane {
     maps: Maps,
+    batch: BatchMaps,
     installed: DesiredState,
     /// Slots in the active tables, kept up to date by every write.
     slots_in_use: u64,
@@ -41,10 +46,12 @@ impl EbpfDataplane {
             );
         }
         let installed = maps.installed()?;
+        let batch = BatchMaps::open(pin_dir)?;
         let slots_in_use = maps.slots_in_use();
         info!(frontends = installed.len(), pin_dir = %pin_dir.display(), "eBPF dataplane ready");
         Ok(Self {
             maps,
+            batch,
             installed,
             slots_in_use,
             pin_dir: pin_dir.to_owned(),
@@ -61,6 +68,7 @@ impl Dataplane for EbpfDataplane {
 
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
         let mut report = ApplyReport::default();
+        let changes = self.write_fresh_in_batches(changes, &mut report);
         for change in changes {
             match change {
                 Change::Upsert(addr, spec) => {
@@ -116,5 +124,47 @@ impl Dataplane for EbpfDataplane {
             usage(names::MAP_SLOTS, self.slots_in_use),
             usage(names::MAP_MEMBERS, members),
         ]
+    }
+}
+
+/// Below this many new frontends in one apply, single writes are as quick.
+const BATCH_THRESHOLD: usize = 64;
+
+impl EbpfDataplane {
+    /// Writes frontends that are new (nothing installed for them) a map at a time when
+    /// there are many; returns the changes still to apply one by one.
+    fn write_fresh_in_batches(
+        &mut self,
+        changes: Vec<Change>,
+        report: &mut ApplyReport,
+    ) -> Vec<Change> {
+        let (fresh, rest): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(
+            |c| matches!(c, Change::Upsert(addr, _) if !self.installed.contains_key(addr)),
+        );
+        if fresh.len() < BATCH_THRESHOLD {
+            return fresh.into_iter().chain(rest).collect();
+        }
+        let specs: Vec<(FrontendAddr, FrontendSpec)> = fresh
+            .iter()
+            .filter_map(|c| match c {
+                Change::Upsert(addr, spec) => Some((*addr, spec.clone())),
+                Change::Remove(_) => None,
+            })
+            .collect();
+        match self.maps.write_fresh(&self.batch, &specs) {
+            Ok(slots) => {
+                self.slots_in_use += slots;
+                report.written += specs.len();
+                self.installed.extend(specs);
+                rest
+            }
+            Err(error) => {
+                warn!(
+                    "writing {} new frontends at once failed ({error}); writing them one by one",
+                    specs.len()
+                );
+                fresh.into_iter().chain(rest).collect()
+            }
+        }
     }
 }

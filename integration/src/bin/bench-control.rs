@@ -1,0 +1,201 @@
+//! Control-plane benchmark, in process: programs N Services with E endpoints each into the
+//! real BPF maps (cold start), then applies single endpoint changes and times each sync.
+//! The maps are real and pinned under a bpffs directory of their own; no program is
+//! attached, so no traffic is involved.
+//!
+//! `cargo run -p integration --release --bin bench-control -- --services 10000 --endpoints 5`
+
+use std::{net::Ipv4Addr, time::Instant};
+
+use clap::Parser;
+use integration::{Cgroup, privileged, unique};
+use k8s_openapi::{
+    api::{
+        core::v1::{Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use proxy_user::{
+    dataplane::ebpf::{EbpfDataplane, loader},
+    source::store::ObjectStore,
+    sync::Syncer,
+};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 10_000)]
+    services: usize,
+    #[arg(long, default_value_t = 5)]
+    endpoints: usize,
+    #[arg(long, default_value_t = 1_000)]
+    changes: usize,
+    /// Time translation and diffing alone, against an in-memory dataplane.
+    #[arg(long)]
+    memory_dataplane: bool,
+}
+
+fn addr(n: usize, base: [u8; 2]) -> String {
+    Ipv4Addr::new(
+        base[0],
+        base[1] + (n / (254 * 256)) as u8,
+        (n / 254 % 256) as u8,
+        (n % 254 + 1) as u8,
+    )
+    .to_string()
+}
+
+fn service(i: usize) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(format!("svc-{i}")),
+            namespace: Some("bench".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(addr(i, [198, 19])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn slice(i: usize, endpoints: usize, generation: usize) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(format!("svc-{i}-1")),
+            namespace: Some("bench".into()),
+            labels: Some([("kubernetes.io/service-name".to_string(), format!("svc-{i}"))].into()),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(8080),
+            ..Default::default()
+        }]),
+        endpoints: Some(
+            (0..endpoints)
+                .map(|j| Endpoint {
+                    // Endpoint 0 moves with every change (a pod replaced).
+                    addresses: vec![addr(
+                        i * endpoints + j + if j == 0 { generation * 7 } else { 0 },
+                        [198, 18],
+                    )],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches(" kB").parse().unwrap_or(0))
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !privileged() {
+        anyhow::bail!("bench-control needs root and bpffs");
+    }
+    let id = unique("epxbench");
+    let cgroup = Cgroup::new(&id);
+    let pins = std::path::PathBuf::from("/sys/fs/bpf").join(&id);
+    let result = run(&args, &pins, &cgroup);
+    loader::cleanup(&pins)?;
+    result
+}
+
+fn run(args: &Args, pins: &std::path::Path, cgroup: &Cgroup) -> anyhow::Result<()> {
+    if args.memory_dataplane {
+        return measure(
+            args,
+            &mut proxy_user::dataplane::memory::MemoryDataplane::default(),
+        );
+    }
+    let mut dataplane = EbpfDataplane::open(pins, &cgroup.path, loader::Capacities::default())?;
+    measure(args, &mut dataplane)
+}
+
+fn measure<D: proxy_user::dataplane::Dataplane>(
+    args: &Args,
+    dataplane: &mut D,
+) -> anyhow::Result<()> {
+    let rss_empty = rss_kib();
+    let mut store = ObjectStore::new(None);
+    store.replace_services((0..args.services).map(service));
+    store.replace_slices((0..args.services).map(|i| slice(i, args.endpoints, 0)));
+    let rss_before = rss_kib();
+
+    let mut syncer = Syncer::default();
+    let started = Instant::now();
+    let cold = syncer.sync(&mut store, dataplane);
+    let cold_ms = started.elapsed().as_secs_f64() * 1e3;
+    anyhow::ensure!(
+        cold.failed == 0 && cold.frontends == args.services,
+        "cold sync incomplete: {cold:?}"
+    );
+
+    let mut latencies = Vec::with_capacity(args.changes);
+    for k in 0..args.changes {
+        let i = k * 7919 % args.services;
+        store.upsert_slice(slice(i, args.endpoints, k + 1));
+        let started = Instant::now();
+        let summary = syncer.sync(&mut store, dataplane);
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(
+            summary.written == 1,
+            "one frontend rewritten per change: {summary:?}"
+        );
+    }
+    latencies.sort_by(f64::total_cmp);
+    let rss_after = rss_kib();
+
+    println!(
+        "control plane, {} Services x {} endpoints, real BPF maps",
+        args.services, args.endpoints
+    );
+    println!("  cold sync (translate + write every entry): {cold_ms:.1} ms");
+    println!(
+        "  one endpoint change, {} samples: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        args.changes,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0)
+    );
+    println!(
+        "  resident memory: {} MiB before any object, {} MiB with the objects loaded, {} MiB after syncing",
+        rss_empty / 1024,
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    let json = serde_json::json!({
+        "services": args.services, "endpoints_per_service": args.endpoints,
+        "cold_sync_ms": cold_ms,
+        "change_ms": {"p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99), "max": percentile(&latencies, 1.0)},
+        "rss_kib": {"empty": rss_empty, "objects_loaded": rss_before, "after_sync": rss_after},
+    });
+    println!("{json}");
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! What the model reads of a Service or an EndpointSlice, extracted once when the object
+//! arrives. The store keeps these instead of the API objects: a Service or a slice is a
+//! tenth of the size (no managedFields, no unused fields, addresses already parsed), which
+//! is what keeps the agent small at 10,000 Services.
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::{service::SERVICE_PROXY_NAME_LABEL, weights::ANNOTATION as WEIGHTS_ANNOTATION};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInput {
+    /// Labelled `service.kubernetes.io/service-proxy-name`: another proxy's.
+    pub other_proxy: bool,
+    /// `spec.type`, `ClusterIP` when unset.
+    pub type_: Box<str>,
+    pub cluster_ip: Box<str>,
+    pub cluster_ips: Box<[Box<str>]>,
+    pub external_ips: Box<[Box<str>]>,
+    /// LoadBalancer ingress IPs whose ipMode is not Proxy.
+    pub load_balancer_ips: Box<[Box<str>]>,
+    pub ports: Box<[PortInput]>,
+    pub client_ip_affinity: bool,
+    pub affinity_timeout: Option<i32>,
+    pub internal_traffic_local: bool,
+    pub external_traffic_local: bool,
+    pub health_check_node_port: Option<i32>,
+    pub weights: Option<Box<str>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortInput {
+    pub name: Box<str>,
+    pub port: i32,
+    pub protocol: Box<str>,
+    pub node_port: Option<i32>,
+}
+
+impl From<&Service> for ServiceInput {
+    fn from(service: &Service) -> Self {
+        let spec = service.spec.clone().unwrap_or_default();
+        let boxed =
+            |v: Option<Vec<String>>| v.unwrap_or_default().into_iter().map(Into::into).collect();
+        let ingress = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref());
+        Self {
+            other_proxy: service
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)),
+            type_: spec.type_.unwrap_or_else(|| "ClusterIP".into()).into(),
+            cluster_ip: spec.cluster_ip.unwrap_or_default().into(),
+            cluster_ips: boxed(spec.cluster_ips),
+            external_ips: boxed(spec.external_ips),
+            load_balancer_ips: ingress
+                .into_iter()
+                .flatten()
+                .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+                .filter_map(|i| i.ip.as_deref().map(Into::into))
+                .collect(),
+            ports: spec
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| PortInput {
+                    name: p.name.unwrap_or_default().into(),
+                    port: p.port,
+                    protocol: p.protocol.unwrap_or_else(|| "TCP".into()).into(),
+                    node_port: p.node_port,
+                })
+                .collect(),
+            client_ip_affinity: spec.session_affinity.as_deref() == Some("ClientIP"),
+            affinity_timeout: spec
+                .session_affinity_config
+                .and_then(|c| c.client_ip)
+                .and_then(|c| c.timeout_seconds),
+            internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            health_check_node_port: spec.health_check_node_port,
+            weights: service
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(WEIGHTS_ANNOTATION))
+                .map(|w| w.as_str().into()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceInput {
+    /// `namespace/name`, for messages.
+    pub name: Box<str>,
+    /// addressType IPv4 (IPv6 and FQDN slices are not ours to serve).
+    pub ipv4: bool,
+    pub ports: Box<[SlicePort]>,
+    pub endpoints: Box<[EndpointInput]>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePort {
+    pub name: Box<str>,
+    pub port: Option<i32>,
+    pub protocol: Box<str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointInput {
+    /// The first address (the one kube-proxy uses), parsed; the text if it is not IPv4.
+    pub address: Result<Ipv4Addr, Box<str>>,
+    pub target_name: Option<Box<str>>,
+    pub node_name: Option<Box<str>>,
+    pub zone_hints: Box<[Box<str>]>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl From<&EndpointSlice> for SliceInput {
+    fn from(slice: &EndpointSlice) -> Self {
+        let meta = &slice.metadata;
+        Self {
+            name: format!(
+                "{}/{}",
+                meta.namespace.as_deref().unwrap_or("default"),
+                meta.name.as_deref().unwrap_or("<unnamed>")
+            )
+            .into(),
+            ipv4: slice.address_type == "IPv4",
+            ports: slice
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| SlicePort {
+                    name: p.name.as_deref().unwrap_or("").into(),
+                    port: p.port,
+                    protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                })
+                .collect(),
+            endpoints: slice
+                .endpoints
+                .iter()
+                .flatten()
+                .filter_map(|e| {
+                    let first = e.addresses.first()?;
+                    let conditions = e.conditions.as_ref();
+                    // The API says: nil ready and nil serving mean true; nil terminating false.
+                    let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+                    Some(EndpointInput {
+                        address: first.parse().map_err(|_| first.as_str().into()),
+                        target_name: e
+                            .target_ref
+                            .as_ref()
+                            .and_then(|r| r.name.as_deref())
+                            .map(Into::into),
+                        node_name: e.node_name.as_deref().map(Into::into),
+                        zone_hints: e
+                            .hints
+                            .as_ref()
+                            .and_then(|h| h.for_zones.as_ref())
+                            .into_iter()
+                            .flatten()
+                            .map(|z| z.name.as_str().into())
+                            .collect(),
+                        ready,
+                        serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+                        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
