@@ -61,6 +61,8 @@ pub struct Syncer {
     failed: BTreeSet<ObjectRef>,
     /// Whether a full sync has reconciled the dataplane with the store yet.
     reconciled: bool,
+    /// Installed frontends with a Local policy and no endpoint, and their Service.
+    no_local: BTreeMap<FrontendAddr, String>,
 }
 
 impl Syncer {
@@ -146,6 +148,7 @@ impl Syncer {
             self.reconciled = true;
         }
 
+        let touched: Vec<FrontendAddr> = pending.keys().copied().collect();
         let installed = dataplane.installed();
         let changes: Vec<Change> = pending
             .into_iter()
@@ -173,13 +176,18 @@ impl Syncer {
         summary.frontends = dataplane.installed().len();
         summary.changes = store.changes;
         summary.usage = dataplane.usage();
-        summary.no_local_endpoints = dataplane
-            .installed()
-            .values()
-            .filter(|s| s.local_only && s.backends.is_empty())
-            .map(|s| s.service.as_str())
-            .collect::<BTreeSet<_>>()
-            .len();
+        // Only the frontends this sync touched can have changed state.
+        for addr in &touched {
+            match dataplane.installed().get(addr) {
+                Some(spec) if spec.local_only && spec.backends.is_empty() => {
+                    self.no_local.insert(*addr, spec.service.clone());
+                }
+                _ => {
+                    self.no_local.remove(addr);
+                }
+            }
+        }
+        summary.no_local_endpoints = self.no_local.values().collect::<BTreeSet<_>>().len();
         summary.written = report.written;
         summary.removed = report.removed;
         summary.failed = report.failed.len();

@@ -33,6 +33,10 @@ struct Args {
     /// Time translation and diffing alone, against an in-memory dataplane.
     #[arg(long)]
     memory_dataplane: bool,
+    /// Samples of "endpoint event to first connection answered by the new backend",
+    /// measured with real sockets in a namespace topology (0 to skip).
+    #[arg(long, default_value_t = 200)]
+    connect_samples: usize,
 }
 
 fn addr(n: usize, base: [u8; 2]) -> String {
@@ -124,7 +128,82 @@ fn main() -> anyhow::Result<()> {
     let pins = std::path::PathBuf::from("/sys/fs/bpf").join(&id);
     let result = run(&args, &pins, &cgroup);
     loader::cleanup(&pins)?;
-    result
+    result?;
+    if args.connect_samples > 0 && !args.memory_dataplane {
+        event_to_connection(args.connect_samples)?;
+    }
+    Ok(())
+}
+
+/// From an endpoint change reaching the store to the first connection the new backend
+/// answers: sync, map writes, and a real connect through the attached programs.
+fn event_to_connection(samples: usize) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let t = integration::Topology::new(2);
+    let pins = std::path::PathBuf::from("/sys/fs/bpf").join(format!("{}-e2e", t.id));
+    let outcome = (|| -> anyhow::Result<Vec<f64>> {
+        let mut dataplane =
+            EbpfDataplane::open(&pins, &t.cgroup.path, loader::Capacities::default())?;
+        let mut store = ObjectStore::new(None);
+        let mut syncer = Syncer::default();
+        let backend_slice = |ip: &str| {
+            let mut s = slice(0, 1, 0);
+            if let Some(e) = s.endpoints.as_mut().and_then(|e| e.first_mut()) {
+                e.addresses = vec![ip.to_owned()];
+            }
+            s
+        };
+        let mut svc = service(0);
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.cluster_ip = Some("198.19.0.10".into());
+        }
+        store.upsert_service(svc);
+        store.upsert_slice(backend_slice(&t.backends[0].ip));
+        syncer.sync(&mut store, &mut dataplane);
+        proxy_user::dataplane::Dataplane::activate(&mut dataplane).map_err(anyhow::Error::msg)?;
+        // This process joins the client's cgroup, this thread its network namespace.
+        std::fs::write(t.cgroup.path.join("cgroup.procs"), "0")?;
+        let netns = std::fs::File::open(format!("/run/netns/{}", t.client.name))?;
+        // SAFETY: setns on this thread with a namespace fd we own.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&netns), libc::CLONE_NEWNET) } != 0
+        {
+            anyhow::bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        let mut latencies = Vec::with_capacity(samples);
+        for k in 0..samples {
+            let target = &t.backends[(k + 1) % 2];
+            let started = Instant::now();
+            store.upsert_slice(backend_slice(&target.ip));
+            syncer.sync(&mut store, &mut dataplane);
+            loop {
+                let mut stream = std::net::TcpStream::connect("198.19.0.10:80")?;
+                stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response)?;
+                if response.trim_end().ends_with(&target.name) {
+                    break;
+                }
+            }
+            latencies.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        // Leave the cgroup so it can be removed.
+        let root = proxy_user::cgroup::find_cgroup2().map_err(anyhow::Error::msg)?;
+        std::fs::write(root.join("cgroup.procs"), "0")?;
+        Ok(latencies)
+    })();
+    loader::cleanup(&pins)?;
+    let mut latencies = outcome?;
+    latencies.sort_by(f64::total_cmp);
+    println!(
+        "  endpoint event to first connection answered by the new backend, {samples} samples: p50 {:.3} ms, p99 {:.3} ms",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+    println!(
+        "{}",
+        serde_json::json!({"event_to_connection_ms": {"p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99)}})
+    );
+    Ok(())
 }
 
 fn run(args: &Args, pins: &std::path::Path, cgroup: &Cgroup) -> anyhow::Result<()> {

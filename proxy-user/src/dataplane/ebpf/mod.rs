@@ -26,8 +26,9 @@ pub struct EbpfDataplane {
     maps: Maps,
     batch: BatchMaps,
     installed: DesiredState,
-    /// Slots in the active tables, kept up to date by every write.
+    /// Slots in the active tables and member entries, kept up to date by every write.
     slots_in_use: u64,
+    members_in_use: u64,
     pub pin_dir: PathBuf,
     /// Programs loaded but not yet attached: see [`Dataplane::activate`].
     pending: Option<Loaded>,
@@ -48,12 +49,14 @@ impl EbpfDataplane {
         let installed = maps.installed()?;
         let batch = BatchMaps::open(pin_dir)?;
         let slots_in_use = maps.slots_in_use();
+        let members_in_use = installed.values().map(|s| s.backends.len() as u64).sum();
         info!(frontends = installed.len(), pin_dir = %pin_dir.display(), "eBPF dataplane ready");
         Ok(Self {
             maps,
             batch,
             installed,
             slots_in_use,
+            members_in_use,
             pin_dir: pin_dir.to_owned(),
             pending: Some(loaded),
             attachments: Vec::new(),
@@ -73,8 +76,11 @@ impl Dataplane for EbpfDataplane {
             match change {
                 Change::Upsert(addr, spec) => {
                     let previous = self.installed.get(&addr);
+                    let members_before = previous.map_or(0, |p| p.backends.len() as u64);
                     match self.maps.write_frontend(&addr, &spec, previous) {
                         Ok(delta) => {
+                            self.members_in_use =
+                                self.members_in_use + spec.backends.len() as u64 - members_before;
                             self.slots_in_use = self.slots_in_use + u64::from(delta.after)
                                 - u64::from(delta.before);
                             report.written += 1;
@@ -90,6 +96,9 @@ impl Dataplane for EbpfDataplane {
                 Change::Remove(addr) => {
                     if let Some(previous) = self.installed.remove(&addr) {
                         let freed = self.maps.remove_frontend(&addr, &previous);
+                        self.members_in_use = self
+                            .members_in_use
+                            .saturating_sub(previous.backends.len() as u64);
                         self.slots_in_use = self.slots_in_use.saturating_sub(u64::from(freed));
                         report.removed += 1;
                     }
@@ -109,11 +118,7 @@ impl Dataplane for EbpfDataplane {
     }
 
     fn usage(&self) -> Vec<MapUsage> {
-        let members: u64 = self
-            .installed
-            .values()
-            .map(|s| s.backends.len() as u64)
-            .sum();
+        let members = self.members_in_use;
         let usage = |map: &'static str, entries: u64| MapUsage {
             map,
             entries,
@@ -145,15 +150,19 @@ impl EbpfDataplane {
             return fresh.into_iter().chain(rest).collect();
         }
         let specs: Vec<(FrontendAddr, FrontendSpec)> = fresh
-            .iter()
+            .into_iter()
             .filter_map(|c| match c {
-                Change::Upsert(addr, spec) => Some((*addr, spec.clone())),
+                Change::Upsert(addr, spec) => Some((addr, spec)),
                 Change::Remove(_) => None,
             })
             .collect();
         match self.maps.write_fresh(&self.batch, &specs) {
             Ok(slots) => {
                 self.slots_in_use += slots;
+                self.members_in_use += specs
+                    .iter()
+                    .map(|(_, s)| s.backends.len() as u64)
+                    .sum::<u64>();
                 report.written += specs.len();
                 self.installed.extend(specs);
                 rest
@@ -163,7 +172,11 @@ impl EbpfDataplane {
                     "writing {} new frontends at once failed ({error}); writing them one by one",
                     specs.len()
                 );
-                fresh.into_iter().chain(rest).collect()
+                specs
+                    .into_iter()
+                    .map(|(addr, spec)| Change::Upsert(addr, spec))
+                    .chain(rest)
+                    .collect()
             }
         }
     }
