@@ -103,11 +103,22 @@ pub async fn sync_loop<D: Dataplane + ?Sized>(
         drop(store);
         if summary.full {
             dataplane.activate()?;
+            release_free_memory();
         }
         observe(LoopEvent::Synced(&summary));
     }
     info!("stopping; the datapath stays installed");
     Ok(())
+}
+
+/// A full sync follows a (re)list, during which the API objects were held whole before
+/// being reduced to what the model needs; give the freed memory back to the system.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Polls a manifest directory into the store.

@@ -113,16 +113,19 @@ fn run(args: Args) -> anyhow::Result<()> {
         slots: args.max_backend_slots,
         ..loader::Capacities::default()
     };
-    let mut dataplane = EbpfDataplane::open(&args.bpffs, &cgroup, capacities)
-        .context("starting the eBPF dataplane")?;
-
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let shared = if from_api {
-            let client = kubernetes::client(args.kubeconfig.as_deref()).await?;
+        // The source's configuration is checked before anything is loaded or pinned.
+        let client = match from_api {
+            true => Some(kubernetes::client(args.kubeconfig.as_deref()).await?),
+            false => None,
+        };
+        let mut dataplane = EbpfDataplane::open(&args.bpffs, &cgroup, capacities)
+            .context("starting the eBPF dataplane")?;
+        let shared = if let Some(client) = client {
             let shared = agent::Shared::new(
                 args.node_name.clone(),
                 kubernetes::sources(args.node_name.as_deref()),
@@ -140,7 +143,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             ));
             shared
         };
-        info!(cgroup = %cgroup.display(), "attached");
+        info!(cgroup = %cgroup.display(), "programs load; they attach after the first full sync");
         let metrics = Arc::new(AgentMetrics::new(Some(args.bpffs.clone())));
         metrics::http::serve(args.metrics_addr, metrics.clone(), "/metrics")
             .await
