@@ -101,7 +101,22 @@ fn main() {
     let out = agent.proxyctl(&["services"]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
 
-    println!("\n-- 6. cleanup");
+    println!("\n-- 6. the agent's /healthz and an excerpt of its /metrics");
+    let (status, health) = agent.http_get(10256, "/healthz");
+    println!("GET /healthz: {status} {health}");
+    let (_, metrics) = agent.http_get(10249, "/metrics");
+    for line in metrics.lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.starts_with("ebpf_proxy_service_connections_total")
+                || l.starts_with("ebpf_proxy_map_entries")
+                || l.starts_with("kubeproxy_sync_proxy_rules_duration_seconds_count")
+                || l.starts_with("kubeproxy_sync_proxy_rules_endpoint_changes_total")
+                || l.starts_with("ebpf_proxy_datapath_events_total{event=\"translated\"}"))
+    }) {
+        println!("{line}");
+    }
+
+    println!("\n-- 7. cleanup");
     agent.stop();
     drop(agent);
     drop(t);
