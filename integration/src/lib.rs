@@ -296,6 +296,14 @@ impl Topology {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("probe output {out:?}: {e}"))
     }
 
+    /// Every backend as a ready endpoint (pod name = backend name).
+    pub fn ready_endpoints(&self) -> Vec<manifests::Endpoint<'_>> {
+        self.backends
+            .iter()
+            .map(|b| manifests::Endpoint::ready(&b.ip, &b.name))
+            .collect()
+    }
+
     /// A command in the client namespace and cgroup (for curl, socat...).
     pub fn client_command(&self, program: &str) -> Command {
         self.client.command(program, Some(&self.cgroup))

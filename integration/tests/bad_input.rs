@@ -5,16 +5,9 @@ use std::time::Duration;
 
 use integration::{
     Agent, Topology,
-    manifests::{Endpoint, HTTP, ServiceOpts, service_with_endpoints},
+    manifests::{HTTP, ServiceOpts, service_with_endpoints},
     require_privileges,
 };
-
-fn endpoints(t: &Topology) -> Vec<Endpoint<'_>> {
-    t.backends
-        .iter()
-        .map(|b| Endpoint::ready(&b.ip, &b.name))
-        .collect()
-}
 
 #[test]
 fn a_full_map_refuses_only_the_overflowing_service() {
@@ -23,7 +16,7 @@ fn a_full_map_refuses_only_the_overflowing_service() {
     let mut agent = Agent::new(&t);
     // Room for 7 slots: `a` (3) and `b` (3) fit, `c` (3 more) does not.
     agent.extra_args = vec!["--max-backend-slots".into(), "7".into()];
-    let eps = endpoints(&t);
+    let eps = t.ready_endpoints();
     agent.write(
         "a.yaml",
         &service_with_endpoints("a", "198.19.0.1", &[HTTP], &ServiceOpts::default(), &eps),
@@ -85,7 +78,7 @@ fn unusable_objects_are_named_and_the_rest_served() {
     require_privileges!();
     let t = Topology::new(1);
     let mut agent = Agent::new(&t);
-    let eps = endpoints(&t);
+    let eps = t.ready_endpoints();
     agent.write(
         "good.yaml",
         &service_with_endpoints("good", "198.19.0.1", &[HTTP], &ServiceOpts::default(), &eps),

@@ -11,19 +11,12 @@ use integration::{
 
 const VIP: &str = "198.19.0.10";
 
-fn ready_endpoints(t: &Topology) -> Vec<Endpoint<'_>> {
-    t.backends
-        .iter()
-        .map(|b| Endpoint::ready(&b.ip, &b.name))
-        .collect()
-}
-
 fn start(backends: usize, opts: &ServiceOpts) -> (Topology, Agent) {
     let t = Topology::new(backends);
     let mut agent = Agent::new(&t);
     agent.write(
         "web.yaml",
-        &service_with_endpoints("web", VIP, &[HTTP, DNS], opts, &ready_endpoints(&t)),
+        &service_with_endpoints("web", VIP, &[HTTP, DNS], opts, &t.ready_endpoints()),
     );
     agent.start();
     agent.wait_backends("demo/web:http", backends);

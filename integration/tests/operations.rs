@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use integration::{
     Agent, Topology,
-    manifests::{Endpoint, HTTP, ServiceOpts, service_with_endpoints},
+    manifests::{HTTP, ServiceOpts, service_with_endpoints},
     require_privileges,
 };
 
@@ -13,11 +13,7 @@ fn metrics_and_health_report_what_the_node_does() {
     require_privileges!();
     let t = Topology::new(2);
     let mut agent = Agent::new(&t);
-    let endpoints: Vec<Endpoint> = t
-        .backends
-        .iter()
-        .map(|b| Endpoint::ready(&b.ip, &b.name))
-        .collect();
+    let endpoints = t.ready_endpoints();
     agent.write(
         "web.yaml",
         &service_with_endpoints(

@@ -11,7 +11,7 @@ use std::{
 
 use integration::{
     Agent, Report, Topology, attached_programs,
-    manifests::{Endpoint, HTTP, ServiceOpts, service_with_endpoints},
+    manifests::{HTTP, ServiceOpts, service_with_endpoints},
     require_privileges,
 };
 
@@ -83,11 +83,7 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
     require_privileges!();
     let t = Arc::new(Topology::new(2));
     let mut agent = Agent::new(&t);
-    let endpoints: Vec<Endpoint> = t
-        .backends
-        .iter()
-        .map(|b| Endpoint::ready(&b.ip, &b.name))
-        .collect();
+    let endpoints = t.ready_endpoints();
     agent.write(
         "web.yaml",
         &service_with_endpoints(

@@ -3,22 +3,10 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use super::*;
-use crate::source::manifest::{Parsed, object_ref, parse_documents};
+use crate::source::manifest::{Parsed, parse_documents};
 
 fn objects(yaml: &str) -> ObjectSet {
-    let mut set = ObjectSet::default();
-    for parsed in parse_documents(Path::new("test.yaml"), yaml).expect("parses") {
-        match parsed {
-            Parsed::Service(s) => {
-                set.services.insert(object_ref(&s.metadata), *s);
-            }
-            Parsed::EndpointSlice(s) => {
-                set.endpoint_slices.insert(object_ref(&s.metadata), *s);
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    set
+    crate::source::manifest::object_set(yaml)
 }
 
 fn one(yaml: &str) -> Result<ServiceFrontends, Rejection> {

@@ -306,6 +306,29 @@ pub fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectM
     )
 }
 
+/// Every object in `text` (one manifest file's contents), for tests of what comes after
+/// the source.
+#[cfg(test)]
+pub(crate) fn object_set(text: &str) -> ObjectSet {
+    let mut set = ObjectSet::default();
+    for parsed in parse_documents(Path::new("test.yaml"), text).expect("test manifests parse") {
+        match parsed {
+            Parsed::Service(s) => {
+                set.services.insert(object_ref(&s.metadata), *s);
+            }
+            Parsed::EndpointSlice(s) => {
+                set.endpoint_slices.insert(object_ref(&s.metadata), *s);
+            }
+            Parsed::Node(n) => {
+                set.nodes
+                    .insert(n.metadata.name.clone().unwrap_or_default(), *n);
+            }
+            other => panic!("unexpected object in a test manifest: {other:?}"),
+        }
+    }
+    set
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
