@@ -54,6 +54,15 @@ struct Args {
     /// Capacity of the backend slots map (sum of all frontends' slot tables) when created.
     #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_SLOTS)]
     max_backend_slots: u32,
+    /// Capacity of the members map (backends over all frontends) when created.
+    #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_MEMBERS)]
+    max_members: u32,
+    /// Capacity of the ClientIP affinity map (LRU: the oldest entries make room).
+    #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_AFFINITY)]
+    max_affinity: u32,
+    /// Capacity of the reverse-translation map (LRU, one entry per socket and backend).
+    #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_REVNAT)]
+    max_revnat: u32,
     /// Where /metrics is served (Prometheus text format).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
     metrics_addr: std::net::SocketAddr,
@@ -111,7 +120,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let capacities = loader::Capacities {
         services: args.max_services,
         slots: args.max_backend_slots,
-        ..loader::Capacities::default()
+        members: args.max_members,
+        affinity: args.max_affinity,
+        revnat: args.max_revnat,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

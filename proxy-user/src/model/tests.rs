@@ -428,3 +428,21 @@ fn topology_hints_narrow_to_the_nodes_zone_when_every_endpoint_has_them() {
         "a node without a zone: all"
     );
 }
+
+#[test]
+fn the_same_port_on_tcp_and_udp_is_two_frontends() {
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: dns, namespace: kube-system}\nspec:\n  clusterIP: 198.19.0.53\n  ports:\n  - {name: dns, port: 53, protocol: UDP}\n  - {name: dns-tcp, port: 53, protocol: TCP}\n";
+    let out = one(yaml).expect("valid");
+    let shown: Vec<String> = out
+        .frontends
+        .iter()
+        .map(|(a, s)| format!("{a} {}", s.service))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "198.19.0.53:53/UDP kube-system/dns:dns",
+            "198.19.0.53:53/TCP kube-system/dns:dns-tcp"
+        ]
+    );
+}
