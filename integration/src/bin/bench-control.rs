@@ -114,7 +114,11 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The `p` quantile of sorted samples (0 when there are none).
 fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
