@@ -2,6 +2,7 @@
 //! through [`Dataplane`] and never knows which.
 
 pub mod ebpf;
+pub mod iptables;
 pub mod memory;
 
 use crate::{

@@ -1,0 +1,88 @@
+//! The nat rules the iptables fallback renders are accepted by the kernel, through both
+//! iptables backends (nf_tables and legacy), in a network namespace of the test's own.
+
+use std::{io::Write as _, net::Ipv4Addr, process::Stdio};
+
+use integration::{Netns, require_privileges, unique};
+use proxy_user::{
+    dataplane::iptables::render::{RenderOptions, nat_table},
+    model::{
+        BackendAddr, DesiredState, FrontendAddr, FrontendKind, FrontendSpec, Protocol,
+        WeightedBackend,
+    },
+};
+
+fn state() -> DesiredState {
+    let backend = |last, weight| WeightedBackend {
+        addr: BackendAddr {
+            ip: Ipv4Addr::new(198, 18, 1, last),
+            port: 8080,
+        },
+        weight,
+    };
+    [
+        (
+            FrontendAddr {
+                ip: Ipv4Addr::new(198, 19, 0, 10),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            FrontendSpec {
+                service: "demo/web:http".into(),
+                kind: FrontendKind::ClusterIp,
+                affinity_timeout_s: 10_800,
+                local_only: false,
+                backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
+            },
+        ),
+        (
+            FrontendAddr {
+                ip: Ipv4Addr::new(198, 19, 0, 53),
+                port: 53,
+                protocol: Protocol::Udp,
+            },
+            FrontendSpec {
+                service: "demo/dns:dns".into(),
+                kind: FrontendKind::ClusterIp,
+                affinity_timeout_s: 0,
+                local_only: false,
+                backends: vec![backend(2, 1), backend(3, 1)],
+            },
+        ),
+    ]
+    .into()
+}
+
+#[test]
+fn rendered_rules_load_with_both_iptables_backends() {
+    require_privileges!();
+    let ns = Netns::new(unique("epxipt"));
+    let rules = nat_table(
+        &state(),
+        &RenderOptions {
+            cluster_cidr: Some((Ipv4Addr::new(198, 18, 0, 0), 16)),
+            random_fully: true,
+        },
+    );
+    for restore in ["iptables-nft-restore", "iptables-legacy-restore"] {
+        let mut child = ns
+            .command(restore, None)
+            .args(["--test", "--noflush"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{restore}: {e}"));
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rules.as_bytes())
+            .expect("write rules");
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{restore} refused the rules: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
