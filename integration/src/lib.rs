@@ -304,6 +304,26 @@ impl Topology {
             .collect()
     }
 
+    /// Routes the service range to the first backend link in the client namespace. The
+    /// iptables mode needs a route before OUTPUT's DNAT picks the real backend; the eBPF
+    /// mode does not (it rewrites the address before routing), and its tests keep the
+    /// range unroutable so an untranslated connect fails with ENETUNREACH.
+    pub fn route_service_range(&self) {
+        self.client
+            .ip(&["route", "add", "198.19.0.0/16", "dev", "vb0"]);
+        // After DNAT, a packet keeps the source address of vb0; each backend routes its
+        // replies back to the client namespace (and nowhere else).
+        for (i, backend) in self.backends.iter().enumerate() {
+            backend.netns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.18.{}.1", i + 1),
+            ]);
+        }
+    }
+
     /// A command in the client namespace and cgroup (for curl, socat...).
     pub fn client_command(&self, program: &str) -> Command {
         self.client.command(program, Some(&self.cgroup))
@@ -348,6 +368,8 @@ pub struct Agent {
     child: Option<ChildGuard>,
     /// Extra arguments for proxy-agent (capacities, say).
     pub extra_args: Vec<String>,
+    /// `--mode`: `ebpf` unless a test says otherwise.
+    pub mode: &'static str,
     pub bpffs: PathBuf,
     pub manifests: PathBuf,
     pub cgroup: PathBuf,
@@ -365,6 +387,7 @@ impl Agent {
         Self {
             child: None,
             extra_args: Vec::new(),
+            mode: "ebpf",
             bpffs: PathBuf::from("/sys/fs/bpf").join(&topology.id),
             manifests,
             cgroup: topology.cgroup.path.clone(),
@@ -381,7 +404,7 @@ impl Agent {
             .open(self.log_path())
             .expect("agent log");
         let child = command_in(&self.netns, None, bin_dir().join("proxy-agent"))
-            .args(["--mode", "ebpf", "--poll-ms", "100", "--log-json"])
+            .args(["--mode", self.mode, "--poll-ms", "100", "--log-json"])
             .arg("--source")
             .arg(&self.manifests)
             .arg("--cgroup")
@@ -483,14 +506,20 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// `proxy-agent --cleanup` as the agent ran: inside its namespace, so that the iptables
+    /// chains it removes are the test's, never the machine's.
+    pub fn cleanup_command(&self) -> Command {
+        let mut cmd = command_in(&self.netns, None, bin_dir().join("proxy-agent"));
+        cmd.arg("--cleanup").arg("--bpffs").arg(&self.bpffs);
+        cmd
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         drop(self.child.take());
-        let _ = Command::new(bin_dir().join("proxy-agent"))
-            .arg("--cleanup")
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .output();
+        let _ = self.cleanup_command().output();
         let _ = fs::remove_dir_all(&self.work);
     }
 }

@@ -195,12 +195,7 @@ fn cleanup_leaves_nothing_behind() {
         .collect();
     assert_eq!(map_ids.len(), 8);
     agent.stop();
-    run(
-        std::process::Command::new(integration::bin_dir().join("proxy-agent"))
-            .arg("--cleanup")
-            .arg("--bpffs")
-            .arg(&agent.bpffs),
-    );
+    run(&mut agent.cleanup_command());
     assert!(!agent.bpffs.exists(), "pin directory removed");
     assert!(
         attached_programs(&agent.cgroup).is_empty(),

@@ -6,7 +6,11 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 use proxy_user::{
     DEFAULT_BPFFS, agent, cgroup,
-    dataplane::ebpf::{EbpfDataplane, loader},
+    dataplane::{
+        Dataplane,
+        ebpf::{EbpfDataplane, loader},
+        iptables::{self, IptablesDataplane},
+    },
     logging,
     metrics::{self, AgentMetrics},
     source::{kubernetes, manifest::ManifestDir},
@@ -17,6 +21,8 @@ use tracing::info;
 enum Mode {
     /// cgroup socket programs and BPF maps.
     Ebpf,
+    /// kube-proxy's iptables chains (KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-*).
+    Iptables,
 }
 
 /// Programs this node's Kubernetes Services into the kernel with eBPF.
@@ -25,6 +31,10 @@ enum Mode {
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
+    /// Traffic to a ClusterIP from outside this CIDR is masqueraded (iptables mode), as
+    /// with kube-proxy's --cluster-cidr.
+    #[arg(long, value_name = "CIDR")]
+    cluster_cidr: Option<String>,
     /// Dataplane to program.
     #[arg(long, value_enum, default_value = "ebpf")]
     mode: Mode,
@@ -98,9 +108,15 @@ fn run(args: Args) -> anyhow::Result<()> {
         let removed = loader::cleanup(&args.bpffs)
             .with_context(|| format!("cleaning up {}", args.bpffs.display()))?;
         if removed.links.is_empty() && removed.maps.is_empty() {
-            info!(pin_dir = %args.bpffs.display(), "nothing installed");
+            info!(pin_dir = %args.bpffs.display(), "no BPF programs or maps installed");
         } else {
             info!(links = ?removed.links, maps = ?removed.maps, "detached and unpinned");
+        }
+        // Both modes' state goes, whichever ran last.
+        match iptables::install::Iptables::default().cleanup() {
+            Ok(chains) if chains.is_empty() => info!("no iptables chains installed"),
+            Ok(chains) => info!(?chains, "iptables chains removed"),
+            Err(e) => tracing::warn!("iptables chains not removed: {e}"),
         }
         return Ok(());
     }
@@ -116,7 +132,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => path,
         None => cgroup::find_cgroup2().map_err(anyhow::Error::msg)?,
     };
-    let Mode::Ebpf = args.mode;
+    let cluster_cidr = args.cluster_cidr.as_deref().map(parse_cidr).transpose()?;
     let capacities = loader::Capacities {
         services: args.max_services,
         slots: args.max_backend_slots,
@@ -134,8 +150,22 @@ fn run(args: Args) -> anyhow::Result<()> {
             true => Some(kubernetes::client(args.kubeconfig.as_deref()).await?),
             false => None,
         };
-        let mut dataplane = EbpfDataplane::open(&args.bpffs, &cgroup, capacities)
-            .context("starting the eBPF dataplane")?;
+        let mut dataplane: Box<dyn Dataplane> = match args.mode {
+            Mode::Ebpf => Box::new(
+                EbpfDataplane::open(&args.bpffs, &cgroup, capacities)
+                    .context("starting the eBPF dataplane")?,
+            ),
+            Mode::Iptables => Box::new(
+                IptablesDataplane::open(
+                    iptables::install::Iptables::default(),
+                    iptables::render::RenderOptions {
+                        cluster_cidr,
+                        random_fully: true,
+                    },
+                )
+                .context("starting the iptables dataplane")?,
+            ),
+        };
         let shared = if let Some(client) = client {
             let shared = agent::Shared::new(
                 args.node_name.clone(),
@@ -164,7 +194,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("binding --healthz-addr {}", args.healthz_addr))?;
         agent::sync_loop(
             shared,
-            &mut dataplane,
+            dataplane.as_mut(),
             shutdown_signal(),
             |event| match event {
                 agent::LoopEvent::Synced(summary) => metrics.observe_sync(summary),
@@ -192,4 +222,20 @@ async fn shutdown_signal() {
         _ = term.recv() => info!("SIGTERM"),
         _ = int.recv() => info!("SIGINT"),
     }
+}
+
+/// `10.0.0.0/8` -> (10.0.0.0, 8).
+fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+    let (ip, bits) = text
+        .split_once('/')
+        .with_context(|| format!("--cluster-cidr {text}: not ADDRESS/BITS"))?;
+    let ip = ip
+        .parse()
+        .with_context(|| format!("--cluster-cidr {text}: {ip:?} is not an IPv4 address"))?;
+    let bits = bits
+        .parse()
+        .ok()
+        .filter(|b: &u8| *b <= 32)
+        .with_context(|| format!("--cluster-cidr {text}: {bits:?} is not 0..=32"))?;
+    Ok((ip, bits))
 }

@@ -1,0 +1,116 @@
+//! The agent in iptables mode (kube-proxy's chains) with real sockets: the same outcomes
+//! as the eBPF mode for the same manifests. The agent and its rules live in the test's
+//! client namespace.
+
+use std::time::Duration;
+
+use integration::{
+    Agent, Topology,
+    manifests::{DNS, HTTP, ServiceOpts, service_with_endpoints},
+    require_privileges,
+};
+
+const VIP: &str = "198.19.0.10";
+
+fn start(backends: usize, opts: &ServiceOpts) -> (Topology, Agent) {
+    let t = Topology::new(backends);
+    t.route_service_range();
+    let mut agent = Agent::new(&t);
+    agent.mode = "iptables";
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints("web", VIP, &[HTTP, DNS], opts, &t.ready_endpoints()),
+    );
+    agent.start();
+    agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
+        agent.log().contains("\"synced\"")
+    });
+    (t, agent)
+}
+
+fn binomial_bounds(n: usize, p: f64) -> (f64, f64) {
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (n as f64 * p - 5.3 * sd, n as f64 * p + 5.3 * sd)
+}
+
+#[test]
+fn weights_3_1_0_in_iptables_mode() {
+    require_privileges!();
+    let (t, agent) = start(
+        3,
+        &ServiceOpts {
+            weights: Some("web-0=3,web-1=1,web-2=0"),
+            ..Default::default()
+        },
+    );
+    let n = 4_000;
+    let report = t.probe(&["--to", &format!("{VIP}:80"), "--count", &n.to_string()]);
+    assert!(report.errors.is_empty(), "{report:?}\n{}", agent.log());
+    assert_eq!(report.count("web-2"), 0, "weight 0 gets no rule");
+    let (lo, hi) = binomial_bounds(n, 0.75);
+    let got = report.count("web-0") as f64;
+    assert!(
+        lo <= got && got <= hi,
+        "web-0 got {got} of {n}, expected [{lo:.0}, {hi:.0}]"
+    );
+    assert_eq!(
+        report.peers.keys().collect::<Vec<_>>(),
+        vec![&format!("{VIP}:80")],
+        "getpeername shows the ClusterIP"
+    );
+}
+
+#[test]
+fn no_endpoints_is_rejected_in_iptables_mode() {
+    require_privileges!();
+    let t = Topology::new(1);
+    t.route_service_range();
+    let mut agent = Agent::new(&t);
+    agent.mode = "iptables";
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints("web", VIP, &[HTTP], &ServiceOpts::default(), &[]),
+    );
+    agent.start();
+    agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
+        agent.log().contains("\"synced\"")
+    });
+    let report = t.probe(&[
+        "--to",
+        &format!("{VIP}:80"),
+        "--count",
+        "3",
+        "--timeout-ms",
+        "5000",
+    ]);
+    assert_eq!(
+        report.errors.get("ECONNREFUSED"),
+        Some(&3),
+        "REJECT gives ECONNREFUSED: {report:?}"
+    );
+}
+
+#[test]
+fn udp_and_affinity_in_iptables_mode() {
+    require_privileges!();
+    let (t, _agent) = start(
+        3,
+        &ServiceOpts {
+            affinity_timeout: Some(600),
+            ..Default::default()
+        },
+    );
+    let udp = t.probe(&["--to", "198.19.0.10:53", "--count", "30", "--unconnected"]);
+    assert_eq!(udp.answers.values().sum::<usize>(), 30, "{udp:?}");
+    assert_eq!(
+        udp.reply_sources.keys().collect::<Vec<_>>(),
+        vec!["198.19.0.10:53"],
+        "replies come from the ClusterIP"
+    );
+    let tcp = t.probe(&["--to", &format!("{VIP}:80"), "--count", "50"]);
+    assert_eq!(
+        tcp.answers.len(),
+        1,
+        "ClientIP affinity (recent) holds for 50 connections: {tcp:?}"
+    );
+}

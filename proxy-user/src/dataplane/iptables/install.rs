@@ -1,0 +1,220 @@
+//! Installing the rendered tables: `iptables-restore --noflush` with our chains only (a
+//! declared chain is flushed and refilled; chains of ours no longer rendered are deleted),
+//! and the jumps from the built-in chains into ours, added once.
+
+use std::{
+    collections::BTreeSet,
+    io::Write as _,
+    process::{Command, Stdio},
+};
+
+use tracing::debug;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{command} could not be run: {error} (is iptables installed?)")]
+    Spawn {
+        command: String,
+        error: std::io::Error,
+    },
+    #[error("{command} failed: {stderr}")]
+    Failed { command: String, stderr: String },
+}
+
+/// The iptables binaries to drive (nf_tables or legacy backend).
+#[derive(Clone, Debug)]
+pub struct Iptables {
+    pub iptables: String,
+    pub restore: String,
+    pub save: String,
+}
+
+impl Default for Iptables {
+    fn default() -> Self {
+        Self {
+            iptables: "iptables".into(),
+            restore: "iptables-restore".into(),
+            save: "iptables-save".into(),
+        }
+    }
+}
+
+/// Chains jumped to from the built-in chains, as kube-proxy installs them.
+const JUMPS: &[(&str, &str, &str, &str)] = &[
+    (
+        "nat",
+        "PREROUTING",
+        "kubernetes service portals",
+        "KUBE-SERVICES",
+    ),
+    (
+        "nat",
+        "OUTPUT",
+        "kubernetes service portals",
+        "KUBE-SERVICES",
+    ),
+    (
+        "nat",
+        "POSTROUTING",
+        "kubernetes postrouting rules",
+        "KUBE-POSTROUTING",
+    ),
+    (
+        "filter",
+        "OUTPUT",
+        "kubernetes service portals",
+        "KUBE-SERVICES",
+    ),
+    (
+        "filter",
+        "FORWARD",
+        "kubernetes service portals",
+        "KUBE-SERVICES",
+    ),
+];
+
+/// Chains this project owns in a table: the fixed ones and every KUBE-SVC/SEP/EXT/SVL/FW.
+pub fn is_ours(chain: &str) -> bool {
+    matches!(
+        chain,
+        "KUBE-SERVICES" | "KUBE-NODEPORTS" | "KUBE-POSTROUTING" | "KUBE-MARK-MASQ"
+    ) || [
+        "KUBE-SVC-",
+        "KUBE-SEP-",
+        "KUBE-EXT-",
+        "KUBE-SVL-",
+        "KUBE-FW-",
+    ]
+    .iter()
+    .any(|p| chain.starts_with(p))
+}
+
+impl Iptables {
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> Result<String, InstallError> {
+        let command = format!("{program} {}", args.join(" "));
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|error| InstallError::Spawn {
+                command: command.clone(),
+                error,
+            })?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|error| InstallError::Spawn {
+                    command: command.clone(),
+                    error,
+                })?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|error| InstallError::Spawn {
+                command: command.clone(),
+                error,
+            })?;
+        if !out.status.success() {
+            return Err(InstallError::Failed {
+                command,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Chains of ours present in `table` now.
+    pub fn our_chains(&self, table: &str) -> Result<BTreeSet<String>, InstallError> {
+        let saved = self.run(&self.save, &["-t", table], None)?;
+        Ok(saved
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| is_ours(c))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Loads `tables` (each `*table ... COMMIT`), deleting chains of ours that the new text
+    /// no longer declares.
+    pub fn restore(&self, nat: &str, filter: &str) -> Result<(), InstallError> {
+        let mut input = String::new();
+        for (table, text) in [("filter", filter), ("nat", nat)] {
+            let declared: BTreeSet<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix(':'))
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            let stale: Vec<String> = self
+                .our_chains(table)?
+                .into_iter()
+                .filter(|c| !declared.contains(c.as_str()))
+                .collect();
+            let body = text.trim_end().strip_suffix("COMMIT").unwrap_or(text);
+            input.push_str(body);
+            // A stale chain is emptied (declared) first, then deleted.
+            for chain in &stale {
+                input.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+            for chain in &stale {
+                input.push_str(&format!("-X {chain}\n"));
+            }
+            input.push_str("COMMIT\n");
+            debug!(table, stale = stale.len(), "restoring");
+        }
+        self.run(&self.restore, &["--noflush"], Some(&input))?;
+        self.ensure_jumps()
+    }
+
+    fn ensure_jumps(&self) -> Result<(), InstallError> {
+        for (table, chain, comment, target) in JUMPS {
+            let rule = ["-m", "comment", "--comment", comment, "-j", target];
+            let mut check = vec!["-w", "-t", table, "-C", chain];
+            check.extend_from_slice(&rule);
+            if self.run(&self.iptables, &check, None).is_ok() {
+                continue;
+            }
+            let mut insert = vec!["-w", "-t", table, "-I", chain];
+            insert.extend_from_slice(&rule);
+            self.run(&self.iptables, &insert, None)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the jumps and every chain of ours, in both tables. Returns what was removed.
+    pub fn cleanup(&self) -> Result<Vec<String>, InstallError> {
+        for (table, chain, comment, target) in JUMPS {
+            let rule = ["-m", "comment", "--comment", comment, "-j", target];
+            let mut delete = vec!["-w", "-t", table, "-D", chain];
+            delete.extend_from_slice(&rule);
+            while self.run(&self.iptables, &delete, None).is_ok() {}
+        }
+        let mut removed = Vec::new();
+        let mut input = String::new();
+        for table in ["filter", "nat"] {
+            let chains = self.our_chains(table)?;
+            input.push_str(&format!("*{table}\n"));
+            for chain in &chains {
+                input.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+            for chain in &chains {
+                input.push_str(&format!("-X {chain}\n"));
+                removed.push(format!("{table}/{chain}"));
+            }
+            input.push_str("COMMIT\n");
+        }
+        self.run(&self.restore, &["--noflush"], Some(&input))?;
+        Ok(removed)
+    }
+}
