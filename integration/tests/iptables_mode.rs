@@ -114,3 +114,131 @@ fn udp_and_affinity_in_iptables_mode() {
         "ClientIP affinity (recent) holds for 50 connections: {tcp:?}"
     );
 }
+
+fn nat_rules(agent: &Agent) -> String {
+    integration::run(
+        integration::command_in(&agent.netns, None, "iptables-save").args(["-t", "nat"]),
+    )
+}
+
+#[test]
+fn switching_modes_removes_the_other_modes_state() {
+    require_privileges!();
+    let (t, mut agent) = start(2, &ServiceOpts::default());
+    assert!(
+        nat_rules(&agent).contains(":EBPF-PROXY-OWNED"),
+        "iptables mode marks its chains"
+    );
+    assert!(nat_rules(&agent).contains("KUBE-SVC-"));
+    agent.stop();
+
+    agent.mode = "ebpf";
+    agent.start();
+    agent.wait_backends("demo/web:http", 2);
+    agent.wait_for("the switch", Duration::from_secs(5), |_| {
+        !nat_rules(&agent).contains("KUBE-")
+    });
+    assert!(!nat_rules(&agent).contains("EBPF-PROXY-OWNED"));
+    assert_eq!(
+        t.probe(&["--to", &format!("{VIP}:80"), "--count", "20"])
+            .answers
+            .values()
+            .sum::<usize>(),
+        20
+    );
+    agent.stop();
+    assert!(agent.bpffs.exists());
+
+    agent.mode = "iptables";
+    agent.start();
+    agent.wait_for("the switch back", Duration::from_secs(5), |_| {
+        nat_rules(&agent).contains("KUBE-SVC-")
+    });
+    assert!(!agent.bpffs.exists(), "eBPF programs and maps removed");
+    assert_eq!(
+        t.probe(&["--to", &format!("{VIP}:80"), "--count", "20"])
+            .answers
+            .values()
+            .sum::<usize>(),
+        20
+    );
+}
+
+#[test]
+fn kube_proxys_chains_are_never_touched() {
+    require_privileges!();
+    let t = Topology::new(1);
+    let mut agent = Agent::new(&t);
+    // kube-proxy's rules in this namespace: same chain names, no ebpf-proxy marker.
+    let kube_proxy = proxy_user::dataplane::iptables::render::nat_table(
+        &Default::default(),
+        &Default::default(),
+    );
+    let mut restore = integration::command_in(&agent.netns, None, "iptables-restore")
+        .arg("--noflush")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("iptables-restore");
+    std::io::Write::write_all(
+        &mut restore.stdin.take().expect("stdin"),
+        kube_proxy.as_bytes(),
+    )
+    .expect("write");
+    assert!(restore.wait().expect("wait").success());
+    assert!(nat_rules(&agent).contains(":KUBE-SERVICES"));
+
+    integration::run(&mut agent.cleanup_command());
+    assert!(
+        nat_rules(&agent).contains(":KUBE-SERVICES"),
+        "--cleanup leaves kube-proxy's chains alone"
+    );
+    agent.mode = "ebpf";
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints(
+            "web",
+            VIP,
+            &[HTTP],
+            &ServiceOpts::default(),
+            &t.ready_endpoints(),
+        ),
+    );
+    agent.start();
+    agent.wait_backends("demo/web:http", 1);
+    assert!(
+        nat_rules(&agent).contains(":KUBE-SERVICES"),
+        "an eBPF-mode agent beside kube-proxy leaves its chains alone"
+    );
+}
+
+#[test]
+fn auto_mode_uses_ebpf_where_it_loads() {
+    require_privileges!();
+    let t = Topology::new(1);
+    let mut agent = Agent::new(&t);
+    agent.mode = "auto";
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints(
+            "web",
+            VIP,
+            &[HTTP],
+            &ServiceOpts::default(),
+            &t.ready_endpoints(),
+        ),
+    );
+    agent.start();
+    agent.wait_backends("demo/web:http", 1);
+    assert!(
+        agent
+            .log()
+            .contains("the eBPF datapath loads on this kernel"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        t.probe(&["--to", &format!("{VIP}:80"), "--count", "10"])
+            .count("web-0"),
+        10
+    );
+}

@@ -19,6 +19,8 @@ use tracing::info;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Mode {
+    /// eBPF when this kernel can load the programs, else iptables (the reason is logged).
+    Auto,
     /// cgroup socket programs and BPF maps.
     Ebpf,
     /// kube-proxy's iptables chains (KUBE-SERVICES, KUBE-SVC-*, KUBE-SEP-*).
@@ -36,7 +38,7 @@ struct Args {
     #[arg(long, value_name = "CIDR")]
     cluster_cidr: Option<String>,
     /// Dataplane to program.
-    #[arg(long, value_enum, default_value = "ebpf")]
+    #[arg(long, value_enum, default_value = "auto")]
     mode: Mode,
     /// Where Services and EndpointSlices come from: `kubernetes` (the API server), or a
     /// directory of manifests (YAML or JSON) watched for changes.
@@ -128,9 +130,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             args.source.display()
         );
     }
-    let cgroup = match args.cgroup {
-        Some(path) => path,
-        None => cgroup::find_cgroup2().map_err(anyhow::Error::msg)?,
+    let cgroup = match args.cgroup.clone() {
+        Some(path) => Ok(path),
+        None => cgroup::find_cgroup2().map_err(anyhow::Error::msg),
     };
     let cluster_cidr = args.cluster_cidr.as_deref().map(parse_cidr).transpose()?;
     let capacities = loader::Capacities {
@@ -150,21 +152,23 @@ fn run(args: Args) -> anyhow::Result<()> {
             true => Some(kubernetes::client(args.kubeconfig.as_deref()).await?),
             false => None,
         };
+        let iptables_options = iptables::render::RenderOptions { cluster_cidr, random_fully: true };
         let mut dataplane: Box<dyn Dataplane> = match args.mode {
-            Mode::Ebpf => Box::new(
-                EbpfDataplane::open(&args.bpffs, &cgroup, capacities)
-                    .context("starting the eBPF dataplane")?,
-            ),
-            Mode::Iptables => Box::new(
-                IptablesDataplane::open(
-                    iptables::install::Iptables::default(),
-                    iptables::render::RenderOptions {
-                        cluster_cidr,
-                        random_fully: true,
-                    },
-                )
-                .context("starting the iptables dataplane")?,
-            ),
+            Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, capacities)?),
+            Mode::Iptables => Box::new(open_iptables(&args, iptables_options)?),
+            Mode::Auto => match open_ebpf(&args, &cgroup, capacities) {
+                Ok(ebpf) => {
+                    info!("--mode auto: the eBPF datapath loads on this kernel; using it");
+                    Box::new(ebpf)
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        "--mode auto: the eBPF datapath is unavailable ({}); falling back to iptables",
+                        logging::error_chain(error.as_ref())
+                    );
+                    Box::new(open_iptables(&args, iptables_options)?)
+                }
+            },
         };
         let shared = if let Some(client) = client {
             let shared = agent::Shared::new(
@@ -184,7 +188,6 @@ fn run(args: Args) -> anyhow::Result<()> {
             ));
             shared
         };
-        info!(cgroup = %cgroup.display(), "programs load; they attach after the first full sync");
         let metrics = Arc::new(AgentMetrics::new(Some(args.bpffs.clone())));
         metrics::http::serve(args.metrics_addr, metrics.clone(), "/metrics")
             .await
@@ -238,4 +241,44 @@ fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
         .filter(|b: &u8| *b <= 32)
         .with_context(|| format!("--cluster-cidr {text}: {bits:?} is not 0..=32"))?;
     Ok((ip, bits))
+}
+
+/// The eBPF dataplane; a node switching from iptables mode loses our chains.
+fn open_ebpf(
+    args: &Args,
+    cgroup: &anyhow::Result<PathBuf>,
+    capacities: loader::Capacities,
+) -> anyhow::Result<EbpfDataplane> {
+    let cgroup = cgroup.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dataplane = EbpfDataplane::open(&args.bpffs, cgroup, capacities)
+        .context("starting the eBPF dataplane")?;
+    info!(cgroup = %cgroup.display(), "programs loaded; they attach after the first full sync");
+    match iptables::install::Iptables::default().cleanup() {
+        Ok(removed) if !removed.is_empty() => info!(
+            chains = removed.len(),
+            "switched from iptables mode: its chains were removed"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!("no iptables state to remove: {e}"),
+    }
+    Ok(dataplane)
+}
+
+/// The iptables dataplane; a node switching from eBPF mode loses its programs and maps.
+fn open_iptables(
+    args: &Args,
+    options: iptables::render::RenderOptions,
+) -> anyhow::Result<IptablesDataplane> {
+    let dataplane = IptablesDataplane::open(iptables::install::Iptables::default(), options)
+        .context("starting the iptables dataplane")?;
+    let removed = loader::cleanup(&args.bpffs)
+        .with_context(|| format!("removing eBPF state from {}", args.bpffs.display()))?;
+    if !removed.links.is_empty() || !removed.maps.is_empty() {
+        info!(
+            links = removed.links.len(),
+            maps = removed.maps.len(),
+            "switched from eBPF mode: its programs and maps were removed"
+        );
+    }
+    Ok(dataplane)
 }

@@ -73,6 +73,11 @@ const JUMPS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
+/// An empty nat chain whose presence says the KUBE-* chains were installed by ebpf-proxy.
+/// kube-proxy installs chains with the same names; without this marker, they are its own
+/// and nothing here touches them (a node migrating from kube-proxy runs both for a while).
+pub const OWNER_MARKER: &str = "EBPF-PROXY-OWNED";
+
 /// Chains this project owns in a table: the fixed ones and every KUBE-SVC/SEP/EXT/SVL/FW.
 pub fn is_ours(chain: &str) -> bool {
     matches!(
@@ -163,6 +168,9 @@ impl Iptables {
                 .collect();
             let body = text.trim_end().strip_suffix("COMMIT").unwrap_or(text);
             input.push_str(body);
+            if table == "nat" {
+                input.push_str(&format!(":{OWNER_MARKER} - [0:0]\n"));
+            }
             // A stale chain is emptied (declared) first, then deleted.
             for chain in &stale {
                 input.push_str(&format!(":{chain} - [0:0]\n"));
@@ -192,8 +200,21 @@ impl Iptables {
         Ok(())
     }
 
-    /// Removes the jumps and every chain of ours, in both tables. Returns what was removed.
+    /// Whether the KUBE-* chains in this namespace were installed by ebpf-proxy.
+    pub fn installed_by_us(&self) -> Result<bool, InstallError> {
+        let saved = self.run(&self.save, &["-t", "nat"], None)?;
+        Ok(saved.lines().any(|l| {
+            l.strip_prefix(':')
+                .is_some_and(|c| c.split_whitespace().next() == Some(OWNER_MARKER))
+        }))
+    }
+
+    /// Removes the jumps and every chain of ours, in both tables, if ebpf-proxy installed
+    /// them (see [`OWNER_MARKER`]). Returns what was removed.
     pub fn cleanup(&self) -> Result<Vec<String>, InstallError> {
+        if !self.installed_by_us()? {
+            return Ok(Vec::new());
+        }
         for (table, chain, comment, target) in JUMPS {
             let rule = ["-m", "comment", "--comment", comment, "-j", target];
             let mut delete = vec!["-w", "-t", table, "-D", chain];
@@ -211,6 +232,9 @@ impl Iptables {
             for chain in &chains {
                 input.push_str(&format!("-X {chain}\n"));
                 removed.push(format!("{table}/{chain}"));
+            }
+            if table == "nat" {
+                input.push_str(&format!("-X {OWNER_MARKER}\n"));
             }
             input.push_str("COMMIT\n");
         }
