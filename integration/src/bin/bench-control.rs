@@ -33,6 +33,10 @@ struct Args {
     /// Time translation and diffing alone, against an in-memory dataplane.
     #[arg(long)]
     memory_dataplane: bool,
+    /// Program kube-proxy's iptables chains instead (in a network namespace of the bench's
+    /// own): full restore, then partial syncs of one Service.
+    #[arg(long)]
+    iptables: bool,
     /// Samples of "endpoint event to first connection answered by the new backend",
     /// measured with real sockets in a namespace topology (0 to skip).
     #[arg(long, default_value_t = 200)]
@@ -129,14 +133,22 @@ fn main() -> anyhow::Result<()> {
     }
     let id = unique("epxbench");
     let cgroup = Cgroup::new(&id);
-    let pins = std::path::PathBuf::from("/sys/fs/bpf").join(&id);
-    let result = run(&args, &pins, &cgroup);
-    loader::cleanup(&pins)?;
-    result?;
-    if args.connect_samples > 0 && !args.memory_dataplane {
+    let pins = PinGuard(std::path::PathBuf::from("/sys/fs/bpf").join(&id));
+    run(&args, &pins.0, &cgroup)?;
+    drop(pins);
+    if args.connect_samples > 0 && !args.memory_dataplane && !args.iptables {
         event_to_connection(args.connect_samples)?;
     }
     Ok(())
+}
+
+/// Unpins what the benchmark pinned, also when it fails or panics.
+struct PinGuard(std::path::PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = loader::cleanup(&self.0);
+    }
 }
 
 /// From an endpoint change reaching the store to the first connection the new backend
@@ -144,10 +156,12 @@ fn main() -> anyhow::Result<()> {
 fn event_to_connection(samples: usize) -> anyhow::Result<()> {
     use std::io::{Read as _, Write as _};
     let t = integration::Topology::new(2);
-    let pins = std::path::PathBuf::from("/sys/fs/bpf").join(format!("{}-e2e", t.id));
+    let pins = PinGuard(std::path::PathBuf::from("/sys/fs/bpf").join(format!("{}-e2e", t.id)));
+    let pins_dir = pins.0.clone();
     let outcome = (|| -> anyhow::Result<Vec<f64>> {
+        let pins = &pins_dir;
         let mut dataplane =
-            EbpfDataplane::open(&pins, &t.cgroup.path, loader::Capacities::default())?;
+            EbpfDataplane::open(pins, &t.cgroup.path, loader::Capacities::default())?;
         let mut store = ObjectStore::new(None);
         let mut syncer = Syncer::default();
         let backend_slice = |ip: &str| {
@@ -195,7 +209,7 @@ fn event_to_connection(samples: usize) -> anyhow::Result<()> {
         std::fs::write(root.join("cgroup.procs"), "0")?;
         Ok(latencies)
     })();
-    loader::cleanup(&pins)?;
+    drop(pins);
     let mut latencies = outcome?;
     latencies.sort_by(f64::total_cmp);
     println!(
@@ -211,6 +225,19 @@ fn event_to_connection(samples: usize) -> anyhow::Result<()> {
 }
 
 fn run(args: &Args, pins: &std::path::Path, cgroup: &Cgroup) -> anyhow::Result<()> {
+    if args.iptables {
+        let ns = integration::Netns::new(unique("epxbenchipt"));
+        let file = std::fs::File::open(format!("/run/netns/{}", ns.name))?;
+        // SAFETY: setns on this thread; iptables-restore, spawned from it, inherits it.
+        if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) } != 0 {
+            anyhow::bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        let mut dataplane = proxy_user::dataplane::iptables::IptablesDataplane::open(
+            proxy_user::dataplane::iptables::install::Iptables::default(),
+            proxy_user::dataplane::iptables::render::RenderOptions::default(),
+        )?;
+        return measure(args, &mut dataplane);
+    }
     if args.memory_dataplane {
         return measure(
             args,

@@ -200,6 +200,13 @@ impl Iptables {
         Ok(())
     }
 
+    /// Loads restore input as given (a partial sync, which knows its stale chains), then
+    /// makes sure the jumps exist.
+    pub fn restore_input(&self, input: &str) -> Result<(), InstallError> {
+        self.run(&self.restore, &["--noflush"], Some(input))?;
+        self.ensure_jumps()
+    }
+
     /// Whether the KUBE-* chains in this namespace were installed by ebpf-proxy.
     pub fn installed_by_us(&self) -> Result<bool, InstallError> {
         let saved = self.run(&self.save, &["-t", "nat"], None)?;
