@@ -269,32 +269,72 @@ fn partial_syncs_leave_exactly_the_chains_of_the_final_state() {
     agent.write("b.yaml", &svc("b", "198.19.0.2", &eps[..1]));
     agent.write("c.yaml", &svc("c", "198.19.0.3", &eps[1..]));
     agent.start();
-    agent.wait_for("the first sync", Duration::from_secs(10), |_| agent.log().contains("\"synced\""));
+    agent.wait_for("the first sync", Duration::from_secs(10), |_| {
+        agent.log().contains("\"synced\"")
+    });
     let first = service_chains(&agent);
-    assert_eq!(first.len(), 3 + 3 + 1 + 2, "three SVC chains and six SEP chains: {first:?}");
+    assert_eq!(
+        first.len(),
+        3 + 3 + 1 + 2,
+        "three SVC chains and six SEP chains: {first:?}"
+    );
 
     // One Service edited (endpoints moved), one removed, one added: partial syncs.
     agent.write("b.yaml", &svc("b", "198.19.0.2", &eps[2..]));
     agent.remove("c.yaml");
     agent.write("d.yaml", &svc("d", "198.19.0.4", &eps[..2]));
     agent.wait_for("the changes", Duration::from_secs(10), |_| {
-        t.probe(&["--to", "198.19.0.2:80", "--count", "1"]).count("web-2") == 1
-            && t.probe(&["--to", "198.19.0.4:80", "--count", "1"]).errors.is_empty()
+        t.probe(&["--to", "198.19.0.2:80", "--count", "1"])
+            .count("web-2")
+            == 1
+            && t.probe(&["--to", "198.19.0.4:80", "--count", "1"])
+                .errors
+                .is_empty()
     });
-    assert_eq!(t.probe(&["--to", "198.19.0.3:80", "--count", "1"]).errors.len(), 1, "c is gone");
-    assert_eq!(t.probe(&["--to", "198.19.0.1:80", "--count", "30"]).answers.values().sum::<usize>(), 30, "a untouched");
+    assert_eq!(
+        t.probe(&["--to", "198.19.0.3:80", "--count", "1"])
+            .errors
+            .len(),
+        1,
+        "c is gone"
+    );
+    assert_eq!(
+        t.probe(&["--to", "198.19.0.1:80", "--count", "30"])
+            .answers
+            .values()
+            .sum::<usize>(),
+        30,
+        "a untouched"
+    );
 
     // Exactly the chains a full rendering of the final state declares.
     let mut expected = std::collections::BTreeSet::new();
-    for (name, port_eps) in [("demo/a:http", &eps[..]), ("demo/b:http", &eps[2..]), ("demo/d:http", &eps[..2])] {
-        use proxy_user::{dataplane::iptables::names, model::{BackendAddr, Protocol}};
+    for (name, port_eps) in [
+        ("demo/a:http", &eps[..]),
+        ("demo/b:http", &eps[2..]),
+        ("demo/d:http", &eps[..2]),
+    ] {
+        use proxy_user::{
+            dataplane::iptables::names,
+            model::{BackendAddr, Protocol},
+        };
         expected.insert(names::service_chain(name, Protocol::Tcp));
         for e in port_eps {
-            let addr = BackendAddr { ip: e.ip.parse().expect("ip"), port: 8080 };
+            let addr = BackendAddr {
+                ip: e.ip.parse().expect("ip"),
+                port: 8080,
+            };
             expected.insert(names::endpoint_chain(name, Protocol::Tcp, &addr));
         }
     }
-    assert_eq!(service_chains(&agent), expected, "no stale chain, none missing");
+    assert_eq!(
+        service_chains(&agent),
+        expected,
+        "no stale chain, none missing"
+    );
     let log = agent.log();
-    assert!(log.lines().filter(|l| l.contains("\"synced\"")).count() >= 2, "{log}");
+    assert!(
+        log.lines().filter(|l| l.contains("\"synced\"")).count() >= 2,
+        "{log}"
+    );
 }

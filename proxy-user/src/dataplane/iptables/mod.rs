@@ -48,17 +48,33 @@ impl IptablesDataplane {
     /// first sync.
     pub fn open(iptables: Iptables, options: RenderOptions) -> Result<Self, InstallError> {
         let existing = iptables.our_chains("nat")?;
-        info!(chains = existing.len(), "iptables dataplane ready; the first sync replaces our chains");
-        Ok(Self { iptables, options, installed: DesiredState::new(), rendered: BTreeMap::new(), full_sync_needed: true })
+        info!(
+            chains = existing.len(),
+            "iptables dataplane ready; the first sync replaces our chains"
+        );
+        Ok(Self {
+            iptables,
+            options,
+            installed: DesiredState::new(),
+            rendered: BTreeMap::new(),
+            full_sync_needed: true,
+        })
     }
 
     /// Restore input for a partial sync: what changed in `touched`, given the state after it.
-    fn partial_input(&self, next: &DesiredState, touched: &BTreeMap<FrontendAddr, FrontendRules>) -> String {
+    fn partial_input(
+        &self,
+        next: &DesiredState,
+        touched: &BTreeMap<FrontendAddr, FrontendRules>,
+    ) -> String {
         let mut out = filter_table(next);
         out.push_str("*nat\n");
         let mut declared: Vec<&str> = FIXED_CHAINS.to_vec();
         declared.push(OWNER_MARKER);
-        let new_chains: BTreeSet<&str> = touched.values().flat_map(|r| r.chains.iter().map(|(n, _)| n.as_str())).collect();
+        let new_chains: BTreeSet<&str> = touched
+            .values()
+            .flat_map(|r| r.chains.iter().map(|(n, _)| n.as_str()))
+            .collect();
         let gone: Vec<&str> = touched
             .keys()
             .filter_map(|addr| self.rendered.get(addr))
@@ -71,7 +87,10 @@ impl IptablesDataplane {
             let _ = writeln!(out, ":{chain} - [0:0]");
         }
         let services_rules = next.keys().filter_map(|addr| {
-            touched.get(addr).or_else(|| self.rendered.get(addr)).and_then(|r| r.services_rule.as_deref())
+            touched
+                .get(addr)
+                .or_else(|| self.rendered.get(addr))
+                .and_then(|r| r.services_rule.as_deref())
         });
         out.push_str(&fixed_rules(services_rules, &self.options));
         for (_, rules) in touched.values().flat_map(|r| &r.chains) {
@@ -112,14 +131,19 @@ impl Dataplane for IptablesDataplane {
             }
         }
         let result = if self.full_sync_needed {
-            self.iptables.restore(&nat_table(&next, &self.options), &filter_table(&next))
+            self.iptables
+                .restore(&nat_table(&next, &self.options), &filter_table(&next))
         } else {
-            self.iptables.restore_input(&self.partial_input(&next, &touched))
+            self.iptables
+                .restore_input(&self.partial_input(&next, &touched))
         };
         match result {
             Ok(()) => {
                 if self.full_sync_needed {
-                    self.rendered = next.iter().map(|(a, s)| (*a, frontend_rules(a, s, &self.options))).collect();
+                    self.rendered = next
+                        .iter()
+                        .map(|(a, s)| (*a, frontend_rules(a, s, &self.options)))
+                        .collect();
                     self.full_sync_needed = false;
                 } else {
                     for (addr, rules) in touched {

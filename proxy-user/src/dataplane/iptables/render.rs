@@ -33,7 +33,12 @@ fn arg(text: &str) -> String {
 }
 
 /// The chains kube-proxy always writes whole, and their fixed rules.
-pub const FIXED_CHAINS: [&str; 4] = ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"];
+pub const FIXED_CHAINS: [&str; 4] = [
+    "KUBE-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+];
 
 /// The nat rules of one frontend: its KUBE-SERVICES rule and its own chains (KUBE-SVC and
 /// KUBE-SEP), each with its rules in order. A frontend kube-proxy writes no rules for
@@ -44,7 +49,11 @@ pub struct FrontendRules {
     pub chains: Vec<(String, Vec<String>)>,
 }
 
-pub fn frontend_rules(addr: &FrontendAddr, spec: &FrontendSpec, options: &RenderOptions) -> FrontendRules {
+pub fn frontend_rules(
+    addr: &FrontendAddr,
+    spec: &FrontendSpec,
+    options: &RenderOptions,
+) -> FrontendRules {
     if spec.kind != FrontendKind::ClusterIp || spec.usable().next().is_none() {
         return FrontendRules::default();
     }
@@ -54,17 +63,33 @@ pub fn frontend_rules(addr: &FrontendAddr, spec: &FrontendSpec, options: &Render
         arg(&format!("{} cluster IP", spec.service)),
         destination(addr)
     );
-    FrontendRules { services_rule: Some(services_rule), chains: service_chains(addr, spec, options) }
+    FrontendRules {
+        services_rule: Some(services_rule),
+        chains: service_chains(addr, spec, options),
+    }
 }
 
 /// The fixed rules, then every frontend's KUBE-SERVICES rule, then the NodePort jump that
 /// must stay last.
-pub fn fixed_rules<'a>(services_rules: impl Iterator<Item = &'a str>, options: &RenderOptions) -> String {
+pub fn fixed_rules<'a>(
+    services_rules: impl Iterator<Item = &'a str>,
+    options: &RenderOptions,
+) -> String {
     let mut rules = String::new();
-    let masquerade = if options.random_fully { "-j MASQUERADE --random-fully" } else { "-j MASQUERADE" };
-    let _ = writeln!(rules, "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN");
+    let masquerade = if options.random_fully {
+        "-j MASQUERADE --random-fully"
+    } else {
+        "-j MASQUERADE"
+    };
+    let _ = writeln!(
+        rules,
+        "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
+    );
     let _ = writeln!(rules, "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}");
-    let _ = writeln!(rules, "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" {masquerade}");
+    let _ = writeln!(
+        rules,
+        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" {masquerade}"
+    );
     let _ = writeln!(rules, "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}");
     for rule in services_rules {
         let _ = writeln!(rules, "{rule}");
@@ -78,12 +103,24 @@ pub fn fixed_rules<'a>(services_rules: impl Iterator<Item = &'a str>, options: &
 
 /// The nat table, `*nat` to `COMMIT`, for every frontend in `state`.
 pub fn nat_table(state: &DesiredState, options: &RenderOptions) -> String {
-    let per_frontend: Vec<FrontendRules> = state.iter().map(|(addr, spec)| frontend_rules(addr, spec, options)).collect();
+    let per_frontend: Vec<FrontendRules> = state
+        .iter()
+        .map(|(addr, spec)| frontend_rules(addr, spec, options))
+        .collect();
     let mut out = String::from("*nat\n");
-    for chain in FIXED_CHAINS.iter().map(|c| c.to_string()).chain(per_frontend.iter().flat_map(|f| f.chains.iter().map(|(name, _)| name.clone()))) {
+    for chain in FIXED_CHAINS.iter().map(|c| c.to_string()).chain(
+        per_frontend
+            .iter()
+            .flat_map(|f| f.chains.iter().map(|(name, _)| name.clone())),
+    ) {
         let _ = writeln!(out, ":{chain} - [0:0]");
     }
-    out.push_str(&fixed_rules(per_frontend.iter().filter_map(|f| f.services_rule.as_deref()), options));
+    out.push_str(&fixed_rules(
+        per_frontend
+            .iter()
+            .filter_map(|f| f.services_rule.as_deref()),
+        options,
+    ));
     for (_, rules) in per_frontend.iter().flat_map(|f| &f.chains) {
         for rule in rules {
             let _ = writeln!(out, "{rule}");
@@ -100,7 +137,11 @@ fn destination(addr: &FrontendAddr) -> String {
 }
 
 /// The KUBE-SVC chain of one frontend and the KUBE-SEP chains of its endpoints.
-fn service_chains(addr: &FrontendAddr, spec: &FrontendSpec, options: &RenderOptions) -> Vec<(String, Vec<String>)> {
+fn service_chains(
+    addr: &FrontendAddr,
+    spec: &FrontendSpec,
+    options: &RenderOptions,
+) -> Vec<(String, Vec<String>)> {
     let svc = service_chain(&spec.service, addr.protocol);
     let mut svc_rules = Vec::new();
     if let Some((net, bits)) = options.cluster_cidr {
@@ -111,7 +152,10 @@ fn service_chains(addr: &FrontendAddr, spec: &FrontendSpec, options: &RenderOpti
         ));
     }
     let endpoints: Vec<_> = spec.usable().collect();
-    let seps: Vec<String> = endpoints.iter().map(|b| endpoint_chain(&spec.service, addr.protocol, &b.addr)).collect();
+    let seps: Vec<String> = endpoints
+        .iter()
+        .map(|b| endpoint_chain(&spec.service, addr.protocol, &b.addr))
+        .collect();
     let to = |b: &crate::model::WeightedBackend| arg(&format!("{} -> {}", spec.service, b.addr));
     if spec.affinity_timeout_s > 0 {
         for (b, sep) in endpoints.iter().zip(&seps) {
@@ -124,14 +168,23 @@ fn service_chains(addr: &FrontendAddr, spec: &FrontendSpec, options: &RenderOpti
     }
     let weights: Vec<u32> = endpoints.iter().map(|b| b.weight).collect();
     for ((b, sep), p) in endpoints.iter().zip(&seps).zip(probabilities(&weights)) {
-        let statistic = p.map(|p| format!(" -m statistic --mode random --probability {p}")).unwrap_or_default();
-        svc_rules.push(format!("-A {svc} -m comment --comment {}{statistic} -j {sep}", to(b)));
+        let statistic = p
+            .map(|p| format!(" -m statistic --mode random --probability {p}"))
+            .unwrap_or_default();
+        svc_rules.push(format!(
+            "-A {svc} -m comment --comment {}{statistic} -j {sep}",
+            to(b)
+        ));
     }
     let mut chains = vec![(svc, svc_rules)];
     let proto = protocol_name(addr.protocol);
     for (b, sep) in endpoints.iter().zip(&seps) {
         let comment = arg(&spec.service);
-        let recent = if spec.affinity_timeout_s > 0 { format!(" -m recent --name {sep} --set") } else { String::new() };
+        let recent = if spec.affinity_timeout_s > 0 {
+            format!(" -m recent --name {sep} --set")
+        } else {
+            String::new()
+        };
         chains.push((
             sep.clone(),
             vec![
