@@ -37,6 +37,9 @@ struct Args {
     /// own): full restore, then partial syncs of one Service.
     #[arg(long)]
     iptables: bool,
+    /// With --iptables: `nft` (iptables-nft, Debian's default) or `legacy`.
+    #[arg(long, default_value = "nft")]
+    iptables_backend: String,
     /// Samples of "endpoint event to first connection answered by the new backend",
     /// measured with real sockets in a namespace topology (0 to skip).
     #[arg(long, default_value_t = 200)]
@@ -232,8 +235,14 @@ fn run(args: &Args, pins: &std::path::Path, cgroup: &Cgroup) -> anyhow::Result<(
         if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) } != 0 {
             anyhow::bail!("setns: {}", std::io::Error::last_os_error());
         }
+        let backend = &args.iptables_backend;
+        let iptables = proxy_user::dataplane::iptables::install::Iptables {
+            iptables: format!("iptables-{backend}"),
+            restore: format!("iptables-{backend}-restore"),
+            save: format!("iptables-{backend}-save"),
+        };
         let mut dataplane = proxy_user::dataplane::iptables::IptablesDataplane::open(
-            proxy_user::dataplane::iptables::install::Iptables::default(),
+            iptables,
             proxy_user::dataplane::iptables::render::RenderOptions::default(),
         )?;
         return measure(args, &mut dataplane);
