@@ -1,7 +1,7 @@
-//! Control-plane benchmark, in process: programs N Services with E endpoints each into the
-//! real BPF maps (cold start), then applies single endpoint changes and times each sync.
-//! The maps are real and pinned under a bpffs directory of their own; no program is
-//! attached, so no traffic is involved.
+//! Control-plane benchmark, in process: programs N Services with E endpoints each (cold
+//! start), then applies single endpoint changes and times each sync. By default into the
+//! real BPF maps, pinned under a bpffs directory of their own with no program attached;
+//! with `--iptables`, as kube-proxy's chains in a network namespace of its own.
 //!
 //! `cargo run -p integration --release --bin bench-control -- --services 10000 --endpoints 5`
 
@@ -291,8 +291,18 @@ fn measure<D: proxy_user::dataplane::Dataplane>(
     latencies.sort_by(f64::total_cmp);
     let rss_after = rss_kib();
 
+    let target = if args.iptables {
+        format!(
+            "iptables-{}-restore in a namespace of its own",
+            args.iptables_backend
+        )
+    } else if args.memory_dataplane {
+        "an in-memory dataplane (translation and diffing only)".to_string()
+    } else {
+        "real BPF maps".to_string()
+    };
     println!(
-        "control plane, {} Services x {} endpoints, real BPF maps",
+        "control plane, {} Services x {} endpoints, {target}",
         args.services, args.endpoints
     );
     println!("  cold sync (translate + write every entry): {cold_ms:.1} ms");
