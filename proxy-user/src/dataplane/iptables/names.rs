@@ -21,28 +21,28 @@ fn hash16(text: &str) -> String {
     encoded
 }
 
-/// `KUBE-SVC-…` for a service port (`namespace/name` or `namespace/name:port`).
-pub fn service_chain(service_port: &str, protocol: Protocol) -> String {
+/// `{prefix}` + the hash of a service port: the chains kube-proxy keeps per service port
+/// share one hash and differ by prefix.
+fn port_chain(prefix: &str, service_port: &str, protocol: Protocol) -> String {
     format!(
-        "KUBE-SVC-{}",
+        "{prefix}{}",
         hash16(&format!("{service_port}{}", protocol_name(protocol)))
     )
+}
+
+/// `KUBE-SVC-…` for a service port (`namespace/name` or `namespace/name:port`).
+pub fn service_chain(service_port: &str, protocol: Protocol) -> String {
+    port_chain("KUBE-SVC-", service_port, protocol)
 }
 
 /// `KUBE-SVL-…`: the service's local endpoints (internalTrafficPolicy Local).
 pub fn local_service_chain(service_port: &str, protocol: Protocol) -> String {
-    format!(
-        "KUBE-SVL-{}",
-        hash16(&format!("{service_port}{}", protocol_name(protocol)))
-    )
+    port_chain("KUBE-SVL-", service_port, protocol)
 }
 
 /// `KUBE-EXT-…`: external traffic (NodePort, ExternalIPs, LoadBalancer IPs).
 pub fn external_chain(service_port: &str, protocol: Protocol) -> String {
-    format!(
-        "KUBE-EXT-{}",
-        hash16(&format!("{service_port}{}", protocol_name(protocol)))
-    )
+    port_chain("KUBE-EXT-", service_port, protocol)
 }
 
 /// `KUBE-SEP-…` for one endpoint of a service port.
