@@ -203,8 +203,14 @@ impl Iptables {
     /// Loads restore input as given (a partial sync, which knows its stale chains), then
     /// makes sure the jumps exist.
     pub fn restore_input(&self, input: &str) -> Result<(), InstallError> {
-        self.run(&self.restore, &["--noflush"], Some(input))?;
+        self.restore_only(input)?;
         self.ensure_jumps()
+    }
+
+    /// Loads restore input as given, nothing else.
+    pub fn restore_only(&self, input: &str) -> Result<(), InstallError> {
+        self.run(&self.restore, &["--noflush"], Some(input))
+            .map(drop)
     }
 
     /// Whether the KUBE-* chains in this namespace were installed by ebpf-proxy.

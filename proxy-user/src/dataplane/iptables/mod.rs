@@ -22,13 +22,16 @@ use std::{
 use self::{
     filter::filter_table,
     install::{InstallError, Iptables, OWNER_MARKER},
-    render::{FIXED_CHAINS, FrontendRules, RenderOptions, fixed_rules, frontend_rules, nat_table},
+    render::{FIXED_CHAINS, FrontendRules, RenderOptions, fixed_rules, frontend_rules},
 };
 use super::{ApplyReport, Dataplane};
 use crate::{
     model::{DesiredState, FrontendAddr},
     sync::Change,
 };
+
+/// Frontends whose chains one restore of a full sync loads.
+const FULL_SYNC_CHUNK: usize = 500;
 
 /// kube-proxy's iptables mode as a dataplane. The first sync (and any sync after a failed
 /// restore) loads every chain; after that a sync loads KUBE-SERVICES, the fixed chains and
@@ -40,6 +43,8 @@ pub struct IptablesDataplane {
     installed: DesiredState,
     /// Each installed frontend's rules, as loaded.
     rendered: BTreeMap<FrontendAddr, FrontendRules>,
+    /// The filter table as last loaded.
+    loaded_filter: String,
     full_sync_needed: bool,
 }
 
@@ -57,8 +62,69 @@ impl IptablesDataplane {
             options,
             installed: DesiredState::new(),
             rendered: BTreeMap::new(),
+            loaded_filter: String::new(),
             full_sync_needed: true,
         })
+    }
+
+    /// A full sync in chunks: the per-frontend chains, [`FULL_SYNC_CHUNK`] frontends per
+    /// restore (nothing jumps to a new chain yet, so this changes no traffic), then one
+    /// restore that rewrites KUBE-SERVICES, the fixed chains and the filter table and
+    /// deletes chains of ours that are not rendered any more. iptables-nft takes time
+    /// superlinear in the size of one restore (1.7 s for 1,000 Services, 19 s for 3,000
+    /// in one piece); chunks keep it closer to linear.
+    fn full_restore(&self, next: &DesiredState) -> Result<(), InstallError> {
+        let existing = self.iptables.our_chains("nat")?;
+        let rendered: Vec<FrontendRules> = next
+            .iter()
+            .map(|(a, s)| frontend_rules(a, s, &self.options))
+            .collect();
+        // The endpoint chains jump to KUBE-MARK-MASQ: make sure it exists (flushed and
+        // refilled with its one rule in the same transaction).
+        self.iptables.restore_only(&format!(
+            "*nat\n:KUBE-MARK-MASQ - [0:0]\n-A KUBE-MARK-MASQ -j MARK --or-mark {}\nCOMMIT\n",
+            render::MASQ_MARK
+        ))?;
+        let mut current: BTreeSet<&str> = BTreeSet::new();
+        for chunk in rendered.chunks(FULL_SYNC_CHUNK) {
+            let mut input = String::from("*nat\n");
+            for (name, _) in chunk.iter().flat_map(|r| &r.chains) {
+                let _ = writeln!(input, ":{name} - [0:0]");
+                current.insert(name);
+            }
+            for rule in chunk
+                .iter()
+                .flat_map(|r| &r.chains)
+                .flat_map(|(_, rules)| rules)
+            {
+                let _ = writeln!(input, "{rule}");
+            }
+            input.push_str("COMMIT\n");
+            self.iptables.restore_only(&input)?;
+        }
+        let mut input = filter_table(next);
+        input.push_str("*nat\n");
+        let stale: Vec<&String> = existing
+            .iter()
+            .filter(|c| !current.contains(c.as_str()) && !FIXED_CHAINS.contains(&c.as_str()))
+            .collect();
+        for chain in FIXED_CHAINS
+            .iter()
+            .copied()
+            .chain([OWNER_MARKER])
+            .chain(stale.iter().map(|c| c.as_str()))
+        {
+            let _ = writeln!(input, ":{chain} - [0:0]");
+        }
+        input.push_str(&fixed_rules(
+            rendered.iter().filter_map(|r| r.services_rule.as_deref()),
+            &self.options,
+        ));
+        for chain in stale {
+            let _ = writeln!(input, "-X {chain}");
+        }
+        input.push_str("COMMIT\n");
+        self.iptables.restore_input(&input)
     }
 
     /// Restore input for a partial sync: what changed in `touched`, given the state after it.
@@ -67,10 +133,25 @@ impl IptablesDataplane {
         next: &DesiredState,
         touched: &BTreeMap<FrontendAddr, FrontendRules>,
     ) -> String {
-        let mut out = filter_table(next);
+        // The filter table is small, but unchanged it is not reloaded either.
+        let filter = filter_table(next);
+        let mut out = if filter == self.loaded_filter {
+            String::new()
+        } else {
+            filter
+        };
         out.push_str("*nat\n");
-        let mut declared: Vec<&str> = FIXED_CHAINS.to_vec();
-        declared.push(OWNER_MARKER);
+        // KUBE-SERVICES holds one rule per frontend: rewriting it costs as much as the
+        // number of Services, so it is rewritten only when a jump rule changed (a frontend
+        // added or removed, an address changed), not for endpoint changes.
+        let rewrite_services = touched.iter().any(|(addr, r)| {
+            self.rendered.get(addr).map(|o| &o.services_rule) != Some(&r.services_rule)
+        });
+        let mut declared: Vec<&str> = Vec::new();
+        if rewrite_services {
+            declared.extend(FIXED_CHAINS);
+            declared.push(OWNER_MARKER);
+        }
         let new_chains: BTreeSet<&str> = touched
             .values()
             .flat_map(|r| r.chains.iter().map(|(n, _)| n.as_str()))
@@ -92,7 +173,9 @@ impl IptablesDataplane {
                 .or_else(|| self.rendered.get(addr))
                 .and_then(|r| r.services_rule.as_deref())
         });
-        out.push_str(&fixed_rules(services_rules, &self.options));
+        if rewrite_services {
+            out.push_str(&fixed_rules(services_rules, &self.options));
+        }
         for (_, rules) in touched.values().flat_map(|r| &r.chains) {
             for rule in rules {
                 let _ = writeln!(out, "{rule}");
@@ -131,14 +214,14 @@ impl Dataplane for IptablesDataplane {
             }
         }
         let result = if self.full_sync_needed {
-            self.iptables
-                .restore(&nat_table(&next, &self.options), &filter_table(&next))
+            self.full_restore(&next)
         } else {
             self.iptables
                 .restore_input(&self.partial_input(&next, &touched))
         };
         match result {
             Ok(()) => {
+                self.loaded_filter = filter_table(&next);
                 if self.full_sync_needed {
                     self.rendered = next
                         .iter()
