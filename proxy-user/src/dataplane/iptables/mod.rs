@@ -72,7 +72,8 @@ impl IptablesDataplane {
     /// restore that rewrites KUBE-SERVICES, the fixed chains and the filter table and
     /// deletes chains of ours that are not rendered any more. iptables-nft takes time
     /// superlinear in the size of one restore (1.7 s for 1,000 Services, 19 s for 3,000
-    /// in one piece); chunks keep it closer to linear.
+    /// in one piece); chunks keep it closer to linear. iptables-legacy uploads the whole
+    /// table for each restore, so there it is done in one piece.
     fn full_restore(&self, next: &DesiredState) -> Result<(), InstallError> {
         let existing = self.iptables.our_chains("nat")?;
         let rendered: Vec<FrontendRules> = next
@@ -86,7 +87,13 @@ impl IptablesDataplane {
             render::MASQ_MARK
         ))?;
         let mut current: BTreeSet<&str> = BTreeSet::new();
-        for chunk in rendered.chunks(FULL_SYNC_CHUNK) {
+        // iptables-legacy replaces the whole table on every restore: one piece is cheapest.
+        let chunk = if self.iptables.restore.contains("legacy") {
+            rendered.len().max(1)
+        } else {
+            FULL_SYNC_CHUNK
+        };
+        for chunk in rendered.chunks(chunk) {
             let mut input = String::from("*nat\n");
             for (name, _) in chunk.iter().flat_map(|r| &r.chains) {
                 let _ = writeln!(input, ":{name} - [0:0]");
