@@ -65,10 +65,6 @@ impl ObjectStore {
         }
     }
 
-    pub fn node_name(&self) -> Option<&str> {
-        self.node_name.as_deref()
-    }
-
     pub fn upsert_service(&mut self, service: Service) {
         let key = object_ref(&service.metadata);
         let service = ServiceInput::from(&service);
@@ -228,10 +224,6 @@ impl ObjectStore {
 
     pub fn node_context(&self) -> NodeContext {
         NodeContext::new(self.node_name.as_deref(), self.node.as_ref())
-    }
-
-    pub fn counts(&self) -> (usize, usize) {
-        (self.services.len(), self.slices.len())
     }
 }
 

@@ -3,7 +3,11 @@
 //! frontends are written from scratch at once (a cold start), where one syscall per entry
 //! would cost several hundred milliseconds at 10,000 Services.
 
-use std::{io, os::fd::AsRawFd as _, path::Path};
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+};
 
 use aya::maps::MapData;
 
@@ -26,36 +30,25 @@ struct BatchAttr {
 /// A second handle on a pinned map, for batch writes.
 pub struct BatchMap {
     data: MapData,
-    /// Bytes per value as the syscall wants them (per-CPU values: one slot per possible CPU,
-    /// each rounded up to 8 bytes).
-    value_stride: usize,
+    value_size: usize,
 }
 
 impl BatchMap {
-    pub fn open(pin: &Path, per_cpu: bool, value_size: usize) -> Result<Self, aya::maps::MapError> {
-        let data = MapData::from_pin(pin)?;
-        let value_stride = if per_cpu {
-            let cpus = aya::util::nr_cpus().map_err(|(_, e)| {
-                aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "nr_cpus",
-                    io_error: e,
-                })
-            })?;
-            value_size.next_multiple_of(8) * cpus
-        } else {
-            value_size
-        };
-        Ok(Self { data, value_stride })
+    pub fn open(pin: &Path, value_size: usize) -> Result<Self, aya::maps::MapError> {
+        Ok(Self {
+            data: MapData::from_pin(pin)?,
+            value_size,
+        })
     }
 
-    /// Writes `keys[i] -> values[i]` for every i. `values` holds `value_stride` bytes per
-    /// key. On failure returns how many entries were written before it.
+    /// Writes `keys[i] -> values[i]` for every i (`values` holds `value_size` bytes per
+    /// key). On failure returns how many entries were written before it.
     pub fn update<K: bytemuck::Pod>(
         &self,
         keys: &[K],
         values: &[u8],
     ) -> Result<(), (usize, io::Error)> {
-        debug_assert_eq!(values.len(), keys.len() * self.value_stride);
+        debug_assert_eq!(values.len(), keys.len() * self.value_size);
         if keys.is_empty() {
             return Ok(());
         }
@@ -83,10 +76,4 @@ impl BatchMap {
             Err((attr.count as usize, io::Error::last_os_error()))
         }
     }
-
-    pub fn value_stride(&self) -> usize {
-        self.value_stride
-    }
 }
-
-use std::os::fd::AsFd as _;

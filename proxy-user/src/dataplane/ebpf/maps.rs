@@ -433,15 +433,15 @@ pub struct BatchMaps {
 
 impl BatchMaps {
     pub fn open(dir: &Path) -> Result<Self, MapsError> {
-        let open = |name: &'static str, per_cpu: bool, value_size: usize| {
-            BatchMap::open(&dir.join(name), per_cpu, value_size)
+        let open = |name: &'static str, value_size: usize| {
+            BatchMap::open(&dir.join(name), value_size)
                 .map_err(|source| MapsError::Open { name, source })
         };
         Ok(Self {
-            services: open(names::MAP_SERVICES, false, size_of::<Service>())?,
-            slots: open(names::MAP_SLOTS, false, size_of::<Backend>())?,
-            members: open(names::MAP_MEMBERS, false, size_of::<Member>())?,
-            names: open(names::MAP_NAMES, false, size_of::<ServiceName>())?,
+            services: open(names::MAP_SERVICES, size_of::<Service>())?,
+            slots: open(names::MAP_SLOTS, size_of::<Backend>())?,
+            members: open(names::MAP_MEMBERS, size_of::<Member>())?,
+            names: open(names::MAP_NAMES, size_of::<ServiceName>())?,
         })
     }
 }
@@ -505,42 +505,38 @@ impl Maps {
                 }),
             },
         };
-        let result = (|| {
-            let run =
-                |map: &'static str, handle: &BatchMap, r: Result<(), (usize, std::io::Error)>| {
-                    r.map_err(|(_, e)| full_or(map, self.capacity(map), e))
-                        .map(|()| handle.value_stride())
-                };
-            run(
+        // Names, members and slot tables first; the service values, which make each
+        // frontend live, last.
+        let result = [
+            (
                 names::MAP_NAMES,
-                &batch.names,
                 batch
                     .names
                     .update(&service_keys, bytemuck::cast_slice(&name_values)),
-            )?;
-            run(
+            ),
+            (
                 names::MAP_MEMBERS,
-                &batch.members,
                 batch
                     .members
                     .update(&member_keys, bytemuck::cast_slice(&member_values)),
-            )?;
-            run(
+            ),
+            (
                 names::MAP_SLOTS,
-                &batch.slots,
                 batch
                     .slots
                     .update(&slot_keys, bytemuck::cast_slice(&slot_values)),
-            )?;
-            run(
-                names::MAP_SERVICES,
-                &batch.services,
-                batch
-                    .services
-                    .update(&service_keys, bytemuck::cast_slice(&service_values)),
-            )?;
-            Ok::<(), MapsError>(())
-        })();
+            ),
+        ]
+        .into_iter()
+        .try_for_each(|(map, r)| r.map_err(|(_, e)| full_or(map, self.capacity(map), e)))
+        .and_then(|()| {
+            batch
+                .services
+                .update(&service_keys, bytemuck::cast_slice(&service_values))
+                .map_err(|(_, e)| {
+                    full_or(names::MAP_SERVICES, self.capacity(names::MAP_SERVICES), e)
+                })
+        });
         if let Err(error) = result {
             // Services first, so no connect ever sees a frontend whose table is going away.
             for k in &service_keys {

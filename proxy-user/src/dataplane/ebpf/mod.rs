@@ -6,12 +6,12 @@ pub mod loader;
 pub mod maps;
 pub mod slots;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tracing::{info, warn};
 
 use self::{
-    loader::{Attachments, Capacities, LoadError, Loaded},
+    loader::{Capacities, LoadError, Loaded},
     maps::{BatchMaps, Maps},
 };
 use proxy_common::names;
@@ -29,10 +29,8 @@ pub struct EbpfDataplane {
     /// Slots in the active tables and member entries, kept up to date by every write.
     slots_in_use: u64,
     members_in_use: u64,
-    pub pin_dir: PathBuf,
     /// Programs loaded but not yet attached: see [`Dataplane::activate`].
     pending: Option<Loaded>,
-    pub attachments: Attachments,
 }
 
 impl EbpfDataplane {
@@ -57,9 +55,7 @@ impl EbpfDataplane {
             installed,
             slots_in_use,
             members_in_use,
-            pin_dir: pin_dir.to_owned(),
             pending: Some(loaded),
-            attachments: Vec::new(),
         })
     }
 }
@@ -110,7 +106,8 @@ impl Dataplane for EbpfDataplane {
 
     fn activate(&mut self) -> Result<(), String> {
         if let Some(loaded) = self.pending.take() {
-            self.attachments = loaded
+            // Each program's outcome is logged as it is attached.
+            loaded
                 .activate()
                 .map_err(|e| crate::logging::error_chain(&e))?;
         }

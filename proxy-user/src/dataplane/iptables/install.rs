@@ -8,8 +8,6 @@ use std::{
     process::{Command, Stdio},
 };
 
-use tracing::debug;
-
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("{command} could not be run: {error} (is iptables installed?)")]
@@ -151,40 +149,7 @@ impl Iptables {
             .collect())
     }
 
-    /// Loads `tables` (each `*table ... COMMIT`), deleting chains of ours that the new text
-    /// no longer declares.
-    pub fn restore(&self, nat: &str, filter: &str) -> Result<(), InstallError> {
-        let mut input = String::new();
-        for (table, text) in [("filter", filter), ("nat", nat)] {
-            let declared: BTreeSet<&str> = text
-                .lines()
-                .filter_map(|l| l.strip_prefix(':'))
-                .filter_map(|l| l.split_whitespace().next())
-                .collect();
-            let stale: Vec<String> = self
-                .our_chains(table)?
-                .into_iter()
-                .filter(|c| !declared.contains(c.as_str()))
-                .collect();
-            let body = text.trim_end().strip_suffix("COMMIT").unwrap_or(text);
-            input.push_str(body);
-            if table == "nat" {
-                input.push_str(&format!(":{OWNER_MARKER} - [0:0]\n"));
-            }
-            // A stale chain is emptied (declared) first, then deleted.
-            for chain in &stale {
-                input.push_str(&format!(":{chain} - [0:0]\n"));
-            }
-            for chain in &stale {
-                input.push_str(&format!("-X {chain}\n"));
-            }
-            input.push_str("COMMIT\n");
-            debug!(table, stale = stale.len(), "restoring");
-        }
-        self.run(&self.restore, &["--noflush"], Some(&input))?;
-        self.ensure_jumps()
-    }
-
+    /// Adds kube-proxy's jumps from the built-in chains into ours, once.
     fn ensure_jumps(&self) -> Result<(), InstallError> {
         for (table, chain, comment, target) in JUMPS {
             let rule = ["-m", "comment", "--comment", comment, "-j", target];
