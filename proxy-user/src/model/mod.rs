@@ -12,8 +12,6 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
 use serde::Serialize;
 
-use crate::source::{ObjectRef, ObjectSet};
-
 pub use node::NodeContext;
 pub use service::translate_service;
 
@@ -157,27 +155,6 @@ pub struct ServiceFrontends {
     /// Problems that did not stop the Service from being served (a malformed weights
     /// annotation, one unsupported port among several).
     pub warnings: Vec<Rejection>,
-}
-
-/// What the objects translate to, per Service. A Service that cannot be used at all is an
-/// `Err`; ignored Services (headless, ExternalName, another proxy's) are absent.
-pub type Translation = BTreeMap<ObjectRef, Result<ServiceFrontends, Rejection>>;
-
-pub fn translate(objects: &ObjectSet, node: &NodeContext) -> Translation {
-    let mut out = Translation::new();
-    for (key, service) in &objects.services {
-        let slices: Vec<input::SliceInput> = objects
-            .slices_of(key)
-            .map(input::SliceInput::from)
-            .collect();
-        let slices: Vec<&input::SliceInput> = slices.iter().collect();
-        if let Some(result) =
-            translate_service(key, &input::ServiceInput::from(service), &slices, node)
-        {
-            out.insert(key.clone(), result);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

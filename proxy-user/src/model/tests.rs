@@ -1,9 +1,30 @@
 //! Translation of Services and EndpointSlices, from YAML as a user would write it.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use super::*;
-use crate::source::manifest::{Parsed, parse_documents};
+use crate::source::{
+    ObjectRef, ObjectSet,
+    manifest::{Parsed, parse_documents},
+    store::ObjectStore,
+};
+
+/// Translates every Service the way the syncer does: through the store, whose index finds
+/// each Service's slices.
+fn translate(
+    objects: &ObjectSet,
+    node: &NodeContext,
+) -> BTreeMap<ObjectRef, Result<ServiceFrontends, Rejection>> {
+    let mut store = ObjectStore::new(node.name.clone());
+    store.replace_all(objects.clone());
+    store
+        .service_keys()
+        .filter_map(|key| {
+            let service = store.service(key)?;
+            translate_service(key, service, &store.slices(key), node).map(|r| (key.clone(), r))
+        })
+        .collect()
+}
 
 fn objects(yaml: &str) -> ObjectSet {
     crate::source::manifest::object_set(yaml)

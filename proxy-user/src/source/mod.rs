@@ -43,25 +43,4 @@ pub struct ObjectSet {
     pub nodes: BTreeMap<String, Node>,
 }
 
-impl ObjectSet {
-    /// The EndpointSlices of one Service (label `kubernetes.io/service-name`).
-    pub fn slices_of<'a>(
-        &'a self,
-        service: &'a ObjectRef,
-    ) -> impl Iterator<Item = &'a EndpointSlice> {
-        self.endpoint_slices
-            .iter()
-            .filter(move |(key, slice)| {
-                key.namespace == service.namespace
-                    && slice
-                        .metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                        .is_some_and(|n| *n == service.name)
-            })
-            .map(|(_, slice)| slice)
-    }
-}
-
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
