@@ -97,34 +97,37 @@ pub fn port_endpoints<'a>(
     by_addr.into_values().collect()
 }
 
-/// Endpoints for cluster-wide traffic.
+/// Endpoints for cluster-wide traffic: the ready ones (narrowed by topology hints when
+/// they apply), else the serving-terminating ones.
 pub fn cluster<'a>(endpoints: &[PortEndpoint<'a>], node: &NodeContext) -> Vec<PortEndpoint<'a>> {
     let zone = node
         .zone
         .as_deref()
         .filter(|_| use_topology(endpoints, node));
-    let ready: Vec<PortEndpoint> = endpoints
-        .iter()
-        .filter(|e| e.ready() && zone.is_none_or(|z| e.hinted_for(z)))
-        .cloned()
-        .collect();
-    if !ready.is_empty() {
-        return ready;
-    }
-    endpoints
-        .iter()
-        .filter(|e| e.serving_terminating())
-        .cloned()
-        .collect()
+    ready_else_terminating(
+        endpoints,
+        |e| zone.is_none_or(|z| e.hinted_for(z)),
+        |_| true,
+    )
 }
 
-/// Endpoints for traffic with a Local policy: on this node only.
+/// Endpoints for traffic with a Local policy: the same rule, on this node only.
 pub fn local<'a>(endpoints: &[PortEndpoint<'a>], node: &NodeContext) -> Vec<PortEndpoint<'a>> {
-    let on_node = |e: &&PortEndpoint| node.is_local(e.endpoint.node_name.as_deref());
+    let on_node = |e: &PortEndpoint| node.is_local(e.endpoint.node_name.as_deref());
+    ready_else_terminating(endpoints, on_node, on_node)
+}
+
+/// kube-proxy's rule for both: the ready endpoints that `ready_filter` keeps; if there are
+/// none, the serving and terminating ones that `fallback_filter` keeps. (Topology hints
+/// narrow only the ready set, locality both.)
+fn ready_else_terminating<'a>(
+    endpoints: &[PortEndpoint<'a>],
+    ready_filter: impl Fn(&PortEndpoint) -> bool,
+    fallback_filter: impl Fn(&PortEndpoint) -> bool,
+) -> Vec<PortEndpoint<'a>> {
     let ready: Vec<PortEndpoint> = endpoints
         .iter()
-        .filter(on_node)
-        .filter(|e| e.ready())
+        .filter(|e| e.ready() && ready_filter(e))
         .cloned()
         .collect();
     if !ready.is_empty() {
@@ -132,8 +135,7 @@ pub fn local<'a>(endpoints: &[PortEndpoint<'a>], node: &NodeContext) -> Vec<Port
     }
     endpoints
         .iter()
-        .filter(on_node)
-        .filter(|e| e.serving_terminating())
+        .filter(|e| e.serving_terminating() && fallback_filter(e))
         .cloned()
         .collect()
 }
