@@ -149,6 +149,14 @@ impl Iptables {
             .collect())
     }
 
+    /// Whether these binaries drive the legacy backend, which uploads the whole table on
+    /// every restore (`iptables --version` ends in `(legacy)`; nf_tables says so too).
+    pub fn is_legacy(&self) -> Result<bool, InstallError> {
+        Ok(self
+            .run(&self.iptables, &["--version"], None)?
+            .contains("(legacy)"))
+    }
+
     /// Adds kube-proxy's jumps from the built-in chains into ours, once.
     fn ensure_jumps(&self) -> Result<(), InstallError> {
         for (table, chain, comment, target) in JUMPS {

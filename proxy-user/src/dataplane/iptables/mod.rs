@@ -45,6 +45,8 @@ pub struct IptablesDataplane {
     rendered: BTreeMap<FrontendAddr, FrontendRules>,
     /// The filter table as last loaded.
     loaded_filter: String,
+    /// The legacy backend (full syncs in one piece) rather than nf_tables (in chunks).
+    legacy: bool,
     full_sync_needed: bool,
 }
 
@@ -53,7 +55,9 @@ impl IptablesDataplane {
     /// first sync.
     pub fn open(iptables: Iptables, options: RenderOptions) -> Result<Self, InstallError> {
         let existing = iptables.our_chains("nat")?;
+        let legacy = iptables.is_legacy()?;
         info!(
+            legacy,
             chains = existing.len(),
             "iptables dataplane ready; the first sync replaces our chains"
         );
@@ -63,6 +67,7 @@ impl IptablesDataplane {
             installed: DesiredState::new(),
             rendered: BTreeMap::new(),
             loaded_filter: String::new(),
+            legacy,
             full_sync_needed: true,
         })
     }
@@ -88,7 +93,7 @@ impl IptablesDataplane {
         ))?;
         let mut current: BTreeSet<&str> = BTreeSet::new();
         // iptables-legacy replaces the whole table on every restore: one piece is cheapest.
-        let chunk = if self.iptables.restore.contains("legacy") {
+        let chunk = if self.legacy {
             rendered.len().max(1)
         } else {
             FULL_SYNC_CHUNK
