@@ -151,10 +151,11 @@ fn switching_modes_removes_the_other_modes_state() {
 
     agent.mode = "iptables";
     agent.start();
-    agent.wait_for("the switch back", Duration::from_secs(5), |_| {
-        nat_rules(&agent).contains("KUBE-SVC-")
+    // The eBPF state goes only once the iptables rules serve: that is the signal.
+    agent.wait_for("the switch back", Duration::from_secs(10), |_| {
+        !agent.bpffs.exists()
     });
-    assert!(!agent.bpffs.exists(), "eBPF programs and maps removed");
+    assert!(nat_rules(&agent).contains("KUBE-SVC-"));
     assert_eq!(
         t.probe(&["--to", &format!("{VIP}:80"), "--count", "20"])
             .answers

@@ -60,6 +60,9 @@ impl Shared {
 /// What the sync loop reports to its observer (metrics, health).
 pub enum LoopEvent<'a> {
     Synced(&'a SyncSummary),
+    /// The first full sync is in and the dataplane serves traffic from it: the moment to
+    /// retire another datapath.
+    Activated,
     /// Nothing to do this tick; the loop is alive.
     Idle,
 }
@@ -77,6 +80,7 @@ pub async fn sync_loop<D: Dataplane + ?Sized>(
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let mut announced = false;
+    let mut activated = false;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -101,11 +105,16 @@ pub async fn sync_loop<D: Dataplane + ?Sized>(
         }
         let summary = syncer.sync(&mut store, &mut *dataplane);
         drop(store);
+        let first = summary.full && !activated;
         if summary.full {
             dataplane.activate()?;
             release_free_memory();
         }
         observe(LoopEvent::Synced(&summary));
+        if first {
+            activated = true;
+            observe(LoopEvent::Activated);
+        }
     }
     info!("stopping; the datapath stays installed");
     Ok(())

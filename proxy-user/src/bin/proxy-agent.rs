@@ -153,9 +153,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             false => None,
         };
         let iptables_options = iptables::render::RenderOptions { cluster_cidr, random_fully: true };
+        let mut ebpf_active = !matches!(args.mode, Mode::Iptables);
         let mut dataplane: Box<dyn Dataplane> = match args.mode {
             Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, capacities)?),
-            Mode::Iptables => Box::new(open_iptables(&args, iptables_options)?),
+            Mode::Iptables => Box::new(open_iptables(iptables_options)?),
             Mode::Auto => match open_ebpf(&args, &cgroup, capacities) {
                 Ok(ebpf) => {
                     info!("--mode auto: the eBPF datapath loads on this kernel; using it");
@@ -166,7 +167,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                         "--mode auto: the eBPF datapath is unavailable ({}); falling back to iptables",
                         logging::error_chain(error.as_ref())
                     );
-                    Box::new(open_iptables(&args, iptables_options)?)
+                    ebpf_active = false;
+                    Box::new(open_iptables(iptables_options)?)
                 }
             },
         };
@@ -202,6 +204,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             |event| match event {
                 agent::LoopEvent::Synced(summary) => metrics.observe_sync(summary),
                 agent::LoopEvent::Idle => metrics.heartbeat(),
+                agent::LoopEvent::Activated => retire_other_datapath(ebpf_active, &args.bpffs),
             },
         )
         .await
@@ -243,7 +246,7 @@ fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
     Ok((ip, bits))
 }
 
-/// The eBPF dataplane; a node switching from iptables mode loses our chains.
+/// The eBPF dataplane: loaded now, attached after the first full sync.
 fn open_ebpf(
     args: &Args,
     cgroup: &anyhow::Result<PathBuf>,
@@ -253,32 +256,39 @@ fn open_ebpf(
     let dataplane = EbpfDataplane::open(&args.bpffs, cgroup, capacities)
         .context("starting the eBPF dataplane")?;
     info!(cgroup = %cgroup.display(), "programs loaded; they attach after the first full sync");
-    match iptables::install::Iptables::default().cleanup() {
-        Ok(removed) if !removed.is_empty() => info!(
-            chains = removed.len(),
-            "switched from iptables mode: its chains were removed"
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::debug!("no iptables state to remove: {e}"),
-    }
     Ok(dataplane)
 }
 
-/// The iptables dataplane; a node switching from eBPF mode loses its programs and maps.
-fn open_iptables(
-    args: &Args,
-    options: iptables::render::RenderOptions,
-) -> anyhow::Result<IptablesDataplane> {
-    let dataplane = IptablesDataplane::open(iptables::install::Iptables::default(), options)
-        .context("starting the iptables dataplane")?;
-    let removed = loader::cleanup(&args.bpffs)
-        .with_context(|| format!("removing eBPF state from {}", args.bpffs.display()))?;
-    if !removed.links.is_empty() || !removed.maps.is_empty() {
-        info!(
-            links = removed.links.len(),
-            maps = removed.maps.len(),
-            "switched from eBPF mode: its programs and maps were removed"
-        );
+/// The iptables dataplane.
+fn open_iptables(options: iptables::render::RenderOptions) -> anyhow::Result<IptablesDataplane> {
+    IptablesDataplane::open(iptables::install::Iptables::default(), options)
+        .context("starting the iptables dataplane")
+}
+
+/// Once the chosen datapath serves traffic, the other one's state goes: a node switched
+/// from one mode to the other is never without a datapath. Our iptables chains are removed
+/// only under their owner marker, never kube-proxy's.
+fn retire_other_datapath(ebpf_active: bool, bpffs: &std::path::Path) {
+    if ebpf_active {
+        match iptables::install::Iptables::default().cleanup() {
+            Ok(removed) if !removed.is_empty() => {
+                info!(
+                    chains = removed.len(),
+                    "switched from iptables mode: its chains were removed"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("no iptables state to remove: {e}"),
+        }
+    } else {
+        match loader::cleanup(bpffs) {
+            Ok(removed) if !removed.links.is_empty() || !removed.maps.is_empty() => info!(
+                links = removed.links.len(),
+                maps = removed.maps.len(),
+                "switched from eBPF mode: its programs and maps were removed"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("eBPF state in {} not removed: {e}", bpffs.display()),
+        }
     }
-    Ok(dataplane)
 }
