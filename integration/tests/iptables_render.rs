@@ -1,11 +1,12 @@
-//! The nat rules the iptables fallback renders are accepted by the kernel, through both
-//! iptables backends (nf_tables and legacy), in a network namespace of the test's own.
+//! The rules the iptables fallback renders (nat and filter tables: ClusterIP, NodePort and
+//! LoadBalancer frontends, Local policy, no endpoints) are accepted by the kernel, through
+//! both iptables backends (nf_tables and legacy), in a network namespace of the test's own.
 
 use std::{io::Write as _, net::Ipv4Addr, process::Stdio};
 
 use integration::{Netns, require_privileges, unique};
 use proxy_user::{
-    dataplane::iptables::render::{RenderOptions, nat_table},
+    dataplane::iptables::render::{RenderOptions, filter_table, nat_table},
     model::{
         BackendAddr, DesiredState, FrontendAddr, FrontendKind, FrontendSpec, Protocol,
         WeightedBackend,
@@ -33,6 +34,7 @@ fn state() -> DesiredState {
                 affinity_timeout_s: 10_800,
                 local_only: false,
                 backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
+                external_local: None,
             },
         ),
         (
@@ -47,6 +49,52 @@ fn state() -> DesiredState {
                 affinity_timeout_s: 0,
                 local_only: false,
                 backends: vec![backend(2, 1), backend(3, 1)],
+                external_local: None,
+            },
+        ),
+        (
+            FrontendAddr {
+                ip: Ipv4Addr::new(198, 18, 0, 100),
+                port: 30080,
+                protocol: Protocol::Tcp,
+            },
+            FrontendSpec {
+                service: "demo/web:http".into(),
+                kind: FrontendKind::NodePort,
+                affinity_timeout_s: 10_800,
+                local_only: false,
+                backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
+                external_local: Some(vec![backend(2, 3)]),
+            },
+        ),
+        (
+            FrontendAddr {
+                ip: Ipv4Addr::new(198, 19, 6, 6),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            FrontendSpec {
+                service: "demo/web:http".into(),
+                kind: FrontendKind::LoadBalancer,
+                affinity_timeout_s: 10_800,
+                local_only: false,
+                backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
+                external_local: Some(vec![backend(2, 3)]),
+            },
+        ),
+        (
+            FrontendAddr {
+                ip: Ipv4Addr::new(198, 19, 0, 99),
+                port: 80,
+                protocol: Protocol::Tcp,
+            },
+            FrontendSpec {
+                service: "demo/empty:http".into(),
+                kind: FrontendKind::ClusterIp,
+                affinity_timeout_s: 0,
+                local_only: false,
+                backends: vec![],
+                external_local: None,
             },
         ),
     ]
@@ -57,13 +105,19 @@ fn state() -> DesiredState {
 fn rendered_rules_load_with_both_iptables_backends() {
     require_privileges!();
     let ns = Netns::new(unique("epxipt"));
-    let rules = nat_table(
-        &state(),
-        &RenderOptions {
-            cluster_cidr: Some((Ipv4Addr::new(198, 18, 0, 0), 16)),
-            random_fully: true,
-        },
-    );
+    let options = RenderOptions {
+        cluster_cidr: Some((Ipv4Addr::new(198, 18, 0, 0), 16)),
+        random_fully: true,
+    };
+    let rules = filter_table(&state(), &options) + &nat_table(&state(), &options);
+    for chain in [
+        "KUBE-EXT-",
+        "KUBE-SVL-",
+        "KUBE-NODEPORTS -m comment",
+        "-j REJECT",
+    ] {
+        assert!(rules.contains(chain), "{chain} rendered:\n{rules}");
+    }
     for restore in ["iptables-nft-restore", "iptables-legacy-restore"] {
         let mut child = ns
             .command(restore, None)

@@ -141,6 +141,7 @@ mod tests {
                     local_only: false,
                     affinity_timeout_s: 0,
                     backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
+                    external_local: None,
                 },
             ),
             (
@@ -155,6 +156,7 @@ mod tests {
                     local_only: false,
                     affinity_timeout_s: 30,
                     backends: vec![],
+                    external_local: None,
                 },
             ),
         ]

@@ -118,8 +118,14 @@ pub struct FrontendSpec {
     /// Only this node's endpoints are used (internalTrafficPolicy Local); when there are
     /// none the traffic is dropped rather than rejected (it still fails at once).
     pub local_only: bool,
-    /// Sorted by address, no duplicates.
+    /// Sorted by address, no duplicates. What sockets on this node reach.
     pub backends: Vec<WeightedBackend>,
+    /// externalTrafficPolicy Local, on a NodePort, ExternalIP or LoadBalancer frontend:
+    /// traffic arriving from outside the node keeps its source address and reaches only
+    /// these endpoints (this node's; none means it is dropped). `None` for the Cluster
+    /// policy, where outside traffic is masqueraded and reaches `backends` like the rest.
+    /// Sockets on the node are never subject to it (kube-proxy's "route LOCAL traffic").
+    pub external_local: Option<Vec<WeightedBackend>>,
 }
 
 impl FrontendSpec {

@@ -91,12 +91,20 @@ pub fn translate_service(
         } else {
             format!("{key}:{}", port.name)
         };
+        let external_local = service
+            .external_traffic_local
+            .then(|| weigh(endpoints::local(&all, node)));
         let frontend = |kind, backends, local_only| FrontendSpec {
             service: name.clone(),
             kind,
             affinity_timeout_s,
             local_only,
             backends,
+            external_local: if kind == FrontendKind::ClusterIp {
+                None
+            } else {
+                external_local.clone()
+            },
         };
 
         let clusterip_backends = if service.internal_traffic_local {

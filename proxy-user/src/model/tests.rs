@@ -423,6 +423,23 @@ fn external_traffic_policy_local_does_not_narrow_socket_traffic() {
             .iter()
             .all(|(_, s)| ips(s) == ["198.18.1.2", "198.18.1.3"] && !s.local_only)
     );
+    // Traffic from outside the node (tc, or PREROUTING in iptables mode) is narrowed.
+    for (addr, spec) in &frontends {
+        let outside: Option<Vec<String>> = spec
+            .external_local
+            .as_ref()
+            .map(|b| b.iter().map(|b| b.addr.ip.to_string()).collect());
+        match spec.kind {
+            FrontendKind::ClusterIp => assert_eq!(outside, None, "{addr}"),
+            _ => assert_eq!(outside, Some(vec!["198.18.1.2".to_string()]), "{addr}"),
+        }
+    }
+    let cluster_policy = frontends_on(&web("  type: NodePort\n", NODES_SLICE), &node(None));
+    assert!(
+        cluster_policy
+            .iter()
+            .all(|(_, s)| s.external_local.is_none())
+    );
 }
 
 #[test]

@@ -151,6 +151,8 @@ impl Maps {
                     local_only,
                     affinity_timeout_s: service.affinity_timeout_s,
                     backends,
+                    // Not in the maps until the tc programs use it.
+                    external_local: None,
                 },
             );
         }

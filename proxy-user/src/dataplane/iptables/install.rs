@@ -37,37 +37,86 @@ impl Default for Iptables {
     }
 }
 
-/// Chains jumped to from the built-in chains, as kube-proxy installs them.
-const JUMPS: &[(&str, &str, &str, &str)] = &[
-    (
-        "nat",
-        "PREROUTING",
-        "kubernetes service portals",
-        "KUBE-SERVICES",
-    ),
-    (
-        "nat",
-        "OUTPUT",
-        "kubernetes service portals",
-        "KUBE-SERVICES",
-    ),
-    (
+/// A jump from a built-in chain into ours, as kube-proxy installs it.
+struct Jump {
+    table: &'static str,
+    from: &'static str,
+    /// Matches before the comment.
+    matches: &'static [&'static str],
+    comment: &'static str,
+    to: &'static str,
+}
+
+impl Jump {
+    const fn new(
+        table: &'static str,
+        from: &'static str,
+        matches: &'static [&'static str],
+        comment: &'static str,
+        to: &'static str,
+    ) -> Self {
+        Self {
+            table,
+            from,
+            matches,
+            comment,
+            to,
+        }
+    }
+
+    /// The rule as `-C`/`-I`/`-D` take it after the chain.
+    fn rule(&self) -> Vec<&'static str> {
+        let mut rule = self.matches.to_vec();
+        rule.extend(["-m", "comment", "--comment", self.comment, "-j", self.to]);
+        rule
+    }
+}
+
+const NEW: &[&str] = &["-m", "conntrack", "--ctstate", "NEW"];
+const PORTALS: &str = "kubernetes service portals";
+const EXTERNAL_PORTALS: &str = "kubernetes externally-visible service portals";
+
+/// kube-proxy's jumps (`iptablesJumpChains`), minus the load balancer firewall, which
+/// needs loadBalancerSourceRanges support.
+const JUMPS: &[Jump] = &[
+    Jump::new("nat", "PREROUTING", &[], PORTALS, "KUBE-SERVICES"),
+    Jump::new("nat", "OUTPUT", &[], PORTALS, "KUBE-SERVICES"),
+    Jump::new(
         "nat",
         "POSTROUTING",
+        &[],
         "kubernetes postrouting rules",
         "KUBE-POSTROUTING",
     ),
-    (
+    Jump::new(
         "filter",
-        "OUTPUT",
-        "kubernetes service portals",
-        "KUBE-SERVICES",
+        "INPUT",
+        NEW,
+        EXTERNAL_PORTALS,
+        "KUBE-EXTERNAL-SERVICES",
     ),
-    (
+    Jump::new(
         "filter",
         "FORWARD",
-        "kubernetes service portals",
-        "KUBE-SERVICES",
+        NEW,
+        EXTERNAL_PORTALS,
+        "KUBE-EXTERNAL-SERVICES",
+    ),
+    Jump::new(
+        "filter",
+        "INPUT",
+        &[],
+        "kubernetes health check service ports",
+        "KUBE-NODEPORTS",
+    ),
+    Jump::new("filter", "FORWARD", NEW, PORTALS, "KUBE-SERVICES"),
+    Jump::new("filter", "OUTPUT", NEW, PORTALS, "KUBE-SERVICES"),
+    Jump::new(
+        "filter",
+        "FORWARD",
+        &[],
+        "kubernetes forwarding rules",
+        "KUBE-FORWARD",
     ),
 ];
 
@@ -80,7 +129,12 @@ pub const OWNER_MARKER: &str = "EBPF-PROXY-OWNED";
 pub fn is_ours(chain: &str) -> bool {
     matches!(
         chain,
-        "KUBE-SERVICES" | "KUBE-NODEPORTS" | "KUBE-POSTROUTING" | "KUBE-MARK-MASQ"
+        "KUBE-SERVICES"
+            | "KUBE-NODEPORTS"
+            | "KUBE-POSTROUTING"
+            | "KUBE-MARK-MASQ"
+            | "KUBE-EXTERNAL-SERVICES"
+            | "KUBE-FORWARD"
     ) || [
         "KUBE-SVC-",
         "KUBE-SEP-",
@@ -159,8 +213,8 @@ impl Iptables {
 
     /// Adds kube-proxy's jumps from the built-in chains into ours, once.
     fn ensure_jumps(&self) -> Result<(), InstallError> {
-        for (table, chain, comment, target) in JUMPS {
-            let rule = ["-m", "comment", "--comment", comment, "-j", target];
+        for jump in JUMPS {
+            let (table, chain, rule) = (jump.table, jump.from, jump.rule());
             let mut check = vec!["-w", "-t", table, "-C", chain];
             check.extend_from_slice(&rule);
             if self.run(&self.iptables, &check, None).is_ok() {
@@ -201,8 +255,8 @@ impl Iptables {
         if !self.installed_by_us()? {
             return Ok(Vec::new());
         }
-        for (table, chain, comment, target) in JUMPS {
-            let rule = ["-m", "comment", "--comment", comment, "-j", target];
+        for jump in JUMPS {
+            let (table, chain, rule) = (jump.table, jump.from, jump.rule());
             let mut delete = vec!["-w", "-t", table, "-D", chain];
             delete.extend_from_slice(&rule);
             while self.run(&self.iptables, &delete, None).is_ok() {}

@@ -2,9 +2,10 @@
 //! names and the same probabilities, so that operators can read them with the tutorials
 //! they know and both modes can be compared.
 //!
-//! This is the rendering half: chain names (`names`), probabilities for weighted
-//! endpoints (`probability`), and the `iptables-restore` text for the nat table
-//! (`render`). Installing it is the dataplane's job.
+//! Chain names (`names`), probabilities for weighted endpoints (`probability`), the
+//! `iptables-restore` text per service port (`render`) and for the filter table
+//! (`filter`), running the iptables binaries (`install`), and the dataplane that keeps
+//! the kernel in step with the desired state with full and partial syncs (here).
 
 pub mod filter;
 pub mod install;
@@ -20,31 +21,54 @@ use std::{
 };
 
 use self::{
-    filter::filter_table,
     install::{InstallError, Iptables, OWNER_MARKER},
-    render::{FIXED_CHAINS, FrontendRules, RenderOptions, fixed_rules, frontend_rules},
+    render::{FIXED_CHAINS, PortKey, PortRules, RenderOptions, fixed_rules, port_rules},
 };
 use super::{ApplyReport, Dataplane};
 use crate::{
-    model::{DesiredState, FrontendAddr},
+    model::{DesiredState, FrontendAddr, FrontendSpec},
     sync::Change,
 };
 
-/// Frontends whose chains one restore of a full sync loads.
+/// Service ports whose chains one restore of a full sync loads.
 const FULL_SYNC_CHUNK: usize = 500;
 
+/// What a loaded service port left in the kernel, as much as later partial syncs need: its
+/// rules in the chains that are rewritten whole (KUBE-SERVICES, KUBE-NODEPORTS, the filter
+/// table) and the names of its own chains (to delete those it no longer has). The chains'
+/// rules are not kept: at 10,000 Services they were most of the agent's memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct LoadedPort {
+    services: Vec<String>,
+    nodeports: Vec<String>,
+    filter: Vec<String>,
+    chains: Vec<String>,
+}
+
+impl From<PortRules> for LoadedPort {
+    fn from(rules: PortRules) -> Self {
+        Self {
+            services: rules.services,
+            nodeports: rules.nodeports,
+            filter: rules.filter,
+            chains: rules.chains.into_iter().map(|(name, _)| name).collect(),
+        }
+    }
+}
+
 /// kube-proxy's iptables mode as a dataplane. The first sync (and any sync after a failed
-/// restore) loads every chain; after that a sync loads KUBE-SERVICES, the fixed chains and
-/// the filter table, plus only the chains of the frontends that changed, as kube-proxy's
-/// partial syncs do. One `iptables-restore --noflush` applies it atomically.
+/// restore) loads every chain; after that a sync loads only the chains of the service
+/// ports that changed, plus KUBE-SERVICES/KUBE-NODEPORTS and the filter table when their
+/// rules changed, as kube-proxy's partial syncs do. One `iptables-restore --noflush`
+/// applies it atomically.
 pub struct IptablesDataplane {
     iptables: Iptables,
     options: RenderOptions,
     installed: DesiredState,
-    /// Each installed frontend's rules, as loaded.
-    rendered: BTreeMap<FrontendAddr, FrontendRules>,
-    /// The filter table as last loaded.
-    loaded_filter: String,
+    /// The frontends of each service port in `installed`.
+    ports: BTreeMap<PortKey, BTreeSet<FrontendAddr>>,
+    /// Each service port as loaded.
+    loaded: BTreeMap<PortKey, LoadedPort>,
     /// The legacy backend (full syncs in one piece) rather than nf_tables (in chunks).
     legacy: bool,
     full_sync_needed: bool,
@@ -65,25 +89,78 @@ impl IptablesDataplane {
             iptables,
             options,
             installed: DesiredState::new(),
-            rendered: BTreeMap::new(),
-            loaded_filter: String::new(),
+            ports: BTreeMap::new(),
+            loaded: BTreeMap::new(),
             legacy,
             full_sync_needed: true,
         })
     }
 
-    /// A full sync in chunks: the per-frontend chains, [`FULL_SYNC_CHUNK`] frontends per
+    /// Sets (or with `None` removes) one frontend, keeping the port index, and notes the
+    /// service ports it touched. Returns what was there.
+    fn set(
+        &mut self,
+        addr: FrontendAddr,
+        spec: Option<FrontendSpec>,
+        touched: &mut BTreeSet<PortKey>,
+    ) -> Option<FrontendSpec> {
+        let key = |spec: &FrontendSpec| (spec.service.clone(), addr.protocol);
+        let old = match spec {
+            Some(spec) => {
+                let new_key = key(&spec);
+                self.ports.entry(new_key.clone()).or_default().insert(addr);
+                touched.insert(new_key);
+                self.installed.insert(addr, spec)
+            }
+            None => self.installed.remove(&addr),
+        };
+        if let Some(old) = &old {
+            let old_key = key(old);
+            let still_there = self
+                .installed
+                .get(&addr)
+                .is_some_and(|now| now.service == old.service);
+            if !still_there {
+                if let Some(members) = self.ports.get_mut(&old_key) {
+                    members.remove(&addr);
+                    if members.is_empty() {
+                        self.ports.remove(&old_key);
+                    }
+                }
+            }
+            touched.insert(old_key);
+        }
+        old
+    }
+
+    /// The rules of one service port as installed now (none once it has no frontend).
+    fn render_port(&self, key: &PortKey) -> PortRules {
+        let frontends: Vec<(&FrontendAddr, &FrontendSpec)> = self
+            .ports
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|addr| self.installed.get_key_value(addr))
+            .collect();
+        if frontends.is_empty() {
+            return PortRules::default();
+        }
+        port_rules(&key.0, key.1, &frontends, &self.options)
+    }
+
+    /// A full sync in chunks: the per-port chains, [`FULL_SYNC_CHUNK`] service ports per
     /// restore (nothing jumps to a new chain yet, so this changes no traffic), then one
     /// restore that rewrites KUBE-SERVICES, the fixed chains and the filter table and
     /// deletes chains of ours that are not rendered any more. iptables-nft takes time
     /// superlinear in the size of one restore (1.7 s for 1,000 Services, 19 s for 3,000
     /// in one piece); chunks keep it closer to linear. iptables-legacy uploads the whole
     /// table for each restore, so there it is done in one piece.
-    fn full_restore(&self, next: &DesiredState) -> Result<(), InstallError> {
+    fn full_restore(&self) -> Result<BTreeMap<PortKey, LoadedPort>, InstallError> {
         let existing = self.iptables.our_chains("nat")?;
-        let rendered: Vec<FrontendRules> = next
-            .iter()
-            .map(|(a, s)| frontend_rules(a, s, &self.options))
+        let rendered: Vec<(&PortKey, PortRules)> = self
+            .ports
+            .keys()
+            .map(|key| (key, self.render_port(key)))
             .collect();
         // The endpoint chains jump to KUBE-MARK-MASQ: make sure it exists (flushed and
         // refilled with its one rule in the same transaction).
@@ -92,7 +169,6 @@ impl IptablesDataplane {
             render::MASQ_MARK
         ))?;
         let mut current: BTreeSet<&str> = BTreeSet::new();
-        // iptables-legacy replaces the whole table on every restore: one piece is cheapest.
         let chunk = if self.legacy {
             rendered.len().max(1)
         } else {
@@ -100,13 +176,13 @@ impl IptablesDataplane {
         };
         for chunk in rendered.chunks(chunk) {
             let mut input = String::from("*nat\n");
-            for (name, _) in chunk.iter().flat_map(|r| &r.chains) {
+            for (name, _) in chunk.iter().flat_map(|(_, r)| &r.chains) {
                 let _ = writeln!(input, ":{name} - [0:0]");
                 current.insert(name);
             }
             for rule in chunk
                 .iter()
-                .flat_map(|r| &r.chains)
+                .flat_map(|(_, r)| &r.chains)
                 .flat_map(|(_, rules)| rules)
             {
                 let _ = writeln!(input, "{rule}");
@@ -114,7 +190,12 @@ impl IptablesDataplane {
             input.push_str("COMMIT\n");
             self.iptables.restore_only(&input)?;
         }
-        let mut input = filter_table(next);
+        let mut input = filter::filter_table(
+            rendered
+                .iter()
+                .flat_map(|(_, r)| &r.filter)
+                .map(String::as_str),
+        );
         input.push_str("*nat\n");
         let stale: Vec<&String> = existing
             .iter()
@@ -129,36 +210,59 @@ impl IptablesDataplane {
             let _ = writeln!(input, ":{chain} - [0:0]");
         }
         input.push_str(&fixed_rules(
-            rendered.iter().filter_map(|r| r.services_rule.as_deref()),
+            rendered
+                .iter()
+                .flat_map(|(_, r)| &r.services)
+                .map(String::as_str),
+            rendered
+                .iter()
+                .flat_map(|(_, r)| &r.nodeports)
+                .map(String::as_str),
             &self.options,
         ));
         for chain in stale {
             let _ = writeln!(input, "-X {chain}");
         }
         input.push_str("COMMIT\n");
-        self.iptables.restore_input(&input)
+        self.iptables.restore_input(&input)?;
+        Ok(rendered
+            .into_iter()
+            .map(|(key, rules)| (key.clone(), rules.into()))
+            .collect())
     }
 
-    /// Restore input for a partial sync: what changed in `touched`, given the state after it.
-    fn partial_input(
-        &self,
-        next: &DesiredState,
-        touched: &BTreeMap<FrontendAddr, FrontendRules>,
-    ) -> String {
-        // The filter table is small, but unchanged it is not reloaded either.
-        let filter = filter_table(next);
-        let mut out = if filter == self.loaded_filter {
-            String::new()
-        } else {
-            filter
+    /// Restore input for a partial sync: the touched service ports' chains, and the
+    /// whole-chain rewrites their changes need.
+    fn partial_input(&self, touched: &BTreeMap<PortKey, PortRules>) -> String {
+        let before = |key: &PortKey| self.loaded.get(key);
+        let changed = |part: fn(&LoadedPort) -> &Vec<String>,
+                       now: fn(&PortRules) -> &Vec<String>| {
+            touched.iter().any(|(key, rules)| {
+                before(key).map_or(&[][..], |l| &part(l)[..]) != &now(rules)[..]
+            })
         };
+        // Rules of a chain that is rewritten whole: the touched ports' new ones, the
+        // others' as loaded, in port order.
+        let merged = |part: fn(&LoadedPort) -> &Vec<String>,
+                      now: fn(&PortRules) -> &Vec<String>| {
+            self.ports
+                .keys()
+                .flat_map(move |key| match touched.get(key) {
+                    Some(rules) => now(rules).iter(),
+                    None => before(key).map_or([].iter(), |l| part(l).iter()),
+                })
+                .map(String::as_str)
+        };
+        let mut out = String::new();
+        if changed(|l| &l.filter, |r| &r.filter) {
+            out.push_str(&filter::filter_table(merged(|l| &l.filter, |r| &r.filter)));
+        }
         out.push_str("*nat\n");
-        // KUBE-SERVICES holds one rule per frontend: rewriting it costs as much as the
+        // KUBE-SERVICES holds a rule per frontend: rewriting it costs as much as the
         // number of Services, so it is rewritten only when a jump rule changed (a frontend
-        // added or removed, an address changed), not for endpoint changes.
-        let rewrite_services = touched.iter().any(|(addr, r)| {
-            self.rendered.get(addr).map(|o| &o.services_rule) != Some(&r.services_rule)
-        });
+        // added or removed, an endpoint set becoming empty), not for endpoint changes.
+        let rewrite_services = changed(|l| &l.services, |r| &r.services)
+            || changed(|l| &l.nodeports, |r| &r.nodeports);
         let mut declared: Vec<&str> = Vec::new();
         if rewrite_services {
             declared.extend(FIXED_CHAINS);
@@ -170,8 +274,8 @@ impl IptablesDataplane {
             .collect();
         let gone: Vec<&str> = touched
             .keys()
-            .filter_map(|addr| self.rendered.get(addr))
-            .flat_map(|r| r.chains.iter().map(|(n, _)| n.as_str()))
+            .filter_map(before)
+            .flat_map(|l| l.chains.iter().map(String::as_str))
             .filter(|c| !new_chains.contains(c))
             .collect();
         declared.extend(new_chains.iter().copied());
@@ -179,19 +283,19 @@ impl IptablesDataplane {
         for chain in declared {
             let _ = writeln!(out, ":{chain} - [0:0]");
         }
-        let services_rules = next.keys().filter_map(|addr| {
-            touched
-                .get(addr)
-                .or_else(|| self.rendered.get(addr))
-                .and_then(|r| r.services_rule.as_deref())
-        });
         if rewrite_services {
-            out.push_str(&fixed_rules(services_rules, &self.options));
+            out.push_str(&fixed_rules(
+                merged(|l| &l.services, |r| &r.services),
+                merged(|l| &l.nodeports, |r| &r.nodeports),
+                &self.options,
+            ));
         }
-        for (_, rules) in touched.values().flat_map(|r| &r.chains) {
-            for rule in rules {
-                let _ = writeln!(out, "{rule}");
-            }
+        for rule in touched
+            .values()
+            .flat_map(|r| &r.chains)
+            .flat_map(|(_, rules)| rules)
+        {
+            let _ = writeln!(out, "{rule}");
         }
         for chain in gone {
             let _ = writeln!(out, "-X {chain}");
@@ -207,52 +311,58 @@ impl Dataplane for IptablesDataplane {
     }
 
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
-        let mut next = self.installed.clone();
-        let mut touched: BTreeMap<FrontendAddr, FrontendRules> = BTreeMap::new();
+        let mut touched = BTreeSet::new();
+        let mut undo: Vec<(FrontendAddr, Option<FrontendSpec>)> = Vec::new();
         let mut report = ApplyReport::default();
         for change in &changes {
             match change {
                 Change::Upsert(addr, spec) => {
-                    next.insert(*addr, spec.clone());
-                    touched.insert(*addr, frontend_rules(addr, spec, &self.options));
+                    let old = self.set(*addr, Some(spec.clone()), &mut touched);
+                    undo.push((*addr, old));
                     report.written += 1;
                 }
                 Change::Remove(addr) => {
-                    if next.remove(addr).is_some() {
-                        touched.insert(*addr, FrontendRules::default());
+                    if let Some(old) = self.set(*addr, None, &mut touched) {
+                        undo.push((*addr, Some(old)));
                         report.removed += 1;
                     }
                 }
             }
         }
         let result = if self.full_sync_needed {
-            self.full_restore(&next)
+            self.full_restore().map(Some)
         } else {
+            let rendered: BTreeMap<PortKey, PortRules> = touched
+                .iter()
+                .map(|key| (key.clone(), self.render_port(key)))
+                .collect();
             self.iptables
-                .restore_input(&self.partial_input(&next, &touched))
-        };
-        match result {
-            Ok(()) => {
-                self.loaded_filter = filter_table(&next);
-                if self.full_sync_needed {
-                    self.rendered = next
-                        .iter()
-                        .map(|(a, s)| (*a, frontend_rules(a, s, &self.options)))
-                        .collect();
-                    self.full_sync_needed = false;
-                } else {
-                    for (addr, rules) in touched {
-                        if next.contains_key(&addr) {
-                            self.rendered.insert(addr, rules);
+                .restore_input(&self.partial_input(&rendered))
+                .map(|()| {
+                    for (key, rules) in rendered {
+                        if self.ports.contains_key(&key) {
+                            self.loaded.insert(key, rules.into());
                         } else {
-                            self.rendered.remove(&addr);
+                            self.loaded.remove(&key);
                         }
                     }
+                    None
+                })
+        };
+        match result {
+            Ok(full) => {
+                if let Some(loaded) = full {
+                    self.loaded = loaded;
+                    self.full_sync_needed = false;
                 }
-                self.installed = next;
             }
             Err(error) => {
-                // Nothing was committed. The next sync loads everything again.
+                // Nothing was committed: put the installed state back. The next sync
+                // loads everything again.
+                let mut ignored = BTreeSet::new();
+                for (addr, old) in undo.into_iter().rev() {
+                    self.set(addr, old, &mut ignored);
+                }
                 self.full_sync_needed = true;
                 let reason = error.to_string();
                 report = ApplyReport::default();

@@ -36,6 +36,7 @@ fn spec(service: &str, affinity: u32, endpoints: &[(&str, u32)]) -> FrontendSpec
                 }
             })
             .collect(),
+        external_local: None,
     }
 }
 
@@ -202,4 +203,227 @@ fn frontends_without_usable_endpoints_get_no_nat_rules() {
     );
     assert!(!text.contains("demo/empty"), "{text}");
     assert!(text.contains("-j MASQUERADE --random-fully"));
+}
+
+/// A frontend of another kind, reached from outside with `external_local` endpoints.
+fn external(
+    kind: FrontendKind,
+    spec: &FrontendSpec,
+    external_local: Option<&[(&str, u32)]>,
+) -> FrontendSpec {
+    FrontendSpec {
+        kind,
+        external_local: external_local.map(|eps| self::spec("", 0, eps).backends),
+        ..spec.clone()
+    }
+}
+
+/// kube-proxy's TestOverallIPTablesRulesWithMultipleServices (proxier_test.go), without
+/// its LoadBalancer with source ranges (ns5/svc5, KUBE-FW) and its health check node
+/// port, which this project does not serve yet. The expected text is kube-proxy's, with
+/// those rules taken out and nothing else changed.
+#[test]
+fn node_ports_external_ips_and_load_balancers_as_kube_proxy_writes_them() {
+    let svc1 = spec("ns1/svc1:p80", 0, &[("10.180.0.1:80", 1)]);
+    let svc2 = spec("ns2/svc2:p80", 0, &[("10.180.0.2:80", 1)]);
+    let svc3 = spec("ns3/svc3:p80", 0, &[("10.180.0.3:80", 1)]);
+    let svc4 = spec(
+        "ns4/svc4:p80",
+        0,
+        &[("10.180.0.4:80", 1), ("10.180.0.5:80", 1)],
+    );
+    let svc6 = spec("ns6/svc6:p80", 0, &[]);
+    // The only endpoint of svc2 is on another node: no local endpoints.
+    let local2: &[(&str, u32)] = &[];
+    let state: DesiredState = [
+        (frontend("172.30.0.41", 80), svc1),
+        (frontend("172.30.0.42", 80), svc2.clone()),
+        (
+            frontend("192.168.99.22", 80),
+            external(FrontendKind::ExternalIp, &svc2, Some(local2)),
+        ),
+        (
+            frontend("1.2.3.4", 80),
+            external(FrontendKind::LoadBalancer, &svc2, Some(local2)),
+        ),
+        (
+            frontend("192.168.0.2", 3001),
+            external(FrontendKind::NodePort, &svc2, Some(local2)),
+        ),
+        (frontend("172.30.0.43", 80), svc3.clone()),
+        (
+            frontend("192.168.0.2", 3003),
+            external(FrontendKind::NodePort, &svc3, None),
+        ),
+        (frontend("172.30.0.44", 80), svc4.clone()),
+        (
+            frontend("192.168.99.33", 80),
+            external(FrontendKind::ExternalIp, &svc4, None),
+        ),
+        (frontend("172.30.0.46", 80), svc6),
+    ]
+    .into();
+    let expected_filter = r#"
+*filter
+:KUBE-NODEPORTS - [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-FORWARD - [0:0]
+-A KUBE-SERVICES -m comment --comment "ns6/svc6:p80 has no endpoints" -m tcp -p tcp -d 172.30.0.46 --dport 80 -j REJECT
+-A KUBE-EXTERNAL-SERVICES -m comment --comment "ns2/svc2:p80 has no local endpoints" -m tcp -p tcp -d 192.168.99.22 --dport 80 -j DROP
+-A KUBE-EXTERNAL-SERVICES -m comment --comment "ns2/svc2:p80 has no local endpoints" -m tcp -p tcp -d 1.2.3.4 --dport 80 -j DROP
+-A KUBE-EXTERNAL-SERVICES -m comment --comment "ns2/svc2:p80 has no local endpoints" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 3001 -j DROP
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+"#;
+    let expected_nat = r#"
+*nat
+:KUBE-NODEPORTS - [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-EXT-4SW47YFZTEDKD3PK - [0:0]
+:KUBE-EXT-GNZBNJ2PO5MGZ6GT - [0:0]
+:KUBE-EXT-X27LE4BHSL4DOUIK - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SEP-C6EBXVWJJZMIWKLZ - [0:0]
+:KUBE-SEP-OYPFS5VJICHGATKP - [0:0]
+:KUBE-SEP-RS4RBKLTHTF2IUXJ - [0:0]
+:KUBE-SEP-SXIVWICOYRO3J4NJ - [0:0]
+:KUBE-SEP-UKSFD7AGPMPPLUHC - [0:0]
+:KUBE-SVC-4SW47YFZTEDKD3PK - [0:0]
+:KUBE-SVC-GNZBNJ2PO5MGZ6GT - [0:0]
+:KUBE-SVC-X27LE4BHSL4DOUIK - [0:0]
+:KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]
+-A KUBE-NODEPORTS -m comment --comment ns2/svc2:p80 -m tcp -p tcp --dport 3001 -j KUBE-EXT-GNZBNJ2PO5MGZ6GT
+-A KUBE-NODEPORTS -m comment --comment ns3/svc3:p80 -m tcp -p tcp --dport 3003 -j KUBE-EXT-X27LE4BHSL4DOUIK
+-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j KUBE-SVC-XPGD46QRK7WJZT7O
+-A KUBE-SERVICES -m comment --comment "ns2/svc2:p80 cluster IP" -m tcp -p tcp -d 172.30.0.42 --dport 80 -j KUBE-SVC-GNZBNJ2PO5MGZ6GT
+-A KUBE-SERVICES -m comment --comment "ns2/svc2:p80 external IP" -m tcp -p tcp -d 192.168.99.22 --dport 80 -j KUBE-EXT-GNZBNJ2PO5MGZ6GT
+-A KUBE-SERVICES -m comment --comment "ns2/svc2:p80 loadbalancer IP" -m tcp -p tcp -d 1.2.3.4 --dport 80 -j KUBE-EXT-GNZBNJ2PO5MGZ6GT
+-A KUBE-SERVICES -m comment --comment "ns3/svc3:p80 cluster IP" -m tcp -p tcp -d 172.30.0.43 --dport 80 -j KUBE-SVC-X27LE4BHSL4DOUIK
+-A KUBE-SERVICES -m comment --comment "ns4/svc4:p80 cluster IP" -m tcp -p tcp -d 172.30.0.44 --dport 80 -j KUBE-SVC-4SW47YFZTEDKD3PK
+-A KUBE-SERVICES -m comment --comment "ns4/svc4:p80 external IP" -m tcp -p tcp -d 192.168.99.33 --dport 80 -j KUBE-EXT-4SW47YFZTEDKD3PK
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
+-A KUBE-EXT-4SW47YFZTEDKD3PK -m comment --comment "masquerade traffic for ns4/svc4:p80 external destinations" -j KUBE-MARK-MASQ
+-A KUBE-EXT-4SW47YFZTEDKD3PK -j KUBE-SVC-4SW47YFZTEDKD3PK
+-A KUBE-EXT-GNZBNJ2PO5MGZ6GT -m comment --comment "pod traffic for ns2/svc2:p80 external destinations" -s 10.0.0.0/8 -j KUBE-SVC-GNZBNJ2PO5MGZ6GT
+-A KUBE-EXT-GNZBNJ2PO5MGZ6GT -m comment --comment "masquerade LOCAL traffic for ns2/svc2:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ
+-A KUBE-EXT-GNZBNJ2PO5MGZ6GT -m comment --comment "route LOCAL traffic for ns2/svc2:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-SVC-GNZBNJ2PO5MGZ6GT
+-A KUBE-EXT-X27LE4BHSL4DOUIK -m comment --comment "masquerade traffic for ns3/svc3:p80 external destinations" -j KUBE-MARK-MASQ
+-A KUBE-EXT-X27LE4BHSL4DOUIK -j KUBE-SVC-X27LE4BHSL4DOUIK
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE
+-A KUBE-SEP-C6EBXVWJJZMIWKLZ -m comment --comment ns4/svc4:p80 -s 10.180.0.5 -j KUBE-MARK-MASQ
+-A KUBE-SEP-C6EBXVWJJZMIWKLZ -m comment --comment ns4/svc4:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.0.5:80
+-A KUBE-SEP-OYPFS5VJICHGATKP -m comment --comment ns3/svc3:p80 -s 10.180.0.3 -j KUBE-MARK-MASQ
+-A KUBE-SEP-OYPFS5VJICHGATKP -m comment --comment ns3/svc3:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.0.3:80
+-A KUBE-SEP-RS4RBKLTHTF2IUXJ -m comment --comment ns2/svc2:p80 -s 10.180.0.2 -j KUBE-MARK-MASQ
+-A KUBE-SEP-RS4RBKLTHTF2IUXJ -m comment --comment ns2/svc2:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.0.2:80
+-A KUBE-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 -s 10.180.0.1 -j KUBE-MARK-MASQ
+-A KUBE-SEP-SXIVWICOYRO3J4NJ -m comment --comment ns1/svc1:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.0.1:80
+-A KUBE-SEP-UKSFD7AGPMPPLUHC -m comment --comment ns4/svc4:p80 -s 10.180.0.4 -j KUBE-MARK-MASQ
+-A KUBE-SEP-UKSFD7AGPMPPLUHC -m comment --comment ns4/svc4:p80 -m tcp -p tcp -j DNAT --to-destination 10.180.0.4:80
+-A KUBE-SVC-4SW47YFZTEDKD3PK -m comment --comment "ns4/svc4:p80 cluster IP" -m tcp -p tcp -d 172.30.0.44 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+-A KUBE-SVC-4SW47YFZTEDKD3PK -m comment --comment "ns4/svc4:p80 -> 10.180.0.4:80" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-UKSFD7AGPMPPLUHC
+-A KUBE-SVC-4SW47YFZTEDKD3PK -m comment --comment "ns4/svc4:p80 -> 10.180.0.5:80" -j KUBE-SEP-C6EBXVWJJZMIWKLZ
+-A KUBE-SVC-GNZBNJ2PO5MGZ6GT -m comment --comment "ns2/svc2:p80 cluster IP" -m tcp -p tcp -d 172.30.0.42 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+-A KUBE-SVC-GNZBNJ2PO5MGZ6GT -m comment --comment "ns2/svc2:p80 -> 10.180.0.2:80" -j KUBE-SEP-RS4RBKLTHTF2IUXJ
+-A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 cluster IP" -m tcp -p tcp -d 172.30.0.43 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+-A KUBE-SVC-X27LE4BHSL4DOUIK -m comment --comment "ns3/svc3:p80 -> 10.180.0.3:80" -j KUBE-SEP-OYPFS5VJICHGATKP
+-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ
+-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> 10.180.0.1:80" -j KUBE-SEP-SXIVWICOYRO3J4NJ
+COMMIT
+"#;
+    assert_eq!(
+        by_chain(&filter_table(&state, &options())),
+        by_chain(expected_filter)
+    );
+    assert_eq!(
+        by_chain(&nat_table(&state, &options())),
+        by_chain(expected_nat)
+    );
+}
+
+/// Local policies: KUBE-SVL holds this node's endpoints. internalTrafficPolicy Local
+/// sends the ClusterIP there; externalTrafficPolicy Local sends outside traffic there
+/// while pods and the node itself still reach every endpoint through KUBE-SVC.
+#[test]
+fn local_policies_use_the_svl_chain() {
+    let cluster = [("10.180.0.1:80", 1), ("10.180.0.2:80", 1)];
+    let local = [("10.180.0.2:80", 1)];
+    let mut internal = spec("ns1/svc1:p80", 0, &local);
+    internal.local_only = true;
+    let node_port = external(
+        FrontendKind::NodePort,
+        &spec("ns1/svc1:p80", 0, &cluster),
+        Some(&local),
+    );
+    let state: DesiredState = [
+        (frontend("172.30.0.41", 80), internal),
+        (frontend("192.168.0.2", 3001), node_port),
+    ]
+    .into();
+    let (declared, rules) = by_chain(&nat_table(&state, &options()));
+    let svl = local_service_chain("ns1/svc1:p80", Protocol::Tcp);
+    let svc = service_chain("ns1/svc1:p80", Protocol::Tcp);
+    let ext = external_chain("ns1/svc1:p80", Protocol::Tcp);
+    assert!(
+        rules["KUBE-SERVICES"][0].ends_with(&format!("--dport 80 -j {svl}")),
+        "the ClusterIP goes to the local chain: {:?}",
+        rules["KUBE-SERVICES"]
+    );
+    assert_eq!(
+        rules[&svl],
+        [
+            format!(
+                r#"-A {svl} -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d 172.30.0.41 --dport 80 ! -s 10.0.0.0/8 -j KUBE-MARK-MASQ"#
+            ),
+            format!(
+                r#"-A {svl} -m comment --comment "ns1/svc1:p80 -> 10.180.0.2:80" -j KUBE-SEP-{}"#,
+                &endpoint_chain(
+                    "ns1/svc1:p80",
+                    Protocol::Tcp,
+                    &BackendAddr {
+                        ip: Ipv4Addr::new(10, 180, 0, 2),
+                        port: 80
+                    }
+                )[9..]
+            ),
+        ]
+    );
+    assert_eq!(rules[&svc].len(), 2, "both endpoints: {:?}", rules[&svc]);
+    assert_eq!(rules[&ext].last(), Some(&format!("-A {ext} -j {svl}")));
+    assert_eq!(
+        declared
+            .iter()
+            .filter(|c| c.starts_with("KUBE-SEP-"))
+            .count(),
+        2
+    );
+    assert!(
+        filter_table(&state, &options()).lines().count() == 9,
+        "no REJECT or DROP: both chains have endpoints"
+    );
+
+    // No local endpoint: the ClusterIP is dropped in the filter table, the NodePort keeps
+    // serving node and pod traffic through KUBE-EXT -> KUBE-SVC and drops the rest.
+    let mut state = state;
+    for spec in state.values_mut() {
+        if spec.kind == FrontendKind::ClusterIp {
+            spec.backends.clear();
+        } else {
+            spec.external_local = Some(Vec::new());
+        }
+    }
+    let filter = filter_table(&state, &options());
+    assert!(filter.contains(r#"-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 has no local endpoints" -m tcp -p tcp -d 172.30.0.41 --dport 80 -j DROP"#), "{filter}");
+    assert!(filter.contains(r#"-A KUBE-EXTERNAL-SERVICES -m comment --comment "ns1/svc1:p80 has no local endpoints" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 3001 -j DROP"#), "{filter}");
+    let (declared, rules) = by_chain(&nat_table(&state, &options()));
+    assert!(!declared.contains(&svl), "{declared:?}");
+    assert!(!rules[&ext].iter().any(|r| r.ends_with(&svl)));
+    assert!(rules["KUBE-NODEPORTS"][0].ends_with(&format!("-j {ext}")));
 }
