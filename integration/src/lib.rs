@@ -418,6 +418,10 @@ impl Agent {
         self.child = Some(ChildGuard(child));
     }
 
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.work.join("agent.log")
     }
@@ -448,8 +452,9 @@ impl Agent {
         fs::remove_file(self.manifests.join(file)).expect("remove manifest");
     }
 
+    /// proxyctl inside the agent's namespace, where its iptables rules (if any) are.
     pub fn proxyctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin_dir().join("proxyctl"))
+        command_in(&self.netns, None, bin_dir().join("proxyctl"))
             .arg("--bpffs")
             .arg(&self.bpffs)
             .args(args)

@@ -7,6 +7,8 @@ pub struct Port<'a> {
     pub port: u16,
     pub target: u16,
     pub protocol: &'a str,
+    /// Set for NodePort and LoadBalancer Services.
+    pub node_port: Option<u16>,
 }
 
 pub const HTTP: Port<'static> = Port {
@@ -14,18 +16,27 @@ pub const HTTP: Port<'static> = Port {
     port: 80,
     target: 8080,
     protocol: "TCP",
+    node_port: None,
 };
 pub const DNS: Port<'static> = Port {
     name: "dns",
     port: 53,
     target: 5353,
     protocol: "UDP",
+    node_port: None,
 };
 
 #[derive(Default)]
 pub struct ServiceOpts<'a> {
     pub affinity_timeout: Option<u32>,
     pub weights: Option<&'a str>,
+    /// `spec.type`; ClusterIP when unset.
+    pub type_: Option<&'a str>,
+    /// More `spec` fields, each line indented by two spaces
+    /// (`  externalIPs: [198.19.5.5]\n`).
+    pub spec_extra: &'a str,
+    /// A `status:` section (`status: {loadBalancer: ...}\n`).
+    pub status: &'a str,
 }
 
 pub fn service(name: &str, cluster_ip: &str, ports: &[Port], opts: &ServiceOpts) -> String {
@@ -36,7 +47,8 @@ pub fn service(name: &str, cluster_ip: &str, ports: &[Port], opts: &ServiceOpts)
     }
     let _ = write!(
         y,
-        "spec:\n  type: ClusterIP\n  clusterIP: {cluster_ip}\n  ports:\n"
+        "spec:\n  type: {}\n  clusterIP: {cluster_ip}\n  ports:\n",
+        opts.type_.unwrap_or("ClusterIP")
     );
     for p in ports {
         let _ = write!(
@@ -44,6 +56,9 @@ pub fn service(name: &str, cluster_ip: &str, ports: &[Port], opts: &ServiceOpts)
             "  - name: {}\n    port: {}\n    targetPort: {}\n    protocol: {}\n",
             p.name, p.port, p.target, p.protocol
         );
+        if let Some(node_port) = p.node_port {
+            let _ = writeln!(y, "    nodePort: {node_port}");
+        }
     }
     if let Some(t) = opts.affinity_timeout {
         let _ = write!(
@@ -51,6 +66,8 @@ pub fn service(name: &str, cluster_ip: &str, ports: &[Port], opts: &ServiceOpts)
             "  sessionAffinity: ClientIP\n  sessionAffinityConfig:\n    clientIP:\n      timeoutSeconds: {t}\n"
         );
     }
+    y.push_str(opts.spec_extra);
+    y.push_str(opts.status);
     y
 }
 
@@ -61,6 +78,8 @@ pub struct Endpoint<'a> {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// `nodeName`, which decides whether the endpoint is local to the agent's node.
+    pub node: Option<&'a str>,
 }
 
 impl<'a> Endpoint<'a> {
@@ -71,6 +90,7 @@ impl<'a> Endpoint<'a> {
             ready: true,
             serving: true,
             terminating: false,
+            node: None,
         }
     }
 }
@@ -98,6 +118,9 @@ pub fn endpoint_slice(
             "- addresses: [\"{}\"]\n  conditions: {{ready: {}, serving: {}, terminating: {}}}\n  targetRef: {{kind: Pod, name: {}, namespace: demo}}\n",
             e.ip, e.ready, e.serving, e.terminating, e.pod
         );
+        if let Some(node) = e.node {
+            let _ = writeln!(y, "  nodeName: {node}");
+        }
     }
     y
 }

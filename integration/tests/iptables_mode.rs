@@ -1,6 +1,6 @@
-//! The agent in iptables mode (kube-proxy's chains) with real sockets: the same outcomes
-//! as the eBPF mode for the same manifests. The agent and its rules live in the test's
-//! client namespace.
+//! The agent in iptables mode: what is particular to it (switching modes, kube-proxy's own
+//! chains left alone, partial syncs, proxyctl reading the chains). The outcomes both modes
+//! share are in `parity.rs`. The agent and its rules live in the test's client namespace.
 
 use std::time::Duration;
 
@@ -26,93 +26,6 @@ fn start(backends: usize, opts: &ServiceOpts) -> (Topology, Agent) {
         agent.log().contains("\"synced\"")
     });
     (t, agent)
-}
-
-fn binomial_bounds(n: usize, p: f64) -> (f64, f64) {
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    (n as f64 * p - 5.3 * sd, n as f64 * p + 5.3 * sd)
-}
-
-#[test]
-fn weights_3_1_0_in_iptables_mode() {
-    require_privileges!();
-    let (t, agent) = start(
-        3,
-        &ServiceOpts {
-            weights: Some("web-0=3,web-1=1,web-2=0"),
-            ..Default::default()
-        },
-    );
-    let n = 4_000;
-    let report = t.probe(&["--to", &format!("{VIP}:80"), "--count", &n.to_string()]);
-    assert!(report.errors.is_empty(), "{report:?}\n{}", agent.log());
-    assert_eq!(report.count("web-2"), 0, "weight 0 gets no rule");
-    let (lo, hi) = binomial_bounds(n, 0.75);
-    let got = report.count("web-0") as f64;
-    assert!(
-        lo <= got && got <= hi,
-        "web-0 got {got} of {n}, expected [{lo:.0}, {hi:.0}]"
-    );
-    assert_eq!(
-        report.peers.keys().collect::<Vec<_>>(),
-        vec![&format!("{VIP}:80")],
-        "getpeername shows the ClusterIP"
-    );
-}
-
-#[test]
-fn no_endpoints_is_rejected_in_iptables_mode() {
-    require_privileges!();
-    let t = Topology::new(1);
-    t.route_service_range();
-    let mut agent = Agent::new(&t);
-    agent.mode = "iptables";
-    agent.write(
-        "web.yaml",
-        &service_with_endpoints("web", VIP, &[HTTP], &ServiceOpts::default(), &[]),
-    );
-    agent.start();
-    agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
-        agent.log().contains("\"synced\"")
-    });
-    let report = t.probe(&[
-        "--to",
-        &format!("{VIP}:80"),
-        "--count",
-        "3",
-        "--timeout-ms",
-        "5000",
-    ]);
-    assert_eq!(
-        report.errors.get("ECONNREFUSED"),
-        Some(&3),
-        "REJECT gives ECONNREFUSED: {report:?}"
-    );
-}
-
-#[test]
-fn udp_and_affinity_in_iptables_mode() {
-    require_privileges!();
-    let (t, _agent) = start(
-        3,
-        &ServiceOpts {
-            affinity_timeout: Some(600),
-            ..Default::default()
-        },
-    );
-    let udp = t.probe(&["--to", "198.19.0.10:53", "--count", "30", "--unconnected"]);
-    assert_eq!(udp.answers.values().sum::<usize>(), 30, "{udp:?}");
-    assert_eq!(
-        udp.reply_sources.keys().collect::<Vec<_>>(),
-        vec!["198.19.0.10:53"],
-        "replies come from the ClusterIP"
-    );
-    let tcp = t.probe(&["--to", &format!("{VIP}:80"), "--count", "50"]);
-    assert_eq!(
-        tcp.answers.len(),
-        1,
-        "ClientIP affinity (recent) holds for 50 connections: {tcp:?}"
-    );
 }
 
 fn nat_rules(agent: &Agent) -> String {
@@ -338,4 +251,106 @@ fn partial_syncs_leave_exactly_the_chains_of_the_final_state() {
         log.lines().filter(|l| l.contains("\"synced\"")).count() >= 2,
         "{log}"
     );
+}
+
+#[test]
+fn proxyctl_explains_the_installed_chains_even_after_the_agent_exits() {
+    require_privileges!();
+    let (t, mut agent) = start(
+        2,
+        &ServiceOpts {
+            weights: Some("web-0=3,web-1=1"),
+            ..Default::default()
+        },
+    );
+    // Traffic, so that the counters have something to count.
+    let report = t.probe(&["--to", &format!("{VIP}:80"), "--count", "8"]);
+    assert_eq!(report.answers.values().sum::<usize>(), 8, "{report:?}");
+    agent.stop();
+
+    let ok = |args: &[&str]| {
+        let out = agent.proxyctl(args);
+        assert!(
+            out.status.success(),
+            "proxyctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let lookup: serde_json::Value =
+        serde_json::from_str(&ok(&["lookup", &format!("{VIP}:80"), "--json"])).expect("json");
+    let svc = proxy_user::dataplane::iptables::names::service_chain(
+        "demo/web:http",
+        proxy_user::model::Protocol::Tcp,
+    );
+    assert_eq!(lookup[0]["service"], "demo/web:http");
+    assert_eq!(lookup[0]["kind"], "ClusterIP");
+    assert_eq!(lookup[0]["chain"], svc.as_str());
+    assert_eq!(lookup[0]["counters"]["translated"], 8, "{lookup}");
+    let shares: Vec<(String, f64)> = lookup[0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap_or("").to_owned(),
+                b["share_percent"].as_f64().unwrap_or(-1.0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shares,
+        [
+            ("198.18.1.2:8080".to_owned(), 75.0),
+            ("198.18.2.2:8080".to_owned(), 25.0)
+        ],
+        "probabilities read back from the kernel's rules"
+    );
+
+    // A UDP frontend by its protocol.
+    let dns = ok(&["lookup", &format!("{VIP}:53/udp")]);
+    assert!(dns.contains("demo/web:dns"), "{dns}");
+    // Not a service: said in words.
+    let none = ok(&["lookup", "198.19.9.9:80"]);
+    assert!(
+        none.contains("no service on this node (iptables mode)"),
+        "{none}"
+    );
+
+    // The chains of one service port, jumps first, with counters.
+    let chains = ok(&["chains", "demo/web:http"]);
+    assert!(
+        chains.starts_with("[nat:8] -A KUBE-SERVICES -d 198.19.0.10/32"),
+        "{chains}"
+    );
+    assert!(chains.contains(&format!(":{svc}\n")), "{chains}");
+    assert!(
+        chains.contains("-j DNAT --to-destination 198.18.1.2:8080")
+            && chains.contains("-j DNAT --to-destination 198.18.2.2:8080"),
+        "{chains}"
+    );
+    let bad = agent.proxyctl(&["chains", "demo/nope"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no chains for service demo/nope"),
+        "{bad:?}"
+    );
+}
+
+#[test]
+fn proxyctl_says_what_is_missing() {
+    require_privileges!();
+    let t = Topology::new(1);
+    let agent = Agent::new(&t);
+    let out = agent.proxyctl(&["services"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nothing is pinned at")
+            && stderr.contains("no ebpf-proxy chains are installed in iptables")
+            && stderr.contains("is proxy-agent running on this node?"),
+        "{stderr}"
+    );
+    let bad = agent.proxyctl(&["lookup", "198.19.0.10"]);
+    assert!(!bad.status.success());
 }

@@ -53,6 +53,10 @@ enum Command {
         /// Also print who answered each attempt, in order.
         #[arg(long)]
         sequence: bool,
+        /// Ask the server which source address it saw (TCP): answers read
+        /// `web-0 saw 198.18.1.1`.
+        #[arg(long)]
+        ask_source: bool,
     },
 }
 
@@ -80,6 +84,7 @@ fn main() {
             timeout_ms,
             interval_ms,
             sequence,
+            ask_source,
         } => {
             let timeout = Duration::from_millis(timeout_ms);
             let mut report = Report::default();
@@ -88,7 +93,7 @@ fn main() {
                 let outcome = if udp || unconnected {
                     udp_exchange(to, unconnected, timeout, &mut report)
                 } else {
-                    tcp_exchange(to, timeout, &mut report)
+                    tcp_exchange(to, timeout, ask_source, &mut report)
                 };
                 let label = match outcome {
                     Ok(name) => {
@@ -113,13 +118,19 @@ fn main() {
     }
 }
 
-fn tcp_exchange(to: SocketAddr, timeout: Duration, report: &mut Report) -> std::io::Result<String> {
+fn tcp_exchange(
+    to: SocketAddr,
+    timeout: Duration,
+    ask_source: bool,
+    report: &mut Report,
+) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&to, timeout)?;
     if let Ok(peer) = stream.peer_addr() {
         *report.peers.entry(peer.to_string()).or_default() += 1;
     }
     stream.set_read_timeout(Some(timeout))?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: probe\r\n\r\n")?;
+    let path = if ask_source { "/source" } else { "/" };
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: probe\r\n\r\n").as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let body = response
@@ -214,7 +225,11 @@ fn answer_http(mut stream: TcpStream, name: &str) {
             Ok(n) => request.extend_from_slice(&buf[..n]),
         }
     }
-    let body = format!("{name}\n");
+    // `GET /source`: also say which client address this connection came from.
+    let body = match stream.peer_addr() {
+        Ok(peer) if request.starts_with(b"GET /source ") => format!("{name} saw {}\n", peer.ip()),
+        _ => format!("{name}\n"),
+    };
     let response = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()

@@ -3,9 +3,17 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use proxy_user::{DEFAULT_BPFFS, ctl};
+use proxy_user::{
+    DEFAULT_BPFFS,
+    ctl::{
+        self, CtlError, Installed,
+        chains::Table,
+        services::{ServiceRow, lookup, parse_frontend, render_table, rows, rows_from_rules},
+    },
+};
 
-/// Reads the maps proxy-agent pinned and explains them. Works whether or not the agent runs.
+/// Reads what proxy-agent installed (the pinned maps in eBPF mode, the KUBE-* chains in
+/// iptables mode) and explains it. Works whether or not the agent runs.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -20,11 +28,30 @@ struct Args {
 enum Command {
     /// Frontends with their backends, weights, shares, affinity and counters.
     ///
-    /// Example: proxyctl services --json | jq '.[] | select(.service == "default/web:http")'
+    /// Example: proxyctl services default/web:http --json
     Services {
+        /// Only this service port (`namespace/name` or `namespace/name:port`).
+        service: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Which service a connection to IP:PORT[/PROTO] reaches, and which backends with what
+    /// probability.
+    ///
+    /// Example: proxyctl lookup 10.96.0.10:53/udp
+    Lookup {
+        /// The destination, `IP:PORT`, `IP:PORT/TCP` or `IP:PORT/UDP` (TCP by default).
+        frontend: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// iptables mode: the chains of one service port, as iptables-save prints them.
+    ///
+    /// Example: proxyctl chains default/web:http
+    Chains {
+        /// `namespace/name` or `namespace/name:port`.
+        service: String,
     },
 }
 
@@ -39,15 +66,85 @@ fn main() -> ExitCode {
     }
 }
 
+fn service_rows(installed: &Installed) -> anyhow::Result<Vec<ServiceRow>> {
+    Ok(match installed {
+        Installed::Ebpf(maps) => rows(maps)?,
+        Installed::Iptables(rules) => rows_from_rules(rules),
+    })
+}
+
+fn print_rows(rows: &[ServiceRow], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+    } else {
+        print!("{}", render_table(rows));
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
-    let maps = ctl::open_maps(&args.bpffs)?;
+    let installed = ctl::open(&args.bpffs)?;
     match args.command {
-        Command::Services { json } => {
-            let rows = ctl::services::rows(&maps)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print!("{}", ctl::services::render_table(&rows));
+        Command::Services { service, json } => {
+            let mut rows = service_rows(&installed)?;
+            if let Some(service) = &service {
+                rows.retain(|r| {
+                    &r.service == service || r.service.starts_with(&format!("{service}:"))
+                });
+            }
+            print_rows(&rows, json)?;
+        }
+        Command::Lookup { frontend, json } => {
+            let (ip, port, protocol) = parse_frontend(&frontend).map_err(CtlError::Usage)?;
+            let rows = lookup(service_rows(&installed)?, ip, port, protocol);
+            if rows.is_empty() && !json {
+                println!(
+                    "{frontend}: no service on this node ({} mode); connections to it are not translated",
+                    installed.mode()
+                );
+                return Ok(());
+            }
+            print_rows(&rows, json)?;
+        }
+        Command::Chains { service } => {
+            let Installed::Iptables(rules) = &installed else {
+                return Err(CtlError::Usage(format!(
+                    "proxy-agent runs in eBPF mode here: there are no chains (see `proxyctl services {service}`)"
+                ))
+                .into());
+            };
+            let chains = rules.service_chains(&service);
+            if chains.is_empty() {
+                return Err(CtlError::Usage(format!(
+                    "no chains for service {service}: is it a service port name (namespace/name or namespace/name:port)?"
+                ))
+                .into());
+            }
+            // The jumps into the service, then each of its chains in the order reached.
+            let mentions = |comment: Option<&str>| {
+                comment.is_some_and(|c| {
+                    c == service
+                        || c.starts_with(&format!("{service} "))
+                        || c.contains(&format!(" {service} "))
+                })
+            };
+            for (table, chain) in [
+                (Table::Nat, "KUBE-SERVICES"),
+                (Table::Nat, "KUBE-NODEPORTS"),
+                (Table::Filter, "KUBE-SERVICES"),
+                (Table::Filter, "KUBE-EXTERNAL-SERVICES"),
+            ] {
+                for rule in rules.rules_in(table, chain) {
+                    if mentions(rule.comment()) {
+                        println!("[{}:{}] {}", table.as_str(), rule.packets(), rule.text);
+                    }
+                }
+            }
+            for chain in chains {
+                println!(":{chain}");
+                for rule in rules.chain_rules(&chain) {
+                    println!("[{}] {}", rule.packets(), rule.text);
+                }
             }
         }
     }

@@ -1,5 +1,8 @@
-//! proxyctl's commands: each reads the pinned maps and renders a table or JSON.
+//! proxyctl's commands. Each reads what the agent installed: the pinned maps in eBPF mode,
+//! the KUBE-* chains (through `iptables-save`) in iptables mode, and renders a table or
+//! JSON.
 
+pub mod chains;
 pub mod services;
 
 use std::{io::ErrorKind, path::Path};
@@ -7,18 +10,67 @@ use std::{io::ErrorKind, path::Path};
 use aya::maps::MapError;
 use proxy_common::names;
 
-use crate::dataplane::ebpf::maps::{Maps, MapsError};
+use crate::dataplane::{
+    ebpf::maps::{Maps, MapsError},
+    iptables::install::{InstallError, Iptables, OWNER_MARKER},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     #[error(
-        "nothing is pinned at {dir}: is proxy-agent running on this node? (pin directory {dir} is empty or missing)"
+        "nothing is pinned at {dir} and no ebpf-proxy chains are installed in iptables: is proxy-agent running on this node? (pin directory {dir} is empty or missing)"
     )]
-    NothingPinned { dir: String },
+    NothingInstalled { dir: String },
     #[error("permission denied opening {dir}: proxyctl needs root or CAP_BPF")]
     NotPermitted { dir: String },
     #[error("reading the maps in {dir}: {source}")]
     Maps { dir: String, source: Box<MapsError> },
+    #[error("reading the iptables rules: {0}")]
+    Iptables(#[from] InstallError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// What the agent installed on this node, in whichever mode it runs.
+pub enum Installed {
+    Ebpf(Box<Maps>),
+    Iptables(Box<chains::InstalledRules>),
+}
+
+impl Installed {
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Installed::Ebpf(_) => "ebpf",
+            Installed::Iptables(_) => "iptables",
+        }
+    }
+}
+
+/// Which mode to read: the pinned maps if there are any, else the chains ebpf-proxy's
+/// iptables mode installed (marked by its owner chain), else an error that says both
+/// places were empty.
+pub fn open(dir: &Path) -> Result<Installed, CtlError> {
+    match open_maps(dir) {
+        Ok(maps) => Ok(Installed::Ebpf(Box::new(maps))),
+        Err(CtlError::NothingInstalled { dir }) => {
+            let iptables = Iptables::default();
+            // Without iptables on the host there is nothing else to read.
+            let Ok(nat) = iptables.save("nat", true) else {
+                return Err(CtlError::NothingInstalled { dir });
+            };
+            if !nat.lines().any(|l| {
+                l.strip_prefix(':')
+                    .is_some_and(|c| c.split_whitespace().next() == Some(OWNER_MARKER))
+            }) {
+                return Err(CtlError::NothingInstalled { dir });
+            }
+            let filter = iptables.save("filter", true)?;
+            Ok(Installed::Iptables(Box::new(
+                chains::InstalledRules::parse(&nat, &filter),
+            )))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Opens the pinned maps, turning the common failures into sentences.
@@ -28,7 +80,7 @@ pub fn open_maps(dir: &Path) -> Result<Maps, CtlError> {
         Err(e) if e.kind() == ErrorKind::PermissionDenied => {
             return Err(CtlError::NotPermitted { dir: shown });
         }
-        Err(_) => return Err(CtlError::NothingPinned { dir: shown }),
+        Err(_) => return Err(CtlError::NothingInstalled { dir: shown }),
         Ok(_) => {}
     }
     Maps::from_pins(dir).map_err(|source| {

@@ -1,5 +1,7 @@
 //! `proxyctl services`: every frontend with its backends, weights, shares, affinity timeout
-//! and counters.
+//! and counters, read from the maps (eBPF mode) or from the installed chains (iptables
+//! mode). `proxyctl lookup` picks the rows of one frontend; `proxyctl chains` prints one
+//! service's chains.
 
 use std::fmt::Write as _;
 
@@ -10,26 +12,43 @@ use crate::{
         convert,
         maps::{Counters, Maps},
     },
-    model::DesiredState,
+    model::{DesiredState, FrontendKind, Protocol},
 };
+
+use super::chains::{InstalledRules, Table};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ServiceRow {
     pub service: String,
+    /// `IP:port`; `*:port` for a NodePort in iptables mode (every local address).
     pub frontend: String,
     pub protocol: &'static str,
+    pub kind: &'static str,
     /// 0 when the Service has no ClientIP affinity.
     pub affinity_timeout_seconds: u32,
+    /// In iptables mode: connections translated (the nat jump's packet counter), packets
+    /// refused or dropped (the filter rule's), affinity matches (the `recent` rules').
     pub counters: Counters,
+    /// iptables mode: the chain the frontend's jump goes to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
     pub backends: Vec<BackendRow>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct BackendRow {
     pub address: String,
-    pub weight: u32,
+    /// `null` in iptables mode, where only probabilities are installed.
+    pub weight: Option<u32>,
     /// Percentage of new connections this backend receives (affinity aside).
     pub share_percent: f64,
+    /// iptables mode: the KUBE-SEP chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+}
+
+fn percent(share: f64) -> f64 {
+    (share * 1000.0).round() / 10.0
 }
 
 pub fn rows(maps: &Maps) -> Result<Vec<ServiceRow>, crate::dataplane::ebpf::maps::MapsError> {
@@ -51,19 +70,22 @@ pub fn rows_from(
                 service: spec.service.clone(),
                 frontend: format!("{}:{}", addr.ip, addr.port),
                 protocol: addr.protocol.as_str(),
+                kind: spec.kind.as_str(),
                 affinity_timeout_seconds: spec.affinity_timeout_s,
                 counters: counters(addr),
+                chain: None,
                 backends: spec
                     .backends
                     .iter()
                     .map(|b| BackendRow {
                         address: b.addr.to_string(),
-                        weight: b.weight,
+                        weight: Some(b.weight),
                         share_percent: if total == 0 {
                             0.0
                         } else {
-                            (f64::from(b.weight) * 1000.0 / total as f64).round() / 10.0
+                            percent(f64::from(b.weight) / total as f64)
                         },
+                        chain: None,
                     })
                     .collect(),
             }
@@ -71,6 +93,89 @@ pub fn rows_from(
         .collect();
     rows.sort_by(|a, b| a.service.cmp(&b.service).then(a.frontend.cmp(&b.frontend)));
     rows
+}
+
+/// The rows of the frontends kube-proxy's chains install, as iptables-save shows them.
+pub fn rows_from_rules(rules: &InstalledRules) -> Vec<ServiceRow> {
+    let mut rows: Vec<ServiceRow> = rules
+        .frontends()
+        .into_iter()
+        .map(|f| {
+            let affinity_hits = f
+                .chain
+                .iter()
+                .flat_map(|chain| rules.rules_in(Table::Nat, chain))
+                .filter(|r| r.has("--rcheck"))
+                .map(|r| r.packets())
+                .sum();
+            ServiceRow {
+                frontend: match f.ip {
+                    Some(ip) => format!("{ip}:{}", f.port),
+                    None => format!("*:{}", f.port),
+                },
+                protocol: f.protocol.as_str(),
+                kind: f.kind.as_str(),
+                affinity_timeout_seconds: f.affinity_timeout_s,
+                counters: Counters {
+                    translated: f.packets,
+                    no_endpoint: f.verdict.map_or(0, |(_, packets)| packets),
+                    affinity_hits,
+                },
+                backends: f
+                    .endpoints
+                    .iter()
+                    .map(|e| BackendRow {
+                        address: e.addr.to_string(),
+                        weight: None,
+                        share_percent: percent(e.share),
+                        chain: Some(e.chain.clone()),
+                    })
+                    .collect(),
+                chain: f.chain,
+                service: f.service,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.service.cmp(&b.service).then(a.frontend.cmp(&b.frontend)));
+    rows
+}
+
+/// A frontend as `proxyctl lookup` takes it: `IP:PORT[/PROTO]`, TCP by default.
+pub fn parse_frontend(text: &str) -> Result<(std::net::Ipv4Addr, u16, Protocol), String> {
+    let (addr, protocol) = match text.rsplit_once('/') {
+        Some((addr, proto)) => match proto.to_ascii_uppercase().as_str() {
+            "TCP" => (addr, Protocol::Tcp),
+            "UDP" => (addr, Protocol::Udp),
+            other => return Err(format!("{text:?}: protocol {other} is not TCP or UDP")),
+        },
+        None => (text, Protocol::Tcp),
+    };
+    let addr: std::net::SocketAddrV4 = addr
+        .parse()
+        .map_err(|_| format!("{text:?} is not IPv4:PORT[/TCP|/UDP]"))?;
+    Ok((*addr.ip(), addr.port(), protocol))
+}
+
+/// The rows a connection to `ip:port/protocol` uses: its frontend, or in iptables mode
+/// the NodePort rule for that port (which applies on every local address).
+pub fn lookup(
+    rows: Vec<ServiceRow>,
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    protocol: Protocol,
+) -> Vec<ServiceRow> {
+    let exact = format!("{ip}:{port}");
+    let any = format!("*:{port}");
+    let (exact_rows, rest): (Vec<ServiceRow>, Vec<ServiceRow>) = rows
+        .into_iter()
+        .filter(|r| r.protocol == protocol.as_str())
+        .partition(|r| r.frontend == exact);
+    if !exact_rows.is_empty() {
+        return exact_rows;
+    }
+    rest.into_iter()
+        .filter(|r| r.frontend == any && r.kind == FrontendKind::NodePort.as_str())
+        .collect()
 }
 
 pub fn render_table(rows: &[ServiceRow]) -> String {
@@ -100,12 +205,17 @@ pub fn render_table(rows: &[ServiceRow]) -> String {
         if row.backends.is_empty() {
             let _ = writeln!(out, "  (no endpoints: connections are refused)");
         }
+        if let Some(chain) = &row.chain {
+            let _ = writeln!(out, "  via {chain}");
+        }
         for b in &row.backends {
-            let _ = writeln!(
-                out,
-                "  -> {:<22} weight {:<5} {:>5.1}%",
-                b.address, b.weight, b.share_percent
+            let weight = b.weight.map_or("-".to_string(), |w| w.to_string());
+            let chain = b.chain.as_deref().unwrap_or("");
+            let line = format!(
+                "  -> {:<22} weight {:<5} {:>5.1}% {chain}",
+                b.address, weight, b.share_percent
             );
+            let _ = writeln!(out, "{}", line.trim_end());
         }
     }
     out
@@ -141,6 +251,7 @@ mod tests {
                     local_only: false,
                     affinity_timeout_s: 0,
                     backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
+                    serving_anywhere: true,
                     external_local: None,
                 },
             ),
@@ -156,6 +267,7 @@ mod tests {
                     local_only: false,
                     affinity_timeout_s: 30,
                     backends: vec![],
+                    serving_anywhere: false,
                     external_local: None,
                 },
             ),

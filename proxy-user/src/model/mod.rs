@@ -120,6 +120,11 @@ pub struct FrontendSpec {
     pub local_only: bool,
     /// Sorted by address, no duplicates. What sockets on this node reach.
     pub backends: Vec<WeightedBackend>,
+    /// Some endpoint anywhere in the cluster takes new connections (ready, or serving and
+    /// terminating, with a non-zero weight). Under a Local policy without a local
+    /// endpoint, kube-proxy drops the traffic if so ("has no local endpoints") and rejects
+    /// it if not ("has no endpoints").
+    pub serving_anywhere: bool,
     /// externalTrafficPolicy Local, on a NodePort, ExternalIP or LoadBalancer frontend:
     /// traffic arriving from outside the node keeps its source address and reaches only
     /// these endpoints (this node's; none means it is dropped). `None` for the Cluster

@@ -100,6 +100,7 @@ pub fn translate_service(
             affinity_timeout_s,
             local_only,
             backends,
+            serving_anywhere: cluster_backends.iter().any(|b| b.weight > 0),
             external_local: if kind == FrontendKind::ClusterIp {
                 None
             } else {

@@ -150,6 +150,7 @@ impl Maps {
                     kind,
                     local_only,
                     affinity_timeout_s: service.affinity_timeout_s,
+                    serving_anywhere: backends.iter().any(|b| b.weight > 0),
                     backends,
                     // Not in the maps until the tc programs use it.
                     external_local: None,

@@ -191,6 +191,15 @@ impl Iptables {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `iptables-save -t TABLE`, with packet counters if asked.
+    pub fn save(&self, table: &str, counters: bool) -> Result<String, InstallError> {
+        let mut args = vec!["-t", table];
+        if counters {
+            args.push("-c");
+        }
+        self.run(&self.save, &args, None)
+    }
+
     /// Chains of ours present in `table` now.
     pub fn our_chains(&self, table: &str) -> Result<BTreeSet<String>, InstallError> {
         let saved = self.run(&self.save, &["-t", table], None)?;
@@ -227,15 +236,37 @@ impl Iptables {
         Ok(())
     }
 
-    /// Loads restore input as given (a partial sync, which knows its stale chains), then
-    /// makes sure the jumps exist.
-    pub fn restore_input(&self, input: &str) -> Result<(), InstallError> {
-        self.restore_only(input)?;
+    /// Creates the chains the built-in chains jump to (those missing; an existing chain is
+    /// left as it is, rules and all) and kube-proxy's jumps into them. Done before the
+    /// rules are loaded: a rule is in effect the moment its restore commits, so its jump
+    /// must already be there.
+    pub fn ensure_base(
+        &self,
+        nat_chains: &[&str],
+        filter_chains: &[&str],
+    ) -> Result<(), InstallError> {
+        let mut input = String::new();
+        for (table, chains) in [("filter", filter_chains), ("nat", nat_chains)] {
+            let existing = self.our_chains(table)?;
+            let missing: Vec<&&str> = chains.iter().filter(|c| !existing.contains(**c)).collect();
+            if missing.is_empty() {
+                continue;
+            }
+            input.push_str(&format!("*{table}\n"));
+            for chain in missing {
+                input.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+            input.push_str("COMMIT\n");
+        }
+        if !input.is_empty() {
+            self.restore(&input)?;
+        }
         self.ensure_jumps()
     }
 
-    /// Loads restore input as given, nothing else.
-    pub fn restore_only(&self, input: &str) -> Result<(), InstallError> {
+    /// Loads restore input with `--noflush`: chains it declares are flushed and refilled,
+    /// others are left alone.
+    pub fn restore(&self, input: &str) -> Result<(), InstallError> {
         self.run(&self.restore, &["--noflush"], Some(input))
             .map(drop)
     }

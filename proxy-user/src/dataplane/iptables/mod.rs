@@ -60,7 +60,9 @@ impl From<PortRules> for LoadedPort {
 /// restore) loads every chain; after that a sync loads only the chains of the service
 /// ports that changed, plus KUBE-SERVICES/KUBE-NODEPORTS and the filter table when their
 /// rules changed, as kube-proxy's partial syncs do. One `iptables-restore --noflush`
-/// applies it atomically.
+/// applies it atomically. The jumps from the built-in chains are checked (and put back)
+/// at full syncs only: `iptables -C` reads the whole table, which at 10,000 Services
+/// would cost more than the partial restore itself.
 pub struct IptablesDataplane {
     iptables: Iptables,
     options: RenderOptions,
@@ -120,12 +122,10 @@ impl IptablesDataplane {
                 .installed
                 .get(&addr)
                 .is_some_and(|now| now.service == old.service);
-            if !still_there {
-                if let Some(members) = self.ports.get_mut(&old_key) {
-                    members.remove(&addr);
-                    if members.is_empty() {
-                        self.ports.remove(&old_key);
-                    }
+            if !still_there && let Some(members) = self.ports.get_mut(&old_key) {
+                members.remove(&addr);
+                if members.is_empty() {
+                    self.ports.remove(&old_key);
                 }
             }
             touched.insert(old_key);
@@ -162,9 +162,15 @@ impl IptablesDataplane {
             .keys()
             .map(|key| (key, self.render_port(key)))
             .collect();
-        // The endpoint chains jump to KUBE-MARK-MASQ: make sure it exists (flushed and
-        // refilled with its one rule in the same transaction).
-        self.iptables.restore_only(&format!(
+        // The jumps from the built-in chains first (into empty chains if there were
+        // none), so that each restore below is in effect as soon as it commits.
+        // The owner marker comes with the first chain created.
+        let mut base: Vec<&str> = FIXED_CHAINS.to_vec();
+        base.push(OWNER_MARKER);
+        self.iptables.ensure_base(&base, &filter::FILTER_CHAINS)?;
+        // The endpoint chains jump to KUBE-MARK-MASQ: make sure it has its rule (flushed
+        // and refilled in the same transaction).
+        self.iptables.restore(&format!(
             "*nat\n:KUBE-MARK-MASQ - [0:0]\n-A KUBE-MARK-MASQ -j MARK --or-mark {}\nCOMMIT\n",
             render::MASQ_MARK
         ))?;
@@ -188,7 +194,7 @@ impl IptablesDataplane {
                 let _ = writeln!(input, "{rule}");
             }
             input.push_str("COMMIT\n");
-            self.iptables.restore_only(&input)?;
+            self.iptables.restore(&input)?;
         }
         let mut input = filter::filter_table(
             rendered
@@ -224,7 +230,7 @@ impl IptablesDataplane {
             let _ = writeln!(input, "-X {chain}");
         }
         input.push_str("COMMIT\n");
-        self.iptables.restore_input(&input)?;
+        self.iptables.restore(&input)?;
         Ok(rendered
             .into_iter()
             .map(|(key, rules)| (key.clone(), rules.into()))
@@ -337,7 +343,7 @@ impl Dataplane for IptablesDataplane {
                 .map(|key| (key.clone(), self.render_port(key)))
                 .collect();
             self.iptables
-                .restore_input(&self.partial_input(&rendered))
+                .restore(&self.partial_input(&rendered))
                 .map(|()| {
                     for (key, rules) in rendered {
                         if self.ports.contains_key(&key) {

@@ -185,7 +185,8 @@ pub fn port_rules(
     let mut out = PortRules::default();
     let eps = Endpoints::of(frontends);
     let reachable = eps.reachable();
-    let has_endpoints = !reachable.is_empty();
+    // kube-proxy's hasEndpoints: any endpoint serves, here or elsewhere.
+    let has_endpoints = !reachable.is_empty() || frontends.iter().any(|(_, s)| s.serving_anywhere);
     let has_internal = if eps.internal_local {
         !eps.local.is_empty()
     } else {

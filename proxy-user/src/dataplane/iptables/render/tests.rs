@@ -19,6 +19,7 @@ fn frontend(ip: &str, port: u16) -> FrontendAddr {
 
 fn spec(service: &str, affinity: u32, endpoints: &[(&str, u32)]) -> FrontendSpec {
     FrontendSpec {
+        serving_anywhere: endpoints.iter().any(|(_, w)| *w > 0),
         service: service.into(),
         kind: FrontendKind::ClusterIp,
         affinity_timeout_s: affinity,
@@ -414,7 +415,9 @@ fn local_policies_use_the_svl_chain() {
     let mut state = state;
     for spec in state.values_mut() {
         if spec.kind == FrontendKind::ClusterIp {
+            // Endpoints elsewhere still serve: a DROP, not a REJECT.
             spec.backends.clear();
+            spec.serving_anywhere = true;
         } else {
             spec.external_local = Some(Vec::new());
         }
