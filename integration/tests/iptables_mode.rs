@@ -354,3 +354,55 @@ fn proxyctl_says_what_is_missing() {
     let bad = agent.proxyctl(&["lookup", "198.19.0.10"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn udp_flows_leave_a_removed_endpoint() {
+    require_privileges!();
+    let t = Topology::new(2);
+    t.route_service_range();
+    let mut agent = Agent::new(&t);
+    agent.mode = "iptables";
+    let eps = t.ready_endpoints();
+    let dns =
+        |endpoints| service_with_endpoints("dns", VIP, &[DNS], &ServiceOpts::default(), endpoints);
+    agent.write("dns.yaml", &dns(&eps[..1]));
+    agent.start();
+    agent.wait_backends("demo/dns:dns", 1);
+
+    // One socket, one source port: conntrack keeps the flow on web-0 while it is used.
+    let client = t
+        .client_command(
+            integration::bin_dir()
+                .join("probe")
+                .to_str()
+                .expect("utf-8 path"),
+        )
+        .args(["connect", "--to", &format!("{VIP}:53"), "--one-socket"])
+        .args([
+            "--count",
+            "60",
+            "--interval-ms",
+            "50",
+            "--timeout-ms",
+            "500",
+            "--sequence",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("probe");
+    std::thread::sleep(Duration::from_millis(800));
+    // web-0 leaves the Service (its pod still runs, as a terminating pod's would).
+    agent.write("dns.yaml", &dns(&eps[1..]));
+    let out = client.wait_with_output().expect("probe output");
+    let report: integration::Report = serde_json::from_slice(&out.stdout).expect("report");
+    let sequence = &report.sequence;
+    assert_eq!(
+        sequence.first().map(String::as_str),
+        Some("web-0"),
+        "{report:?}"
+    );
+    assert!(
+        sequence[sequence.len() - 10..].iter().all(|s| s == "web-1"),
+        "the flow's conntrack entry was deleted, so it moved to web-1: {sequence:?}"
+    );
+}

@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use crate::step;
 
 /// Debian packages: LLVM 22 for bpf-linker (the same major as nightly's LLVM), and the
-/// tools the tests and demo drive (iptables, socat, bpftool, ip, curl).
+/// tools the agent, tests and demo drive (iptables, conntrack, socat, bpftool, ip, curl).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -16,6 +16,7 @@ const PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "iptables",
+    "conntrack",
     "socat",
     "bpftool",
     "curl",

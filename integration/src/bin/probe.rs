@@ -57,6 +57,10 @@ enum Command {
         /// `web-0 saw 198.18.1.1`.
         #[arg(long)]
         ask_source: bool,
+        /// UDP: send every attempt from one unconnected socket (one source port, so one
+        /// conntrack entry for the whole run).
+        #[arg(long)]
+        one_socket: bool,
     },
 }
 
@@ -85,12 +89,26 @@ fn main() {
             interval_ms,
             sequence,
             ask_source,
+            one_socket,
         } => {
             let timeout = Duration::from_millis(timeout_ms);
             let mut report = Report::default();
+            let shared = if one_socket {
+                match UdpSocket::bind("0.0.0.0:0") {
+                    Ok(socket) => Some(socket),
+                    Err(e) => {
+                        eprintln!("probe: binding a UDP socket: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            } else {
+                None
+            };
             for _ in 0..count {
                 report.attempts += 1;
-                let outcome = if udp || unconnected {
+                let outcome = if let Some(socket) = &shared {
+                    udp_on(socket, to, timeout, &mut report)
+                } else if udp || unconnected {
                     udp_exchange(to, unconnected, timeout, &mut report)
                 } else {
                     tcp_exchange(to, timeout, ask_source, &mut report)
@@ -165,6 +183,21 @@ fn udp_exchange(
         socket.send(b"who")?;
         socket.recv_from(&mut buf)?
     };
+    *report.reply_sources.entry(source.to_string()).or_default() += 1;
+    Ok(String::from_utf8_lossy(&buf[..len]).trim().to_owned())
+}
+
+/// One exchange on a shared unconnected socket.
+fn udp_on(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    timeout: Duration,
+    report: &mut Report,
+) -> std::io::Result<String> {
+    socket.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 512];
+    socket.send_to(b"who", to)?;
+    let (len, source) = socket.recv_from(&mut buf)?;
     *report.reply_sources.entry(source.to_string()).or_default() += 1;
     Ok(String::from_utf8_lossy(&buf[..len]).trim().to_owned())
 }

@@ -7,6 +7,7 @@
 //! (`filter`), running the iptables binaries (`install`), and the dataplane that keeps
 //! the kernel in step with the desired state with full and partial syncs (here).
 
+pub mod conntrack;
 pub mod filter;
 pub mod install;
 pub mod names;
@@ -361,6 +362,15 @@ impl Dataplane for IptablesDataplane {
                     self.loaded = loaded;
                     self.full_sync_needed = false;
                 }
+                let mut stale: Vec<conntrack::StaleFlows> = undo
+                    .iter()
+                    .flat_map(|(addr, old)| {
+                        conntrack::stale_flows(addr, old.as_ref(), self.installed.get(addr))
+                    })
+                    .collect();
+                stale.sort();
+                stale.dedup();
+                conntrack::delete(&stale);
             }
             Err(error) => {
                 // Nothing was committed: put the installed state back. The next sync
