@@ -406,3 +406,85 @@ fn udp_flows_leave_a_removed_endpoint() {
         "the flow's conntrack entry was deleted, so it moved to web-1: {sequence:?}"
     );
 }
+
+fn saved(agent: &Agent, save: &str) -> String {
+    integration::run(integration::command_in(&agent.netns, None, save).args(["-t", "nat"]))
+}
+
+#[test]
+fn the_legacy_backend_serves_and_is_found_by_proxyctl_and_cleanup() {
+    require_privileges!();
+    let t = Topology::new(2);
+    t.route_service_range();
+    let mut agent = Agent::new(&t);
+    agent.mode = "iptables";
+    agent.extra_args = vec!["--iptables-backend".into(), "legacy".into()];
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints(
+            "web",
+            VIP,
+            &[HTTP],
+            &ServiceOpts::default(),
+            &t.ready_endpoints(),
+        ),
+    );
+    agent.start();
+    agent.wait_backends("demo/web:http", 2);
+    assert!(
+        agent.log().contains("\"backend\":\"legacy\""),
+        "{}",
+        agent.log()
+    );
+    let report = t.probe(&["--to", &format!("{VIP}:80"), "--count", "30"]);
+    assert_eq!(report.answers.len(), 2, "{report:?}");
+    assert!(saved(&agent, "iptables-legacy-save").contains(":KUBE-SVC-"));
+    assert!(
+        !saved(&agent, "iptables-nft-save").contains("KUBE-"),
+        "nothing written to nf_tables"
+    );
+    agent.stop();
+    integration::run(&mut agent.cleanup_command());
+    assert!(
+        !saved(&agent, "iptables-legacy-save").contains("KUBE-"),
+        "--cleanup finds the legacy chains"
+    );
+}
+
+#[test]
+fn auto_backend_follows_kubelets_hint() {
+    require_privileges!();
+    let t = Topology::new(1);
+    t.route_service_range();
+    // kubelet on a legacy node leaves its hint chain in the legacy mangle table.
+    integration::run(t.client.command("iptables-legacy", None).args([
+        "-t",
+        "mangle",
+        "-N",
+        "KUBE-IPTABLES-HINT",
+    ]));
+    let mut agent = Agent::new(&t);
+    agent.mode = "iptables";
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints(
+            "web",
+            VIP,
+            &[HTTP],
+            &ServiceOpts::default(),
+            &t.ready_endpoints(),
+        ),
+    );
+    agent.start();
+    agent.wait_backends("demo/web:http", 1);
+    assert!(
+        agent.log().contains("\"backend\":\"legacy\"") && agent.log().contains("kubelet's hint"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        t.probe(&["--to", &format!("{VIP}:80"), "--count", "5"])
+            .count("web-0"),
+        5
+    );
+}

@@ -1,7 +1,8 @@
 //! One scenario suite, run in both modes: the eBPF socket programs and the iptables
 //! fallback (kube-proxy's chains) give a client on the node the same outcomes for the same
-//! Services. Each scenario is a function of the mode; `in_both_modes!` makes one test of
-//! it per mode (`ebpf::<scenario>`, `iptables::<scenario>`).
+//! Services. Each scenario is a function of the mode; `in_every_mode!` makes one test of
+//! it per mode and iptables backend (`ebpf::<scenario>`, `iptables::<scenario>` on
+//! nf_tables, `iptables_legacy::<scenario>`).
 //!
 //! Where the modes differ by construction, the scenario asserts the difference, so that
 //! the list in the README stays true:
@@ -28,7 +29,10 @@ const VIP: &str = "198.19.0.10";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     Ebpf,
+    /// iptables mode on the nf_tables backend.
     Iptables,
+    /// iptables mode on the legacy (x_tables) backend.
+    IptablesLegacy,
 }
 
 /// The node: topology, agent in `mode`, and its Node object.
@@ -54,9 +58,18 @@ impl Node {
         let mut agent = Agent::new(&t);
         agent.mode = match mode {
             Mode::Ebpf => "ebpf",
-            Mode::Iptables => "iptables",
+            Mode::Iptables | Mode::IptablesLegacy => "iptables",
         };
-        agent.extra_args = vec!["--node-name".into(), NODE.into()];
+        let backend = match mode {
+            Mode::IptablesLegacy => "legacy",
+            _ => "nft",
+        };
+        agent.extra_args = vec![
+            "--node-name".into(),
+            NODE.into(),
+            "--iptables-backend".into(),
+            backend.into(),
+        ];
         agent.write(
             "node.yaml",
             &format!(
@@ -160,7 +173,7 @@ fn weight_shares(mode: Mode) {
     // The weight-0 endpoint: listed with weight 0 in the maps; no rule at all in iptables.
     let listed = match mode {
         Mode::Ebpf => 3,
-        Mode::Iptables => 2,
+        Mode::Iptables | Mode::IptablesLegacy => 2,
     };
     serve(
         &mut node.agent,
@@ -351,7 +364,7 @@ fn internal_traffic_policy_local(mode: Mode) {
     // the socket program can refuse the connect itself.
     let expected = match mode {
         Mode::Ebpf => "ECONNREFUSED",
-        Mode::Iptables => "ETIMEDOUT",
+        Mode::Iptables | Mode::IptablesLegacy => "ETIMEDOUT",
     };
     assert_eq!(report.errors.get(expected), Some(&2), "{report:?}");
 }
@@ -406,7 +419,7 @@ fn hairpin(mode: Mode) {
     // program connects the pod to itself, with its own address.
     let expected = match mode {
         Mode::Ebpf => "web-0 saw 198.18.1.2",
-        Mode::Iptables => "web-0 saw 198.18.1.1",
+        Mode::Iptables | Mode::IptablesLegacy => "web-0 saw 198.18.1.1",
     };
     assert_eq!(
         report.answers.keys().collect::<Vec<_>>(),
@@ -415,30 +428,26 @@ fn hairpin(mode: Mode) {
     );
 }
 
-macro_rules! in_both_modes {
+macro_rules! in_every_mode {
     ($($scenario:ident),* $(,)?) => {
-        mod ebpf {
+        in_every_mode!(@mode ebpf, Ebpf, $($scenario),*);
+        in_every_mode!(@mode iptables, Iptables, $($scenario),*);
+        in_every_mode!(@mode iptables_legacy, IptablesLegacy, $($scenario),*);
+    };
+    (@mode $module:ident, $mode:ident, $($scenario:ident),*) => {
+        mod $module {
             $(
                 #[test]
                 fn $scenario() {
                     integration::require_privileges!();
-                    super::$scenario(super::Mode::Ebpf);
-                }
-            )*
-        }
-        mod iptables {
-            $(
-                #[test]
-                fn $scenario() {
-                    integration::require_privileges!();
-                    super::$scenario(super::Mode::Iptables);
+                    super::$scenario(super::Mode::$mode);
                 }
             )*
         }
     };
 }
 
-in_both_modes!(
+in_every_mode!(
     backends_reached_and_the_peer_is_the_service,
     weight_shares,
     udp_replies_come_from_the_service_ip,

@@ -40,6 +40,11 @@ struct Args {
     /// Dataplane to program.
     #[arg(long, value_enum, default_value = "auto")]
     mode: Mode,
+    /// iptables mode: the backend to write to. `auto` picks the one the host's rules are
+    /// in (kubelet's hint chains, else the one with more rules), as kube-proxy's image
+    /// does.
+    #[arg(long, value_enum, default_value = "auto")]
+    iptables_backend: iptables::backend::BackendChoice,
     /// Where Services and EndpointSlices come from: `kubernetes` (the API server), or a
     /// directory of manifests (YAML or JSON) watched for changes.
     #[arg(long, value_name = "kubernetes|DIR", default_value = "kubernetes")]
@@ -114,11 +119,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         } else {
             info!(links = ?removed.links, maps = ?removed.maps, "detached and unpinned");
         }
-        // Both modes' state goes, whichever ran last.
-        match iptables::install::Iptables::default().cleanup() {
-            Ok(chains) if chains.is_empty() => info!("no iptables chains installed"),
-            Ok(chains) => info!(?chains, "iptables chains removed"),
-            Err(e) => tracing::warn!("iptables chains not removed: {e}"),
+        // Both modes' state goes, whichever ran last, from either iptables backend.
+        for backend in iptables::backend::available() {
+            let name = backend.name();
+            match backend.binaries().cleanup() {
+                Ok(chains) if chains.is_empty() => {
+                    info!(backend = name, "no iptables chains installed")
+                }
+                Ok(chains) => info!(backend = name, ?chains, "iptables chains removed"),
+                Err(e) => tracing::warn!(backend = name, "iptables chains not removed: {e}"),
+            }
         }
         return Ok(());
     }
@@ -156,7 +166,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut ebpf_active = !matches!(args.mode, Mode::Iptables);
         let mut dataplane: Box<dyn Dataplane> = match args.mode {
             Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, capacities)?),
-            Mode::Iptables => Box::new(open_iptables(iptables_options)?),
+            Mode::Iptables => Box::new(open_iptables(iptables_options, args.iptables_backend)?),
             Mode::Auto => match open_ebpf(&args, &cgroup, capacities) {
                 Ok(ebpf) => {
                     info!("--mode auto: the eBPF datapath loads on this kernel; using it");
@@ -168,7 +178,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                         logging::error_chain(error.as_ref())
                     );
                     ebpf_active = false;
-                    Box::new(open_iptables(iptables_options)?)
+                    Box::new(open_iptables(iptables_options, args.iptables_backend)?)
                 }
             },
         };
@@ -259,10 +269,15 @@ fn open_ebpf(
     Ok(dataplane)
 }
 
-/// The iptables dataplane.
-fn open_iptables(options: iptables::render::RenderOptions) -> anyhow::Result<IptablesDataplane> {
-    IptablesDataplane::open(iptables::install::Iptables::default(), options)
-        .context("starting the iptables dataplane")
+/// The iptables dataplane, on the backend `choice` resolves to.
+fn open_iptables(
+    options: iptables::render::RenderOptions,
+    choice: iptables::backend::BackendChoice,
+) -> anyhow::Result<IptablesDataplane> {
+    let (backend, why) =
+        iptables::backend::resolve(choice).context("choosing the iptables backend")?;
+    info!(backend = backend.name(), reason = %why, "iptables backend chosen");
+    IptablesDataplane::open(backend.binaries(), options).context("starting the iptables dataplane")
 }
 
 /// Once the chosen datapath serves traffic, the other one's state goes: a node switched
@@ -270,15 +285,16 @@ fn open_iptables(options: iptables::render::RenderOptions) -> anyhow::Result<Ipt
 /// only under their owner marker, never kube-proxy's.
 fn retire_other_datapath(ebpf_active: bool, bpffs: &std::path::Path) {
     if ebpf_active {
-        match iptables::install::Iptables::default().cleanup() {
-            Ok(removed) if !removed.is_empty() => {
-                info!(
+        for backend in iptables::backend::available() {
+            match backend.binaries().cleanup() {
+                Ok(removed) if !removed.is_empty() => info!(
+                    backend = backend.name(),
                     chains = removed.len(),
                     "switched from iptables mode: its chains were removed"
-                )
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::debug!("no iptables state to remove: {e}"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!("no iptables state to remove: {e}"),
         }
     } else {
         match loader::cleanup(bpffs) {

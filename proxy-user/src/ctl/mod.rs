@@ -12,7 +12,10 @@ use proxy_common::names;
 
 use crate::dataplane::{
     ebpf::maps::{Maps, MapsError},
-    iptables::install::{InstallError, Iptables, OWNER_MARKER},
+    iptables::{
+        backend::Backend,
+        install::{InstallError, OWNER_MARKER},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,21 +56,24 @@ pub fn open(dir: &Path) -> Result<Installed, CtlError> {
     match open_maps(dir) {
         Ok(maps) => Ok(Installed::Ebpf(Box::new(maps))),
         Err(CtlError::NothingInstalled { dir }) => {
-            let iptables = Iptables::default();
-            // Without iptables on the host there is nothing else to read.
-            let Ok(nat) = iptables.save("nat", true) else {
-                return Err(CtlError::NothingInstalled { dir });
-            };
-            if !nat.lines().any(|l| {
-                l.strip_prefix(':')
-                    .is_some_and(|c| c.split_whitespace().next() == Some(OWNER_MARKER))
-            }) {
-                return Err(CtlError::NothingInstalled { dir });
+            // Our chains, in whichever backend the agent wrote them.
+            for backend in Backend::ALL {
+                let iptables = backend.binaries();
+                let Ok(nat) = iptables.save("nat", true) else {
+                    continue;
+                };
+                let ours = nat.lines().any(|l| {
+                    l.strip_prefix(':')
+                        .is_some_and(|c| c.split_whitespace().next() == Some(OWNER_MARKER))
+                });
+                if ours {
+                    let filter = iptables.save("filter", true)?;
+                    return Ok(Installed::Iptables(Box::new(
+                        chains::InstalledRules::parse(&nat, &filter),
+                    )));
+                }
             }
-            let filter = iptables.save("filter", true)?;
-            Ok(Installed::Iptables(Box::new(
-                chains::InstalledRules::parse(&nat, &filter),
-            )))
+            Err(CtlError::NothingInstalled { dir })
         }
         Err(e) => Err(e),
     }

@@ -7,6 +7,7 @@
 //! (`filter`), running the iptables binaries (`install`), and the dataplane that keeps
 //! the kernel in step with the desired state with full and partial syncs (here).
 
+pub mod backend;
 pub mod conntrack;
 pub mod filter;
 pub mod install;
