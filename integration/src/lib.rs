@@ -524,7 +524,15 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         drop(self.child.take());
-        let _ = self.cleanup_command().output();
+        // Its namespace may be gone already (a Topology dropped first): then there are
+        // no iptables chains left to remove, and panicking here, maybe while unwinding,
+        // would abort the test binary and leak every other test's namespaces.
+        if Path::new("/run/netns").join(&self.netns).exists() {
+            let _ = self.cleanup_command().output();
+        } else {
+            // Unpinning the links detaches the programs; no iptables outside a test netns.
+            let _ = fs::remove_dir_all(&self.bpffs);
+        }
         let _ = fs::remove_dir_all(&self.work);
     }
 }

@@ -235,12 +235,12 @@ fn run(args: &Args, pins: &std::path::Path, cgroup: &Cgroup) -> anyhow::Result<(
         if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) } != 0 {
             anyhow::bail!("setns: {}", std::io::Error::last_os_error());
         }
-        let backend = &args.iptables_backend;
-        let iptables = proxy_user::dataplane::iptables::install::Iptables {
-            iptables: format!("iptables-{backend}"),
-            restore: format!("iptables-{backend}-restore"),
-            save: format!("iptables-{backend}-save"),
-        };
+        use proxy_user::dataplane::iptables::backend::Backend;
+        let iptables = match args.iptables_backend.as_str() {
+            "legacy" => Backend::Legacy,
+            _ => Backend::Nft,
+        }
+        .binaries();
         let mut dataplane = proxy_user::dataplane::iptables::IptablesDataplane::open(
             iptables,
             proxy_user::dataplane::iptables::render::RenderOptions::default(),

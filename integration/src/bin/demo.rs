@@ -116,7 +116,33 @@ fn main() {
         println!("{line}");
     }
 
-    println!("\n-- 7. cleanup");
+    println!("\n-- 7. the same Services in iptables mode (kube-proxy's chains)");
+    agent.stop();
+    // iptables DNATs after routing, so the service range needs a route now.
+    t.route_service_range();
+    agent.mode = "iptables";
+    agent.start();
+    agent.wait_for("the iptables mode", Duration::from_secs(20), |_| {
+        !agent.bpffs.exists()
+    });
+    agent.wait_backends("demo/web:http", 3);
+    println!(
+        "proxy-agent --mode iptables (the eBPF programs and pins are removed once the chains serve)"
+    );
+    let report = t.probe(&["--to", "198.19.0.10:80", "--count", &n.to_string()]);
+    println!("{n} HTTP requests to 198.19.0.10:80: {}", summary(&report));
+    println!("\n$ proxyctl lookup 198.19.0.10:80");
+    print!(
+        "{}",
+        String::from_utf8_lossy(&agent.proxyctl(&["lookup", "198.19.0.10:80"]).stdout)
+    );
+    println!("\n$ proxyctl chains demo/web:http");
+    print!(
+        "{}",
+        String::from_utf8_lossy(&agent.proxyctl(&["chains", "demo/web:http"]).stdout)
+    );
+
+    println!("\n-- 8. cleanup");
     agent.stop();
     drop(agent);
     drop(t);
