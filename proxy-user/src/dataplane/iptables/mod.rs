@@ -393,3 +393,6 @@ impl Dataplane for IptablesDataplane {
         report
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! The dataplane's sync logic against stand-in iptables binaries (shell scripts that log
+//! every restore input and fail on demand): what a partial sync loads, and what happens
+//! after a failed restore. No root needed; the kernel side is covered by the privileged
+//! tests.
+
+use std::{net::Ipv4Addr, os::unix::fs::PermissionsExt as _, path::PathBuf};
+
+use super::*;
+use crate::model::{BackendAddr, FrontendKind, Protocol, WeightedBackend};
+
+/// A directory with fake `iptables`, `iptables-restore` and `iptables-save`.
+struct FakeIptables {
+    dir: PathBuf,
+}
+
+impl FakeIptables {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("epx-fake-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let script = |file: &str, body: &str| {
+            let path = dir.join(file);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        };
+        script(
+            "iptables",
+            r#"[ "$1" = --version ] && echo "iptables v1.8.9 (nf_tables)"; exit 0"#,
+        );
+        script("iptables-save", "exit 0");
+        let log = dir.join("restores");
+        let fail = dir.join("fail");
+        script(
+            "iptables-restore",
+            &format!(
+                "cat >> {log}; echo '--- end of restore' >> {log}; [ -e {fail} ] && {{ echo 'iptables-restore: line 3 failed' >&2; exit 1; }}; exit 0",
+                log = log.display(),
+                fail = fail.display()
+            ),
+        );
+        Self { dir }
+    }
+
+    fn binaries(&self) -> Iptables {
+        let bin = |name: &str| self.dir.join(name).display().to_string();
+        Iptables {
+            iptables: bin("iptables"),
+            restore: bin("iptables-restore"),
+            save: bin("iptables-save"),
+        }
+    }
+
+    /// The restore inputs loaded since the last call.
+    fn take_restores(&self) -> Vec<String> {
+        let log = self.dir.join("restores");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        text.split("--- end of restore\n")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn failing(&self, fail: bool) {
+        let path = self.dir.join("fail");
+        if fail {
+            std::fs::write(path, "").expect("flag");
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for FakeIptables {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn frontend(last: u8) -> FrontendAddr {
+    FrontendAddr {
+        ip: Ipv4Addr::new(198, 19, 0, last),
+        port: 80,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn spec(service: &str, backends: &[u8]) -> FrontendSpec {
+    FrontendSpec {
+        service: service.into(),
+        kind: FrontendKind::ClusterIp,
+        affinity_timeout_s: 0,
+        local_only: false,
+        backends: backends
+            .iter()
+            .map(|last| WeightedBackend {
+                addr: BackendAddr {
+                    ip: Ipv4Addr::new(198, 18, 1, *last),
+                    port: 8080,
+                },
+                weight: 1,
+            })
+            .collect(),
+        serving_anywhere: !backends.is_empty(),
+        external_local: None,
+    }
+}
+
+fn chain(service: &str) -> String {
+    names::service_chain(service, Protocol::Tcp)
+}
+
+fn all_input(restores: &[String]) -> String {
+    restores.concat()
+}
+
+fn declared(input: &str, chain: &str) -> bool {
+    input.lines().any(|l| l == format!(":{chain} - [0:0]"))
+}
+
+#[test]
+fn partial_syncs_load_only_what_changed_and_a_failure_forces_a_full_sync() {
+    let fake = FakeIptables::new("sync");
+    let mut dp = IptablesDataplane::open(fake.binaries(), RenderOptions::default())
+        .expect("open with the fake binaries");
+    let (a, b) = ("demo/a:http", "demo/b:http");
+
+    // First sync: full, both services, and KUBE-SERVICES.
+    let report = dp.apply(vec![
+        Change::Upsert(frontend(1), spec(a, &[2, 3])),
+        Change::Upsert(frontend(2), spec(b, &[2])),
+    ]);
+    assert!(report.failed.is_empty(), "{report:?}");
+    let full = all_input(&fake.take_restores());
+    assert!(declared(&full, &chain(a)) && declared(&full, &chain(b)));
+    assert!(declared(&full, "KUBE-SERVICES") && declared(&full, OWNER_MARKER));
+
+    // An endpoint change of `a`: only a's chains; KUBE-SERVICES and the filter table are
+    // not rewritten, and the SEP chain that went away is deleted.
+    let report = dp.apply(vec![Change::Upsert(frontend(1), spec(a, &[2]))]);
+    assert!(report.failed.is_empty(), "{report:?}");
+    let restores = fake.take_restores();
+    assert_eq!(restores.len(), 1, "one restore per partial sync");
+    let partial = &restores[0];
+    assert!(declared(partial, &chain(a)), "{partial}");
+    assert!(!declared(partial, &chain(b)), "b untouched: {partial}");
+    assert!(!declared(partial, "KUBE-SERVICES"), "{partial}");
+    assert!(!partial.contains("*filter"), "{partial}");
+    let gone = names::endpoint_chain(
+        a,
+        Protocol::Tcp,
+        &BackendAddr {
+            ip: Ipv4Addr::new(198, 18, 1, 3),
+            port: 8080,
+        },
+    );
+    assert!(partial.contains(&format!("-X {gone}")), "{partial}");
+
+    // `b` loses its endpoints: its jump goes and a REJECT appears, so KUBE-SERVICES and
+    // the filter table are rewritten this time.
+    dp.apply(vec![Change::Upsert(frontend(2), spec(b, &[]))]);
+    let partial = all_input(&fake.take_restores());
+    assert!(declared(&partial, "KUBE-SERVICES"), "{partial}");
+    assert!(
+        partial.contains("demo/b:http has no endpoints"),
+        "{partial}"
+    );
+    assert!(partial.contains(&format!("-X {}", chain(b))), "{partial}");
+
+    // A failed restore: nothing is reported installed, the failure names the frontend.
+    fake.failing(true);
+    let report = dp.apply(vec![Change::Upsert(frontend(3), spec("demo/c:http", &[4]))]);
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].2.contains("line 3 failed"), "{report:?}");
+    assert!(!dp.installed().contains_key(&frontend(3)), "undone");
+    assert_eq!(dp.installed().len(), 2);
+    fake.take_restores();
+
+    // The next sync is a full one: every service port is loaded again.
+    fake.failing(false);
+    let report = dp.apply(vec![Change::Upsert(frontend(3), spec("demo/c:http", &[4]))]);
+    assert!(report.failed.is_empty(), "{report:?}");
+    let full = all_input(&fake.take_restores());
+    assert!(declared(&full, &chain(a)), "a loaded again: {full}");
+    assert!(declared(&full, &chain("demo/c:http")), "{full}");
+    assert!(full.contains("demo/b:http has no endpoints"), "{full}");
+    assert_eq!(dp.installed().len(), 3);
+
+    // Back to partial syncs.
+    dp.apply(vec![Change::Remove(frontend(3))]);
+    let partial = all_input(&fake.take_restores());
+    assert!(!declared(&partial, &chain(a)), "{partial}");
+    assert!(
+        partial.contains(&format!("-X {}", chain("demo/c:http"))),
+        "{partial}"
+    );
+}
+
+#[test]
+fn a_frontend_moving_to_another_service_port_rewrites_both() {
+    let fake = FakeIptables::new("move");
+    let mut dp = IptablesDataplane::open(fake.binaries(), RenderOptions::default()).expect("open");
+    dp.apply(vec![Change::Upsert(frontend(1), spec("demo/a:http", &[2]))]);
+    fake.take_restores();
+    // The same address now belongs to another Service (a ClusterIP reused).
+    dp.apply(vec![Change::Upsert(frontend(1), spec("demo/z:http", &[3]))]);
+    let partial = all_input(&fake.take_restores());
+    assert!(
+        partial.contains(&format!("-X {}", chain("demo/a:http"))),
+        "{partial}"
+    );
+    assert!(declared(&partial, &chain("demo/z:http")), "{partial}");
+    assert!(partial.contains("demo/z:http cluster IP"), "{partial}");
+}
