@@ -8,6 +8,7 @@
 //! route to the service range, so a connect the programs do not translate fails with
 //! ENETUNREACH instead of leaving the machine.
 
+pub mod bench_report;
 pub mod manifests;
 
 use std::{
@@ -381,19 +382,30 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(topology: &Topology) -> Self {
-        let work = std::env::temp_dir().join(&topology.id);
+        Self::in_namespace(&topology.id, &topology.client, &topology.cgroup)
+    }
+
+    /// An agent named `id` (its pin directory and work directory) running in `netns` and
+    /// attaching to `cgroup`.
+    pub fn in_namespace(id: &str, netns: &Netns, cgroup: &Cgroup) -> Self {
+        let work = std::env::temp_dir().join(id);
         let manifests = work.join("manifests");
         fs::create_dir_all(&manifests).expect("manifest dir");
         Self {
             child: None,
             extra_args: Vec::new(),
             mode: "ebpf",
-            bpffs: PathBuf::from("/sys/fs/bpf").join(&topology.id),
+            bpffs: PathBuf::from("/sys/fs/bpf").join(id),
             manifests,
-            cgroup: topology.cgroup.path.clone(),
-            netns: topology.client.name.clone(),
+            cgroup: cgroup.path.clone(),
+            netns: netns.name.clone(),
             work,
         }
+    }
+
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.0.id())
     }
 
     pub fn start(&mut self) {

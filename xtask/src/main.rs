@@ -1,4 +1,4 @@
-//! cargo xtask: set up a machine, build, test, run the demo.
+//! cargo xtask: set up a machine, build, test, run the demo and the benchmark.
 //!
 //! `cargo xtask demo` and `cargo xtask test` set up what is missing first, so both work on
 //! a fresh machine.
@@ -40,6 +40,23 @@ enum Cmd {
     /// Set up, build, and show connections to a ClusterIP spread over backends in network
     /// namespaces on this machine; everything is removed afterwards.
     Demo,
+    /// Set up, build in release mode, and measure direct connections, the eBPF mode and
+    /// the iptables mode side by side: target/bench/results.{json,md} and plot.svg.
+    Bench {
+        /// Seconds-long run at 10 and 100 Services (CI): checks that every figure is
+        /// produced, not how fast.
+        #[arg(long)]
+        quick: bool,
+        /// Numbers of Services, e.g. `--scales 10,1000,30000`.
+        #[arg(long)]
+        scales: Option<String>,
+        /// Runs per data path point (median reported).
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Length of one data path run, in ms.
+        #[arg(long)]
+        duration_ms: Option<u64>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +74,46 @@ fn main() -> anyhow::Result<()> {
             }
             build(false)?;
             test(require_privileged, &cargo_args)
+        }
+        Cmd::Bench {
+            quick,
+            scales,
+            runs,
+            duration_ms,
+        } => {
+            setup::run()?;
+            build(true)?;
+            step("bench", "running target/release/bench (as root)");
+            let mut args: Vec<String> = Vec::new();
+            if quick {
+                args.push("--quick".into());
+            }
+            for (flag, value) in [
+                ("--scales", scales),
+                ("--runs", runs.map(|r| r.to_string())),
+                ("--duration-ms", duration_ms.map(|d| d.to_string())),
+            ] {
+                if let Some(value) = value {
+                    args.extend([flag.to_string(), value]);
+                }
+            }
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .context("workspace root")?;
+            let release = root.join("target/release");
+            args.extend([
+                "--out".into(),
+                root.join("target/bench").display().to_string(),
+            ]);
+            let status = Command::new(release.join("bench"))
+                .args(&args)
+                .env("EBPF_PROXY_BIN_DIR", &release)
+                .status()
+                .context("running target/release/bench")?;
+            if !status.success() {
+                bail!("the benchmark failed ({status})");
+            }
+            Ok(())
         }
         Cmd::Demo => {
             setup::run()?;

@@ -1,0 +1,558 @@
+//! `cargo xtask bench`: the data path and the control plane, for direct connections, the
+//! eBPF mode and the iptables mode, at several numbers of Services, in one run.
+//!
+//! Topology: a client namespace (the node: the agent, its programs or its chains, and the
+//! load generator) joined by one veth pair to a server namespace holding the five backend
+//! addresses 198.18.1.2-6. Nothing else is connected to either.
+//!
+//! Method (shared/TESTING.md): the server closes first (TIME_WAIT stays on its side, not on
+//! the client's ports); every mode and scale uses ports of its own; the load generator and
+//! the server are pinned to one CPU, so a mode's cost shows as fewer connections per
+//! second; each point is the median of several runs; SYN retransmissions are counted, since
+//! one would cost a second of latency. The agent runs unpinned and idle during the runs.
+//! Control-plane figures come from `bench-control`.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use integration::{
+    Agent, Cgroup, ChildGuard, Netns,
+    bench_report::{ControlPlane, Datapath, Environment, Modes, Report, Scale},
+    bin_dir, command_in, unique,
+};
+
+#[derive(Parser)]
+struct Args {
+    /// The numbers of Services to measure at.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
+    scales: Vec<usize>,
+    /// Seconds-long smoke run for CI: 10 and 100 Services, one short run per point. It
+    /// checks that every figure was produced, not how fast it was.
+    #[arg(long)]
+    quick: bool,
+    /// Length of one data path run.
+    #[arg(long, default_value_t = 2000)]
+    duration_ms: u64,
+    /// Runs per data path point (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// One-endpoint changes timed per control-plane point.
+    #[arg(long, default_value_t = 100)]
+    changes: usize,
+    /// The CPU the load generator and the server share.
+    #[arg(long, default_value_t = 1)]
+    cpu: usize,
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+const ENDPOINTS: usize = 5;
+const BACKENDS: [&str; ENDPOINTS] = [
+    "198.18.1.2",
+    "198.18.1.3",
+    "198.18.1.4",
+    "198.18.1.5",
+    "198.18.1.6",
+];
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(mut args: Args) -> anyhow::Result<()> {
+    if !integration::privileged() {
+        bail!("the benchmark needs root (network namespaces, BPF programs, iptables)");
+    }
+    if args.quick {
+        args.scales = vec![10, 100];
+        args.duration_ms = 300;
+        args.runs = 1;
+        args.changes = 10;
+    }
+    let stats = BpfStats::enable()?;
+    let bench = Bench::new(&args)?;
+    let mut report = Report {
+        environment: environment(&args)?,
+        scales: Vec::new(),
+    };
+    for (index, &services) in args.scales.iter().enumerate() {
+        eprintln!("bench: {services} Services");
+        let mut scale = bench.scale(services, index, &args, &stats)?;
+        scale.compute_ratios();
+        report.scales.push(scale);
+    }
+    drop(bench);
+    drop(stats);
+
+    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let write = |name: &str, text: &str| -> anyhow::Result<()> {
+        let path = args.out.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    write("results.json", &serde_json::to_string_pretty(&report)?)?;
+    write("results.md", &report.markdown())?;
+    write("plot.svg", &report.svg())?;
+    print!("{}", report.markdown());
+    println!(
+        "\nwritten: {0}/results.json, {0}/results.md, {0}/plot.svg",
+        args.out.display()
+    );
+    let missing: Vec<String> = report.scales.iter().flat_map(Scale::missing).collect();
+    if !missing.is_empty() {
+        bail!("figures not produced: {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+/// The client and server namespaces, the client's cgroup, and the backend server.
+struct Bench {
+    id: String,
+    cpu: usize,
+    _server: ChildGuard,
+    cgroup: Cgroup,
+    client: Netns,
+    _server_ns: Netns,
+}
+
+/// Ports of one scale: direct, eBPF, iptables.
+fn ports(index: usize) -> [u16; 3] {
+    let base = 9100 + 3 * index as u16;
+    [base, base + 1, base + 2]
+}
+
+impl Bench {
+    fn new(args: &Args) -> anyhow::Result<Self> {
+        let id = unique("epxbench");
+        let cgroup = Cgroup::new(&id);
+        let client = Netns::new(format!("{id}-c"));
+        let server_ns = Netns::new(format!("{id}-s"));
+        client.ip(&[
+            "link",
+            "add",
+            "vs",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &server_ns.name,
+        ]);
+        client.ip(&["addr", "add", "198.18.0.1/24", "dev", "vs"]);
+        client.ip(&["link", "set", "vs", "up"]);
+        client.ip(&["route", "add", "198.18.1.0/24", "via", "198.18.0.2"]);
+        // iptables DNATs after the route lookup: the service range needs a route.
+        client.ip(&["route", "add", "198.19.0.0/16", "via", "198.18.0.2"]);
+        server_ns.ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"]);
+        for ip in BACKENDS {
+            server_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        }
+        server_ns.ip(&["link", "set", "eth0", "up"]);
+        integration::run(
+            client
+                .command("sysctl", None)
+                .args(["-qw", "net.ipv4.ip_local_port_range=1024 65535"]),
+        );
+        let mut serve = server_ns.command(bin_dir().join("loadgen"), None);
+        serve.args(["serve", "--cpu", &args.cpu.to_string()]);
+        for index in 0..args.scales.len() {
+            for port in ports(index) {
+                for ip in BACKENDS {
+                    serve.args(["--listen", &format!("{ip}:{port}")]);
+                }
+            }
+        }
+        let server = spawn_ready(&mut serve)?;
+        Ok(Self {
+            id,
+            cpu: args.cpu,
+            _server: server,
+            cgroup,
+            client,
+            _server_ns: server_ns,
+        })
+    }
+
+    fn scale(
+        &self,
+        services: usize,
+        index: usize,
+        args: &Args,
+        stats: &BpfStats,
+    ) -> anyhow::Result<Scale> {
+        let [direct_port, ebpf_port, iptables_port] = ports(index);
+        let work = std::env::temp_dir().join(format!("{}-{services}", self.id));
+        fs::create_dir_all(&work)?;
+
+        let direct_targets = work.join("direct");
+        fs::write(
+            &direct_targets,
+            BACKENDS
+                .iter()
+                .map(|ip| format!("{ip}:{direct_port}\n"))
+                .collect::<String>(),
+        )?;
+        let vips = work.join("vips");
+        fs::write(
+            &vips,
+            (0..services)
+                .map(|i| format!("{}:80\n", vip(i)))
+                .collect::<String>(),
+        )?;
+        // Direct runs alternate with the eBPF runs, with the client outside the cgroup (no
+        // program runs for it) and no iptables rules in the namespace: drift on this
+        // machine hits both alike.
+        let (ebpf, ebpf_rss, (direct, ns_per_connect)) =
+            self.with_agent("ebpf", services, ebpf_port, index, |agent| {
+                let before = stats.connect4(&agent.cgroup)?;
+                let mut arms = self.datapath(&[(&direct_targets, false), (&vips, true)], args)?;
+                let after = stats.connect4(&agent.cgroup)?;
+                let calls = after.1.saturating_sub(before.1).max(1);
+                let ns = after.0.saturating_sub(before.0) as f64 / calls as f64;
+                let ebpf = arms.pop().context("eBPF runs")?;
+                let direct = arms.pop().context("direct runs")?;
+                Ok((ebpf, (direct, ns)))
+            })?;
+        let (iptables, iptables_rss, ()) =
+            self.with_agent("iptables", services, iptables_port, index, |_| {
+                let mut arms = self.datapath(&[(&vips, true)], args)?;
+                Ok((arms.pop().context("iptables runs")?, ()))
+            })?;
+
+        let _ = fs::remove_dir_all(&work);
+        Ok(Scale {
+            services,
+            datapath: Modes {
+                direct: Some(direct),
+                ebpf,
+                iptables,
+            },
+            bpf_ns_per_connect: ns_per_connect,
+            control: Modes {
+                direct: None,
+                ebpf: control_plane(services, args.changes, false)?,
+                iptables: control_plane(services, args.changes, true)?,
+            },
+            agent_rss_mib: Modes {
+                direct: None,
+                ebpf: ebpf_rss,
+                iptables: iptables_rss,
+            },
+            ratios: Default::default(),
+        })
+    }
+
+    /// Starts the agent in `mode` on `services` Services whose endpoints listen on `port`,
+    /// waits until a connection goes through, runs `measure`, and stops it (its cleanup
+    /// runs in the client namespace).
+    fn with_agent<T>(
+        &self,
+        mode: &'static str,
+        services: usize,
+        port: u16,
+        index: usize,
+        measure: impl FnOnce(&Agent) -> anyhow::Result<(Datapath, T)>,
+    ) -> anyhow::Result<(Datapath, f64, T)> {
+        let mut agent = Agent::in_namespace(
+            &format!("{}-{mode}-{index}", self.id),
+            &self.client,
+            &self.cgroup,
+        );
+        agent.mode = mode;
+        agent.extra_args = vec!["--iptables-backend".into(), "nft".into()];
+        agent.write("services.json", &manifests(services, port));
+        agent.start();
+        self.wait_serving(&agent, services)?;
+        let rss = agent.pid().map(rss_mib).transpose()?.unwrap_or_default();
+        let (datapath, extra) = measure(&agent)?;
+        agent.stop();
+        Ok((datapath, rss, extra))
+    }
+
+    /// Until the agent has synced and the last Service answers.
+    fn wait_serving(&self, agent: &Agent, services: usize) -> anyhow::Result<()> {
+        let last = std::env::temp_dir().join(format!("{}-last", self.id));
+        fs::write(&last, format!("{}:80\n", vip(services - 1)))?;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(120) {
+            if agent.log().contains("\"synced\"") {
+                let probe = self.loadgen(&last, true, 50, 0, 0)?;
+                if probe.connections > 0 && probe.errors == 0 {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "the agent ({}) never served {services} Services; its log:\n{}",
+            agent.mode,
+            agent.log()
+        )
+    }
+
+    /// `runs` rounds, each running every arm (targets, and whether the client is in the
+    /// agent's cgroup) once; per arm, the median run by rate and the SYN retransmissions
+    /// counted during its runs.
+    fn datapath(&self, arms: &[(&Path, bool)], args: &Args) -> anyhow::Result<Vec<Datapath>> {
+        let mut runs: Vec<Vec<Datapath>> = vec![Vec::new(); arms.len()];
+        let mut retransmits = vec![0u64; arms.len()];
+        for seed in 0..args.runs {
+            for (arm, (targets, in_cgroup)) in arms.iter().enumerate() {
+                let before = self.syn_retransmits()?;
+                runs[arm].push(self.loadgen(
+                    targets,
+                    *in_cgroup,
+                    args.duration_ms,
+                    200,
+                    seed as u64 + 1,
+                )?);
+                retransmits[arm] += self.syn_retransmits()?.saturating_sub(before);
+            }
+        }
+        runs.into_iter()
+            .zip(retransmits)
+            .map(|(mut runs, syn_retransmits)| {
+                let rates: Vec<f64> = runs.iter().map(|r| r.rate_per_s).collect();
+                runs.sort_by(|a, b| a.rate_per_s.total_cmp(&b.rate_per_s));
+                let median = runs
+                    .get(runs.len() / 2)
+                    .cloned()
+                    .context("no data path run")?;
+                Ok(Datapath {
+                    syn_retransmits,
+                    run_rates: rates,
+                    ..median
+                })
+            })
+            .collect()
+    }
+
+    fn loadgen(
+        &self,
+        targets: &Path,
+        in_cgroup: bool,
+        duration_ms: u64,
+        warmup_ms: u64,
+        seed: u64,
+    ) -> anyhow::Result<Datapath> {
+        let cgroup = in_cgroup.then_some(self.cgroup.path.as_path());
+        let out = command_in(&self.client.name, cgroup, bin_dir().join("loadgen"))
+            .arg("connect")
+            .arg("--targets")
+            .arg(targets)
+            .args(["--duration-ms", &duration_ms.to_string()])
+            .args(["--warmup-ms", &warmup_ms.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .args(["--cpu", &self.cpu.to_string()])
+            .output()
+            .context("running loadgen")?;
+        if !out.status.success() {
+            bail!("loadgen: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("loadgen's JSON")?;
+        let us = |k: &str| v["connect_ns"][k].as_f64().unwrap_or(0.0) / 1000.0;
+        let errors = v["errors"]
+            .as_object()
+            .map_or(0, |e| e.values().filter_map(|n| n.as_u64()).sum());
+        Ok(Datapath {
+            rate_per_s: v["rate_per_s"].as_f64().unwrap_or(0.0),
+            p50_us: us("p50"),
+            p99_us: us("p99"),
+            p999_us: us("p999"),
+            connections: v["connections"].as_u64().unwrap_or(0),
+            errors,
+            ..Default::default()
+        })
+    }
+
+    /// TcpExt TCPSynRetrans in the client namespace.
+    fn syn_retransmits(&self) -> anyhow::Result<u64> {
+        let out = command_in(&self.client.name, None, "cat")
+            .arg("/proc/net/netstat")
+            .output()
+            .context("reading /proc/net/netstat")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            bail!("no TcpExt counters in /proc/net/netstat");
+        };
+        Ok(names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "TCPSynRetrans")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0))
+    }
+}
+
+fn spawn_ready(cmd: &mut std::process::Command) -> anyhow::Result<ChildGuard> {
+    use std::io::BufRead as _;
+    let mut child = ChildGuard(
+        cmd.stdout(Stdio::piped())
+            .spawn()
+            .context("starting loadgen serve")?,
+    );
+    let stdout = child.0.stdout.take().context("loadgen stdout")?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim() != "ready" {
+        bail!("loadgen serve did not start: {line:?}");
+    }
+    Ok(child)
+}
+
+/// The ClusterIP of Service `i`.
+fn vip(i: usize) -> String {
+    let n = i + 1;
+    format!("198.19.{}.{}", (n >> 8) & 0xff, n & 0xff)
+}
+
+/// `services` Services, each with the five backends on `port`, as one JSON List.
+fn manifests(services: usize, port: u16) -> String {
+    let endpoints: Vec<String> = BACKENDS
+        .iter()
+        .map(|ip| format!(r#"{{"addresses":["{ip}"],"conditions":{{"ready":true}}}}"#))
+        .collect();
+    let endpoints = endpoints.join(",");
+    let mut items = Vec::with_capacity(2 * services);
+    for i in 0..services {
+        items.push(format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc-{i}","namespace":"bench"}},"spec":{{"clusterIP":"{}","ports":[{{"name":"http","port":80,"targetPort":{port},"protocol":"TCP"}}]}}}}"#,
+            vip(i)
+        ));
+        items.push(format!(
+            r#"{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"name":"svc-{i}-1","namespace":"bench","labels":{{"kubernetes.io/service-name":"svc-{i}"}}}},"addressType":"IPv4","ports":[{{"name":"http","port":{port},"protocol":"TCP"}}],"endpoints":[{endpoints}]}}"#
+        ));
+    }
+    format!(
+        r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#,
+        items.join(",")
+    )
+}
+
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    Ok(kib / 1024.0)
+}
+
+/// `bench-control` at `services`, for the maps or for iptables-restore.
+fn control_plane(services: usize, changes: usize, iptables: bool) -> anyhow::Result<ControlPlane> {
+    let mut cmd = std::process::Command::new(bin_dir().join("bench-control"));
+    cmd.args(["--services", &services.to_string()])
+        .args(["--changes", &changes.to_string()])
+        .args(["--connect-samples", "0"]);
+    if iptables {
+        cmd.args(["--iptables", "--iptables-backend", "nft"]);
+    }
+    let out = cmd.output().context("running bench-control")?;
+    if !out.status.success() {
+        bail!(
+            "bench-control{}: {}",
+            if iptables { " --iptables" } else { "" },
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("bench-control printed no JSON")?;
+    let v: serde_json::Value = serde_json::from_str(json)?;
+    Ok(ControlPlane {
+        cold_ms: v["cold_sync_ms"].as_f64().unwrap_or(0.0),
+        change_p50_ms: v["change_ms"]["p50"].as_f64().unwrap_or(0.0),
+        change_p99_ms: v["change_ms"]["p99"].as_f64().unwrap_or(0.0),
+    })
+}
+
+/// The kernel's BPF run-time statistics (`kernel.bpf_stats_enabled`), on for the run and
+/// put back as they were.
+struct BpfStats {
+    was: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<Self> {
+        let was = fs::read_to_string(BPF_STATS)
+            .with_context(|| format!("reading {BPF_STATS}"))?
+            .trim()
+            .to_owned();
+        fs::write(BPF_STATS, "1").with_context(|| format!("enabling {BPF_STATS}"))?;
+        Ok(Self { was })
+    }
+
+    /// (run_time_ns, run_cnt) of the connect4 program attached to `cgroup`.
+    fn connect4(&self, cgroup: &Path) -> anyhow::Result<(u64, u64)> {
+        let Some((id, _)) = integration::attached_programs(cgroup)
+            .into_iter()
+            .find(|(_, name)| name == proxy_common::names::PROG_CONNECT4)
+        else {
+            bail!("no connect4 program attached to {}", cgroup.display());
+        };
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "prog", "show", "id", &id.to_string()])
+            .output()
+            .context("bpftool prog show")?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok((
+            v["run_time_ns"].as_u64().unwrap_or(0),
+            v["run_cnt"].as_u64().unwrap_or(0),
+        ))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, &self.was);
+    }
+}
+
+fn environment(args: &Args) -> anyhow::Result<Environment> {
+    let text = |cmd: &mut std::process::Command| -> String {
+        cmd.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let mut placement = String::new();
+    let _ = write!(
+        placement,
+        "load generator and server pinned to CPU {}",
+        args.cpu
+    );
+    Ok(Environment {
+        kernel: text(std::process::Command::new("uname").arg("-r")),
+        iptables: text(std::process::Command::new("iptables-nft").arg("--version")),
+        cpu_model: cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .map(|m| m.trim().to_owned())
+            .unwrap_or_else(|| "unknown CPU".into()),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        placement,
+        duration_ms: args.duration_ms,
+        runs: args.runs,
+        endpoints_per_service: ENDPOINTS,
+    })
+}
