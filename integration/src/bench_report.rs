@@ -18,6 +18,8 @@ pub struct Environment {
     pub duration_ms: u64,
     pub runs: usize,
     pub endpoints_per_service: usize,
+    /// `net.netfilter.nf_conntrack_max`.
+    pub conntrack_max: u64,
 }
 
 /// One data path measurement: the median run (by rate) of several.
@@ -34,6 +36,10 @@ pub struct Datapath {
     pub syn_retransmits: u64,
     /// Every run's rate, for the spread.
     pub run_rates: Vec<f64>,
+    /// conntrack entries in the client namespace after the runs (iptables mode keeps one
+    /// per connection until its TIME_WAIT timeout): room left means no drop for a full
+    /// table.
+    pub conntrack_entries: u64,
 }
 
 /// Programming N Services into one dataplane.
@@ -68,8 +74,12 @@ pub struct Ratios {
 pub struct Scale {
     pub services: usize,
     pub datapath: Modes<Datapath>,
-    /// The connect4 program's own cost, from the kernel's BPF run-time statistics.
+    /// The connect4 program's own cost per translated connect, from the kernel's BPF
+    /// run-time statistics.
     pub bpf_ns_per_connect: f64,
+    /// The same program's cost on a connect to an address that is no Service (one map
+    /// lookup that misses): the floor of a connect4 program on this machine.
+    pub bpf_ns_per_passthrough: f64,
     pub control: Modes<ControlPlane>,
     /// The agent's resident memory once it has synced the N Services, per mode.
     pub agent_rss_mib: Modes<f64>,
@@ -115,6 +125,10 @@ impl Scale {
         need("iptables rate", d.iptables.rate_per_s);
         need("iptables p99", d.iptables.p99_us);
         need("BPF ns per connect", self.bpf_ns_per_connect);
+        need(
+            "BPF ns per pass-through connect",
+            self.bpf_ns_per_passthrough,
+        );
         need("eBPF cold programming", self.control.ebpf.cold_ms);
         need("eBPF change", self.control.ebpf.change_p50_ms);
         need("iptables cold programming", self.control.iptables.cold_ms);
@@ -158,14 +172,14 @@ impl Report {
             e.endpoints_per_service
         );
         out.push_str("**Data path**: new connections per second (one small request and response each) and connect() latency, to a Service chosen at random among N.\n\n");
-        out.push_str("| Services | direct conn/s | eBPF conn/s | iptables conn/s | eBPF / direct | eBPF / iptables | p99 direct | p99 eBPF | p99 iptables | p999 eBPF | p999 iptables | BPF ns/connect |\n");
+        out.push_str("| Services | direct conn/s | eBPF conn/s | iptables conn/s | eBPF / direct | eBPF / iptables | p99 direct | p99 eBPF | p99 iptables | p999 eBPF | p999 iptables | BPF ns/connect (pass-through) |\n");
         out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for s in &self.scales {
             let d = &s.datapath;
             let direct = d.direct.clone().unwrap_or_default();
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.0} | {:.0} | {:.1} % | {:.2}x | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} |",
+                "| {} | {:.0} | {:.0} | {:.0} | {:.1} % | {:.2}x | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} ({:.0}) |",
                 s.services,
                 direct.rate_per_s,
                 d.ebpf.rate_per_s,
@@ -177,7 +191,8 @@ impl Report {
                 d.iptables.p99_us,
                 d.ebpf.p999_us,
                 d.iptables.p999_us,
-                s.bpf_ns_per_connect
+                s.bpf_ns_per_connect,
+                s.bpf_ns_per_passthrough
             );
         }
         out.push_str("\n**Control plane**: programming N Services with their endpoints from scratch, and one endpoint change at size N; the agent's resident memory once synced.\n\n");
@@ -210,9 +225,16 @@ impl Report {
                     + s.datapath.iptables.syn_retransmits
             })
             .sum();
+        let conntrack = self
+            .scales
+            .iter()
+            .map(|s| s.datapath.iptables.conntrack_entries)
+            .max()
+            .unwrap_or(0);
         let _ = writeln!(
             out,
-            "\nSYN retransmissions during the data path runs: {retrans}."
+            "\nSYN retransmissions during the data path runs: {retrans}. Most conntrack entries after a mode's runs: {conntrack} (table size {}).",
+            e.conntrack_max
         );
         out
     }
@@ -272,13 +294,7 @@ impl Report {
 type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 
 /// One panel: axes, ticks, a polyline and points per series, a legend.
-fn panel_svg(
-    x0: f64,
-    w: f64,
-    h: f64,
-    title: &str,
-    lines: &[Series],
-) -> String {
+fn panel_svg(x0: f64, w: f64, h: f64, title: &str, lines: &[Series]) -> String {
     let (left, right, top, bottom) = (x0 + 70.0, x0 + w - 20.0, 40.0, h - 50.0);
     let xs: Vec<f64> = lines.iter().flat_map(|l| l.2.iter().map(|p| p.0)).collect();
     let ys: Vec<f64> = lines.iter().flat_map(|l| l.2.iter().map(|p| p.1)).collect();
@@ -387,6 +403,7 @@ mod tests {
                 iptables: dp(iptables),
             },
             bpf_ns_per_connect: 150.0,
+            bpf_ns_per_passthrough: 50.0,
             control: Modes {
                 direct: None,
                 ebpf: cp(10.0),

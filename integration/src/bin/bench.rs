@@ -9,7 +9,11 @@
 //! the client's ports); every mode and scale uses ports of its own; the load generator and
 //! the server are pinned to one CPU, so a mode's cost shows as fewer connections per
 //! second; each point is the median of several runs; SYN retransmissions are counted, since
-//! one would cost a second of latency. The agent runs unpinned and idle during the runs.
+//! one would cost a second of latency. The server namespace keeps no TIME_WAIT sockets
+//! (`tcp_max_tw_buckets=0`): with iptables DNAT, a client port reused for another
+//! ClusterIP that lands on the same backend would meet that backend's TIME_WAIT socket
+//! with a timestamp from another ClusterIP's clock offset, and PAWS drops the SYN (a one
+//! second retransmission). The agent runs unpinned and idle during the runs.
 //! Control-plane figures come from `bench-control`.
 
 use std::{
@@ -55,6 +59,8 @@ struct Args {
 }
 
 const ENDPOINTS: usize = 5;
+/// ClusterIPs come from 198.19.0.0/16.
+const MAX_SERVICES: usize = 65_000;
 const BACKENDS: [&str; ENDPOINTS] = [
     "198.18.1.2",
     "198.18.1.3",
@@ -70,9 +76,32 @@ fn main() {
     }
 }
 
+/// Set by SIGINT or SIGTERM: the run stops after the current measurement, and everything it
+/// created is removed on the way out (a signal's default action would skip that).
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn stop_requested() -> anyhow::Result<()> {
+    if STOP.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("interrupted; removing the namespaces, cgroup and pins");
+    }
+    Ok(())
+}
+
 fn run(mut args: Args) -> anyhow::Result<()> {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
     if !integration::privileged() {
         bail!("the benchmark needs root (network namespaces, BPF programs, iptables)");
+    }
+    if let Some(n) = args.scales.iter().find(|n| **n == 0 || **n > MAX_SERVICES) {
+        bail!("--scales: {n} is outside 1..={MAX_SERVICES} (the ClusterIPs are one /16)");
     }
     if args.quick {
         args.scales = vec![10, 100];
@@ -160,6 +189,11 @@ impl Bench {
         }
         server_ns.ip(&["link", "set", "eth0", "up"]);
         integration::run(
+            server_ns
+                .command("sysctl", None)
+                .args(["-qw", "net.ipv4.tcp_max_tw_buckets=0"]),
+        );
+        integration::run(
             client
                 .command("sysctl", None)
                 .args(["-qw", "net.ipv4.ip_local_port_range=1024 65535"]),
@@ -213,16 +247,24 @@ impl Bench {
         // Direct runs alternate with the eBPF runs, with the client outside the cgroup (no
         // program runs for it) and no iptables rules in the namespace: drift on this
         // machine hits both alike.
-        let (ebpf, ebpf_rss, (direct, ns_per_connect)) =
+        let (ebpf, ebpf_rss, (direct, ns_per_connect, ns_floor)) =
             self.with_agent("ebpf", services, ebpf_port, index, |agent| {
                 let before = stats.connect4(&agent.cgroup)?;
                 let mut arms = self.datapath(&[(&direct_targets, false), (&vips, true)], args)?;
                 let after = stats.connect4(&agent.cgroup)?;
                 let calls = after.1.saturating_sub(before.1).max(1);
                 let ns = after.0.saturating_sub(before.0) as f64 / calls as f64;
+                // Calibration: the same program on connections to addresses that are no
+                // Service (one map lookup that misses), the floor of any connect4 program
+                // on this machine with the statistics on.
+                let before = stats.connect4(&agent.cgroup)?;
+                self.loadgen(&direct_targets, true, args.duration_ms / 2, 100, 99)?;
+                let after = stats.connect4(&agent.cgroup)?;
+                let calls = after.1.saturating_sub(before.1).max(1);
+                let floor = after.0.saturating_sub(before.0) as f64 / calls as f64;
                 let ebpf = arms.pop().context("eBPF runs")?;
                 let direct = arms.pop().context("direct runs")?;
-                Ok((ebpf, (direct, ns)))
+                Ok((ebpf, (direct, ns, floor)))
             })?;
         let (iptables, iptables_rss, ()) =
             self.with_agent("iptables", services, iptables_port, index, |_| {
@@ -239,6 +281,7 @@ impl Bench {
                 iptables,
             },
             bpf_ns_per_connect: ns_per_connect,
+            bpf_ns_per_passthrough: ns_floor,
             control: Modes {
                 direct: None,
                 ebpf: control_plane(services, args.changes, false)?,
@@ -309,6 +352,8 @@ impl Bench {
         let mut retransmits = vec![0u64; arms.len()];
         for seed in 0..args.runs {
             for (arm, (targets, in_cgroup)) in arms.iter().enumerate() {
+                stop_requested()?;
+                self.flush_conntrack();
                 let before = self.syn_retransmits()?;
                 runs[arm].push(self.loadgen(
                     targets,
@@ -320,6 +365,7 @@ impl Bench {
                 retransmits[arm] += self.syn_retransmits()?.saturating_sub(before);
             }
         }
+        let conntrack_entries = self.conntrack_entries();
         runs.into_iter()
             .zip(retransmits)
             .map(|(mut runs, syn_retransmits)| {
@@ -332,6 +378,7 @@ impl Bench {
                 Ok(Datapath {
                     syn_retransmits,
                     run_rates: rates,
+                    conntrack_entries,
                     ..median
                 })
             })
@@ -374,6 +421,29 @@ impl Bench {
             errors,
             ..Default::default()
         })
+    }
+
+    /// Empties the client namespace's conntrack table before a run. In iptables mode every
+    /// connection leaves an entry for conntrack's TIME_WAIT timeout (120 s): over a whole
+    /// benchmark they would fill the table (262,144 here; the limit is global and cannot be
+    /// raised from a namespace) and new connections would be dropped. Each run gets the
+    /// same room instead.
+    fn flush_conntrack(&self) {
+        let _ = command_in(&self.client.name, None, "conntrack")
+            .arg("-F")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// conntrack entries in the client namespace (0 when conntrack is not loaded).
+    fn conntrack_entries(&self) -> u64 {
+        command_in(&self.client.name, None, "cat")
+            .arg("/proc/sys/net/netfilter/nf_conntrack_count")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// TcpExt TCPSynRetrans in the client namespace.
@@ -554,5 +624,9 @@ fn environment(args: &Args) -> anyhow::Result<Environment> {
         duration_ms: args.duration_ms,
         runs: args.runs,
         endpoints_per_service: ENDPOINTS,
+        conntrack_max: fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0),
     })
 }
