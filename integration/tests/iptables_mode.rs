@@ -15,8 +15,16 @@ const VIP: &str = "198.19.0.10";
 fn start(backends: usize, opts: &ServiceOpts) -> (Topology, Agent) {
     let t = Topology::new(backends);
     t.route_service_range();
-    let mut agent = Agent::new(&t);
+    let agent = iptables_agent(&t, opts, &[]);
+    (t, agent)
+}
+
+/// The agent in iptables mode (with `extra` arguments) serving demo/web on every backend
+/// of `t`, once its first sync is done.
+fn iptables_agent(t: &Topology, opts: &ServiceOpts, extra: &[&str]) -> Agent {
+    let mut agent = Agent::new(t);
     agent.mode = "iptables";
+    agent.extra_args = extra.iter().map(|a| a.to_string()).collect();
     agent.write(
         "web.yaml",
         &service_with_endpoints("web", VIP, &[HTTP, DNS], opts, &t.ready_endpoints()),
@@ -25,7 +33,7 @@ fn start(backends: usize, opts: &ServiceOpts) -> (Topology, Agent) {
     agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
         agent.log().contains("\"synced\"")
     });
-    (t, agent)
+    agent
 }
 
 fn nat_rules(agent: &Agent) -> String {
@@ -416,20 +424,11 @@ fn the_legacy_backend_serves_and_is_found_by_proxyctl_and_cleanup() {
     require_privileges!();
     let t = Topology::new(2);
     t.route_service_range();
-    let mut agent = Agent::new(&t);
-    agent.mode = "iptables";
-    agent.extra_args = vec!["--iptables-backend".into(), "legacy".into()];
-    agent.write(
-        "web.yaml",
-        &service_with_endpoints(
-            "web",
-            VIP,
-            &[HTTP],
-            &ServiceOpts::default(),
-            &t.ready_endpoints(),
-        ),
+    let mut agent = iptables_agent(
+        &t,
+        &ServiceOpts::default(),
+        &["--iptables-backend", "legacy"],
     );
-    agent.start();
     agent.wait_backends("demo/web:http", 2);
     assert!(
         agent.log().contains("\"backend\":\"legacy\""),
@@ -463,19 +462,7 @@ fn auto_backend_follows_kubelets_hint() {
         "-N",
         "KUBE-IPTABLES-HINT",
     ]));
-    let mut agent = Agent::new(&t);
-    agent.mode = "iptables";
-    agent.write(
-        "web.yaml",
-        &service_with_endpoints(
-            "web",
-            VIP,
-            &[HTTP],
-            &ServiceOpts::default(),
-            &t.ready_endpoints(),
-        ),
-    );
-    agent.start();
+    let agent = iptables_agent(&t, &ServiceOpts::default(), &[]);
     agent.wait_backends("demo/web:http", 1);
     assert!(
         agent.log().contains("\"backend\":\"legacy\"") && agent.log().contains("kubelet's hint"),
