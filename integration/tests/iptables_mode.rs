@@ -315,6 +315,16 @@ fn proxyctl_explains_the_installed_chains_even_after_the_agent_exits() {
         "probabilities read back from the kernel's rules"
     );
 
+    // Backends, from the chains: each used by both ports of demo/web.
+    let backends: serde_json::Value =
+        serde_json::from_str(&ok(&["backends", "--json"])).expect("json");
+    assert_eq!(backends[0]["address"], "198.18.1.2:5353", "{backends}");
+    assert_eq!(backends[1]["address"], "198.18.1.2:8080", "{backends}");
+    assert_eq!(
+        backends[1]["used_by"][0]["share_percent"], 75.0,
+        "{backends}"
+    );
+
     // A UDP frontend by its protocol.
     let dns = ok(&["lookup", &format!("{VIP}:53/udp")]);
     assert!(dns.contains("demo/web:dns"), "{dns}");
@@ -361,6 +371,10 @@ fn proxyctl_says_what_is_missing() {
     );
     let bad = agent.proxyctl(&["lookup", "198.19.0.10"]);
     assert!(!bad.status.success());
+    // Completions need nothing installed.
+    let completions = agent.proxyctl(&["completions", "bash"]);
+    assert!(completions.status.success());
+    assert!(String::from_utf8_lossy(&completions.stdout).contains("_proxyctl()"));
 }
 
 #[test]

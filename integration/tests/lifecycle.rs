@@ -122,6 +122,22 @@ fn traffic_survives_agent_stop_and_kill() {
         String::from_utf8_lossy(&out.stdout).contains("demo/web:http"),
         "{out:?}"
     );
+    let backends: serde_json::Value =
+        serde_json::from_slice(&agent.proxyctl(&["backends", "--json"]).stdout).expect("json");
+    let expected: Vec<serde_json::Value> = t
+        .backends
+        .iter()
+        .flat_map(|b| [format!("{}:5353", b.ip), format!("{}:8080", b.ip)])
+        .map(serde_json::Value::from)
+        .collect();
+    assert_eq!(
+        backends
+            .as_array()
+            .map(|b| b.iter().map(|r| r["address"].clone()).collect::<Vec<_>>()),
+        Some(expected),
+        "{backends}"
+    );
+    assert_eq!(backends[1]["used_by"][0]["service"], "demo/web:http");
 
     agent.start();
     agent.wait_backends("demo/web:http", 2);

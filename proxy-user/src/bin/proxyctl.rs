@@ -46,6 +46,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every backend with the frontends that send it new connections, and their shares.
+    ///
+    /// Example: proxyctl backends --json | jq '.[] | select(.address == "10.0.1.7:8080")'
+    Backends {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shell completions for proxyctl, on standard output.
+    ///
+    /// Example: proxyctl completions bash > /etc/bash_completion.d/proxyctl
+    Completions { shell: clap_complete::Shell },
     /// iptables mode: the chains of one service port, as iptables-save prints them.
     ///
     /// Example: proxyctl chains default/web:http
@@ -83,6 +94,16 @@ fn print_rows(rows: &[ServiceRow], json: bool) -> anyhow::Result<()> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Command::Completions { shell } = args.command {
+        use clap::CommandFactory as _;
+        clap_complete::generate(
+            shell,
+            &mut Args::command(),
+            "proxyctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
     let installed = ctl::open(&args.bpffs)?;
     match args.command {
         Command::Services { service, json } => {
@@ -93,6 +114,14 @@ fn run(args: Args) -> anyhow::Result<()> {
                 });
             }
             print_rows(&rows, json)?;
+        }
+        Command::Backends { json } => {
+            let rows = ctl::backends::rows_from(&service_rows(&installed)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", ctl::backends::render_table(&rows));
+            }
         }
         Command::Lookup { frontend, json } => {
             let (ip, port, protocol) = parse_frontend(&frontend).map_err(CtlError::Usage)?;
@@ -106,6 +135,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             print_rows(&rows, json)?;
         }
+        // Printed above, before anything was read.
+        Command::Completions { .. } => {}
         Command::Chains { service } => {
             let Installed::Iptables(rules) = &installed else {
                 return Err(CtlError::Usage(format!(
