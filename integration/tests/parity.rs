@@ -274,6 +274,16 @@ fn no_endpoints_are_refused(mode: Mode) {
         Some(&3),
         "refused at once (iptables: REJECT): {report:?}"
     );
+    // proxyctl counts them by reason, from the datapath's events or the REJECT rule's
+    // packet counter.
+    let out = node.agent.proxyctl(&["stats", "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats json");
+    let rejected = stats["reasons"]
+        .as_array()
+        .and_then(|r| r.iter().find(|e| e[0] == "rejected_no_endpoint"))
+        .map(|e| e[1].clone());
+    assert_eq!(rejected, Some(serde_json::json!(3)), "{stats}");
+    assert_eq!(stats["frontends"][0]["no_endpoint"], 3, "{stats}");
 }
 
 /// One endpoint per backend host with conditions (ready, serving, terminating) and node.

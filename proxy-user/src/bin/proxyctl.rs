@@ -53,6 +53,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Per-frontend counters, and the datapath's events (translated, refused for no
+    /// endpoint, dropped for no local endpoint, ...) by name.
+    ///
+    /// Example: proxyctl stats --json | jq '.reasons'
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
     /// Shell completions for proxyctl, on standard output.
     ///
     /// Example: proxyctl completions bash > /etc/bash_completion.d/proxyctl
@@ -121,6 +129,22 @@ fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", ctl::backends::render_table(&rows));
+            }
+        }
+        Command::Stats { json } => {
+            let reasons = match &installed {
+                Installed::Ebpf(maps) => maps.events(),
+                Installed::Iptables(rules) => ctl::stats::iptables_reasons(rules),
+            };
+            let stats = ctl::stats::Stats {
+                mode: installed.mode(),
+                frontends: ctl::stats::frontends(&service_rows(&installed)?),
+                reasons,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{}", ctl::stats::render_table(&stats));
             }
         }
         Command::Lookup { frontend, json } => {

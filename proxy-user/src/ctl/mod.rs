@@ -5,6 +5,7 @@
 pub mod backends;
 pub mod chains;
 pub mod services;
+pub mod stats;
 
 use std::{io::ErrorKind, path::Path};
 
