@@ -97,9 +97,16 @@ fn main() {
         keys(&udp.reply_sources)
     );
 
-    println!("\n-- 5. proxyctl services");
-    let out = agent.proxyctl(&["services"]);
-    print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("\n-- 5. proxyctl: what the node does, read from the pinned maps");
+    for args in [
+        &["services"][..],
+        &["lookup", "198.19.0.53:53/udp"],
+        &["backends"],
+        &["stats"],
+    ] {
+        println!("\n$ proxyctl {}", args.join(" "));
+        print!("{}", String::from_utf8_lossy(&agent.proxyctl(args).stdout));
+    }
 
     println!("\n-- 6. the agent's /healthz and an excerpt of its /metrics");
     let (status, health) = agent.http_get(10256, "/healthz");
