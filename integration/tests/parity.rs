@@ -242,6 +242,21 @@ fn affinity_sticks_then_expires(mode: Mode) {
         1,
         "one backend within the timeout: {burst:?}"
     );
+    // proxyctl shows the entry: this client, that backend, live.
+    let out = node
+        .agent
+        .proxyctl(&["affinity", "--service", "demo/web", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("affinity json");
+    let chosen = burst.answers.keys().next().cloned().unwrap_or_default();
+    let index: usize = chosen.trim_start_matches("web-").parse().expect("web-N");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(
+        rows[0]["backend"],
+        format!("{}:8080", node.t.backends[index].ip),
+        "{rows}"
+    );
+    assert_eq!(rows[0]["live"], true, "{rows}");
+    assert_eq!(rows[0]["timeout_seconds"], 1, "{rows}");
     // After the timeout each connection is a new choice among five: eight choices all
     // alike has probability 5 * 5^-8 = 1.3e-5.
     let mut chosen = BTreeSet::new();

@@ -61,6 +61,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live ClientIP affinity entries: client, backend, age and timeout.
+    ///
+    /// Example: proxyctl affinity --service demo/web-sticky:http
+    Affinity {
+        /// Only this service port (`namespace/name` or `namespace/name:port`).
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Shell completions for proxyctl, on standard output.
     ///
     /// Example: proxyctl completions bash > /etc/bash_completion.d/proxyctl
@@ -129,6 +139,38 @@ fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", ctl::backends::render_table(&rows));
+            }
+        }
+        Command::Affinity { service, json } => {
+            let mut rows = match &installed {
+                Installed::Ebpf(maps) => ctl::affinity::ebpf_rows(maps, &service_rows(&installed)?),
+                Installed::Iptables(rules) => {
+                    let timer_list = std::fs::read_to_string("/proc/timer_list").map_err(|e| {
+                        anyhow::anyhow!("reading /proc/timer_list for the kernel's jiffies: {e}")
+                    })?;
+                    let (jiffies, hz) =
+                        ctl::affinity::jiffies_clock(&timer_list).ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "/proc/timer_list has no jiffies to age the recent lists with"
+                            )
+                        })?;
+                    ctl::affinity::iptables_rows(
+                        rules,
+                        |list| std::fs::read_to_string(format!("/proc/net/xt_recent/{list}")).ok(),
+                        jiffies,
+                        hz,
+                    )
+                }
+            };
+            if let Some(service) = &service {
+                rows.retain(|r| {
+                    &r.service == service || r.service.starts_with(&format!("{service}:"))
+                });
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", ctl::affinity::render_table(&rows));
             }
         }
         Command::Stats { json } => {
