@@ -257,6 +257,20 @@ fn affinity_sticks_then_expires(mode: Mode) {
     );
     assert_eq!(rows[0]["live"], true, "{rows}");
     assert_eq!(rows[0]["timeout_seconds"], 1, "{rows}");
+    // lookup --client names the backend that client's next connection goes to.
+    let client = rows[0]["client"].as_str().unwrap_or_default().to_owned();
+    let out = node
+        .agent
+        .proxyctl(&["lookup", &to, "--client", &client, "--json"]);
+    let lookup: serde_json::Value = serde_json::from_slice(&out.stdout).expect("lookup json");
+    assert_eq!(
+        lookup["affinity"][0]["backend"], rows[0]["backend"],
+        "{lookup}"
+    );
+    assert_eq!(
+        lookup["frontends"][0]["service"], "demo/web:http",
+        "{lookup}"
+    );
     // After the timeout each connection is a new choice among five: eight choices all
     // alike has probability 5 * 5^-8 = 1.3e-5.
     let mut chosen = BTreeSet::new();

@@ -43,6 +43,10 @@ enum Command {
     Lookup {
         /// The destination, `IP:PORT`, `IP:PORT/TCP` or `IP:PORT/UDP` (TCP by default).
         frontend: String,
+        /// Also say which backend this client's affinity entry would pick: a source IP in
+        /// iptables mode, `netns:<cookie>` in eBPF mode (see `proxyctl affinity`).
+        #[arg(long, value_name = "CLIENT")]
+        client: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -102,6 +106,27 @@ fn service_rows(installed: &Installed) -> anyhow::Result<Vec<ServiceRow>> {
     })
 }
 
+/// The live affinity entries, from the maps or from kube-proxy's `recent` lists.
+fn affinity_rows(installed: &Installed) -> anyhow::Result<Vec<ctl::affinity::AffinityRow>> {
+    Ok(match installed {
+        Installed::Ebpf(maps) => ctl::affinity::ebpf_rows(maps, &service_rows(installed)?),
+        Installed::Iptables(rules) => {
+            let timer_list = std::fs::read_to_string("/proc/timer_list").map_err(|e| {
+                anyhow::anyhow!("reading /proc/timer_list for the kernel's jiffies: {e}")
+            })?;
+            let (jiffies, hz) = ctl::affinity::jiffies_clock(&timer_list).ok_or_else(|| {
+                anyhow::anyhow!("/proc/timer_list has no jiffies to age the recent lists with")
+            })?;
+            ctl::affinity::iptables_rows(
+                rules,
+                |list| std::fs::read_to_string(format!("/proc/net/xt_recent/{list}")).ok(),
+                jiffies,
+                hz,
+            )
+        }
+    })
+}
+
 fn print_rows(rows: &[ServiceRow], json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(rows)?);
@@ -142,26 +167,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         Command::Affinity { service, json } => {
-            let mut rows = match &installed {
-                Installed::Ebpf(maps) => ctl::affinity::ebpf_rows(maps, &service_rows(&installed)?),
-                Installed::Iptables(rules) => {
-                    let timer_list = std::fs::read_to_string("/proc/timer_list").map_err(|e| {
-                        anyhow::anyhow!("reading /proc/timer_list for the kernel's jiffies: {e}")
-                    })?;
-                    let (jiffies, hz) =
-                        ctl::affinity::jiffies_clock(&timer_list).ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "/proc/timer_list has no jiffies to age the recent lists with"
-                            )
-                        })?;
-                    ctl::affinity::iptables_rows(
-                        rules,
-                        |list| std::fs::read_to_string(format!("/proc/net/xt_recent/{list}")).ok(),
-                        jiffies,
-                        hz,
-                    )
-                }
-            };
+            let mut rows = affinity_rows(&installed)?;
             if let Some(service) = &service {
                 rows.retain(|r| {
                     &r.service == service || r.service.starts_with(&format!("{service}:"))
@@ -189,7 +195,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 print!("{}", ctl::stats::render_table(&stats));
             }
         }
-        Command::Lookup { frontend, json } => {
+        Command::Lookup {
+            frontend,
+            client,
+            json,
+        } => {
             let (ip, port, protocol) = parse_frontend(&frontend).map_err(CtlError::Usage)?;
             let rows = lookup(service_rows(&installed)?, ip, port, protocol);
             if rows.is_empty() && !json {
@@ -199,7 +209,32 @@ fn run(args: Args) -> anyhow::Result<()> {
                 );
                 return Ok(());
             }
-            print_rows(&rows, json)?;
+            let Some(client) = client else {
+                return print_rows(&rows, json);
+            };
+            let entries: Vec<ctl::affinity::AffinityRow> = affinity_rows(&installed)?
+                .into_iter()
+                .filter(|a| {
+                    a.client == client
+                        && a.protocol == protocol.as_str()
+                        && rows.iter().any(|r| r.frontend == a.frontend)
+                })
+                .collect();
+            if json {
+                let out = serde_json::json!({ "frontends": rows, "affinity": entries });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(());
+            }
+            print_rows(&rows, false)?;
+            match entries.iter().find(|a| a.live) {
+                Some(a) => println!(
+                    "client {client}: its affinity entry picks {} (last used {:.1} s ago, timeout {} s)",
+                    a.backend, a.age_seconds, a.timeout_seconds
+                ),
+                None => println!(
+                    "client {client}: no live affinity entry; a new connection picks by the shares above"
+                ),
+            }
         }
         // Printed above, before anything was read.
         Command::Completions { .. } => {}
