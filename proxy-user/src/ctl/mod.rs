@@ -29,6 +29,16 @@ pub enum CtlError {
     NothingInstalled { dir: String },
     #[error("permission denied opening {dir}: proxyctl needs root or CAP_BPF")]
     NotPermitted { dir: String },
+    #[error(
+        "{dir} holds map layout {found} ({pinned}), and this proxyctl reads layout {ours} ({expected}): use the proxyctl that ships with the running proxy-agent"
+    )]
+    LayoutMismatch {
+        dir: String,
+        found: String,
+        pinned: String,
+        ours: String,
+        expected: &'static str,
+    },
     #[error("reading the maps in {dir}: {source}")]
     Maps { dir: String, source: Box<MapsError> },
     #[error("reading the iptables rules: {0}")]
@@ -89,7 +99,18 @@ pub fn open_maps(dir: &Path) -> Result<Maps, CtlError> {
         Err(e) if e.kind() == ErrorKind::PermissionDenied => {
             return Err(CtlError::NotPermitted { dir: shown });
         }
-        Err(_) => return Err(CtlError::NothingInstalled { dir: shown }),
+        Err(_) => {
+            return Err(match other_layout(dir) {
+                Some(pinned) => CtlError::LayoutMismatch {
+                    dir: shown,
+                    found: layout_of(&pinned),
+                    pinned,
+                    ours: layout_of(names::MAP_SERVICES),
+                    expected: names::MAP_SERVICES,
+                },
+                None => CtlError::NothingInstalled { dir: shown },
+            });
+        }
         Ok(_) => {}
     }
     Maps::from_pins(dir).map_err(|source| {
@@ -104,4 +125,47 @@ pub fn open_maps(dir: &Path) -> Result<Maps, CtlError> {
             }
         }
     })
+}
+
+/// The services map of another layout version pinned in `dir` (`EPX_SVC_V2`, say).
+fn other_layout(dir: &Path) -> Option<String> {
+    let prefix = names::MAP_SERVICES.rsplit_once("_V").map(|(p, _)| p)?;
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with(&format!("{prefix}_V")) && name != names::MAP_SERVICES)
+}
+
+/// `V2` from `EPX_SVC_V2`.
+fn layout_of(map: &str) -> String {
+    map.rsplit_once('_').map_or(map, |(_, v)| v).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_layout_is_named_not_called_missing() {
+        let dir = std::env::temp_dir().join(format!("epx-layout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("EPX_SVC_V9"), "").expect("file");
+        let error = open_maps(&dir)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            error.contains("holds map layout V9 (EPX_SVC_V9)")
+                && error.contains("reads layout V1 (EPX_SVC_V1)")
+                && error.contains("use the proxyctl that ships with the running proxy-agent"),
+            "{error}"
+        );
+        let empty = std::env::temp_dir().join("epx-layout-none-at-all");
+        assert!(matches!(
+            open_maps(&empty),
+            Err(CtlError::NothingInstalled { .. })
+        ));
+    }
 }
