@@ -253,12 +253,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .into());
             }
             // The jumps into the service, then each of its chains in the order reached.
+            // The jump rules' comments are `<svc>` or `<svc> cluster IP` and the like; a
+            // service port name has no space.
             let mentions = |comment: Option<&str>| {
-                comment.is_some_and(|c| {
-                    c == service
-                        || c.starts_with(&format!("{service} "))
-                        || c.contains(&format!(" {service} "))
-                })
+                comment.is_some_and(|c| c == service || c.starts_with(&format!("{service} ")))
             };
             for (table, chain) in [
                 (Table::Nat, "KUBE-SERVICES"),

@@ -255,18 +255,17 @@ pub struct InstalledRules {
 }
 
 const MARK_MASQ: &str = "KUBE-MARK-MASQ";
-/// Prefixes of the chains kube-proxy keeps per service port (XLB: before 1.24).
-const PORT_CHAIN_PREFIXES: [&str; 6] = [
+/// Prefixes of the chains kube-proxy keeps per service port.
+const PORT_CHAIN_PREFIXES: [&str; 5] = [
     "KUBE-SVC-",
     "KUBE-SVL-",
     "KUBE-EXT-",
     "KUBE-FW-",
-    "KUBE-XLB-",
     "KUBE-SEP-",
 ];
 
 fn is_external_chain(chain: &str) -> bool {
-    chain.starts_with("KUBE-EXT-") || chain.starts_with("KUBE-XLB-")
+    chain.starts_with("KUBE-EXT-")
 }
 
 impl InstalledRules {

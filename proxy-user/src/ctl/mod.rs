@@ -81,9 +81,18 @@ pub fn open(dir: &Path) -> Result<Installed, CtlError> {
                 });
                 if ours {
                     let filter = iptables.save("filter", true)?;
-                    return Ok(Installed::Iptables(Box::new(
-                        chains::InstalledRules::parse(&nat, &filter),
-                    )));
+                    let rules = chains::InstalledRules::parse(&nat, &filter);
+                    // What could not be read is left out of every answer: say so.
+                    for skipped in rules.skipped() {
+                        eprintln!(
+                            "proxyctl: warning: iptables-save ({}) line {} not understood ({}): {}",
+                            skipped.table.as_str(),
+                            skipped.line,
+                            skipped.error,
+                            skipped.text
+                        );
+                    }
+                    return Ok(Installed::Iptables(Box::new(rules)));
                 }
             }
             Err(CtlError::NothingInstalled { dir })

@@ -19,22 +19,12 @@ pub enum InstallError {
     Failed { command: String, stderr: String },
 }
 
-/// The iptables binaries to drive (nf_tables or legacy backend).
+/// The iptables binaries to drive; `backend::Backend::binaries` names them.
 #[derive(Clone, Debug)]
 pub struct Iptables {
     pub iptables: String,
     pub restore: String,
     pub save: String,
-}
-
-impl Default for Iptables {
-    fn default() -> Self {
-        Self {
-            iptables: "iptables".into(),
-            restore: "iptables-restore".into(),
-            save: "iptables-save".into(),
-        }
-    }
 }
 
 /// A jump from a built-in chain into ours, as kube-proxy installs it.
