@@ -15,32 +15,39 @@ pub struct Choice {
     pub from_affinity: bool,
 }
 
-/// Picks a backend for a new connection from `client_netns` to `frontend`, or `None` when
-/// the frontend has no usable backend.
+/// Picks a backend for a new connection to `frontend`, or `None` when the frontend has no
+/// usable backend. `client_netns` is asked only for a Service with ClientIP affinity, and
+/// the clock read only then: most connects need neither helper call.
 #[inline(always)]
-pub fn choose(frontend: &Frontend, service: &Service, client_netns: u64) -> Option<Choice> {
+pub fn choose(
+    frontend: &Frontend,
+    service: &Service,
+    client_netns: impl FnOnce() -> u64,
+) -> Option<Choice> {
+    if service.affinity_timeout_s == 0 {
+        return random_slot(frontend, service).map(|backend| Choice {
+            backend,
+            from_affinity: false,
+        });
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let affinity_key = AffinityKey {
-        client_netns,
+        client_netns: client_netns(),
         frontend: *frontend,
     };
-    if service.affinity_timeout_s != 0
-        && let Some(backend) = live_affinity(&affinity_key, service, now)
-    {
+    if let Some(backend) = live_affinity(&affinity_key, service, now) {
         return Some(Choice {
             backend,
             from_affinity: true,
         });
     }
     let backend = random_slot(frontend, service)?;
-    if service.affinity_timeout_s != 0 {
-        let entry = Affinity {
-            backend,
-            last_used_ns: now,
-        };
-        if AFFINITY.insert(affinity_key, entry, 0).is_err() {
-            count(Event::AffinityStoreFailed);
-        }
+    let entry = Affinity {
+        backend,
+        last_used_ns: now,
+    };
+    if AFFINITY.insert(affinity_key, entry, 0).is_err() {
+        count(Event::AffinityStoreFailed);
     }
     Some(Choice {
         backend,

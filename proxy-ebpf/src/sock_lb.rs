@@ -58,8 +58,8 @@ pub fn try_forward(ctx: &SockAddrContext) -> i32 {
     // SAFETY: value pointer from a successful lookup; copied so a concurrent replace of
     // the element cannot tear what we read.
     let service: Service = unsafe { *service };
-    let client_netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let stats = stats(&frontend);
+    let client_netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
 
     let Some(choice) = choose(&frontend, &service, client_netns) else {
         count(if service.flags & SERVICE_LOCAL_ONLY != 0 {
