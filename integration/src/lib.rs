@@ -24,6 +24,13 @@ use std::{
 
 use serde::Deserialize;
 
+/// Lower and upper bounds on a binomial count (n draws, probability p) that a correct
+/// implementation leaves with probability below one in a million (5.3 standard deviations).
+pub fn binomial_bounds(n: usize, p: f64) -> (f64, f64) {
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (n as f64 * p - 5.3 * sd, n as f64 * p + 5.3 * sd)
+}
+
 /// Set by CI: a privileged test that cannot run fails instead of skipping.
 pub const REQUIRE_ENV: &str = "EBPF_PROXY_REQUIRE_PRIVILEGED";
 

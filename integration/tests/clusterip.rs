@@ -23,13 +23,6 @@ fn start(backends: usize, opts: &ServiceOpts) -> (Topology, Agent) {
     (t, agent)
 }
 
-/// Lower and upper bounds on a binomial count that a correct implementation leaves with
-/// probability below one in a million (5.3 standard deviations).
-fn binomial_bounds(n: usize, p: f64) -> (f64, f64) {
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    (n as f64 * p - 5.3 * sd, n as f64 * p + 5.3 * sd)
-}
-
 #[test]
 fn weights_3_1_0_are_realised() {
     require_privileges!();
@@ -51,7 +44,7 @@ fn weights_3_1_0_are_realised() {
         0,
         "weight 0 receives no new connection"
     );
-    let (lo, hi) = binomial_bounds(n, 0.75);
+    let (lo, hi) = integration::binomial_bounds(n, 0.75);
     let got = report.count("web-0") as f64;
     assert!(
         lo <= got && got <= hi,

@@ -36,6 +36,17 @@ fn iptables_agent(t: &Topology, opts: &ServiceOpts, extra: &[&str]) -> Agent {
     agent
 }
 
+/// demo/web (HTTP) with every backend of `t` as a ready endpoint.
+fn web_on_every_backend(t: &Topology) -> String {
+    service_with_endpoints(
+        "web",
+        VIP,
+        &[HTTP],
+        &ServiceOpts::default(),
+        &t.ready_endpoints(),
+    )
+}
+
 fn nat_rules(agent: &Agent) -> String {
     integration::run(
         integration::command_in(&agent.netns, None, "iptables-save").args(["-t", "nat"]),
@@ -115,16 +126,7 @@ fn kube_proxys_chains_are_never_touched() {
         "--cleanup leaves kube-proxy's chains alone"
     );
     agent.mode = "ebpf";
-    agent.write(
-        "web.yaml",
-        &service_with_endpoints(
-            "web",
-            VIP,
-            &[HTTP],
-            &ServiceOpts::default(),
-            &t.ready_endpoints(),
-        ),
-    );
+    agent.write("web.yaml", &web_on_every_backend(&t));
     agent.start();
     agent.wait_backends("demo/web:http", 1);
     assert!(
@@ -139,16 +141,7 @@ fn auto_mode_uses_ebpf_where_it_loads() {
     let t = Topology::new(1);
     let mut agent = Agent::new(&t);
     agent.mode = "auto";
-    agent.write(
-        "web.yaml",
-        &service_with_endpoints(
-            "web",
-            VIP,
-            &[HTTP],
-            &ServiceOpts::default(),
-            &t.ready_endpoints(),
-        ),
-    );
+    agent.write("web.yaml", &web_on_every_backend(&t));
     agent.start();
     agent.wait_backends("demo/web:http", 1);
     assert!(

@@ -128,11 +128,6 @@ fn web(opts: &ServiceOpts, ports: &[Port], endpoints: &[Endpoint]) -> String {
     service_with_endpoints("web", VIP, ports, opts, endpoints)
 }
 
-fn binomial_bounds(n: usize, p: f64) -> (f64, f64) {
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    (n as f64 * p - 5.3 * sd, n as f64 * p + 5.3 * sd)
-}
-
 fn backends_reached_and_the_peer_is_the_service(mode: Mode) {
     let mut node = Node::new(mode, 3);
     let eps = node.t.ready_endpoints();
@@ -185,7 +180,7 @@ fn weight_shares(mode: Mode) {
     let report = node.probe(&["--to", &format!("{VIP}:80"), "--count", &n.to_string()]);
     assert!(report.errors.is_empty(), "{report:?}");
     assert_eq!(report.count("web-2"), 0, "weight 0 takes no new connection");
-    let (lo, hi) = binomial_bounds(n, 0.75);
+    let (lo, hi) = integration::binomial_bounds(n, 0.75);
     let got = report.count("web-0") as f64;
     assert!(
         lo <= got && got <= hi,
