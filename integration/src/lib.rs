@@ -9,6 +9,7 @@
 //! ENETUNREACH instead of leaving the machine.
 
 pub mod bench_report;
+pub mod daemonset;
 pub mod manifests;
 
 use std::{
@@ -384,6 +385,9 @@ pub struct Agent {
     /// The agent runs in this network namespace (the client's), so its /metrics and
     /// /healthz listeners are private to the test and reached from inside it only.
     pub netns: String,
+    /// Start it as deploy/'s DaemonSet does (see [`daemonset`]); default: when
+    /// `EBPF_PROXY_AGENT_LAUNCH=daemonset`.
+    pub as_daemonset: bool,
     work: PathBuf,
 }
 
@@ -406,6 +410,7 @@ impl Agent {
             manifests,
             cgroup: cgroup.path.clone(),
             netns: netns.name.clone(),
+            as_daemonset: daemonset::requested(),
             work,
         }
     }
@@ -422,8 +427,24 @@ impl Agent {
             .append(true)
             .open(self.log_path())
             .expect("agent log");
-        let child = command_in(&self.netns, None, bin_dir().join("proxy-agent"))
-            .args(["--mode", self.mode, "--poll-ms", "100", "--log-json"])
+        let mut command = match self.as_daemonset {
+            // As deploy/'s DaemonSet starts it: its command, arguments, environment,
+            // capabilities and ConfigMap; the test's own settings are flags on top.
+            true => {
+                let mut command = daemonset::Launch::from_deploy().command(&self.netns, &self.work);
+                if self.mode != "ebpf" {
+                    command.args(["--mode", self.mode]);
+                }
+                command
+            }
+            false => {
+                let mut command = command_in(&self.netns, None, bin_dir().join("proxy-agent"));
+                command.args(["--mode", self.mode, "--log-json"]);
+                command
+            }
+        };
+        let child = command
+            .args(["--poll-ms", "100"])
             .arg("--source")
             .arg(&self.manifests)
             .arg("--cgroup")

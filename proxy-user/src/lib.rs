@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod config_file;
 pub mod ctl;
 pub mod dataplane;
 pub mod logging;

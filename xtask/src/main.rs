@@ -18,8 +18,14 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what this machine lacks: Debian packages, nightly rust-src, bpf-linker, bpffs.
-    Setup,
+    /// Install what this machine lacks: Debian packages, kubectl, nightly rust-src,
+    /// bpf-linker, bpffs.
+    Setup {
+        /// Only what building needs (LLVM, nightly rust-src, bpf-linker): no host tools,
+        /// no bpffs mount. The Dockerfile's build stage uses this.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build proxy-agent, proxyctl and the test workload.
     Build {
         #[arg(long)]
@@ -61,7 +67,8 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Args::parse().command {
-        Cmd::Setup => setup::run(),
+        Cmd::Setup { build_only: false } => setup::run(),
+        Cmd::Setup { build_only: true } => setup::run_build_only(),
         Cmd::Build { release } => build(release),
         Cmd::Test {
             require_privileged,
@@ -193,8 +200,6 @@ fn lint() -> anyhow::Result<()> {
 }
 
 fn test(require_privileged: bool, extra: &[String]) -> anyhow::Result<()> {
-    use std::io::{BufRead as _, BufReader};
-
     let root = unsafe { libc::geteuid() } == 0;
     step(
         "test",
@@ -204,32 +209,56 @@ fn test(require_privileged: bool, extra: &[String]) -> anyhow::Result<()> {
             "unit tests; privileged tests will skip (not root)"
         },
     );
-    let mut cmd = Command::new(env!("CARGO"));
+    let mut totals = Totals::default();
+    let mut ok = true;
     // The default members: everything but the BPF crate, which has no host build.
+    ok &= cargo_test(extra, &[], require_privileged, &mut totals)?;
+    if root && extra.is_empty() {
+        step(
+            "test",
+            "the ClusterIP tests again, with the agent started as deploy/'s DaemonSet starts it",
+        );
+        let args = ["-p", "integration", "--test", "clusterip"].map(String::from);
+        let env = [("EBPF_PROXY_AGENT_LAUNCH", "daemonset")];
+        ok &= cargo_test(&args, &env, require_privileged, &mut totals)?;
+    }
+    // One closing line for the whole run, summed over every test binary.
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !ok {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// `cargo test ARGS` with `env`, its output passed through and counted; false on failure.
+fn cargo_test(
+    args: &[String],
+    env: &[(&str, &str)],
+    require_privileged: bool,
+    totals: &mut Totals,
+) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, BufReader};
+
+    let mut cmd = Command::new(env!("CARGO"));
     cmd.arg("test")
-        .args(extra)
+        .args(args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped());
     if require_privileged {
         cmd.env("EBPF_PROXY_REQUIRE_PRIVILEGED", "1");
     }
     let mut child = cmd.spawn().context("running cargo test")?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
-    let mut totals = Totals::default();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
         totals.add(&line);
     }
     let status = child.wait().context("waiting for cargo test")?;
-    // One closing line for the whole run, summed over every test binary.
-    println!(
-        "tests: {} passed, {} failed, {} skipped",
-        totals.passed, totals.failed, totals.ignored
-    );
-    if !status.success() {
-        bail!("tests failed ({status})");
-    }
-    Ok(())
+    Ok(status.success())
 }
 
 /// Sums cargo test's `test result: ok. 9 passed; 0 failed; 1 ignored; ...` lines.

@@ -7,13 +7,17 @@ use anyhow::{Context as _, bail};
 
 use crate::step;
 
-/// Debian packages: LLVM 22 for bpf-linker (the same major as nightly's LLVM), and the
-/// tools the agent, tests and demo drive (iptables, conntrack, socat, bpftool, ip, curl).
-const PACKAGES: &[&str] = &[
+/// Debian packages for building: LLVM 22 for bpf-linker (the same major as nightly's LLVM).
+const BUILD_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
+];
+
+/// Debian packages the agent, tests and demo drive (iptables, conntrack, socat, bpftool,
+/// ip, curl).
+const TOOL_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
     "conntrack",
@@ -24,12 +28,24 @@ const PACKAGES: &[&str] = &[
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
+/// Everything a build, the tests and the demo need on this machine.
 pub fn run() -> anyhow::Result<()> {
-    debian_packages()?;
+    debian_packages(BUILD_PACKAGES)?;
+    debian_packages(TOOL_PACKAGES)?;
+    kubectl()?;
     nightly_components()?;
     bpf_linker()?;
     bpffs()?;
     step("setup", "done");
+    Ok(())
+}
+
+/// What a build needs, and nothing of the host (the Dockerfile's build stage).
+pub fn run_build_only() -> anyhow::Result<()> {
+    debian_packages(BUILD_PACKAGES)?;
+    nightly_components()?;
+    bpf_linker()?;
+    step("setup", "done (build only)");
     Ok(())
 }
 
@@ -55,8 +71,8 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -65,7 +81,10 @@ fn debian_packages() -> anyhow::Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        step("setup", "Debian packages present");
+        step(
+            "setup",
+            &format!("Debian packages present: {}", packages.join(" ")),
+        );
         return Ok(());
     }
     if !is_root() {
@@ -85,6 +104,15 @@ fn debian_packages() -> anyhow::Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// `kubectl kustomize` renders deploy/ in the tests: any kubectl will do, else Debian's.
+fn kubectl() -> anyhow::Result<()> {
+    if ok(Command::new("kubectl").args(["version", "--client"])) {
+        step("setup", "kubectl present");
+        return Ok(());
+    }
+    debian_packages(&["kubernetes-client"])
 }
 
 fn nightly_components() -> anyhow::Result<()> {

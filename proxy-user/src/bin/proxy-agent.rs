@@ -3,9 +3,9 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail};
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory as _, Parser, ValueEnum};
 use proxy_user::{
-    DEFAULT_BPFFS, agent, cgroup,
+    DEFAULT_BPFFS, agent, cgroup, config_file,
     dataplane::{
         Dataplane,
         ebpf::{EbpfDataplane, loader},
@@ -31,8 +31,12 @@ enum Mode {
 ///
 /// Example: proxy-agent --mode ebpf --source ./examples
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, args_override_self = true)]
 struct Args {
+    /// Settings file: YAML mapping flag names (without dashes) to values, e.g.
+    /// `mode: ebpf`. Command-line flags, then environment variables, override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Traffic to a ClusterIP from outside this CIDR is masqueraded (iptables mode), as
     /// with kube-proxy's --cluster-cidr.
     #[arg(long, value_name = "CIDR")]
@@ -61,6 +65,10 @@ struct Args {
     /// Detach and unpin everything the agent installed, then exit.
     #[arg(long)]
     cleanup: bool,
+    /// Remove the iptables chains kube-proxy left on this node (both backends, IPv4 and
+    /// IPv6; kubelet's and other chains stay), then exit. Stop kube-proxy first.
+    #[arg(long, conflicts_with = "cleanup")]
+    cleanup_kube_proxy: bool,
     /// This node's name: which endpoints are local, and which Node object (in the manifest
     /// directory) gives the node's zone and NodePort addresses.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
@@ -98,7 +106,14 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let argv = match config_file::expand(std::env::args_os().collect(), &Args::command()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let args = Args::parse_from(argv);
     logging::init(args.log_json, args.verbose);
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -111,6 +126,9 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    if args.cleanup_kube_proxy {
+        return cleanup_kube_proxy();
+    }
     if args.cleanup {
         let removed = loader::cleanup(&args.bpffs)
             .with_context(|| format!("cleaning up {}", args.bpffs.display()))?;
@@ -133,6 +151,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node = args.node_name.as_deref().unwrap_or("(none: no endpoint is local)"),
+        config = ?args.config,
+        "proxy-agent starting"
+    );
     let from_api = args.source.as_os_str() == "kubernetes";
     if !from_api && !args.source.is_dir() {
         bail!(
@@ -221,6 +245,58 @@ fn run(args: Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("activating the eBPF dataplane: {e}"))?;
         anyhow::Ok(())
     })?;
+    Ok(())
+}
+
+/// `--cleanup-kube-proxy`: kube-proxy's chains go from every backend and family present.
+fn cleanup_kube_proxy() -> anyhow::Result<()> {
+    use iptables::{backend::Backend, kube_proxy::Outcome};
+    let mut failed = Vec::new();
+    for backend in Backend::ALL {
+        for (family, binaries) in [
+            ("IPv4", backend.binaries()),
+            ("IPv6", backend.binaries_v6()),
+        ] {
+            let name = backend.name();
+            if binaries.save("nat", false).is_err() {
+                tracing::debug!(backend = name, family, "not available here");
+                continue;
+            }
+            match iptables::kube_proxy::remove(&binaries) {
+                Ok(Outcome::Nothing) => {
+                    info!(backend = name, family, "no kube-proxy chains")
+                }
+                Ok(Outcome::OursLeftAlone) => info!(
+                    backend = name,
+                    family,
+                    "the KUBE-* chains here are ebpf-proxy's own (iptables mode, marked by \
+                     {}): left alone; `proxy-agent --cleanup` removes them",
+                    iptables::install::OWNER_MARKER
+                ),
+                Ok(Outcome::Removed { chains, jumps }) => info!(
+                    backend = name,
+                    family,
+                    ?chains,
+                    ?jumps,
+                    "kube-proxy's chains removed"
+                ),
+                Err(e) => {
+                    tracing::error!(
+                        backend = name,
+                        family,
+                        "kube-proxy's chains not removed: {e}"
+                    );
+                    failed.push(format!("{name} {family}"));
+                }
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "kube-proxy's chains could not be removed from {}",
+            failed.join(", ")
+        );
+    }
     Ok(())
 }
 

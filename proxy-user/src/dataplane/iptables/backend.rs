@@ -41,6 +41,17 @@ impl Backend {
             save: format!("iptables-{suffix}-save"),
         }
     }
+
+    /// The IPv6 binaries of this backend (`ip6tables-nft`, ...): kube-proxy on a
+    /// dual-stack node has chains there too.
+    pub fn binaries_v6(self) -> Iptables {
+        let suffix = self.name();
+        Iptables {
+            iptables: format!("ip6tables-{suffix}"),
+            restore: format!("ip6tables-{suffix}-restore"),
+            save: format!("ip6tables-{suffix}-save"),
+        }
+    }
 }
 
 /// Chains kubelet creates to tell proxies which backend the node uses.

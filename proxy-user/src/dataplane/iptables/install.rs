@@ -115,6 +115,18 @@ const JUMPS: &[Jump] = &[
 /// and nothing here touches them (a node migrating from kube-proxy runs both for a while).
 pub const OWNER_MARKER: &str = "EBPF-PROXY-OWNED";
 
+/// The marker's one rule: it names the agent that wrote the chains (`proxyctl status`
+/// reads it). RETURN, and nothing jumps to the marker, so it never sees a packet.
+pub fn marker_rule() -> String {
+    format!(
+        "-A {OWNER_MARKER} -m comment --comment \"{MARKER_COMMENT_PREFIX}{}\" -j RETURN\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// The marker rule's comment before the version.
+pub const MARKER_COMMENT_PREFIX: &str = "ebpf-proxy ";
+
 /// Chains this project owns in a table: the fixed ones and every KUBE-SVC/SEP/EXT/SVL/FW.
 pub fn is_ours(chain: &str) -> bool {
     matches!(
@@ -270,11 +282,37 @@ impl Iptables {
         }))
     }
 
+    /// Whether kube-proxy's iptables mode runs (or ran) here: it keeps canary chains,
+    /// which ebpf-proxy never creates.
+    pub fn kube_proxy_canary(&self) -> Result<bool, InstallError> {
+        let saved = self.run(&self.save, &["-t", "nat"], None)?;
+        Ok(saved.lines().any(|l| {
+            l.strip_prefix(':')
+                .is_some_and(|c| c.split_whitespace().next() == Some("KUBE-PROXY-CANARY"))
+        }))
+    }
+
     /// Removes the jumps and every chain of ours, in both tables, if ebpf-proxy installed
     /// them (see [`OWNER_MARKER`]). Returns what was removed.
+    ///
+    /// When kube-proxy's canary is there too, kube-proxy has taken the KUBE-* chains over
+    /// (a node rolled back from our iptables mode): they are its own now, and only the
+    /// marker goes.
     pub fn cleanup(&self) -> Result<Vec<String>, InstallError> {
         if !self.installed_by_us()? {
             return Ok(Vec::new());
+        }
+        if self.kube_proxy_canary()? {
+            self.run(
+                &self.restore,
+                &["--noflush"],
+                Some(&format!(
+                    "*nat\n:{OWNER_MARKER} - [0:0]\n-X {OWNER_MARKER}\nCOMMIT\n"
+                )),
+            )?;
+            return Ok(vec![format!(
+                "nat/{OWNER_MARKER} (only: kube-proxy's canary shows it owns the KUBE-* chains now)"
+            )]);
         }
         for jump in JUMPS {
             let (table, chain, rule) = (jump.table, jump.from, jump.rule());
@@ -289,6 +327,10 @@ impl Iptables {
             input.push_str(&format!("*{table}\n"));
             for chain in &chains {
                 input.push_str(&format!(":{chain} - [0:0]\n"));
+            }
+            if table == "nat" {
+                // Flushed (its version rule) before it is deleted below.
+                input.push_str(&format!(":{OWNER_MARKER} - [0:0]\n"));
             }
             for chain in &chains {
                 input.push_str(&format!("-X {chain}\n"));

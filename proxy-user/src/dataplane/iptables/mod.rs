@@ -11,6 +11,7 @@ pub mod backend;
 pub mod conntrack;
 pub mod filter;
 pub mod install;
+pub mod kube_proxy;
 pub mod names;
 pub mod probability;
 pub mod render;
@@ -228,6 +229,7 @@ impl IptablesDataplane {
                 .map(String::as_str),
             &self.options,
         ));
+        input.push_str(&install::marker_rule());
         for chain in stale {
             let _ = writeln!(input, "-X {chain}");
         }
@@ -297,6 +299,7 @@ impl IptablesDataplane {
                 merged(|l| &l.nodeports, |r| &r.nodeports),
                 &self.options,
             ));
+            out.push_str(&install::marker_rule());
         }
         for rule in touched
             .values()
