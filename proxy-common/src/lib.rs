@@ -190,6 +190,46 @@ impl ServiceName {
     }
 }
 
+/// Longest agent version and cgroup path stored in [`AgentInfo`].
+pub const AGENT_VERSION_LEN: usize = 32;
+pub const AGENT_PATH_LEN: usize = 256;
+
+/// Who programs the maps, for `proxyctl status`: written by the agent when it activates
+/// the datapath and after each sync, never read by the datapath. One entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct AgentInfo {
+    /// The agent's version, NUL-padded.
+    pub version: [u8; AGENT_VERSION_LEN],
+    /// The cgroup the socket programs are attached to, NUL-padded.
+    pub cgroup: [u8; AGENT_PATH_LEN],
+    pub pid: u32,
+    pub _pad: u32,
+    /// Unix time (seconds) the agent started, and of its last successful sync.
+    pub started_unix: u64,
+    pub synced_unix: u64,
+}
+const _: () = assert!(size_of::<AgentInfo>() == 312);
+
+impl AgentInfo {
+    /// `text` NUL-padded into a fixed field, truncated at a character boundary.
+    pub fn field<const N: usize>(text: &str) -> [u8; N] {
+        let mut end = text.len().min(N);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut out = [0u8; N];
+        out[..end].copy_from_slice(&text.as_bytes()[..end]);
+        out
+    }
+
+    /// A NUL-padded field as text.
+    pub fn text(field: &[u8]) -> &str {
+        let len = field.iter().position(|b| *b == 0).unwrap_or(field.len());
+        core::str::from_utf8(&field[..len]).unwrap_or("<invalid>")
+    }
+}
+
 /// Datapath events counted per CPU in the events map, indexed by the discriminant.
 /// Every exit of a program other than "not a service, pass" is one of these.
 #[repr(u32)]
@@ -256,5 +296,6 @@ mod user {
     unsafe impl aya::Pod for Affinity {}
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for FrontendStats {}
+    unsafe impl aya::Pod for AgentInfo {}
     unsafe impl aya::Pod for ServiceName {}
 }

@@ -18,8 +18,11 @@ pub const MAP_EVENTS: &str = "EPX_EVT_V1";
 /// Frontend -> ServiceName.
 pub const MAP_NAMES: &str = "EPX_NAME_V1";
 
+/// 0 -> AgentInfo (array of one).
+pub const MAP_AGENT: &str = "EPX_AGENT_V1";
+
 /// Every map, for cleanup and status.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_MEMBERS,
@@ -28,6 +31,7 @@ pub const ALL_MAPS: [&str; 8] = [
     MAP_STATS,
     MAP_EVENTS,
     MAP_NAMES,
+    MAP_AGENT,
 ];
 
 /// The cgroup socket programs: (program name in the object, attach point, link pin name).

@@ -4,11 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    Affinity, AffinityKey, Backend, Event, Frontend, FrontendStats, Member, MemberKey, RevNatKey,
-    Service, ServiceName, SlotKey,
+    Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, Member, MemberKey,
+    RevNatKey, Service, ServiceName, SlotKey,
     names::{
         DEFAULT_MAX_AFFINITY, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_REVNAT, DEFAULT_MAX_SERVICES,
         DEFAULT_MAX_SLOTS,
@@ -53,6 +53,10 @@ pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::MAP_SLOTS, 0);
 #[map(name = "EPX_NAME_V1")]
 pub static NAMES: HashMap<Frontend, ServiceName> =
     HashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// Written by the agent, read by proxyctl status only.
+#[map(name = "EPX_AGENT_V1")]
+pub static AGENT: Array<AgentInfo> = Array::pinned(1, 0);
 
 #[inline(always)]
 pub fn count(event: Event) {

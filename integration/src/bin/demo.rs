@@ -99,10 +99,12 @@ fn main() {
 
     println!("\n-- 5. proxyctl: what the node does, read from the pinned maps");
     for args in [
-        &["services"][..],
+        &["status"][..],
+        &["services"],
         &["lookup", "198.19.0.53:53/udp"],
         &["backends"],
         &["stats"],
+        &["affinity"],
     ] {
         println!("\n$ proxyctl {}", args.join(" "));
         print!("{}", String::from_utf8_lossy(&agent.proxyctl(args).stdout));
@@ -138,11 +140,10 @@ fn main() {
     );
     let report = t.probe(&["--to", "198.19.0.10:80", "--count", &n.to_string()]);
     println!("{n} HTTP requests to 198.19.0.10:80: {}", summary(&report));
-    println!("\n$ proxyctl lookup 198.19.0.10:80");
-    print!(
-        "{}",
-        String::from_utf8_lossy(&agent.proxyctl(&["lookup", "198.19.0.10:80"]).stdout)
-    );
+    for args in [&["status"][..], &["lookup", "198.19.0.10:80"]] {
+        println!("\n$ proxyctl {}", args.join(" "));
+        print!("{}", String::from_utf8_lossy(&agent.proxyctl(args).stdout));
+    }
     println!("\n$ proxyctl chains demo/web:http");
     print!(
         "{}",

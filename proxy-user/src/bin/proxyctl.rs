@@ -26,6 +26,14 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The mode, which programs are attached where, the pin directory and map layout,
+    /// each map's fill against its capacity, and the agent's version.
+    ///
+    /// Example: proxyctl status --json | jq '.maps[] | select(.entries * 10 > .capacity * 8)'
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Frontends with their backends, weights, shares, affinity and counters.
     ///
     /// Example: proxyctl services default/web:http --json
@@ -149,6 +157,22 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let installed = ctl::open(&args.bpffs)?;
     match args.command {
+        Command::Status { json } => {
+            let status = match &installed {
+                Installed::Ebpf(maps) => ctl::status::ebpf(maps, &args.bpffs),
+                Installed::Iptables(rules) => {
+                    ctl::status::iptables(rules, rules.backend.unwrap_or("unknown"))
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                print!("{}", ctl::status::render(&status, now));
+            }
+        }
         Command::Services { service, json } => {
             let mut rows = service_rows(&installed)?;
             if let Some(service) = &service {

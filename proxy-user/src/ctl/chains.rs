@@ -252,6 +252,8 @@ pub struct InstalledRules {
     nat: ParsedTable,
     filter: ParsedTable,
     skipped: Vec<SkippedLine>,
+    /// The iptables backend they were read from (`nft`, `legacy`), when known.
+    pub backend: Option<&'static str>,
 }
 
 const MARK_MASQ: &str = "KUBE-MARK-MASQ";
@@ -280,7 +282,51 @@ impl InstalledRules {
             nat,
             filter,
             skipped,
+            backend: None,
         }
+    }
+
+    /// The version of the agent that wrote the chains, from the owner marker's rule.
+    pub fn agent_version(&self) -> Option<String> {
+        use crate::dataplane::iptables::install::{MARKER_COMMENT_PREFIX, OWNER_MARKER};
+        self.nat
+            .rules(OWNER_MARKER)
+            .iter()
+            .find_map(|r| r.comment()?.strip_prefix(MARKER_COMMENT_PREFIX))
+            .map(str::to_owned)
+    }
+
+    /// Jumps from the built-in chains into ours: (table, built-in chain, our chain).
+    pub fn hooks(&self) -> Vec<(&'static str, String, String)> {
+        use crate::dataplane::iptables::install::is_ours;
+        let mut out = Vec::new();
+        for table in [Table::Nat, Table::Filter] {
+            for chain in self.chains(table).iter().filter(|c| c.policy.is_some()) {
+                for rule in &chain.rules {
+                    if let Some(target) = rule.target().filter(|t| is_ours(t)) {
+                        out.push((table.as_str(), chain.name.clone(), target.to_owned()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// (table, chains, rules) over the chains ebpf-proxy owns, per table.
+    pub fn chain_counts(&self) -> Vec<(&'static str, usize, usize)> {
+        use crate::dataplane::iptables::install::is_ours;
+        [Table::Nat, Table::Filter]
+            .into_iter()
+            .map(|table| {
+                let ours: Vec<&Chain> = self
+                    .chains(table)
+                    .iter()
+                    .filter(|c| is_ours(&c.name))
+                    .collect();
+                let rules = ours.iter().map(|c| c.rules.len()).sum();
+                (table.as_str(), ours.len(), rules)
+            })
+            .collect()
     }
 
     /// Lines left out because they could not be read.

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod chains;
 pub mod services;
 pub mod stats;
+pub mod status;
 
 use std::{io::ErrorKind, path::Path};
 
@@ -81,7 +82,8 @@ pub fn open(dir: &Path) -> Result<Installed, CtlError> {
                 });
                 if ours {
                     let filter = iptables.save("filter", true)?;
-                    let rules = chains::InstalledRules::parse(&nat, &filter);
+                    let mut rules = chains::InstalledRules::parse(&nat, &filter);
+                    rules.backend = Some(backend.name());
                     // What could not be read is left out of every answer: say so.
                     for skipped in rules.skipped() {
                         eprintln!(

@@ -5,11 +5,11 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use proxy_common::{
-    Affinity, AffinityKey, Backend, Event, Frontend, FrontendStats, Member, MemberKey, RevNatKey,
-    Service, ServiceName, SlotKey, names,
+    Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, Member, MemberKey,
+    RevNatKey, Service, ServiceName, SlotKey, names,
 };
 
 use super::{
@@ -46,6 +46,7 @@ pub struct Maps {
     pub stats: HashMap<MapData, Frontend, FrontendStats>,
     pub events: PerCpuArray<MapData, u64>,
     pub names: HashMap<MapData, Frontend, ServiceName>,
+    pub agent: Array<MapData, AgentInfo>,
     capacity: BTreeMap<&'static str, u32>,
 }
 
@@ -82,7 +83,8 @@ impl Maps {
                 Map::HashMap(d)
                 | Map::LruHashMap(d)
                 | Map::PerCpuHashMap(d)
-                | Map::PerCpuArray(d) => d.info(),
+                | Map::PerCpuArray(d)
+                | Map::Array(d) => d.info(),
                 _ => return Err(MapsError::Missing { name }),
             };
             let info = info.map_err(|source| MapsError::Open { name, source })?;
@@ -106,6 +108,7 @@ impl Maps {
             stats: typed!(names::MAP_STATS),
             events: typed!(names::MAP_EVENTS),
             names: typed!(names::MAP_NAMES),
+            agent: typed!(names::MAP_AGENT),
             capacity,
         })
     }
@@ -346,6 +349,16 @@ impl Maps {
     fn insert_name(&mut self, fe: &Frontend, name: &str) -> Result<(), MapsError> {
         let value = ServiceName::new(name);
         self.insert(names::MAP_NAMES, |m| m.names.insert(fe, value, 0))
+    }
+
+    /// Records who programs the maps (for `proxyctl status`).
+    pub fn write_agent_info(&mut self, info: &AgentInfo) -> Result<(), MapsError> {
+        self.insert(names::MAP_AGENT, |m| m.agent.set(0, info, 0))
+    }
+
+    /// Who programs the maps; `None` before an agent wrote it.
+    pub fn agent_info(&self) -> Option<AgentInfo> {
+        self.agent.get(&0, 0).ok().filter(|info| info.pid != 0)
     }
 
     fn insert(

@@ -31,6 +31,14 @@ pub struct EbpfDataplane {
     members_in_use: u64,
     /// Programs loaded but not yet attached: see [`Dataplane::activate`].
     pending: Option<Loaded>,
+    /// Who programs the maps, recorded for `proxyctl status` once the programs attach.
+    agent: proxy_common::AgentInfo,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl EbpfDataplane {
@@ -56,6 +64,14 @@ impl EbpfDataplane {
             slots_in_use,
             members_in_use,
             pending: Some(loaded),
+            agent: proxy_common::AgentInfo {
+                version: proxy_common::AgentInfo::field(env!("CARGO_PKG_VERSION")),
+                cgroup: proxy_common::AgentInfo::field(&cgroup.display().to_string()),
+                pid: std::process::id(),
+                _pad: 0,
+                started_unix: unix_now(),
+                synced_unix: 0,
+            },
         })
     }
 }
@@ -101,6 +117,9 @@ impl Dataplane for EbpfDataplane {
                 }
             }
         }
+        if self.pending.is_none() {
+            self.record_agent();
+        }
         report
     }
 
@@ -111,6 +130,7 @@ impl Dataplane for EbpfDataplane {
                 .activate()
                 .map_err(|e| crate::logging::error_chain(&e))?;
         }
+        self.record_agent();
         Ok(())
     }
 
@@ -126,6 +146,17 @@ impl Dataplane for EbpfDataplane {
             usage(names::MAP_SLOTS, self.slots_in_use),
             usage(names::MAP_MEMBERS, members),
         ]
+    }
+}
+
+impl EbpfDataplane {
+    /// Stamps the agent record with this sync's time. A failure costs only `proxyctl
+    /// status` its agent line: logged, not fatal.
+    fn record_agent(&mut self) {
+        self.agent.synced_unix = unix_now();
+        if let Err(e) = self.maps.write_agent_info(&self.agent) {
+            warn!("recording the agent for proxyctl status: {e}");
+        }
     }
 }
 

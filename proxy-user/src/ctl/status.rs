@@ -1,0 +1,351 @@
+//! `proxyctl status`: the mode, what is attached where, the pin directory and its map
+//! layout, how full each map is against its capacity, and which agent programs it.
+//!
+//! eBPF mode reads the link pins (each one's kernel link and program ids), the agent
+//! record the agent keeps in its own map, and every map's entry count. iptables mode reads
+//! the chains under the owner marker and the version the agent wrote on it.
+
+use std::{fmt::Write as _, path::Path};
+
+use aya::programs::links::{FdLink, PinnedLink};
+use proxy_common::{AgentInfo, names};
+use serde::Serialize;
+
+use super::chains::InstalledRules;
+use crate::dataplane::ebpf::{loader::link_pin, maps::Maps};
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Status {
+    pub mode: &'static str,
+    /// Pin directory (eBPF mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_dir: Option<String>,
+    /// Map layout version (`V1`), from the map names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// iptables backend (iptables mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'static str>,
+    pub agent: Option<Agent>,
+    pub attachments: Vec<Attachment>,
+    pub maps: Vec<MapFill>,
+    /// iptables mode: chains and rules per table.
+    pub chains: Vec<ChainCount>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Agent {
+    pub version: String,
+    /// Process id when it last wrote (eBPF mode), and whether that process still runs.
+    pub pid: Option<u32>,
+    pub running: Option<bool>,
+    pub started_unix: Option<u64>,
+    /// When it last programmed a change.
+    pub synced_unix: Option<u64>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Attachment {
+    /// A BPF program, or in iptables mode the chain jumped to.
+    pub program: String,
+    /// `cgroup` for the socket programs; `iptables` for a jump from a built-in chain.
+    pub hook: &'static str,
+    pub target: String,
+    /// Kernel ids, when the link pin is there and open.
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+    pub attached: bool,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ChainCount {
+    pub table: &'static str,
+    pub chains: usize,
+    pub rules: usize,
+}
+
+/// Status of the eBPF mode from the maps and link pins in `dir`.
+pub fn ebpf(maps: &Maps, dir: &Path) -> Status {
+    let info = maps.agent_info();
+    let cgroup = info
+        .as_ref()
+        .map(|i| AgentInfo::text(&i.cgroup).to_owned())
+        .unwrap_or_else(|| "(unknown: no agent record)".into());
+    let attachments = names::ALL_SOCK_PROGRAMS
+        .into_iter()
+        .map(|program| {
+            let ids = PinnedLink::from_pin(link_pin(dir, program))
+                .ok()
+                .and_then(|link| FdLink::from(link).info().ok())
+                .map(|info| (info.id(), info.program_id()));
+            Attachment {
+                program: program.to_owned(),
+                hook: "cgroup",
+                target: cgroup.clone(),
+                link_id: ids.map(|i| i.0),
+                program_id: ids.map(|i| i.1),
+                attached: ids.is_some(),
+            }
+        })
+        .collect();
+    Status {
+        mode: "ebpf",
+        pin_dir: Some(dir.display().to_string()),
+        layout: Some(format!("V{}", proxy_common::LAYOUT_VERSION)),
+        backend: None,
+        agent: info.map(|i| Agent {
+            version: AgentInfo::text(&i.version).to_owned(),
+            pid: Some(i.pid),
+            running: Some(is_agent(i.pid)),
+            started_unix: Some(i.started_unix),
+            synced_unix: Some(i.synced_unix).filter(|t| *t != 0),
+        }),
+        attachments,
+        maps: fill(maps),
+        chains: Vec::new(),
+    }
+}
+
+/// Status of the iptables mode from the installed chains.
+pub fn iptables(rules: &InstalledRules, backend: &'static str) -> Status {
+    let chains = rules
+        .chain_counts()
+        .into_iter()
+        .map(|(table, chains, rules)| ChainCount {
+            table,
+            chains,
+            rules,
+        })
+        .collect();
+    Status {
+        mode: "iptables",
+        pin_dir: None,
+        layout: None,
+        backend: Some(backend),
+        agent: rules.agent_version().map(|version| Agent {
+            version,
+            pid: None,
+            running: None,
+            started_unix: None,
+            synced_unix: None,
+        }),
+        attachments: rules
+            .hooks()
+            .into_iter()
+            .map(|(table, from, to)| Attachment {
+                program: to,
+                hook: "iptables",
+                target: format!("{table} {from}"),
+                link_id: None,
+                program_id: None,
+                attached: true,
+            })
+            .collect(),
+        maps: Vec::new(),
+        chains,
+    }
+}
+
+/// Whether `pid` is a running proxy-agent (its command name, in this PID namespace).
+fn is_agent(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "proxy-agent")
+}
+
+/// Entries against capacity for every map, counted by walking its keys.
+fn fill(maps: &Maps) -> Vec<MapFill> {
+    let entry = |map: &'static str, entries: usize| MapFill {
+        map,
+        entries: entries as u64,
+        capacity: u64::from(maps.capacity(map)),
+    };
+    vec![
+        entry(names::MAP_SERVICES, maps.services.keys().count()),
+        entry(names::MAP_SLOTS, maps.slots.keys().count()),
+        entry(names::MAP_MEMBERS, maps.members.keys().count()),
+        entry(names::MAP_AFFINITY, maps.affinity.keys().count()),
+        entry(names::MAP_REVNAT, maps.revnat.keys().count()),
+        entry(names::MAP_STATS, maps.stats.keys().count()),
+        entry(names::MAP_NAMES, maps.names.keys().count()),
+    ]
+}
+
+/// `3 s ago`, `5 min ago`, `2 h ago`.
+fn ago(then: u64, now: u64) -> String {
+    let s = now.saturating_sub(then);
+    match s {
+        0..120 => format!("{s} s ago"),
+        120..7200 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
+}
+
+pub fn render(status: &Status, now_unix: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "mode            {}", status.mode);
+    if let Some(dir) = &status.pin_dir {
+        let layout = status.layout.as_deref().unwrap_or("?");
+        let _ = writeln!(out, "pin directory   {dir} (map layout {layout})");
+    }
+    if let Some(backend) = status.backend {
+        let _ = writeln!(out, "iptables        {backend} backend");
+    }
+    match &status.agent {
+        None => {
+            let _ = writeln!(
+                out,
+                "agent           unknown (no record of the agent that wrote this)"
+            );
+        }
+        Some(agent) => {
+            let mut line = format!("agent           {}", agent.version);
+            if let (Some(pid), Some(running)) = (agent.pid, agent.running) {
+                let state = if running { "running" } else { "not running" };
+                let _ = write!(line, ", pid {pid} ({state})");
+            }
+            if let Some(started) = agent.started_unix {
+                let _ = write!(line, ", started {}", ago(started, now_unix));
+            }
+            if let Some(synced) = agent.synced_unix {
+                let _ = write!(line, ", last programmed {}", ago(synced, now_unix));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    if !status.attachments.is_empty() {
+        let target = |a: &Attachment| {
+            if a.attached {
+                a.target.clone()
+            } else {
+                "NOT ATTACHED (no link pin)".to_string()
+            }
+        };
+        let width = status
+            .attachments
+            .iter()
+            .map(|a| target(a).len())
+            .max()
+            .unwrap_or(0)
+            .max(31);
+        let _ = writeln!(
+            out,
+            "\n{:<22} {:<8} {:<width$} {:<6} PROGRAM-ID",
+            "PROGRAM", "HOOK", "TARGET", "LINK"
+        );
+        for a in &status.attachments {
+            let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+            let _ = writeln!(
+                out,
+                "{:<22} {:<8} {:<width$} {:<6} {}",
+                a.program,
+                a.hook,
+                target(a),
+                id(a.link_id),
+                id(a.program_id)
+            );
+        }
+    }
+    if !status.maps.is_empty() {
+        let _ = writeln!(out, "\nMAP              ENTRIES   CAPACITY   FILL");
+        for m in &status.maps {
+            let percent = if m.capacity == 0 {
+                0.0
+            } else {
+                m.entries as f64 * 100.0 / m.capacity as f64
+            };
+            let _ = writeln!(
+                out,
+                "{:<16} {:>7} {:>10} {:>6.1} %",
+                m.map, m.entries, m.capacity, percent
+            );
+        }
+    }
+    if !status.chains.is_empty() {
+        let _ = writeln!(out, "\nTABLE    CHAINS   RULES");
+        for c in &status.chains {
+            let _ = writeln!(out, "{:<8} {:>6} {:>7}", c.table, c.chains, c.rules);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Status {
+        Status {
+            mode: "ebpf",
+            pin_dir: Some("/sys/fs/bpf/ebpf-proxy".into()),
+            layout: Some("V1".into()),
+            backend: None,
+            agent: Some(Agent {
+                version: "0.1.0".into(),
+                pid: Some(42),
+                running: Some(false),
+                started_unix: Some(1_000),
+                synced_unix: Some(1_290),
+            }),
+            attachments: vec![
+                Attachment {
+                    program: "epx_connect4".into(),
+                    hook: "cgroup",
+                    target: "/sys/fs/cgroup".into(),
+                    link_id: Some(7),
+                    program_id: Some(31),
+                    attached: true,
+                },
+                Attachment {
+                    program: "epx_sendmsg4".into(),
+                    hook: "cgroup",
+                    target: "/sys/fs/cgroup".into(),
+                    link_id: None,
+                    program_id: None,
+                    attached: false,
+                },
+            ],
+            maps: vec![MapFill {
+                map: "EPX_SVC_V1",
+                entries: 3,
+                capacity: 65_536,
+            }],
+            chains: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_table_names_the_agent_the_attachments_and_the_fill() {
+        let text = render(&sample(), 1_300);
+        assert_eq!(
+            text,
+            "mode            ebpf\n\
+             pin directory   /sys/fs/bpf/ebpf-proxy (map layout V1)\n\
+             agent           0.1.0, pid 42 (not running), started 5 min ago, last programmed 10 s ago\n\
+             \n\
+             PROGRAM                HOOK     TARGET                          LINK   PROGRAM-ID\n\
+             epx_connect4           cgroup   /sys/fs/cgroup                  7      31\n\
+             epx_sendmsg4           cgroup   NOT ATTACHED (no link pin)      -      -\n\
+             \n\
+             MAP              ENTRIES   CAPACITY   FILL\n\
+             EPX_SVC_V1             3      65536    0.0 %\n"
+        );
+    }
+
+    #[test]
+    fn json_keeps_its_field_names() {
+        let json = serde_json::to_value(sample()).expect("serializes");
+        assert_eq!(json["mode"], "ebpf");
+        assert_eq!(json["layout"], "V1");
+        assert_eq!(json["agent"]["running"], false);
+        assert_eq!(json["attachments"][0]["link_id"], 7);
+        assert_eq!(json["attachments"][1]["attached"], false);
+        assert_eq!(json["maps"][0]["capacity"], 65_536);
+        assert!(json.get("backend").is_none());
+    }
+}
