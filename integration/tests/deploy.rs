@@ -409,3 +409,46 @@ fn cleanup_after_kube_proxy_took_our_chains_over_removes_only_the_marker() {
         assert!(nat.contains(kept), "{kept} is kube-proxy's now:\n{nat}");
     }
 }
+
+/// `iptables-nft-restore` of a whole rule set into `ns`.
+fn restore(ns: &Netns, rules: &str) {
+    let mut child = command_in(&ns.name, None, "iptables-nft-restore")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("iptables-nft-restore");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), rules.as_bytes())
+        .expect("write rules");
+    assert!(child.wait().expect("wait").success(), "rules load");
+}
+
+/// kube-proxy's own TestCleanupLeftovers (pkg/proxy/iptables): its starting rule set
+/// (nat trimmed to one rule of each kind; comments quoted and built-in policies given so
+/// that the real iptables-restore loads it) and its expected result, loaded through the
+/// real binaries so that both sides are printed the same way.
+#[test]
+fn cleanup_kube_proxy_leaves_what_kube_proxys_own_cleanup_test_expects() {
+    require_privileges!();
+    let node = Netns::new(unique("epxkp"));
+    let expected = Netns::new(unique("epxkq"));
+    restore(&node, include_str!("data/kube_proxy_cleanup_initial.rules"));
+    restore(
+        &expected,
+        include_str!("data/kube_proxy_cleanup_expected.rules"),
+    );
+    let out = command_in(&node.name, None, bin_dir().join("proxy-agent"))
+        .arg("--cleanup-kube-proxy")
+        .output()
+        .expect("run --cleanup-kube-proxy");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for table in ["filter", "nat", "mangle"] {
+        assert_eq!(
+            rules(&save(&node, table)),
+            rules(&save(&expected, table)),
+            "{table}"
+        );
+    }
+}

@@ -209,7 +209,7 @@ fn cleanup_leaves_nothing_behind() {
             v["id"].to_string()
         })
         .collect();
-    assert_eq!(map_ids.len(), 8);
+    assert_eq!(map_ids.len(), proxy_common::names::ALL_MAPS.len());
     agent.stop();
     run(&mut agent.cleanup_command());
     assert!(!agent.bpffs.exists(), "pin directory removed");

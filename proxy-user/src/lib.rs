@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod config_file;
 pub mod ctl;
 pub mod dataplane;
+pub mod health_check;
 pub mod logging;
 pub mod metrics;
 pub mod model;

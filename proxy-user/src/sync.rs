@@ -16,7 +16,8 @@ use tracing::{error, info, warn};
 use crate::{
     dataplane::{Dataplane, MapUsage},
     model::{
-        FrontendAddr, FrontendSpec, NodeContext, Rejection, ServiceFrontends, translate_service,
+        FrontendAddr, FrontendSpec, HealthCheck, NodeContext, Rejection, ServiceFrontends,
+        translate_service,
     },
     source::{
         ObjectRef,
@@ -49,6 +50,15 @@ pub struct SyncSummary {
     /// Services with a Local internal policy and no local endpoint.
     pub no_local_endpoints: usize,
     pub usage: Vec<MapUsage>,
+    /// Every health check node port to serve, when the set or a count changed.
+    pub health_checks: Option<BTreeMap<u16, ServiceHealth>>,
+}
+
+/// What one health check node port reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceHealth {
+    pub service: ObjectRef,
+    pub local_endpoints: usize,
 }
 
 #[derive(Default)]
@@ -63,6 +73,9 @@ pub struct Syncer {
     reconciled: bool,
     /// Installed frontends with a Local policy and no endpoint, and their Service.
     no_local: BTreeMap<FrontendAddr, String>,
+    /// Services with a health check node port, and whether that set changed this sync.
+    health: BTreeMap<ObjectRef, HealthCheck>,
+    health_changed: bool,
 }
 
 impl Syncer {
@@ -188,6 +201,10 @@ impl Syncer {
             }
         }
         summary.no_local_endpoints = self.no_local.values().collect::<BTreeSet<_>>().len();
+        if self.health_changed || full {
+            summary.health_checks = Some(self.health_checks());
+            self.health_changed = false;
+        }
         summary.written = report.written;
         summary.removed = report.removed;
         summary.failed = report.failed.len();
@@ -205,6 +222,45 @@ impl Syncer {
             );
         }
         summary
+    }
+
+    /// Health check node ports by port. Two Services claiming one port (the API server
+    /// forbids it; a manifest directory may not): the first by name keeps it.
+    fn health_checks(&self) -> BTreeMap<u16, ServiceHealth> {
+        let mut ports: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
+        for (service, check) in &self.health {
+            match ports.get(&check.node_port) {
+                Some(first) => warn!(
+                    "{}",
+                    Rejection {
+                        object: format!("Service {service}"),
+                        code: "frontend_conflict",
+                        reason: format!(
+                            "healthCheckNodePort {} is already served for Service {}; not served",
+                            check.node_port, first.service
+                        ),
+                    }
+                ),
+                None => {
+                    ports.insert(
+                        check.node_port,
+                        ServiceHealth {
+                            service: service.clone(),
+                            local_endpoints: check.local_endpoints,
+                        },
+                    );
+                }
+            }
+        }
+        ports
+    }
+
+    fn set_health(&mut self, key: &ObjectRef, check: Option<HealthCheck>) {
+        let changed = match check {
+            Some(check) => self.health.insert(key.clone(), check) != Some(check),
+            None => self.health.remove(key).is_some(),
+        };
+        self.health_changed |= changed;
     }
 
     /// Whether a sync would do anything: something changed, or nothing was synced yet.
@@ -231,14 +287,17 @@ impl Syncer {
     ) -> Vec<(FrontendAddr, FrontendSpec)> {
         let Some(service) = store.service(key) else {
             self.last_good.remove(key);
+            self.set_health(key, None);
             return Vec::new();
         };
         match translate_service(key, service, &store.slices(key), node) {
             None => {
                 self.last_good.remove(key);
+                self.set_health(key, None);
                 Vec::new()
             }
             Some(Ok(frontends)) => {
+                self.set_health(key, frontends.health_check);
                 for warning in &frontends.warnings {
                     warn!("{warning}");
                     summary.rejections.push(warning.code);

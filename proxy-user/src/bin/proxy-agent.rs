@@ -11,6 +11,7 @@ use proxy_user::{
         ebpf::{EbpfDataplane, loader},
         iptables::{self, IptablesDataplane},
     },
+    health_check::HealthCheckServers,
     logging,
     metrics::{self, AgentMetrics},
     source::{kubernetes, manifest::ManifestDir},
@@ -225,6 +226,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             shared
         };
         let metrics = Arc::new(AgentMetrics::new(Some(args.bpffs.clone())));
+        let ready = metrics.clone();
+        let mut health_checks = HealthCheckServers::new(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            Arc::new(move || ready.readiness().healthy),
+        );
         metrics::http::serve(args.metrics_addr, metrics.clone(), "/metrics")
             .await
             .with_context(|| format!("binding --metrics-addr {}", args.metrics_addr))?;
@@ -236,7 +242,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             dataplane.as_mut(),
             shutdown_signal(),
             |event| match event {
-                agent::LoopEvent::Synced(summary) => metrics.observe_sync(summary),
+                agent::LoopEvent::Synced(summary) => {
+                    metrics.observe_sync(summary);
+                    if let Some(wanted) = &summary.health_checks {
+                        health_checks.update(wanted);
+                    }
+                }
                 agent::LoopEvent::Idle => metrics.heartbeat(),
                 agent::LoopEvent::Activated => retire_other_datapath(ebpf_active, &args.bpffs),
             },

@@ -159,10 +159,21 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// A LoadBalancer Service with externalTrafficPolicy Local: the node port where load
+/// balancers ask this node whether it has endpoints, and how many ready ones it has (the
+/// number kube-proxy reports: distinct local endpoint addresses over all ports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub node_port: u16,
+    pub local_endpoints: usize,
+}
+
 /// The frontends of one Service, plus what was wrong with the parts that were skipped.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceFrontends {
     pub frontends: Vec<(FrontendAddr, FrontendSpec)>,
+    /// Its health check node port, when it has one.
+    pub health_check: Option<HealthCheck>,
     /// Problems that did not stop the Service from being served (a malformed weights
     /// annotation, one unsupported port among several).
     pub warnings: Vec<Rejection>,

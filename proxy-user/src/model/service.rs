@@ -14,7 +14,7 @@ use std::{
 };
 
 use super::{
-    FrontendAddr, FrontendKind, FrontendSpec, Protocol, Rejection, ServiceFrontends,
+    FrontendAddr, FrontendKind, FrontendSpec, HealthCheck, Protocol, Rejection, ServiceFrontends,
     WeightedBackend,
     endpoints::{self, PortEndpoint, port_endpoints},
     input::{PortInput, ServiceInput, SliceInput},
@@ -68,12 +68,19 @@ pub fn translate_service(
     };
     let external = external_addresses(service, &mut out.warnings, &reject);
     let node_ports = matches!(&*service.type_, "NodePort" | "LoadBalancer");
+    // Ready endpoints on this node, over all ports: what the health check node port counts.
+    let mut local_ready: BTreeSet<Ipv4Addr> = BTreeSet::new();
 
     for port in service.ports.iter() {
         let Some((protocol, number)) = checked_port(key, port, &mut out.warnings) else {
             continue;
         };
         let all = port_endpoints(slices, &port.name, protocol, &mut out.warnings);
+        local_ready.extend(
+            all.iter()
+                .filter(|e| e.endpoint.ready && node.is_local(e.endpoint.node_name.as_deref()))
+                .map(|e| e.addr.ip),
+        );
         let weigh = |chosen: Vec<PortEndpoint>| -> Vec<WeightedBackend> {
             let mut backends: Vec<WeightedBackend> = chosen
                 .iter()
@@ -156,6 +163,24 @@ pub fn translate_service(
                 }
             }
             _ => {}
+        }
+    }
+    if &*service.type_ == "LoadBalancer" && service.external_traffic_local {
+        match service.health_check_node_port.map(u16::try_from) {
+            Some(Ok(node_port)) if node_port != 0 => {
+                out.health_check = Some(HealthCheck {
+                    node_port,
+                    local_endpoints: local_ready.len(),
+                })
+            }
+            Some(_) => out.warnings.push(reject(
+                "port_out_of_range",
+                format!(
+                    "healthCheckNodePort {:?} is out of range; no health check is served",
+                    service.health_check_node_port.unwrap_or_default()
+                ),
+            )),
+            None => {}
         }
     }
     // The same slice problem is found once per port; report it once.

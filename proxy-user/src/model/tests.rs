@@ -484,3 +484,44 @@ fn the_same_port_on_tcp_and_udp_is_two_frontends() {
         ]
     );
 }
+
+#[test]
+fn health_check_node_port_counts_ready_local_endpoints() {
+    let check = |spec: &str| {
+        let set = objects(&web(spec, NODES_SLICE));
+        let t = translate(&set, &node(None));
+        let out = t.into_values().next().expect("translated").expect("valid");
+        out.health_check
+    };
+    // node-a has 198.18.1.2 ready and 198.18.1.4 terminating: kube-proxy counts 1.
+    assert_eq!(
+        check(
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n"
+        ),
+        Some(HealthCheck {
+            node_port: 32_000,
+            local_endpoints: 1
+        })
+    );
+    // Only LoadBalancer Services with the Local policy have one.
+    assert_eq!(
+        check("  type: LoadBalancer\n  healthCheckNodePort: 32000\n"),
+        None
+    );
+    assert_eq!(
+        check("  type: NodePort\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n"),
+        None
+    );
+    // A node without endpoints of the Service reports 0 (and answers 503).
+    let set = objects(&web(
+        "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 32000\n",
+        NODES_SLICE,
+    ));
+    let elsewhere = NodeContext::new(Some("node-c"), None);
+    let out = translate(&set, &elsewhere)
+        .into_values()
+        .next()
+        .expect("translated")
+        .expect("valid");
+    assert_eq!(out.health_check.map(|h| h.local_endpoints), Some(0));
+}
