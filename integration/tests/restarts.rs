@@ -119,7 +119,7 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
             renamed += 1;
         }
     }
-    assert_eq!(renamed, 8);
+    assert_eq!(renamed, proxy_common::names::ALL_MAPS.len());
     std::thread::sleep(Duration::from_millis(200));
     agent.start();
     agent.wait_for(
@@ -141,7 +141,7 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
     let log = agent.log();
     assert_eq!(
         log.matches("removed a pin no program of ours uses").count(),
-        8,
+        proxy_common::names::ALL_MAPS.len(),
         "old layout's maps unpinned:\n{log}"
     );
     let pins: Vec<String> = std::fs::read_dir(&agent.bpffs)
