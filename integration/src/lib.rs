@@ -11,6 +11,7 @@
 pub mod bench_report;
 pub mod daemonset;
 pub mod manifests;
+pub mod two_nodes;
 
 use std::{
     collections::BTreeMap,
