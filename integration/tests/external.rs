@@ -188,3 +188,56 @@ fn the_health_check_node_port_answers_the_outside() {
     assert!(text.ends_with("\n200"), "{text}");
     assert!(text.contains("\"localEndpoints\":1"), "{text}");
 }
+
+#[test]
+fn load_balancer_source_ranges_admit_and_refuse() {
+    require_privileges!();
+    let t = TwoNodes::new();
+    let allowed = format!("  loadBalancerSourceRanges: [\"{CLIENT_IP}/32\", 203.0.113.0/25]\n");
+    let mut agent = start(&t, &web(&allowed, &t.endpoints()));
+    let to_lb = format!("{LB_IP}:80");
+    let report = t.probe(&["--to", &to_lb, "--count", "10"]);
+    assert_eq!(
+        report.answers.values().sum::<usize>(),
+        10,
+        "in range: {report:?}"
+    );
+
+    // The client's address out of the ranges: the LoadBalancer IP drops it...
+    agent.write(
+        "web.yaml",
+        &web(
+            "  loadBalancerSourceRanges: [203.0.113.0/25]\n",
+            &t.endpoints(),
+        ),
+    );
+    let nat = || {
+        integration::run(
+            integration::command_in(&agent.netns, None, "iptables-save").args(["-t", "nat"]),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while nat().contains(&format!("-s {CLIENT_IP}/32")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ranges were never updated"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let report = t.probe(&["--to", &to_lb, "--count", "2", "--timeout-ms", "300"]);
+    assert_eq!(
+        report.errors.get("ETIMEDOUT"),
+        Some(&2),
+        "out of range: {report:?}"
+    );
+    // ...while the NodePort and the ExternalIP, which the ranges do not cover, still serve.
+    for to in [format!("{NODE_A_IP}:30080"), format!("{EXTERNAL_IP}:80")] {
+        let report = t.probe(&["--to", &to, "--count", "5"]);
+        assert_eq!(
+            report.answers.values().sum::<usize>(),
+            5,
+            "{to}: {report:?}"
+        );
+    }
+    agent.stop();
+}

@@ -26,6 +26,7 @@ pub struct ServiceInput {
     pub internal_traffic_local: bool,
     pub external_traffic_local: bool,
     pub health_check_node_port: Option<i32>,
+    pub load_balancer_source_ranges: Box<[Box<str>]>,
     pub weights: Option<Box<str>>,
 }
 
@@ -82,6 +83,7 @@ impl From<&Service> for ServiceInput {
             internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             health_check_node_port: spec.health_check_node_port,
+            load_balancer_source_ranges: boxed(spec.load_balancer_source_ranges),
             weights: service
                 .metadata
                 .annotations

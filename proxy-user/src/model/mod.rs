@@ -131,6 +131,23 @@ pub struct FrontendSpec {
     /// policy, where outside traffic is masqueraded and reaches `backends` like the rest.
     /// Sockets on the node are never subject to it (kube-proxy's "route LOCAL traffic").
     pub external_local: Option<Vec<WeightedBackend>>,
+    /// loadBalancerSourceRanges, on a LoadBalancer frontend: who may reach it from
+    /// outside the node. `None`: anyone.
+    pub source_ranges: Option<SourceRanges>,
+    /// The Service's health check node port (a LoadBalancer with externalTrafficPolicy
+    /// Local), on each of its frontends.
+    pub health_check_node_port: Option<u16>,
+}
+
+/// The clients a LoadBalancer frontend accepts from outside the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceRanges {
+    /// IPv4 networks (address, prefix length). Empty: nobody (every range given was of
+    /// another family or invalid: closed rather than open).
+    pub cidrs: Vec<(Ipv4Addr, u8)>,
+    /// A range holds one of the node's addresses: traffic the node sends to its own load
+    /// balancer IP (which arrives from that IP) is let through too, as kube-proxy does.
+    pub allow_node: bool,
 }
 
 impl FrontendSpec {

@@ -15,7 +15,7 @@ use std::{
 
 use super::{
     FrontendAddr, FrontendKind, FrontendSpec, HealthCheck, Protocol, Rejection, ServiceFrontends,
-    WeightedBackend,
+    SourceRanges, WeightedBackend,
     endpoints::{self, PortEndpoint, port_endpoints},
     input::{PortInput, ServiceInput, SliceInput},
     node::NodeContext,
@@ -70,6 +70,8 @@ pub fn translate_service(
     let node_ports = matches!(&*service.type_, "NodePort" | "LoadBalancer");
     // Ready endpoints on this node, over all ports: what the health check node port counts.
     let mut local_ready: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let health_check_node_port = health_check_node_port(service, &mut out.warnings, &reject);
+    let source_ranges = source_ranges(service, node, &mut out.warnings, &reject);
 
     for port in service.ports.iter() {
         let Some((protocol, number)) = checked_port(key, port, &mut out.warnings) else {
@@ -113,6 +115,12 @@ pub fn translate_service(
             } else {
                 external_local.clone()
             },
+            source_ranges: if kind == FrontendKind::LoadBalancer {
+                source_ranges.clone()
+            } else {
+                None
+            },
+            health_check_node_port,
         };
 
         let clusterip_backends = if service.internal_traffic_local {
@@ -165,24 +173,10 @@ pub fn translate_service(
             _ => {}
         }
     }
-    if &*service.type_ == "LoadBalancer" && service.external_traffic_local {
-        match service.health_check_node_port.map(u16::try_from) {
-            Some(Ok(node_port)) if node_port != 0 => {
-                out.health_check = Some(HealthCheck {
-                    node_port,
-                    local_endpoints: local_ready.len(),
-                })
-            }
-            Some(_) => out.warnings.push(reject(
-                "port_out_of_range",
-                format!(
-                    "healthCheckNodePort {:?} is out of range; no health check is served",
-                    service.health_check_node_port.unwrap_or_default()
-                ),
-            )),
-            None => {}
-        }
-    }
+    out.health_check = health_check_node_port.map(|node_port| HealthCheck {
+        node_port,
+        local_endpoints: local_ready.len(),
+    });
     // The same slice problem is found once per port; report it once.
     let mut seen = BTreeSet::new();
     out.warnings.retain(|w| seen.insert(w.to_string()));
@@ -217,6 +211,79 @@ fn cluster_ip(service: &ServiceInput) -> Result<Option<Ipv4Addr>, (&'static str,
         "invalid_cluster_ip",
         format!("clusterIP {cluster_ip:?} is not an IP address"),
     ))
+}
+
+/// The health check node port of a LoadBalancer Service with externalTrafficPolicy Local.
+fn health_check_node_port(
+    service: &ServiceInput,
+    warnings: &mut Vec<Rejection>,
+    reject: &dyn Fn(&'static str, String) -> Rejection,
+) -> Option<u16> {
+    if &*service.type_ != "LoadBalancer" || !service.external_traffic_local {
+        return None;
+    }
+    let port = service.health_check_node_port?;
+    match u16::try_from(port) {
+        Ok(port) if port != 0 => Some(port),
+        _ => {
+            warnings.push(reject(
+                "port_out_of_range",
+                format!("healthCheckNodePort {port} is out of range; no health check is served"),
+            ));
+            None
+        }
+    }
+}
+
+/// loadBalancerSourceRanges of a LoadBalancer Service, IPv4 ones. A range of another
+/// family or that does not parse is skipped with a warning; if none is left, the
+/// frontend accepts nobody from outside (closed, not open).
+fn source_ranges(
+    service: &ServiceInput,
+    node: &NodeContext,
+    warnings: &mut Vec<Rejection>,
+    reject: &dyn Fn(&'static str, String) -> Rejection,
+) -> Option<SourceRanges> {
+    if &*service.type_ != "LoadBalancer" || service.load_balancer_source_ranges.is_empty() {
+        return None;
+    }
+    let mut cidrs = Vec::new();
+    for text in service.load_balancer_source_ranges.iter() {
+        match parse_cidr(text.trim()) {
+            Some(cidr) => cidrs.push(cidr),
+            None => warnings.push(reject(
+                "invalid_source_range",
+                format!("loadBalancerSourceRanges entry {text:?} is not an IPv4 CIDR; skipped"),
+            )),
+        }
+    }
+    if cidrs.is_empty() {
+        warnings.push(reject(
+            "invalid_source_range",
+            "no loadBalancerSourceRanges entry is an IPv4 CIDR: the load balancer IPs accept no traffic from outside the node".into(),
+        ));
+    }
+    cidrs.sort();
+    cidrs.dedup();
+    let allow_node = node
+        .addresses
+        .iter()
+        .any(|ip| cidrs.iter().any(|cidr| contains(*cidr, *ip)));
+    Some(SourceRanges { cidrs, allow_node })
+}
+
+/// `203.0.113.0/25` -> (203.0.113.0, 25); the address is masked to the prefix.
+pub fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (ip, bits) = text.split_once('/')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let bits: u8 = bits.parse().ok().filter(|b| *b <= 32)?;
+    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+    Some((Ipv4Addr::from(u32::from(ip) & mask), bits))
+}
+
+fn contains((net, bits): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
+    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net)
 }
 
 /// ExternalIPs and LoadBalancer ingress IPs (IPv4; `ipMode: Proxy` ingress is left to the

@@ -525,3 +525,62 @@ fn health_check_node_port_counts_ready_local_endpoints() {
         .expect("valid");
     assert_eq!(out.health_check.map(|h| h.local_endpoints), Some(0));
 }
+
+#[test]
+fn load_balancer_source_ranges_are_ipv4_cidrs_on_the_load_balancer_frontends() {
+    let lb = |ranges: &str| {
+        let set = objects(&web(
+            &format!(
+                "  type: LoadBalancer\n  loadBalancerSourceRanges: {ranges}\nstatus:\n  loadBalancer:\n    ingress: [{{ip: 198.19.2.1}}]\n"
+            ),
+            NODES_SLICE,
+        ));
+        translate(&set, &node(None))
+            .into_values()
+            .next()
+            .expect("translated")
+            .expect("valid")
+    };
+    let out = lb("[\"203.0.113.7/25\", \"fd00::/64\", \"198.18.0.0/24\"]");
+    let ranges: Vec<_> = out
+        .frontends
+        .iter()
+        .map(|(a, s)| (a.to_string(), s.source_ranges.clone()))
+        .collect();
+    let expected = SourceRanges {
+        // Masked to the prefix; 198.18.0.0/24 holds the node's address 198.18.0.5.
+        cidrs: vec![
+            (Ipv4Addr::new(198, 18, 0, 0), 24),
+            (Ipv4Addr::new(203, 0, 113, 0), 25),
+        ],
+        allow_node: true,
+    };
+    for (addr, r) in &ranges {
+        if addr.starts_with("198.19.2.1:") {
+            assert_eq!(r.as_ref(), Some(&expected), "{addr}");
+        } else {
+            assert_eq!(r, &None, "only the LoadBalancer IP is firewalled: {addr}");
+        }
+    }
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.to_string().contains("\"fd00::/64\" is not an IPv4 CIDR")),
+        "{:?}",
+        out.warnings
+    );
+    // Nothing usable: closed, not open.
+    let closed = lb("[\"fd00::/64\"]");
+    let lb_spec = closed
+        .frontends
+        .iter()
+        .find(|(a, _)| a.ip == Ipv4Addr::new(198, 19, 2, 1))
+        .map(|(_, s)| s.source_ranges.clone());
+    assert_eq!(
+        lb_spec,
+        Some(Some(SourceRanges {
+            cidrs: vec![],
+            allow_node: false
+        }))
+    );
+}

@@ -156,6 +156,8 @@ impl Maps {
                     serving_anywhere: backends.iter().any(|b| b.weight > 0),
                     backends,
                     // Not in the maps until the tc programs use it.
+                    source_ranges: None,
+                    health_check_node_port: None,
                     external_local: None,
                 },
             );

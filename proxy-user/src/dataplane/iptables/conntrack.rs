@@ -123,6 +123,8 @@ mod tests {
                 })
                 .collect(),
             serving_anywhere: true,
+            source_ranges: None,
+            health_check_node_port: None,
             external_local: None,
         }
     }

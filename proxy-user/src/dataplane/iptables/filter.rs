@@ -9,11 +9,12 @@ use std::fmt::Write as _;
 use super::render::MASQ_MARK;
 
 /// The filter chains kube-proxy writes whole on every sync.
-pub const FILTER_CHAINS: [&str; 4] = [
+pub const FILTER_CHAINS: [&str; 5] = [
     "KUBE-SERVICES",
     "KUBE-EXTERNAL-SERVICES",
     "KUBE-FORWARD",
     "KUBE-NODEPORTS",
+    "KUBE-PROXY-FIREWALL",
 ];
 
 /// The filter table, `*filter` to `COMMIT`, with the given REJECT/DROP rules.

@@ -66,8 +66,9 @@ const NEW: &[&str] = &["-m", "conntrack", "--ctstate", "NEW"];
 const PORTALS: &str = "kubernetes service portals";
 const EXTERNAL_PORTALS: &str = "kubernetes externally-visible service portals";
 
-/// kube-proxy's jumps (`iptablesJumpChains`), minus the load balancer firewall, which
-/// needs loadBalancerSourceRanges support.
+const LB_FIREWALL: &str = "kubernetes load balancer firewall";
+
+/// kube-proxy's jumps (`iptablesJumpChains`).
 const JUMPS: &[Jump] = &[
     Jump::new("nat", "PREROUTING", &[], PORTALS, "KUBE-SERVICES"),
     Jump::new("nat", "OUTPUT", &[], PORTALS, "KUBE-SERVICES"),
@@ -108,6 +109,10 @@ const JUMPS: &[Jump] = &[
         "kubernetes forwarding rules",
         "KUBE-FORWARD",
     ),
+    // Inserted last, so first in their chains, as kube-proxy's are.
+    Jump::new("filter", "INPUT", NEW, LB_FIREWALL, "KUBE-PROXY-FIREWALL"),
+    Jump::new("filter", "OUTPUT", NEW, LB_FIREWALL, "KUBE-PROXY-FIREWALL"),
+    Jump::new("filter", "FORWARD", NEW, LB_FIREWALL, "KUBE-PROXY-FIREWALL"),
 ];
 
 /// An empty nat chain whose presence says the KUBE-* chains were installed by ebpf-proxy.
@@ -137,6 +142,7 @@ pub fn is_ours(chain: &str) -> bool {
             | "KUBE-MARK-MASQ"
             | "KUBE-EXTERNAL-SERVICES"
             | "KUBE-FORWARD"
+            | "KUBE-PROXY-FIREWALL"
     ) || [
         "KUBE-SVC-",
         "KUBE-SEP-",

@@ -45,6 +45,11 @@ pub fn external_chain(service_port: &str, protocol: Protocol) -> String {
     port_chain("KUBE-EXT-", service_port, protocol)
 }
 
+/// `KUBE-FW-…`: the loadBalancerSourceRanges firewall of a service port's LB IPs.
+pub fn firewall_chain(service_port: &str, protocol: Protocol) -> String {
+    port_chain("KUBE-FW-", service_port, protocol)
+}
+
 /// `KUBE-SEP-…` for one endpoint of a service port.
 pub fn endpoint_chain(service_port: &str, protocol: Protocol, endpoint: &BackendAddr) -> String {
     format!(

@@ -22,7 +22,10 @@ use std::{
 
 use super::{
     filter,
-    names::{endpoint_chain, external_chain, local_service_chain, protocol_name, service_chain},
+    names::{
+        endpoint_chain, external_chain, firewall_chain, local_service_chain, protocol_name,
+        service_chain,
+    },
     probability::probabilities,
 };
 use crate::model::{
@@ -229,6 +232,20 @@ pub fn port_rules(
     });
     let mut internal_rules = Vec::new();
     let mut node_port = None;
+    // kube-proxy's usesFWChain: the LB IPs' traffic goes through KUBE-FW, which lets the
+    // source ranges through to KUBE-EXT; KUBE-PROXY-FIREWALL drops the rest.
+    let firewall = frontends
+        .iter()
+        .find_map(|(_, s)| s.source_ranges.as_ref())
+        .filter(|_| has_endpoints);
+    let fw = firewall_chain(service, protocol);
+    let mut lb_ips = Vec::new();
+    if let Some(hcnp) = frontends.iter().find_map(|(_, s)| s.health_check_node_port) {
+        out.filter.push(format!(
+            "-A KUBE-NODEPORTS -m comment --comment {} -m tcp -p tcp --dport {hcnp} -j ACCEPT",
+            arg(&format!("{service} health check node port"))
+        ));
+    }
     for (addr, spec) in ordered {
         match spec.kind {
             FrontendKind::ClusterIp => {
@@ -258,10 +275,20 @@ pub fn port_rules(
                 } else {
                     "loadbalancer IP"
                 };
+                let firewalled = firewall.is_some() && spec.kind == FrontendKind::LoadBalancer;
                 if has_endpoints {
                     out.services.push(format!(
-                        "-A KUBE-SERVICES -m comment --comment {} {} -j {ext}",
+                        "-A KUBE-SERVICES -m comment --comment {} {} -j {}",
                         arg(&format!("{service} {what}")),
+                        destination(addr),
+                        if firewalled { &fw } else { &ext }
+                    ));
+                }
+                if firewalled {
+                    lb_ips.push(addr.ip);
+                    out.filter.push(format!(
+                        "-A KUBE-PROXY-FIREWALL -m comment --comment {} {} -j DROP",
+                        arg(&format!("{service} traffic not accepted by {fw}")),
                         destination(addr)
                     ));
                 }
@@ -298,6 +325,30 @@ pub fn port_rules(
             ext.clone(),
             external_rules(service, protocol, &eps, options, has_external),
         ));
+    }
+    if let Some(ranges) = firewall.filter(|_| !lb_ips.is_empty()) {
+        let comment = arg(&format!("{service} loadbalancer IP"));
+        let mut rules: Vec<String> = ranges
+            .cidrs
+            .iter()
+            .map(|(net, bits)| {
+                format!("-A {fw} -m comment --comment {comment} -s {net}/{bits} -j {ext}")
+            })
+            .collect();
+        if ranges.allow_node {
+            rules.extend(
+                lb_ips
+                    .iter()
+                    .map(|ip| format!("-A {fw} -m comment --comment {comment} -s {ip} -j {ext}")),
+            );
+        }
+        rules.push(format!(
+            "-A {fw} -m comment --comment {}",
+            arg(&format!(
+                "other traffic to {service} will be dropped by KUBE-PROXY-FIREWALL"
+            ))
+        ));
+        out.chains.push((fw.clone(), rules));
     }
     let mut policy_chains = Vec::new();
     if eps.uses_cluster() && !eps.cluster.is_empty() {

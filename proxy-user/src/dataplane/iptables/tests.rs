@@ -102,6 +102,8 @@ fn spec(service: &str, backends: &[u8]) -> FrontendSpec {
             })
             .collect(),
         serving_anywhere: !backends.is_empty(),
+        source_ranges: None,
+        health_check_node_port: None,
         external_local: None,
     }
 }
