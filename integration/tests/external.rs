@@ -2,10 +2,13 @@
 //! reaches Services through node-a's NodePort, an ExternalIP and a LoadBalancer IP, with
 //! backends on node-a and on node-b.
 //!
-//! These run in iptables mode, where kube-proxy's chains (KUBE-NODEPORTS, KUBE-EXT-*)
-//! translate such traffic. The eBPF mode translates sockets on the node only; its tc
-//! programs for this traffic are not written yet, and these same scenarios are the ones
-//! they must pass.
+//! Each scenario runs in iptables mode, where kube-proxy's chains (KUBE-NODEPORTS,
+//! KUBE-EXT-*) translate such traffic, and in eBPF mode, where tc programs on node-a's
+//! interfaces toward the client and toward node-b do (`--interfaces ext0,nb0`).
+//! Differences are asserted as differences: in eBPF mode a backend on node-a is reached
+//! without source NAT under the Cluster policy (as Cilium does; its replies pass node-a
+//! anyway), where kube-proxy masquerades every Cluster flow. Not yet in eBPF mode:
+//! loadBalancerSourceRanges and the ICMP answer for UDP without endpoints.
 
 use std::time::Duration;
 
@@ -16,7 +19,6 @@ use integration::{
     two_nodes::{CLIENT_IP, NODE_A_IP, TwoNodes},
 };
 
-const MODE: &str = "iptables";
 const VIP: &str = "198.19.0.30";
 const EXTERNAL_IP: &str = "198.19.5.5";
 const LB_IP: &str = "198.19.7.7";
@@ -44,14 +46,40 @@ fn web(extra: &str, endpoints: &[integration::manifests::Endpoint]) -> String {
     service_with_endpoints("web", VIP, &[HTTP_NP, DNS_NP], &opts, endpoints)
 }
 
-fn start(t: &TwoNodes, yaml: &str) -> Agent {
-    let mut agent = t.agent(MODE);
+fn start(t: &TwoNodes, mode: &'static str, yaml: &str) -> Agent {
+    let mut agent = t.agent(mode);
+    if mode == "ebpf" {
+        agent
+            .extra_args
+            .extend(["--interfaces".into(), "ext0,nb0".into()]);
+    }
     agent.write("web.yaml", yaml);
     agent.start();
-    agent.wait_for("the rules", Duration::from_secs(10), |_| {
-        agent.log().contains("\"synced\"")
+    agent.wait_for("the first sync", Duration::from_secs(10), |_| {
+        let log = agent.log();
+        // In eBPF mode: both programs on both interfaces.
+        log.contains("\"synced\"")
+            && (mode != "ebpf" || log.matches("\"message\":\"tc program\"").count() == 4)
     });
     agent
+}
+
+/// One test per mode for a scenario `fn(mode)`.
+macro_rules! both_modes {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[test]
+            fn iptables() {
+                integration::require_privileges!();
+                super::$scenario("iptables");
+            }
+            #[test]
+            fn ebpf() {
+                integration::require_privileges!();
+                super::$scenario("ebpf");
+            }
+        }
+    };
 }
 
 /// `pod-a saw 198.18.110.1` -> ("pod-a", "198.18.110.1").
@@ -64,11 +92,10 @@ fn who_saw(report: &integration::Report) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn cluster_policy_reaches_both_nodes_pods_with_the_nodes_address() {
-    require_privileges!();
+both_modes!(cluster_policy_reaches_both_nodes_pods);
+fn cluster_policy_reaches_both_nodes_pods(mode: &'static str) {
     let t = TwoNodes::new();
-    let _agent = start(&t, &web("", &t.endpoints()));
+    let agent = start(&t, mode, &web("", &t.endpoints()));
     for to in [
         format!("{NODE_A_IP}:30080"),
         format!("{EXTERNAL_IP}:80"),
@@ -83,11 +110,16 @@ fn cluster_policy_reaches_both_nodes_pods_with_the_nodes_address() {
         let seen = who_saw(&report);
         let pods: std::collections::BTreeSet<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(pods.len(), 2, "{to}: both nodes' pods answer: {report:?}");
-        // Masqueraded to node-a, so that replies come back through it.
-        assert!(
-            seen.iter().all(|(_, source)| source != CLIENT_IP),
-            "{to}: the backends saw node-a, not the client: {report:?}"
-        );
+        // Masqueraded to node-a, so that replies come back through it: kube-proxy
+        // does it for every flow, the eBPF mode for flows to another node only.
+        for (pod, source) in &seen {
+            let masqueraded = source != CLIENT_IP;
+            let expected = mode == "iptables" || pod == "pod-b";
+            assert_eq!(
+                masqueraded, expected,
+                "{to}: {pod} saw {source}: {report:?}"
+            );
+        }
     }
     // UDP through the NodePort: both pods, replies from the address the client used.
     let udp = t.probe(&[
@@ -104,13 +136,71 @@ fn cluster_policy_reaches_both_nodes_pods_with_the_nodes_address() {
         [&format!("{NODE_A_IP}:30053")],
         "{udp:?}"
     );
+    if mode == "ebpf" {
+        check_flows_and_status(&t, &agent);
+    }
 }
 
-#[test]
-fn local_policy_keeps_the_client_address_and_uses_this_nodes_pod() {
-    require_privileges!();
+/// proxyctl shows the flows the tc programs keep, and where they are attached.
+fn check_flows_and_status(t: &TwoNodes, agent: &Agent) {
+    let out = agent.proxyctl(&["flows", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("flows json");
+    let flows = flows.as_array().expect("rows");
+    // 3 x 40 TCP connections and one UDP socket's flow.
+    assert!(flows.len() > 100, "{} flows", flows.len());
+    for f in flows {
+        assert!(
+            f["client"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(CLIENT_IP)),
+            "{f}"
+        );
+        let to_node_b = f["backend"]
+            .as_str()
+            .is_some_and(|b| b.starts_with(&t.pod_b.ip));
+        // Flows to node-b leave with node-a's address toward it; to node-a's pod, none.
+        assert_eq!(
+            f["source_nat"]
+                .as_str()
+                .map(|s| s.starts_with("198.18.101.1:")),
+            to_node_b.then_some(true),
+            "{f}"
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&agent.proxyctl(&["status", "--json"]).stdout).expect("status");
+    let tc: Vec<String> = status["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .filter(|a| a["hook"].as_str().is_some_and(|h| h.starts_with("tc-")))
+        .map(|a| format!("{} {} {}", a["program"], a["target"], a["attached"]))
+        .collect();
+    assert_eq!(
+        tc,
+        [
+            r#""epx_tc_egress" "ext0" true"#,
+            r#""epx_tc_egress" "nb0" true"#,
+            r#""epx_tc_ingress" "ext0" true"#,
+            r#""epx_tc_ingress" "nb0" true"#,
+        ],
+        "{status}"
+    );
+}
+
+both_modes!(local_policy_keeps_the_client_address_and_uses_this_nodes_pod);
+fn local_policy_keeps_the_client_address_and_uses_this_nodes_pod(mode: &'static str) {
     let t = TwoNodes::new();
-    let _agent = start(&t, &web("  externalTrafficPolicy: Local\n", &t.endpoints()));
+    let _agent = start(
+        &t,
+        mode,
+        &web("  externalTrafficPolicy: Local\n", &t.endpoints()),
+    );
     for to in [
         format!("{NODE_A_IP}:30080"),
         format!("{EXTERNAL_IP}:80"),
@@ -125,12 +215,11 @@ fn local_policy_keeps_the_client_address_and_uses_this_nodes_pod() {
     }
 }
 
-#[test]
-fn local_policy_without_a_local_endpoint_drops() {
-    require_privileges!();
+both_modes!(local_policy_without_a_local_endpoint_drops);
+fn local_policy_without_a_local_endpoint_drops(mode: &'static str) {
     let t = TwoNodes::new();
     let only_b = &t.endpoints()[1..];
-    let _agent = start(&t, &web("  externalTrafficPolicy: Local\n", only_b));
+    let _agent = start(&t, mode, &web("  externalTrafficPolicy: Local\n", only_b));
     let report = t.probe(&[
         "--to",
         &format!("{NODE_A_IP}:30080"),
@@ -142,18 +231,26 @@ fn local_policy_without_a_local_endpoint_drops() {
     assert_eq!(report.errors.get("ETIMEDOUT"), Some(&2), "{report:?}");
 }
 
-#[test]
-fn a_frontend_without_endpoints_answers_with_a_reset_or_port_unreachable() {
-    require_privileges!();
+both_modes!(a_frontend_without_endpoints_answers_with_a_reset_or_port_unreachable);
+fn a_frontend_without_endpoints_answers_with_a_reset_or_port_unreachable(mode: &'static str) {
     let t = TwoNodes::new();
-    let _agent = start(&t, &web("", &[]));
+    let _agent = start(&t, mode, &web("", &[]));
     for to in [
         format!("{NODE_A_IP}:30080"),
         format!("{EXTERNAL_IP}:80"),
         format!("{LB_IP}:80"),
     ] {
         let tcp = t.probe(&["--to", &to, "--count", "2", "--timeout-ms", "2000"]);
-        assert_eq!(tcp.errors.get("ECONNREFUSED"), Some(&2), "{to}: {tcp:?}");
+        assert_eq!(
+            tcp.errors.get("ECONNREFUSED"),
+            Some(&2),
+            "{to}: {tcp:?}\n{}",
+            String::from_utf8_lossy(&_agent.proxyctl(&["stats"]).stdout)
+        );
+    }
+    if mode == "ebpf" {
+        // Not yet: the tc programs drop UDP without endpoints instead of answering.
+        return;
     }
     let udp = t.probe(&[
         "--to",
@@ -167,12 +264,12 @@ fn a_frontend_without_endpoints_answers_with_a_reset_or_port_unreachable() {
     assert_eq!(udp.errors.get("ECONNREFUSED"), Some(&2), "{udp:?}");
 }
 
-#[test]
-fn the_health_check_node_port_answers_the_outside() {
-    require_privileges!();
+both_modes!(the_health_check_node_port_answers_the_outside);
+fn the_health_check_node_port_answers_the_outside(mode: &'static str) {
     let t = TwoNodes::new();
     let _agent = start(
         &t,
+        mode,
         &web(
             "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n",
             &t.endpoints(),
@@ -185,16 +282,17 @@ fn the_health_check_node_port_answers_the_outside() {
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.ends_with("\n200"), "{text}");
+    assert!(text.ends_with("\n200"), "{text}\n{}", _agent.log());
     assert!(text.contains("\"localEndpoints\":1"), "{text}");
 }
 
+/// iptables mode only: the tc programs do not enforce the ranges yet.
 #[test]
 fn load_balancer_source_ranges_admit_and_refuse() {
     require_privileges!();
     let t = TwoNodes::new();
     let allowed = format!("  loadBalancerSourceRanges: [\"{CLIENT_IP}/32\", 203.0.113.0/25]\n");
-    let mut agent = start(&t, &web(&allowed, &t.endpoints()));
+    let mut agent = start(&t, "iptables", &web(&allowed, &t.endpoints()));
     let to_lb = format!("{LB_IP}:80");
     let report = t.probe(&["--to", &to_lb, "--count", "10"]);
     assert_eq!(
@@ -240,4 +338,43 @@ fn load_balancer_source_ranges_admit_and_refuse() {
         );
     }
     agent.stop();
+}
+
+both_modes!(a_flow_survives_an_unrelated_change_and_an_agent_restart);
+fn a_flow_survives_an_unrelated_change_and_an_agent_restart(mode: &'static str) {
+    let t = TwoNodes::new();
+    let mut agent = start(&t, mode, &web("", &t.endpoints()));
+    // One UDP socket through the NodePort for about 3 s: one flow, one backend.
+    let probe = integration::bin_dir().join("probe");
+    let client = t
+        .client_command(probe.to_str().expect("utf-8 path"))
+        .args(["connect", "--to", &format!("{NODE_A_IP}:30053"), "--udp"])
+        .args(["--one-socket", "--count", "60", "--interval-ms", "50"])
+        .args(["--timeout-ms", "1000", "--sequence"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("probe");
+    std::thread::sleep(Duration::from_millis(500));
+    // Another Service appears, then the agent restarts.
+    agent.write(
+        "other.yaml",
+        &service_with_endpoints(
+            "other",
+            "198.19.0.31",
+            &[HTTP],
+            &ServiceOpts::default(),
+            &t.endpoints()[..1],
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    agent.stop();
+    agent.start();
+    let out = client.wait_with_output().expect("probe output");
+    let report: integration::Report = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(
+        report.answers.len(),
+        1,
+        "one backend throughout: {report:?}"
+    );
+    assert_eq!(report.answers.values().sum::<usize>(), 60, "{report:?}");
 }

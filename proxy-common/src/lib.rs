@@ -37,9 +37,17 @@ pub struct Frontend {
     pub port: u16,
     /// [`IPPROTO_TCP`] or [`IPPROTO_UDP`].
     pub proto: u8,
+    /// [`SCOPE_SOCKET`] for the frontend itself; [`SCOPE_EXTERNAL_LOCAL`] for the slot
+    /// table the tc programs use for traffic from outside under externalTrafficPolicy
+    /// Local (this node's endpoints only).
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<Frontend>() == 8);
+
+/// `Frontend::_pad`: the frontend as sockets (and Cluster-policy outside traffic) see it.
+pub const SCOPE_SOCKET: u8 = 0;
+/// `Frontend::_pad`: the externalTrafficPolicy Local view of the same frontend.
+pub const SCOPE_EXTERNAL_LOCAL: u8 = 1;
 
 /// A backend address (endpoint IP and target port).
 #[repr(C)]
@@ -81,6 +89,70 @@ pub const SERVICE_KIND_MASK: u8 = 0b11;
 /// `Service::flags`: only node-local endpoints are used; none means "dropped", counted as
 /// [`Event::NoLocalEndpoint`].
 pub const SERVICE_LOCAL_ONLY: u8 = 0b100;
+/// `Service::flags`: traffic from outside the node uses the frontend's
+/// [`SCOPE_EXTERNAL_LOCAL`] table and keeps its source (externalTrafficPolicy Local).
+pub const SERVICE_EXTERNAL_LOCAL: u8 = 0b1000;
+
+/// Key of the NAT flow table: one direction of a connection translated by the tc
+/// programs, as the packet arrives (addresses and ports in network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct NatKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<NatKey>() == 16);
+
+/// Value of the NAT flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct NatEntry {
+    /// Forward: the backend (the new destination). Reverse: the frontend (the new source).
+    pub to_addr: u32,
+    /// Forward: the source-NAT address (the new source), 0 to keep the client's.
+    /// Reverse: the client (the new destination), 0 to keep it.
+    pub alt_addr: u32,
+    pub to_port: u16,
+    pub alt_port: u16,
+    /// [`NAT_REVERSE`], [`NAT_SNAT`], [`NAT_ON_EGRESS`].
+    pub flags: u8,
+    /// [`TCP_SYN_SENT`], [`TCP_ESTABLISHED`], [`TCP_CLOSING`]; UDP stays 0.
+    pub state: u8,
+    pub _pad: [u8; 2],
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<NatEntry>() == 24);
+
+/// `NatEntry::flags`: the reply direction.
+pub const NAT_REVERSE: u8 = 1;
+/// `NatEntry::flags`: the flow is source-NATed to the node (a backend on another node).
+pub const NAT_SNAT: u8 = 2;
+/// `NatEntry::flags`: reverse entry applied by the egress program (the reply of a backend
+/// on this node, routed by the kernel toward the client).
+pub const NAT_ON_EGRESS: u8 = 4;
+pub const TCP_SYN_SENT: u8 = 0;
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_CLOSING: u8 = 2;
+
+/// Flow timeouts, as Cilium's connection tracking uses them.
+pub const NAT_TIMEOUT_SYN_NS: u64 = 60 * 1_000_000_000;
+pub const NAT_TIMEOUT_TCP_NS: u64 = 21_600 * 1_000_000_000;
+pub const NAT_TIMEOUT_CLOSING_NS: u64 = 10 * 1_000_000_000;
+pub const NAT_TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
+
+/// Value of the interfaces map (by ifindex): an interface the tc programs are attached
+/// to, and the address a flow leaving through it is source-NATed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct IfaceInfo {
+    pub addr: u32,
+}
+const _: () = assert!(size_of::<IfaceInfo>() == 4);
 
 /// Key of the slots map: slot `index` of a frontend's table `generation`.
 #[repr(C)]
@@ -251,10 +323,23 @@ pub enum Event {
     ReverseTranslated = 6,
     /// Refused: the frontend uses node-local endpoints only and this node has none.
     NoLocalEndpoint = 7,
+    /// tc: a new flow from outside the node translated to a backend.
+    ExternalTranslated = 8,
+    /// tc: a packet of a known flow translated (either direction).
+    ExternalFlowPacket = 9,
+    /// tc: no endpoint for a frontend reached from outside: TCP reset sent / packet
+    /// passed to the node's stack to be refused.
+    ExternalNoEndpoint = 10,
+    /// tc: externalTrafficPolicy Local and no endpoint on this node: dropped.
+    ExternalNoLocalEndpoint = 11,
+    /// tc: the flow could not be stored (or no source port was free): dropped.
+    NatStoreFailed = 12,
+    /// tc: the route to the backend or client was not found: passed to the stack.
+    FibLookupFailed = 13,
 }
 
 impl Event {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 14;
     /// Size of the events map: room for events added later without a layout change.
     pub const MAP_SLOTS: u32 = 32;
     pub const ALL: [Event; Event::COUNT as usize] = [
@@ -266,6 +351,12 @@ impl Event {
         Event::AffinityStoreFailed,
         Event::ReverseTranslated,
         Event::NoLocalEndpoint,
+        Event::ExternalTranslated,
+        Event::ExternalFlowPacket,
+        Event::ExternalNoEndpoint,
+        Event::ExternalNoLocalEndpoint,
+        Event::NatStoreFailed,
+        Event::FibLookupFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -278,6 +369,12 @@ impl Event {
             Event::AffinityStoreFailed => "affinity_store_failed",
             Event::ReverseTranslated => "reverse_translated",
             Event::NoLocalEndpoint => "dropped_no_local_endpoint",
+            Event::ExternalTranslated => "external_translated",
+            Event::ExternalFlowPacket => "external_flow_packets",
+            Event::ExternalNoEndpoint => "external_rejected_no_endpoint",
+            Event::ExternalNoLocalEndpoint => "external_dropped_no_local_endpoint",
+            Event::NatStoreFailed => "external_nat_store_failed",
+            Event::FibLookupFailed => "external_no_route",
         }
     }
 }
@@ -297,5 +394,8 @@ mod user {
     unsafe impl aya::Pod for RevNatKey {}
     unsafe impl aya::Pod for FrontendStats {}
     unsafe impl aya::Pod for AgentInfo {}
+    unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for ServiceName {}
 }

@@ -20,9 +20,13 @@ pub const MAP_NAMES: &str = "EPX_NAME_V1";
 
 /// 0 -> AgentInfo (array of one).
 pub const MAP_AGENT: &str = "EPX_AGENT_V1";
+/// NatKey -> NatEntry (LRU): the tc programs' flows.
+pub const MAP_NAT: &str = "EPX_NAT_V1";
+/// ifindex -> IfaceInfo: the interfaces the tc programs are attached to.
+pub const MAP_IFACES: &str = "EPX_IFACE_V1";
 
 /// Every map, for cleanup and status.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_MEMBERS,
@@ -32,7 +36,17 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_EVENTS,
     MAP_NAMES,
     MAP_AGENT,
+    MAP_NAT,
+    MAP_IFACES,
 ];
+
+/// The tc programs, attached to each `--interfaces` device (link pins
+/// `link_epx_tc_ingress@IFNAME`, `link_epx_tc_egress@IFNAME`).
+pub const PROG_TC_INGRESS: &str = "epx_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "epx_tc_egress";
+
+/// Default capacity of the NAT flow table (two entries per flow).
+pub const DEFAULT_MAX_NAT: u32 = 262_144;
 
 /// The cgroup socket programs: (program name in the object, attach point, link pin name).
 pub const PROG_CONNECT4: &str = "epx_connect4";

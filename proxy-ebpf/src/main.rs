@@ -1,8 +1,10 @@
-//! ebpf-proxy's socket load balancer: cgroup/sock_addr programs that rewrite a connect or
-//! send to a Service frontend into one to a backend, and rewrite the backend address back
-//! to the frontend where the application can see it (recvmsg source, getpeername).
+//! ebpf-proxy's datapath. The socket load balancer: cgroup/sock_addr programs that
+//! rewrite a connect or send to a Service frontend into one to a backend, and rewrite the
+//! backend address back to the frontend where the application can see it (recvmsg
+//! source, getpeername). And tc programs on the node's interfaces that translate packets
+//! arriving from outside the node (`tc_nat`).
 //!
-//! Entry points only call `try_*` functions in `sock_lb`; the maps are in `maps`.
+//! Entry points only call functions in `sock_lb` and `tc_nat`; the maps are in `maps`.
 #![no_std]
 #![no_main]
 // atomic_xadd: the BPF target has no atomic read-modify-write in core::sync::atomic.
@@ -12,8 +14,12 @@
 mod maps;
 mod select;
 mod sock_lb;
+mod tc_nat;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 /// Let the syscall proceed.
 const ALLOW: i32 = 1;
@@ -38,6 +44,16 @@ pub fn epx_recvmsg4(ctx: SockAddrContext) -> i32 {
 pub fn epx_getpeername4(ctx: SockAddrContext) -> i32 {
     sock_lb::try_reverse(&ctx);
     ALLOW
+}
+
+#[classifier]
+pub fn epx_tc_ingress(ctx: TcContext) -> i32 {
+    tc_nat::ingress(&ctx)
+}
+
+#[classifier]
+pub fn epx_tc_egress(ctx: TcContext) -> i32 {
+    tc_nat::egress(&ctx)
 }
 
 #[cfg(not(test))]

@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, Member, MemberKey,
-    RevNatKey, Service, ServiceName, SlotKey,
+    Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, IfaceInfo, Member,
+    MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SlotKey,
     names::{
-        DEFAULT_MAX_AFFINITY, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_REVNAT, DEFAULT_MAX_SERVICES,
-        DEFAULT_MAX_SLOTS,
+        DEFAULT_MAX_AFFINITY, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_NAT, DEFAULT_MAX_REVNAT,
+        DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
     },
 };
 
@@ -53,6 +53,15 @@ pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::MAP_SLOTS, 0);
 #[map(name = "EPX_NAME_V1")]
 pub static NAMES: HashMap<Frontend, ServiceName> =
     HashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+/// The tc programs' flows, both directions (LRU: the oldest flows make room).
+#[map(name = "EPX_NAT_V1")]
+pub static NAT: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(DEFAULT_MAX_NAT, 0);
+
+/// The interfaces the tc programs are attached to (by ifindex), with their source-NAT
+/// address. A backend reached through one of them is on another node.
+#[map(name = "EPX_IFACE_V1")]
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(256, 0);
 
 /// Written by the agent, read by proxyctl status only.
 #[map(name = "EPX_AGENT_V1")]

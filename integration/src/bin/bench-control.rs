@@ -164,7 +164,7 @@ fn event_to_connection(samples: usize) -> anyhow::Result<()> {
     let outcome = (|| -> anyhow::Result<Vec<f64>> {
         let pins = &pins_dir;
         let mut dataplane =
-            EbpfDataplane::open(pins, &t.cgroup.path, loader::Capacities::default())?;
+            EbpfDataplane::open(pins, &t.cgroup.path, loader::Capacities::default(), &[])?;
         let mut store = ObjectStore::new(None);
         let mut syncer = Syncer::default();
         let backend_slice = |ip: &str| {
@@ -253,7 +253,8 @@ fn run(args: &Args, pins: &std::path::Path, cgroup: &Cgroup) -> anyhow::Result<(
             &mut proxy_user::dataplane::memory::MemoryDataplane::default(),
         );
     }
-    let mut dataplane = EbpfDataplane::open(pins, &cgroup.path, loader::Capacities::default())?;
+    let mut dataplane =
+        EbpfDataplane::open(pins, &cgroup.path, loader::Capacities::default(), &[])?;
     measure(args, &mut dataplane)
 }
 

@@ -8,7 +8,11 @@ use proxy_user::{
     DEFAULT_BPFFS, agent, cgroup, config_file,
     dataplane::{
         Dataplane,
-        ebpf::{EbpfDataplane, loader},
+        ebpf::{
+            EbpfDataplane,
+            interfaces::{self as ifaces, Interface},
+            loader,
+        },
         iptables::{self, IptablesDataplane},
     },
     health_check::HealthCheckServers,
@@ -74,6 +78,12 @@ struct Args {
     /// directory) gives the node's zone and NodePort addresses.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     node_name: Option<String>,
+    /// eBPF mode: interfaces (comma-separated) whose incoming NodePort, ExternalIP and
+    /// LoadBalancer traffic the tc programs translate. Each needs an IPv4 address: flows
+    /// to backends on other nodes leave with it as their source. None: only sockets on
+    /// the node are translated.
+    #[arg(long, value_name = "IFACE,...", value_delimiter = ',')]
+    interfaces: Vec<String>,
     /// Capacity of the services map (frontends) when it is created.
     #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_SERVICES)]
     max_services: u32,
@@ -170,6 +180,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => cgroup::find_cgroup2().map_err(anyhow::Error::msg),
     };
     let cluster_cidr = args.cluster_cidr.as_deref().map(parse_cidr).transpose()?;
+    // Checked before anything loads: a wrong name is a mistake, not a reason to fall back.
+    let interfaces = resolve_interfaces(&args.interfaces)?;
     let capacities = loader::Capacities {
         services: args.max_services,
         slots: args.max_backend_slots,
@@ -190,9 +202,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         let iptables_options = iptables::render::RenderOptions { cluster_cidr, random_fully: true };
         let mut ebpf_active = !matches!(args.mode, Mode::Iptables);
         let mut dataplane: Box<dyn Dataplane> = match args.mode {
-            Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, capacities)?),
+            Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, capacities, &interfaces)?),
             Mode::Iptables => Box::new(open_iptables(iptables_options, args.iptables_backend)?),
-            Mode::Auto => match open_ebpf(&args, &cgroup, capacities) {
+            Mode::Auto => match open_ebpf(&args, &cgroup, capacities, &interfaces) {
                 Ok(ebpf) => {
                     info!("--mode auto: the eBPF datapath loads on this kernel; using it");
                     Box::new(ebpf)
@@ -348,12 +360,21 @@ fn open_ebpf(
     args: &Args,
     cgroup: &anyhow::Result<PathBuf>,
     capacities: loader::Capacities,
+    interfaces: &[Interface],
 ) -> anyhow::Result<EbpfDataplane> {
     let cgroup = cgroup.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dataplane = EbpfDataplane::open(&args.bpffs, cgroup, capacities)
+    let dataplane = EbpfDataplane::open(&args.bpffs, cgroup, capacities, interfaces)
         .context("starting the eBPF dataplane")?;
     info!(cgroup = %cgroup.display(), "programs loaded; they attach after the first full sync");
     Ok(dataplane)
+}
+
+fn resolve_interfaces(names: &[String]) -> anyhow::Result<Vec<Interface>> {
+    let interfaces = ifaces::resolve(names)?;
+    for i in &interfaces {
+        info!(interface = %i.name, ifindex = i.ifindex, source_nat = %i.addr, "tc programs will attach");
+    }
+    Ok(interfaces)
 }
 
 /// The iptables dataplane, on the backend `choice` resolves to.

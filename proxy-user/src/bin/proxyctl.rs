@@ -83,6 +83,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// eBPF mode: the NAT flow table of traffic from outside the node (NodePort,
+    /// ExternalIP, LoadBalancer): client, frontend, backend, source NAT, state, idle time.
+    /// The drop and reject reasons are in `proxyctl stats` (external_*).
+    ///
+    /// Example: proxyctl flows --json | jq '.[] | select(.backend == "10.0.1.7:8080")'
+    Flows {
+        #[arg(long)]
+        json: bool,
+    },
     /// Shell completions for proxyctl, on standard output.
     ///
     /// Example: proxyctl completions bash > /etc/bash_completion.d/proxyctl
@@ -258,6 +267,21 @@ fn run(args: Args) -> anyhow::Result<()> {
                 None => println!(
                     "client {client}: no live affinity entry; a new connection picks by the shares above"
                 ),
+            }
+        }
+        Command::Flows { json } => {
+            let Installed::Ebpf(maps) = &installed else {
+                return Err(CtlError::Usage(
+                    "proxy-agent runs in iptables mode here: the kernel's conntrack holds the flows (conntrack -L)".into(),
+                )
+                .into());
+            };
+            let entries: Vec<_> = maps.nat.iter().filter_map(Result::ok).collect();
+            let rows = ctl::flows::rows(entries, ctl::affinity::monotonic_ns());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", ctl::flows::render_table(&rows));
             }
         }
         // Printed above, before anything was read.

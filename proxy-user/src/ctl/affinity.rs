@@ -28,7 +28,7 @@ pub struct AffinityRow {
 }
 
 /// CLOCK_MONOTONIC now, the clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

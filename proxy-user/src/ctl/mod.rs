@@ -5,6 +5,7 @@
 pub mod affinity;
 pub mod backends;
 pub mod chains;
+pub mod flows;
 pub mod services;
 pub mod stats;
 pub mod status;

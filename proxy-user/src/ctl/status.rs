@@ -12,7 +12,10 @@ use proxy_common::{AgentInfo, names};
 use serde::Serialize;
 
 use super::chains::InstalledRules;
-use crate::dataplane::ebpf::{loader::link_pin, maps::Maps};
+use crate::dataplane::ebpf::{
+    loader::{link_pin, tc_link_pin},
+    maps::Maps,
+};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Status {
@@ -94,7 +97,9 @@ pub fn ebpf(maps: &Maps, dir: &Path) -> Status {
                 attached: ids.is_some(),
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mut attachments = attachments;
+    attachments.extend(tc_attachments(dir));
     Status {
         mode: "ebpf",
         pin_dir: Some(dir.display().to_string()),
@@ -153,6 +158,42 @@ pub fn iptables(rules: &InstalledRules, backend: &'static str) -> Status {
     }
 }
 
+/// The tc programs' links pinned in `dir` (`link_epx_tc_ingress@eth0`), each checked
+/// with the kernel.
+fn tc_attachments(dir: &Path) -> Vec<Attachment> {
+    let mut pins: Vec<(String, String)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (program, interface) = name.strip_prefix("link_")?.split_once('@')?;
+            Some((program.to_owned(), interface.replace('~', ".")))
+        })
+        .collect();
+    pins.sort();
+    pins.into_iter()
+        .map(|(program, interface)| {
+            let ids = PinnedLink::from_pin(tc_link_pin(dir, &program, &interface))
+                .ok()
+                .and_then(|link| FdLink::from(link).info().ok())
+                .map(|info| (info.id(), info.program_id()));
+            Attachment {
+                hook: if program.ends_with("egress") {
+                    "tc-egress"
+                } else {
+                    "tc-ingress"
+                },
+                program,
+                target: interface,
+                link_id: ids.map(|i| i.0),
+                program_id: ids.map(|i| i.1),
+                attached: ids.is_some(),
+            }
+        })
+        .collect()
+}
+
 /// Whether `pid` is a running proxy-agent (its command name, in this PID namespace).
 fn is_agent(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "proxy-agent")
@@ -173,6 +214,8 @@ fn fill(maps: &Maps) -> Vec<MapFill> {
         entry(names::MAP_REVNAT, maps.revnat.keys().count()),
         entry(names::MAP_STATS, maps.stats.keys().count()),
         entry(names::MAP_NAMES, maps.names.keys().count()),
+        entry(names::MAP_NAT, maps.nat.keys().count()),
+        entry(names::MAP_IFACES, maps.ifaces.keys().count()),
     ]
 }
 
@@ -235,14 +278,14 @@ pub fn render(status: &Status, now_unix: u64) -> String {
             .max(31);
         let _ = writeln!(
             out,
-            "\n{:<22} {:<8} {:<width$} {:<6} PROGRAM-ID",
+            "\n{:<22} {:<10} {:<width$} {:<6} PROGRAM-ID",
             "PROGRAM", "HOOK", "TARGET", "LINK"
         );
         for a in &status.attachments {
             let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
             let _ = writeln!(
                 out,
-                "{:<22} {:<8} {:<width$} {:<6} {}",
+                "{:<22} {:<10} {:<width$} {:<6} {}",
                 a.program,
                 a.hook,
                 target(a),
@@ -328,9 +371,9 @@ mod tests {
              pin directory   /sys/fs/bpf/ebpf-proxy (map layout V1)\n\
              agent           0.1.0, pid 42 (not running), started 5 min ago, last programmed 10 s ago\n\
              \n\
-             PROGRAM                HOOK     TARGET                          LINK   PROGRAM-ID\n\
-             epx_connect4           cgroup   /sys/fs/cgroup                  7      31\n\
-             epx_sendmsg4           cgroup   NOT ATTACHED (no link pin)      -      -\n\
+             PROGRAM                HOOK       TARGET                          LINK   PROGRAM-ID\n\
+             epx_connect4           cgroup     /sys/fs/cgroup                  7      31\n\
+             epx_sendmsg4           cgroup     NOT ATTACHED (no link pin)      -      -\n\
              \n\
              MAP              ENTRIES   CAPACITY   FILL\n\
              EPX_SVC_V1             3      65536    0.0 %\n"

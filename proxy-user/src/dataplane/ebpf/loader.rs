@@ -18,9 +18,11 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramInfo,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, ProgramInfo, SchedClassifier,
+        TcAttachType,
         links::{FdLink, PinnedLink},
         loaded_programs,
+        tc::{SchedClassifierLink, TcAttachOptions},
     },
 };
 use proxy_common::names::{self, ALL_SOCK_PROGRAMS};
@@ -109,6 +111,18 @@ pub fn link_pin(dir: &Path, program: &str) -> PathBuf {
     dir.join(format!("link_{program}"))
 }
 
+/// The pin of a tc program's link on one interface: `link_epx_tc_ingress@eth0` (bpffs
+/// refuses dots in names: a VLAN's `eth0.100` is pinned as `eth0~100`).
+pub fn tc_link_pin(dir: &Path, program: &str, interface: &str) -> PathBuf {
+    dir.join(format!("link_{program}@{}", interface.replace('.', "~")))
+}
+
+/// The tc programs and the direction each one is attached in.
+pub const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (names::PROG_TC_INGRESS, TcAttachType::Ingress),
+    (names::PROG_TC_EGRESS, TcAttachType::Egress),
+];
+
 /// The object loaded, its maps reused or created and pinned, and for each socket program
 /// what must happen to its attachment. Nothing is attached until [`Loaded::activate`], which
 /// the agent calls after its first full sync: a program replacing another starts out with
@@ -119,6 +133,8 @@ pub struct Loaded {
     cgroup_path: PathBuf,
     dir: PathBuf,
     plan: Vec<(&'static str, Plan)>,
+    /// Where the tc programs attach (`--interfaces`).
+    interfaces: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +172,7 @@ pub fn load(
     dir: &Path,
     cgroup: &Path,
     capacities: Capacities,
+    interfaces: &[String],
 ) -> Result<(Loaded, Maps), LoadError> {
     if crate::BPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
@@ -195,6 +212,16 @@ pub fn load(
         };
         plan.push((program, step));
     }
+    // The tc programs are loaded (and so verified) whether or not an interface is given.
+    for (program, _) in TC_PROGRAMS {
+        let err = |source| LoadError::Program { program, source };
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(program)
+            .ok_or_else(|| err(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(err)?;
+        prog.load().map_err(err)?;
+    }
     restrict_pins(dir)?;
     let maps = Maps::from_ebpf(&mut ebpf)?;
     let loaded = Loaded {
@@ -203,6 +230,7 @@ pub fn load(
         cgroup_path: cgroup.to_owned(),
         dir: dir.to_owned(),
         plan,
+        interfaces: interfaces.to_vec(),
     };
     Ok((loaded, maps))
 }
@@ -228,9 +256,67 @@ impl Loaded {
             info!(program, cgroup = %self.cgroup_path.display(), ?outcome, "socket program");
             outcomes.push((program, outcome));
         }
-        remove_stale_pins(&self.dir)?;
+        let attached_interfaces = std::mem::take(&mut self.interfaces);
+        for interface in &attached_interfaces {
+            for (program, direction) in TC_PROGRAMS {
+                let outcome = self.attach_tc(program, interface, direction)?;
+                info!(program, interface, ?outcome, "tc program");
+                outcomes.push((program, outcome));
+            }
+        }
+        remove_stale_pins(&self.dir, &attached_interfaces)?;
         restrict_pins(&self.dir)?;
         Ok(outcomes)
+    }
+
+    /// Attaches a tc program to `interface` with a TCX link, pinned; a link pinned by an
+    /// earlier run is updated to this program in place (no moment without one).
+    fn attach_tc(
+        &mut self,
+        program: &'static str,
+        interface: &str,
+        direction: TcAttachType,
+    ) -> Result<Attachment, LoadError> {
+        let err = |source| LoadError::Program { program, source };
+        let pin = tc_link_pin(&self.dir, program, interface);
+        let pin_error = |e: &dyn std::fmt::Display| LoadError::Pin {
+            program,
+            path: pin.clone(),
+            message: format!("interface {interface}: {e}"),
+        };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| err(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(err)?;
+        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+            let link =
+                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| pin_error(&e))?;
+            let id = prog.attach_to_link(link).map_err(err)?;
+            // The pin keeps the link; forget our handle without detaching.
+            let link: FdLink = prog
+                .take_link(id)
+                .map_err(err)?
+                .try_into()
+                .map_err(|e| pin_error(&e))?;
+            drop(link);
+            return Ok(Attachment::Replaced);
+        }
+        let id = prog
+            .attach_with_options(
+                interface,
+                direction,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| LoadError::Program { program, source })?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(err)?
+            .try_into()
+            .map_err(|e| pin_error(&e))?;
+        link.pin(&pin).map_err(|e| pin_error(&e))?;
+        Ok(Attachment::Attached)
     }
 
     fn attach(&mut self, program: &'static str, replace: bool) -> Result<(), LoadError> {
@@ -275,16 +361,22 @@ impl Loaded {
     }
 }
 
-/// Removes pinned maps whose names are not ours any more (another layout version).
-fn remove_stale_pins(dir: &Path) -> Result<(), LoadError> {
+/// Removes pinned maps whose names are not ours any more (another layout version), and
+/// tc links on interfaces no longer given (which detaches them).
+fn remove_stale_pins(dir: &Path, interfaces: &[String]) -> Result<(), LoadError> {
     let pin_err = |source| LoadError::PinDir {
         path: dir.to_owned(),
         source,
     };
-    let links: Vec<String> = ALL_SOCK_PROGRAMS
+    let mut links: Vec<String> = ALL_SOCK_PROGRAMS
         .iter()
         .map(|p| format!("link_{p}"))
         .collect();
+    for interface in interfaces {
+        for (program, _) in TC_PROGRAMS {
+            links.push(file_name(&tc_link_pin(dir, program, interface)));
+        }
+    }
     for entry in fs::read_dir(dir).map_err(pin_err)? {
         let entry = entry.map_err(pin_err)?;
         let name = entry.file_name().to_string_lossy().into_owned();

@@ -8,8 +8,9 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
 };
 use proxy_common::{
-    Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, Member, MemberKey,
-    RevNatKey, Service, ServiceName, SlotKey, names,
+    Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, IfaceInfo, Member,
+    MemberKey, NatEntry, NatKey, RevNatKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET,
+    SERVICE_EXTERNAL_LOCAL, Service, ServiceName, SlotKey, names,
 };
 
 use super::{
@@ -47,6 +48,8 @@ pub struct Maps {
     pub events: PerCpuArray<MapData, u64>,
     pub names: HashMap<MapData, Frontend, ServiceName>,
     pub agent: Array<MapData, AgentInfo>,
+    pub nat: HashMap<MapData, NatKey, NatEntry>,
+    pub ifaces: HashMap<MapData, u32, IfaceInfo>,
     capacity: BTreeMap<&'static str, u32>,
 }
 
@@ -109,6 +112,8 @@ impl Maps {
             events: typed!(names::MAP_EVENTS),
             names: typed!(names::MAP_NAMES),
             agent: typed!(names::MAP_AGENT),
+            nat: typed!(names::MAP_NAT),
+            ifaces: typed!(names::MAP_IFACES),
             capacity,
         })
     }
@@ -133,8 +138,13 @@ impl Maps {
                 });
         }
         let mut state = DesiredState::new();
+        let mut local_views = Vec::new();
         for item in self.services.iter() {
             let (fe, service) = item.map_err(read(names::MAP_SERVICES))?;
+            if fe._pad == SCOPE_EXTERNAL_LOCAL {
+                local_views.push(fe);
+                continue;
+            }
             let Some(addr) = frontend_addr(&fe) else {
                 continue;
             };
@@ -155,12 +165,24 @@ impl Maps {
                     affinity_timeout_s: service.affinity_timeout_s,
                     serving_anywhere: backends.iter().any(|b| b.weight > 0),
                     backends,
-                    // Not in the maps until the tc programs use it.
+                    // Not in the maps (only the iptables mode renders them).
                     source_ranges: None,
                     health_check_node_port: None,
+                    // Filled from the scoped tables below.
                     external_local: None,
                 },
             );
+        }
+        for fe in local_views {
+            let unscoped = Frontend {
+                _pad: SCOPE_SOCKET,
+                ..fe
+            };
+            let mut backends = members.remove(&fe).unwrap_or_default();
+            backends.sort();
+            if let Some(spec) = frontend_addr(&unscoped).and_then(|a| state.get_mut(&a)) {
+                spec.external_local = Some(backends);
+            }
         }
         Ok(state)
     }
@@ -218,13 +240,58 @@ impl Maps {
     /// written first, then the service value is replaced in one update, which is the moment
     /// connects switch over; only then is the old table removed. If a map is full, what was
     /// written is taken back and the frontend keeps serving its old backends.
+    ///
+    /// A frontend with externalTrafficPolicy Local gets a second table, this node's
+    /// endpoints under the same address with scope [`SCOPE_EXTERNAL_LOCAL`], which the tc
+    /// programs use for traffic from outside; it is written before the frontend's value
+    /// says it exists, and removed after the value stops saying so.
     pub fn write_frontend(
         &mut self,
         addr: &FrontendAddr,
         spec: &FrontendSpec,
         previous: Option<&FrontendSpec>,
     ) -> Result<SlotDelta, MapsError> {
-        let fe = frontend(addr);
+        let local_view = |s: &FrontendSpec| {
+            s.external_local.as_ref().map(|local| FrontendSpec {
+                backends: local.clone(),
+                external_local: None,
+                ..s.clone()
+            })
+        };
+        let scoped = Frontend {
+            _pad: SCOPE_EXTERNAL_LOCAL,
+            ..frontend(addr)
+        };
+        let previous_local = previous.and_then(local_view);
+        let mut local_delta = SlotDelta {
+            before: 0,
+            after: 0,
+        };
+        if let Some(local) = local_view(spec) {
+            local_delta = self.write_table(scoped, &local, previous_local.as_ref(), 0)?;
+        }
+        let flags = if spec.external_local.is_some() {
+            SERVICE_EXTERNAL_LOCAL
+        } else {
+            0
+        };
+        let mut delta = self.write_table(frontend(addr), spec, previous, flags)?;
+        if let (None, Some(old_local)) = (&spec.external_local, &previous_local) {
+            local_delta.before = self.remove_table_of(scoped, old_local);
+        }
+        delta.before += local_delta.before;
+        delta.after += local_delta.after;
+        Ok(delta)
+    }
+
+    /// One frontend's members, slot table and value, under the key `fe`.
+    fn write_table(
+        &mut self,
+        fe: Frontend,
+        spec: &FrontendSpec,
+        previous: Option<&FrontendSpec>,
+        extra_flags: u8,
+    ) -> Result<SlotDelta, MapsError> {
         let old = self.services.get(&fe, 0).ok();
         let generation = old.map_or(0, |s| s.generation ^ 1);
         let table = slot_table(&spec.backends);
@@ -236,7 +303,9 @@ impl Maps {
 
         let mut undo = Undo::default();
         let result = (|| {
-            self.insert_name(&fe, &spec.service)?;
+            if fe._pad == SCOPE_SOCKET {
+                self.insert_name(&fe, &spec.service)?;
+            }
             for b in &spec.backends {
                 let key = MemberKey {
                     frontend: fe,
@@ -271,7 +340,7 @@ impl Maps {
                 affinity_timeout_s: spec.affinity_timeout_s,
                 backends: spec.backends.len() as u32,
                 generation,
-                flags: service_flags(spec.kind, spec.local_only),
+                flags: service_flags(spec.kind, spec.local_only) | extra_flags,
                 _pad: 0,
             };
             self.insert(names::MAP_SERVICES, |m| m.services.insert(fe, value, 0))
@@ -311,6 +380,23 @@ impl Maps {
     /// number of slots freed.
     pub fn remove_frontend(&mut self, addr: &FrontendAddr, previous: &FrontendSpec) -> u32 {
         let fe = frontend(addr);
+        let mut freed = self.remove_table_of(fe, previous);
+        if let Some(local) = &previous.external_local {
+            let scoped = Frontend {
+                _pad: SCOPE_EXTERNAL_LOCAL,
+                ..fe
+            };
+            let local = FrontendSpec {
+                backends: local.clone(),
+                ..previous.clone()
+            };
+            freed += self.remove_table_of(scoped, &local);
+        }
+        freed
+    }
+
+    /// Removes the value, slot table, members, counters and name under the key `fe`.
+    fn remove_table_of(&mut self, fe: Frontend, previous: &FrontendSpec) -> u32 {
         let old = self.services.get(&fe, 0).ok();
         let _ = self.services.remove(&fe);
         if let Some(old) = old {
@@ -351,6 +437,30 @@ impl Maps {
     fn insert_name(&mut self, fe: &Frontend, name: &str) -> Result<(), MapsError> {
         let value = ServiceName::new(name);
         self.insert(names::MAP_NAMES, |m| m.names.insert(fe, value, 0))
+    }
+
+    /// The interfaces the tc programs are attached to, and their source-NAT addresses;
+    /// entries of interfaces no longer given are removed.
+    pub fn set_interfaces(
+        &mut self,
+        interfaces: &[super::interfaces::Interface],
+    ) -> Result<(), MapsError> {
+        let stale: Vec<u32> = self
+            .ifaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|i| !interfaces.iter().any(|w| w.ifindex == *i))
+            .collect();
+        for ifindex in stale {
+            let _ = self.ifaces.remove(&ifindex);
+        }
+        for i in interfaces {
+            let info = IfaceInfo {
+                addr: u32::from_ne_bytes(i.addr.octets()),
+            };
+            self.insert(names::MAP_IFACES, |m| m.ifaces.insert(i.ifindex, info, 0))?;
+        }
+        Ok(())
     }
 
     /// Records who programs the maps (for `proxyctl status`).

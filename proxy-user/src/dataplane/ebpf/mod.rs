@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod convert;
+pub mod interfaces;
 pub mod loader;
 pub mod maps;
 pub mod slots;
@@ -43,8 +44,16 @@ fn unix_now() -> u64 {
 
 impl EbpfDataplane {
     /// Loads and attaches (or adopts) the programs and reads back what is installed.
-    pub fn open(pin_dir: &Path, cgroup: &Path, capacities: Capacities) -> Result<Self, LoadError> {
-        let (loaded, mut maps) = loader::load(pin_dir, cgroup, capacities)?;
+    /// `interfaces`: where the tc programs attach, for traffic from outside the node.
+    pub fn open(
+        pin_dir: &Path,
+        cgroup: &Path,
+        capacities: Capacities,
+        interfaces: &[interfaces::Interface],
+    ) -> Result<Self, LoadError> {
+        let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
+        let (loaded, mut maps) = loader::load(pin_dir, cgroup, capacities, &names)?;
+        maps.set_interfaces(interfaces)?;
         let orphans = maps.remove_orphans()?;
         if orphans > 0 {
             warn!(
@@ -171,9 +180,11 @@ impl EbpfDataplane {
         changes: Vec<Change>,
         report: &mut ApplyReport,
     ) -> Vec<Change> {
-        let (fresh, rest): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(
-            |c| matches!(c, Change::Upsert(addr, _) if !self.installed.contains_key(addr)),
-        );
+        // A Local-policy frontend has a second table: written one by one.
+        let (fresh, rest): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|c| {
+            matches!(c, Change::Upsert(addr, spec)
+                if !self.installed.contains_key(addr) && spec.external_local.is_none())
+        });
         if fresh.len() < BATCH_THRESHOLD {
             return fresh.into_iter().chain(rest).collect();
         }

@@ -1,0 +1,542 @@
+//! Traffic from outside the node: tc programs on the node's interfaces translate packets
+//! for NodePort, ExternalIP and LoadBalancer frontends, as kube-proxy's KUBE-NODEPORTS and
+//! KUBE-EXT chains (and Cilium's tc programs) do.
+//!
+//! A new flow picks a backend with the socket path's weights and ClientIP affinity (keyed
+//! by the client's address here). Under externalTrafficPolicy Cluster, a flow to a
+//! backend on another node (reached through one of the interfaces the programs are
+//! attached to) is source-NATed to that interface's address, so its replies come back
+//! here; a backend on this node is reached without source NAT, and its replies, routed
+//! by the kernel toward the client, are translated back by the egress program. Under
+//! Local, only this node's endpoints are used and the client's address is kept.
+//!
+//! Both directions of each flow live in the NAT map, with TCP-state-aware timeouts, so a
+//! change to any Service leaves established flows where they are.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams,
+    },
+    helpers::{
+        bpf_csum_diff, bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
+        bpf_redirect_neigh, bpf_skb_change_tail,
+    },
+    programs::TcContext,
+};
+use proxy_common::{
+    Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, NAT_ON_EGRESS, NAT_REVERSE, NAT_SNAT,
+    NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatEntry,
+    NatKey, SCOPE_EXTERNAL_LOCAL, SERVICE_EXTERNAL_LOCAL, SERVICE_KIND_MASK, Service, TCP_CLOSING,
+    TCP_ESTABLISHED, TCP_SYN_SENT,
+};
+
+use crate::{
+    maps::{IFACES, NAT, SERVICES, bump, count, stats},
+    select::choose,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_CSUM: usize = ETH_HLEN + 10;
+const IP_SADDR: usize = ETH_HLEN + 12;
+const IP_DADDR: usize = ETH_HLEN + 16;
+const AF_INET: u8 = 2;
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Tries at a free source port when the client's own is taken for this backend.
+const SNAT_PORT_TRIES: u32 = 8;
+const SNAT_PORT_BASE: u32 = 32_768;
+const SNAT_PORT_SPAN: u32 = 28_232;
+
+/// What the programs read of a packet: IPv4, TCP or UDP, not a fragment.
+struct Packet {
+    l4: usize,
+    proto: u8,
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+}
+
+impl Packet {
+    #[inline(always)]
+    fn key(&self) -> NatKey {
+        NatKey {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    fn l4_csum(&self) -> usize {
+        self.l4 + if self.proto == IPPROTO_TCP { 16 } else { 6 }
+    }
+
+    #[inline(always)]
+    fn l4_flags(&self) -> u64 {
+        if self.proto == IPPROTO_UDP {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    let eth_proto: u16 = ctx.load(12).ok()?;
+    if u16::from_be(eth_proto) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 {
+        return None;
+    }
+    let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
+    if u16::from_be(frag) & 0x3fff != 0 {
+        return None;
+    }
+    let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return None;
+    }
+    let l4 = ETH_HLEN + ihl;
+    Some(Packet {
+        l4,
+        proto,
+        saddr: ctx.load(IP_SADDR).ok()?,
+        daddr: ctx.load(IP_DADDR).ok()?,
+        sport: ctx.load(l4).ok()?,
+        dport: ctx.load(l4 + 2).ok()?,
+        tcp_flags: if proto == IPPROTO_TCP {
+            ctx.load(l4 + 13).ok()?
+        } else {
+            0
+        },
+    })
+}
+
+/// Replaces an address (at `offset`) and fixes both checksums.
+#[inline(always)]
+fn set_addr(ctx: &TcContext, p: &Packet, offset: usize, old: u32, new: u32) -> Option<()> {
+    ctx.store(offset, &new, 0).ok()?;
+    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)
+        .ok()?;
+    ctx.l4_csum_replace(
+        p.l4_csum(),
+        old as u64,
+        new as u64,
+        BPF_F_PSEUDO_HDR as u64 | p.l4_flags() | 4,
+    )
+    .ok()
+}
+
+#[inline(always)]
+fn set_port(ctx: &TcContext, p: &Packet, offset: usize, old: u16, new: u16) -> Option<()> {
+    ctx.store(offset, &new, 0).ok()?;
+    ctx.l4_csum_replace(p.l4_csum(), old as u64, new as u64, p.l4_flags() | 2)
+        .ok()
+}
+
+#[inline(always)]
+fn set_destination(ctx: &TcContext, p: &Packet, addr: u32, port: u16) -> Option<()> {
+    set_addr(ctx, p, IP_DADDR, p.daddr, addr)?;
+    set_port(ctx, p, p.l4 + 2, p.dport, port)
+}
+
+#[inline(always)]
+fn set_source(ctx: &TcContext, p: &Packet, addr: u32, port: u16) -> Option<()> {
+    set_addr(ctx, p, IP_SADDR, p.saddr, addr)?;
+    set_port(ctx, p, p.l4, p.sport, port)
+}
+
+/// The interface a packet from `saddr` to `daddr` leaves by, from the kernel's routes.
+#[inline(always)]
+fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<u32> {
+    // SAFETY: all-zero is a valid bpf_fib_lookup.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    // SAFETY: the kernel's skb is valid for the program run.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_3.ipv4_src = saddr;
+    params.__bindgen_anon_4.ipv4_dst = daddr;
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut params,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 || ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        Some(params.ifindex)
+    } else {
+        None
+    }
+}
+
+/// Sends the (rewritten) packet out of the interface its new destination is routed
+/// through, resolving the next hop's MAC as the kernel would.
+#[inline(always)]
+fn forward(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
+    match route(ctx, saddr, daddr) {
+        Some(ifindex) => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 },
+        None => {
+            count(Event::FibLookupFailed);
+            TC_ACT_SHOT
+        }
+    }
+}
+
+#[inline(always)]
+fn expired(entry: &NatEntry, proto: u8, now: u64) -> bool {
+    let timeout = if proto == IPPROTO_UDP {
+        NAT_TIMEOUT_UDP_NS
+    } else {
+        match entry.state {
+            TCP_SYN_SENT => NAT_TIMEOUT_SYN_NS,
+            TCP_CLOSING => NAT_TIMEOUT_CLOSING_NS,
+            _ => NAT_TIMEOUT_TCP_NS,
+        }
+    };
+    now.wrapping_sub(entry.last_seen_ns) > timeout
+}
+
+/// Refreshes a flow entry with this packet's time and TCP flags.
+#[inline(always)]
+fn touch(entry: *mut NatEntry, tcp_flags: u8, now: u64) {
+    // SAFETY: a value pointer from a successful lookup, valid for this run.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            (*entry).state = TCP_CLOSING;
+        } else if tcp_flags & TCP_ACK != 0 && (*entry).state == TCP_SYN_SENT {
+            (*entry).state = TCP_ESTABLISHED;
+        }
+    }
+}
+
+/// Ingress: packets of known flows (either direction), and new flows to frontends.
+#[inline(always)]
+pub fn ingress(ctx: &TcContext) -> i32 {
+    let Some(p) = parse(ctx) else {
+        return TC_ACT_OK;
+    };
+    let key = p.key();
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = NAT.get_ptr_mut(key) {
+        // SAFETY: copied out of a value pointer from a successful lookup.
+        let e: NatEntry = unsafe { *entry };
+        let new_syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let stale = expired(&e, p.proto, now) || (new_syn && e.state == TCP_CLOSING);
+        if !stale {
+            touch(entry, p.tcp_flags, now);
+            count(Event::ExternalFlowPacket);
+            if e.flags & NAT_REVERSE == 0 {
+                return translate_forward(ctx, &p, &e);
+            }
+            if e.flags & NAT_ON_EGRESS != 0 {
+                return TC_ACT_OK;
+            }
+            if set_source(ctx, &p, e.to_addr, e.to_port).is_none()
+                || set_destination(ctx, &p, e.alt_addr, e.alt_port).is_none()
+            {
+                return TC_ACT_SHOT;
+            }
+            return forward(ctx, e.to_addr, e.alt_addr);
+        }
+        if e.flags & NAT_REVERSE != 0 {
+            return TC_ACT_OK;
+        }
+    }
+    new_flow(ctx, &p, &key, now)
+}
+
+#[inline(always)]
+fn translate_forward(ctx: &TcContext, p: &Packet, e: &NatEntry) -> i32 {
+    if set_destination(ctx, p, e.to_addr, e.to_port).is_none() {
+        return TC_ACT_SHOT;
+    }
+    let source = if e.flags & NAT_SNAT != 0 {
+        if set_source(ctx, p, e.alt_addr, e.alt_port).is_none() {
+            return TC_ACT_SHOT;
+        }
+        e.alt_addr
+    } else {
+        p.saddr
+    };
+    forward(ctx, source, e.to_addr)
+}
+
+#[inline(always)]
+fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
+    let frontend = Frontend {
+        addr: p.daddr,
+        port: p.dport,
+        proto: p.proto,
+        _pad: 0,
+    };
+    let Some(service) = SERVICES.get_ptr(frontend) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: copied out of a value pointer from a successful lookup.
+    let service: Service = unsafe { *service };
+    // ClusterIPs are for sockets on the node (the cgroup programs).
+    if service.flags & SERVICE_KIND_MASK == 0 {
+        return TC_ACT_OK;
+    }
+    // Only the first packet of a connection starts a flow; anything else of an unknown
+    // flow (a flow from before the programs, or evicted) is the stack's to refuse.
+    if p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return TC_ACT_OK;
+    }
+    let local_policy = service.flags & SERVICE_EXTERNAL_LOCAL != 0;
+    let table = Frontend {
+        _pad: if local_policy {
+            SCOPE_EXTERNAL_LOCAL
+        } else {
+            0
+        },
+        ..frontend
+    };
+    let table_service = if local_policy {
+        match SERVICES.get_ptr(table) {
+            // SAFETY: as above.
+            Some(s) => unsafe { *s },
+            None => Service {
+                slots: 0,
+                ..service
+            },
+        }
+    } else {
+        service
+    };
+    let frontend_stats = stats(&frontend);
+    let client = (1u64 << 63) | p.saddr as u64;
+    let Some(choice) = choose(&table, &table_service, || client) else {
+        if let Some(s) = frontend_stats {
+            bump(unsafe { &raw mut (*s).no_endpoint });
+        }
+        if local_policy && service.slots != 0 {
+            // Endpoints elsewhere, none here: kube-proxy drops ("has no local endpoints").
+            count(Event::ExternalNoLocalEndpoint);
+            return TC_ACT_SHOT;
+        }
+        count(Event::ExternalNoEndpoint);
+        return refuse(ctx, p);
+    };
+    let backend = choice.backend;
+    let Some(out_ifindex) = route(ctx, p.saddr, backend.addr) else {
+        count(Event::FibLookupFailed);
+        return TC_ACT_SHOT;
+    };
+    // A backend behind one of our interfaces is on another node: its replies must come
+    // back here, so the flow takes that interface's address (Cluster policy only).
+    let snat_addr = if local_policy {
+        None
+    } else {
+        IFACES.get_ptr(out_ifindex).map(|i| unsafe { (*i).addr })
+    };
+    let (source, source_port) = match snat_addr {
+        Some(addr) => match free_port(p, addr, backend.addr, backend.port) {
+            Some(port) => (addr, port),
+            None => {
+                count(Event::NatStoreFailed);
+                return TC_ACT_SHOT;
+            }
+        },
+        None => (p.saddr, p.sport),
+    };
+    let state = if p.proto == IPPROTO_TCP {
+        TCP_SYN_SENT
+    } else {
+        0
+    };
+    let forward_entry = NatEntry {
+        to_addr: backend.addr,
+        to_port: backend.port,
+        alt_addr: if snat_addr.is_some() { source } else { 0 },
+        alt_port: if snat_addr.is_some() { source_port } else { 0 },
+        flags: if snat_addr.is_some() { NAT_SNAT } else { 0 },
+        state,
+        _pad: [0; 2],
+        last_seen_ns: now,
+    };
+    let reverse_key = NatKey {
+        saddr: backend.addr,
+        daddr: source,
+        sport: backend.port,
+        dport: source_port,
+        proto: p.proto,
+        _pad: [0; 3],
+    };
+    let reverse_entry = NatEntry {
+        to_addr: p.daddr,
+        to_port: p.dport,
+        alt_addr: p.saddr,
+        alt_port: p.sport,
+        flags: NAT_REVERSE
+            | if snat_addr.is_some() {
+                NAT_SNAT
+            } else {
+                NAT_ON_EGRESS
+            },
+        state,
+        _pad: [0; 2],
+        last_seen_ns: now,
+    };
+    if NAT.insert(reverse_key, reverse_entry, 0).is_err()
+        || NAT.insert(key, forward_entry, 0).is_err()
+    {
+        count(Event::NatStoreFailed);
+        return TC_ACT_SHOT;
+    }
+    count(Event::ExternalTranslated);
+    if let Some(s) = frontend_stats {
+        bump(unsafe { &raw mut (*s).translated });
+        if choice.from_affinity {
+            bump(unsafe { &raw mut (*s).affinity_hits });
+        }
+    }
+    translate_forward(ctx, p, &forward_entry)
+}
+
+/// A source port on `addr` no other flow to this backend uses: the client's own if
+/// free, else a few random ones.
+#[inline(always)]
+fn free_port(p: &Packet, addr: u32, backend: u32, backend_port: u16) -> Option<u16> {
+    let mut port = p.sport;
+    for _ in 0..SNAT_PORT_TRIES {
+        let key = NatKey {
+            saddr: backend,
+            daddr: addr,
+            sport: backend_port,
+            dport: port,
+            proto: p.proto,
+            _pad: [0; 3],
+        };
+        match NAT.get_ptr(key) {
+            None => return Some(port),
+            // SAFETY: as above.
+            Some(e) if unsafe { (*e).alt_addr == p.saddr && (*e).alt_port == p.sport } => {
+                return Some(port);
+            }
+            Some(_) => {}
+        }
+        let random = unsafe { bpf_get_prandom_u32() } % SNAT_PORT_SPAN + SNAT_PORT_BASE;
+        port = (random as u16).to_be();
+    }
+    None
+}
+
+/// A frontend without endpoints: TCP gets a reset from the frontend's address, as
+/// kube-proxy's REJECT gives; other protocols are dropped (counted).
+#[inline(always)]
+fn refuse(ctx: &TcContext, p: &Packet) -> i32 {
+    if p.proto != IPPROTO_TCP || reset(ctx, p).is_none() {
+        return TC_ACT_SHOT;
+    }
+    // Back out of the interface it came in by.
+    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+}
+
+/// Turns a TCP SYN into the RST|ACK answering it: addresses, ports and MACs swapped, no
+/// payload or options.
+#[inline(always)]
+fn reset(ctx: &TcContext, p: &Packet) -> Option<()> {
+    let seq: u32 = ctx.load(p.l4 + 4).ok()?;
+    let mut macs: [u8; 12] = ctx.load(0).ok()?;
+    macs.rotate_left(6);
+    ctx.store(0, &macs, 0).ok()?;
+    // Swapping the addresses leaves the IP checksum as it was; the length changes.
+    ctx.store(IP_SADDR, &p.daddr, 0).ok()?;
+    ctx.store(IP_DADDR, &p.saddr, 0).ok()?;
+    let ip_len_off = ETH_HLEN + 2;
+    let old_len: u16 = ctx.load(ip_len_off).ok()?;
+    let new_len = ((p.l4 - ETH_HLEN + 20) as u16).to_be();
+    ctx.store(ip_len_off, &new_len, 0).ok()?;
+    ctx.l3_csum_replace(IP_CSUM, old_len as u64, new_len as u64, 2)
+        .ok()?;
+    // The TCP header, rebuilt: ports swapped, seq 0, ack = their seq + 1, RST|ACK.
+    let ack = u32::from_be(seq).wrapping_add(1).to_be();
+    let mut tcp: [u32; 5] = [
+        0,
+        0,
+        ack,
+        // data offset 5, flags RST|ACK, window 0 (network order bytes: 0x50, 0x14, 0, 0).
+        u32::from_ne_bytes([0x50, TCP_RST | TCP_ACK, 0, 0]),
+        0,
+    ];
+    tcp[0] = u32::from_ne_bytes({
+        let s = p.dport.to_ne_bytes();
+        let d = p.sport.to_ne_bytes();
+        [s[0], s[1], d[0], d[1]]
+    });
+    let pseudo: [u32; 3] = [
+        p.daddr,
+        p.saddr,
+        u32::from_ne_bytes([0, IPPROTO_TCP, 0, 20]),
+    ];
+    let sum = unsafe {
+        let partial = bpf_csum_diff(core::ptr::null_mut(), 0, pseudo.as_ptr() as *mut u32, 12, 0);
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            tcp.as_mut_ptr(),
+            20,
+            partial as u32,
+        )
+    };
+    if sum < 0 {
+        return None;
+    }
+    let mut folded = sum as u64;
+    folded = (folded & 0xffff) + (folded >> 16);
+    folded = (folded & 0xffff) + (folded >> 16);
+    let csum = !(folded as u16);
+    tcp[4] = u32::from_ne_bytes({
+        let c = csum.to_ne_bytes();
+        [c[0], c[1], 0, 0]
+    });
+    let new_total = (p.l4 + 20) as u32;
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, new_total, 0) } != 0 {
+        return None;
+    }
+    ctx.store(p.l4, &tcp, 0).ok()
+}
+
+/// Egress: the replies of flows to a backend on this node, on their way to the client:
+/// their source becomes the frontend again.
+#[inline(always)]
+pub fn egress(ctx: &TcContext) -> i32 {
+    let Some(p) = parse(ctx) else {
+        return TC_ACT_OK;
+    };
+    let Some(entry) = NAT.get_ptr_mut(p.key()) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: copied out of a value pointer from a successful lookup.
+    let e: NatEntry = unsafe { *entry };
+    let on_egress = NAT_REVERSE | NAT_ON_EGRESS;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if e.flags & on_egress != on_egress || expired(&e, p.proto, now) {
+        return TC_ACT_OK;
+    }
+    touch(entry, p.tcp_flags, now);
+    count(Event::ExternalFlowPacket);
+    if set_source(ctx, &p, e.to_addr, e.to_port).is_none() {
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_OK
+}
