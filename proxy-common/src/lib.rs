@@ -92,6 +92,24 @@ pub const SERVICE_LOCAL_ONLY: u8 = 0b100;
 /// `Service::flags`: traffic from outside the node uses the frontend's
 /// [`SCOPE_EXTERNAL_LOCAL`] table and keeps its source (externalTrafficPolicy Local).
 pub const SERVICE_EXTERNAL_LOCAL: u8 = 0b1000;
+/// `Service::flags`: loadBalancerSourceRanges apply: a new flow from outside the node is
+/// accepted only from a client in the source ranges map for this frontend.
+pub const SERVICE_SOURCE_RANGES: u8 = 0b1_0000;
+
+/// Data of a source ranges map key (an LPM trie): the frontend, matched whole (64 bits),
+/// then the client address, matched to the range's prefix length. Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SourceRangeKey {
+    pub frontend: Frontend,
+    pub addr: u32,
+}
+const _: () = assert!(size_of::<SourceRangeKey>() == 12);
+
+/// Prefix length of a source range key covering `bits` of the client address.
+pub const fn source_range_prefix(bits: u8) -> u32 {
+    64 + bits as u32
+}
 
 /// Key of the NAT flow table: one direction of a connection translated by the tc
 /// programs, as the packet arrives (addresses and ports in network byte order).
@@ -334,12 +352,14 @@ pub enum Event {
     ExternalNoLocalEndpoint = 11,
     /// tc: the flow could not be stored (or no source port was free): dropped.
     NatStoreFailed = 12,
-    /// tc: the route to the backend or client was not found: passed to the stack.
+    /// tc: the route to the backend or client was not found: dropped.
     FibLookupFailed = 13,
+    /// tc: a client outside the frontend's loadBalancerSourceRanges: dropped.
+    SourceRangeDropped = 14,
 }
 
 impl Event {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     /// Size of the events map: room for events added later without a layout change.
     pub const MAP_SLOTS: u32 = 32;
     pub const ALL: [Event; Event::COUNT as usize] = [
@@ -357,6 +377,7 @@ impl Event {
         Event::ExternalNoLocalEndpoint,
         Event::NatStoreFailed,
         Event::FibLookupFailed,
+        Event::SourceRangeDropped,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -375,6 +396,7 @@ impl Event {
             Event::ExternalNoLocalEndpoint => "external_dropped_no_local_endpoint",
             Event::NatStoreFailed => "external_nat_store_failed",
             Event::FibLookupFailed => "external_no_route",
+            Event::SourceRangeDropped => "external_dropped_source_range",
         }
     }
 }
@@ -397,5 +419,6 @@ mod user {
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for NatEntry {}
     unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for ServiceName {}
 }

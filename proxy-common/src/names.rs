@@ -25,8 +25,11 @@ pub const MAP_NAT: &str = "EPX_NAT_V1";
 /// ifindex -> IfaceInfo: the interfaces the tc programs are attached to.
 pub const MAP_IFACES: &str = "EPX_IFACE_V1";
 
+/// LPM trie {frontend, client prefix} -> 1: loadBalancerSourceRanges.
+pub const MAP_SOURCE_RANGES: &str = "EPX_SRCR_V1";
+
 /// Every map, for cleanup and status.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_MEMBERS,
@@ -38,6 +41,7 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_AGENT,
     MAP_NAT,
     MAP_IFACES,
+    MAP_SOURCE_RANGES,
 ];
 
 /// The tc programs, attached to each `--interfaces` device (link pins

@@ -4,11 +4,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, IfaceInfo, Member,
-    MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SlotKey,
+    MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SlotKey, SourceRangeKey,
     names::{
         DEFAULT_MAX_AFFINITY, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_NAT, DEFAULT_MAX_REVNAT,
         DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
@@ -62,6 +62,10 @@ pub static NAT: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(DEFAULT_MAX_NA
 /// address. A backend reached through one of them is on another node.
 #[map(name = "EPX_IFACE_V1")]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(256, 0);
+
+/// loadBalancerSourceRanges of the LoadBalancer frontends that have them.
+#[map(name = "EPX_SRCR_V1")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(65_536, 0);
 
 /// Written by the agent, read by proxyctl status only.
 #[map(name = "EPX_AGENT_V1")]

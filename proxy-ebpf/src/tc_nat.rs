@@ -27,12 +27,12 @@ use aya_ebpf::{
 use proxy_common::{
     Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, NAT_ON_EGRESS, NAT_REVERSE, NAT_SNAT,
     NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatEntry,
-    NatKey, SCOPE_EXTERNAL_LOCAL, SERVICE_EXTERNAL_LOCAL, SERVICE_KIND_MASK, Service, TCP_CLOSING,
-    TCP_ESTABLISHED, TCP_SYN_SENT,
+    NatKey, SCOPE_EXTERNAL_LOCAL, SERVICE_EXTERNAL_LOCAL, SERVICE_KIND_MASK, SERVICE_SOURCE_RANGES,
+    Service, SourceRangeKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_SYN_SENT, source_range_prefix,
 };
 
 use crate::{
-    maps::{IFACES, NAT, SERVICES, bump, count, stats},
+    maps::{IFACES, NAT, SERVICES, SOURCE_RANGES, bump, count, stats},
     select::choose,
 };
 
@@ -301,6 +301,20 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
     if p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return TC_ACT_OK;
     }
+    // loadBalancerSourceRanges: kube-proxy's KUBE-FW / KUBE-PROXY-FIREWALL.
+    if service.flags & SERVICE_SOURCE_RANGES != 0 {
+        let key = aya_ebpf::maps::lpm_trie::Key::new(
+            source_range_prefix(32),
+            SourceRangeKey {
+                frontend,
+                addr: p.saddr,
+            },
+        );
+        if SOURCE_RANGES.get(key).is_none() {
+            count(Event::SourceRangeDropped);
+            return TC_ACT_SHOT;
+        }
+    }
     let local_policy = service.flags & SERVICE_EXTERNAL_LOCAL != 0;
     let table = Frontend {
         _pad: if local_policy {
@@ -440,15 +454,86 @@ fn free_port(p: &Packet, addr: u32, backend: u32, backend_port: u16) -> Option<u
     None
 }
 
-/// A frontend without endpoints: TCP gets a reset from the frontend's address, as
-/// kube-proxy's REJECT gives; other protocols are dropped (counted).
+/// A frontend without endpoints: TCP gets a reset and UDP an ICMP port unreachable from
+/// the frontend's address, as kube-proxy's REJECT gives.
 #[inline(always)]
 fn refuse(ctx: &TcContext, p: &Packet) -> i32 {
-    if p.proto != IPPROTO_TCP || reset(ctx, p).is_none() {
+    let answered = if p.proto == IPPROTO_TCP {
+        reset(ctx, p)
+    } else {
+        port_unreachable(ctx, p)
+    };
+    if answered.is_none() {
         return TC_ACT_SHOT;
     }
     // Back out of the interface it came in by.
     unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+}
+
+/// One's-complement sum of `words` (`len` bytes) folded to the 16-bit checksum.
+#[inline(always)]
+fn checksum(words: *mut u32, len: u32, seed: u32) -> Option<u16> {
+    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, words, len, seed) };
+    if sum < 0 {
+        return None;
+    }
+    let mut folded = sum as u64;
+    folded = (folded & 0xffff) + (folded >> 16);
+    folded = (folded & 0xffff) + (folded >> 16);
+    Some(!(folded as u16))
+}
+
+/// Turns a UDP packet into the ICMP port unreachable answering it: a new IP header and
+/// ICMP header in front of the packet's own IP header and first 8 bytes, MACs swapped.
+#[inline(always)]
+fn port_unreachable(ctx: &TcContext, p: &Packet) -> Option<()> {
+    const ICMP_LEN: usize = 8;
+    // The quoted part: the original IP header (no options) and the UDP header.
+    if p.l4 != ETH_HLEN + 20 {
+        return None;
+    }
+    let quoted: [u32; 7] = ctx.load(ETH_HLEN).ok()?;
+    let mut macs: [u8; 12] = ctx.load(0).ok()?;
+    macs.rotate_left(6);
+    let grow = (20 + ICMP_LEN) as i32;
+    ctx.adjust_room(
+        grow,
+        aya_ebpf::bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        0,
+    )
+    .ok()?;
+    let total = ETH_HLEN + 20 + ICMP_LEN + 28;
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, total as u32, 0) } != 0 {
+        return None;
+    }
+    ctx.store(0, &macs, 0).ok()?;
+    let ip_len = ((20 + ICMP_LEN + 28) as u16).to_be_bytes();
+    let mut ip: [u32; 5] = [
+        u32::from_ne_bytes([0x45, 0, ip_len[0], ip_len[1]]),
+        0,
+        // TTL 64, protocol ICMP, checksum (filled below).
+        u32::from_ne_bytes([64, 1, 0, 0]),
+        p.daddr,
+        p.saddr,
+    ];
+    let ip_sum = checksum(ip.as_mut_ptr(), 20, 0)?.to_ne_bytes();
+    ip[2] = u32::from_ne_bytes([64, 1, ip_sum[0], ip_sum[1]]);
+    // Type 3 (destination unreachable), code 3 (port unreachable), then the quote.
+    let mut icmp: [u32; 9] = [
+        u32::from_ne_bytes([3, 3, 0, 0]),
+        0,
+        quoted[0],
+        quoted[1],
+        quoted[2],
+        quoted[3],
+        quoted[4],
+        quoted[5],
+        quoted[6],
+    ];
+    let icmp_sum = checksum(icmp.as_mut_ptr(), 36, 0)?.to_ne_bytes();
+    icmp[0] = u32::from_ne_bytes([3, 3, icmp_sum[0], icmp_sum[1]]);
+    ctx.store(ETH_HLEN, &ip, 0).ok()?;
+    ctx.store(ETH_HLEN + 20, &icmp, 0).ok()
 }
 
 /// Turns a TCP SYN into the RST|ACK answering it: addresses, ports and MACs swapped, no
@@ -488,23 +573,12 @@ fn reset(ctx: &TcContext, p: &Packet) -> Option<()> {
         p.saddr,
         u32::from_ne_bytes([0, IPPROTO_TCP, 0, 20]),
     ];
-    let sum = unsafe {
-        let partial = bpf_csum_diff(core::ptr::null_mut(), 0, pseudo.as_ptr() as *mut u32, 12, 0);
-        bpf_csum_diff(
-            core::ptr::null_mut(),
-            0,
-            tcp.as_mut_ptr(),
-            20,
-            partial as u32,
-        )
-    };
-    if sum < 0 {
+    let partial =
+        unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, pseudo.as_ptr() as *mut u32, 12, 0) };
+    if partial < 0 {
         return None;
     }
-    let mut folded = sum as u64;
-    folded = (folded & 0xffff) + (folded >> 16);
-    folded = (folded & 0xffff) + (folded >> 16);
-    let csum = !(folded as u16);
+    let csum = checksum(tcp.as_mut_ptr(), 20, partial as u32)?;
     tcp[4] = u32::from_ne_bytes({
         let c = csum.to_ne_bytes();
         [c[0], c[1], 0, 0]

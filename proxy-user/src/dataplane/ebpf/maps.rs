@@ -5,12 +5,16 @@ use std::{collections::BTreeMap, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{
+        Array, HashMap, Map, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
 };
 use proxy_common::{
     Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, IfaceInfo, Member,
     MemberKey, NatEntry, NatKey, RevNatKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET,
-    SERVICE_EXTERNAL_LOCAL, Service, ServiceName, SlotKey, names,
+    SERVICE_EXTERNAL_LOCAL, SERVICE_SOURCE_RANGES, Service, ServiceName, SlotKey, SourceRangeKey,
+    names,
 };
 
 use super::{
@@ -50,6 +54,7 @@ pub struct Maps {
     pub agent: Array<MapData, AgentInfo>,
     pub nat: HashMap<MapData, NatKey, NatEntry>,
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     capacity: BTreeMap<&'static str, u32>,
 }
 
@@ -87,7 +92,8 @@ impl Maps {
                 | Map::LruHashMap(d)
                 | Map::PerCpuHashMap(d)
                 | Map::PerCpuArray(d)
-                | Map::Array(d) => d.info(),
+                | Map::Array(d)
+                | Map::LpmTrie(d) => d.info(),
                 _ => return Err(MapsError::Missing { name }),
             };
             let info = info.map_err(|source| MapsError::Open { name, source })?;
@@ -114,6 +120,7 @@ impl Maps {
             agent: typed!(names::MAP_AGENT),
             nat: typed!(names::MAP_NAT),
             ifaces: typed!(names::MAP_IFACES),
+            source_ranges: typed!(names::MAP_SOURCE_RANGES),
             capacity,
         })
     }
@@ -270,18 +277,60 @@ impl Maps {
         if let Some(local) = local_view(spec) {
             local_delta = self.write_table(scoped, &local, previous_local.as_ref(), 0)?;
         }
-        let flags = if spec.external_local.is_some() {
+        let mut flags = if spec.external_local.is_some() {
             SERVICE_EXTERNAL_LOCAL
         } else {
             0
         };
+        let old_ranges = previous.and_then(|p| p.source_ranges.as_ref());
+        if let Some(ranges) = &spec.source_ranges {
+            self.write_source_ranges(frontend(addr), &ranges.cidrs, old_ranges)?;
+            flags |= SERVICE_SOURCE_RANGES;
+        }
         let mut delta = self.write_table(frontend(addr), spec, previous, flags)?;
+        if let (None, Some(old)) = (&spec.source_ranges, old_ranges) {
+            self.remove_source_ranges(frontend(addr), &old.cidrs);
+        }
         if let (None, Some(old_local)) = (&spec.external_local, &previous_local) {
             local_delta.before = self.remove_table_of(scoped, old_local);
         }
         delta.before += local_delta.before;
         delta.after += local_delta.after;
         Ok(delta)
+    }
+
+    /// The loadBalancerSourceRanges of `fe`: new ones added, dropped ones removed.
+    fn write_source_ranges(
+        &mut self,
+        fe: Frontend,
+        cidrs: &[(std::net::Ipv4Addr, u8)],
+        old: Option<&crate::model::SourceRanges>,
+    ) -> Result<(), MapsError> {
+        for (net, bits) in cidrs {
+            let key = source_range_key(fe, *net, *bits);
+            self.insert(names::MAP_SOURCE_RANGES, |m| {
+                m.source_ranges.insert(&key, 1, 0)
+            })?;
+        }
+        let gone: Vec<(std::net::Ipv4Addr, u8)> = old
+            .map(|o| {
+                o.cidrs
+                    .iter()
+                    .filter(|c| !cidrs.contains(c))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.remove_source_ranges(fe, &gone);
+        Ok(())
+    }
+
+    fn remove_source_ranges(&mut self, fe: Frontend, cidrs: &[(std::net::Ipv4Addr, u8)]) {
+        for (net, bits) in cidrs {
+            let _ = self
+                .source_ranges
+                .remove(&source_range_key(fe, *net, *bits));
+        }
     }
 
     /// One frontend's members, slot table and value, under the key `fe`.
@@ -380,6 +429,9 @@ impl Maps {
     /// number of slots freed.
     pub fn remove_frontend(&mut self, addr: &FrontendAddr, previous: &FrontendSpec) -> u32 {
         let fe = frontend(addr);
+        if let Some(ranges) = &previous.source_ranges {
+            self.remove_source_ranges(fe, &ranges.cidrs);
+        }
         let mut freed = self.remove_table_of(fe, previous);
         if let Some(local) = &previous.external_local {
             let scoped = Frontend {
@@ -536,6 +588,16 @@ impl Maps {
             })
             .collect()
     }
+}
+
+fn source_range_key(fe: Frontend, net: std::net::Ipv4Addr, bits: u8) -> LpmKey<SourceRangeKey> {
+    LpmKey::new(
+        proxy_common::source_range_prefix(bits),
+        SourceRangeKey {
+            frontend: fe,
+            addr: u32::from_ne_bytes(net.octets()),
+        },
+    )
 }
 
 /// Slots of a frontend's table before and after a write.

@@ -180,10 +180,13 @@ impl EbpfDataplane {
         changes: Vec<Change>,
         report: &mut ApplyReport,
     ) -> Vec<Change> {
-        // A Local-policy frontend has a second table: written one by one.
+        // A Local-policy frontend has a second table, a LoadBalancer one may have source
+        // ranges: those are written one by one.
         let (fresh, rest): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|c| {
             matches!(c, Change::Upsert(addr, spec)
-                if !self.installed.contains_key(addr) && spec.external_local.is_none())
+                if !self.installed.contains_key(addr)
+                    && spec.external_local.is_none()
+                    && spec.source_ranges.is_none())
         });
         if fresh.len() < BATCH_THRESHOLD {
             return fresh.into_iter().chain(rest).collect();
