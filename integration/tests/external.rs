@@ -15,7 +15,6 @@ use std::time::Duration;
 use integration::{
     Agent,
     manifests::{DNS, HTTP, Port, ServiceOpts, service_with_endpoints},
-    require_privileges,
     two_nodes::{CLIENT_IP, NODE_A_IP, TwoNodes},
 };
 
