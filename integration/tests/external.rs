@@ -374,3 +374,24 @@ fn a_flow_survives_an_unrelated_change_and_an_agent_restart(mode: &'static str) 
     );
     assert_eq!(report.answers.values().sum::<usize>(), 60, "{report:?}");
 }
+
+/// Without `--interfaces`, the tc programs attach to the interfaces carrying the node's
+/// address (its Node object's): here ext0, not nb0 or the pod's link.
+#[test]
+fn the_tc_programs_default_to_the_interfaces_carrying_the_node_address() {
+    integration::require_privileges!();
+    let t = TwoNodes::new();
+    let mut agent = t.agent("ebpf");
+    agent.write("web.yaml", &web("", &t.endpoints()));
+    agent.start();
+    agent.wait_for("the tc programs", Duration::from_secs(10), |_| {
+        agent.log().matches("\"message\":\"tc program\"").count() == 2
+    });
+    assert!(
+        agent.log().contains("\"interfaces\":\"[\\\"ext0\\\"]\""),
+        "{}",
+        agent.log()
+    );
+    let report = t.probe(&["--to", &format!("{NODE_A_IP}:30080"), "--count", "20"]);
+    assert_eq!(report.answers.values().sum::<usize>(), 20, "{report:?}");
+}

@@ -104,8 +104,12 @@ pub async fn sync_loop<D: Dataplane + ?Sized>(
             continue; // woken twice for one change
         }
         let summary = syncer.sync(&mut store, &mut *dataplane);
+        let node_addresses = store.node_context().addresses;
         drop(store);
         let first = summary.full && !activated;
+        if first {
+            dataplane.node_addresses(&node_addresses);
+        }
         if summary.full {
             dataplane.activate()?;
             release_free_memory();

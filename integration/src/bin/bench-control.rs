@@ -163,8 +163,12 @@ fn event_to_connection(samples: usize) -> anyhow::Result<()> {
     let pins_dir = pins.0.clone();
     let outcome = (|| -> anyhow::Result<Vec<f64>> {
         let pins = &pins_dir;
-        let mut dataplane =
-            EbpfDataplane::open(pins, &t.cgroup.path, loader::Capacities::default(), &[])?;
+        let mut dataplane = EbpfDataplane::open(
+            pins,
+            &t.cgroup.path,
+            loader::Capacities::default(),
+            Some(&[]),
+        )?;
         let mut store = ObjectStore::new(None);
         let mut syncer = Syncer::default();
         let backend_slice = |ip: &str| {
@@ -254,7 +258,7 @@ fn run(args: &Args, pins: &std::path::Path, cgroup: &Cgroup) -> anyhow::Result<(
         );
     }
     let mut dataplane =
-        EbpfDataplane::open(pins, &cgroup.path, loader::Capacities::default(), &[])?;
+        EbpfDataplane::open(pins, &cgroup.path, loader::Capacities::default(), Some(&[]))?;
     measure(args, &mut dataplane)
 }
 

@@ -80,8 +80,9 @@ struct Args {
     node_name: Option<String>,
     /// eBPF mode: interfaces (comma-separated) whose incoming NodePort, ExternalIP and
     /// LoadBalancer traffic the tc programs translate. Each needs an IPv4 address: flows
-    /// to backends on other nodes leave with it as their source. None: only sockets on
-    /// the node are translated.
+    /// to backends on other nodes leave with it as their source. Default: the interfaces
+    /// carrying the node's addresses (from its Node object); `none`: only sockets on the
+    /// node are translated.
     #[arg(long, value_name = "IFACE,...", value_delimiter = ',')]
     interfaces: Vec<String>,
     /// Capacity of the services map (frontends) when it is created.
@@ -182,6 +183,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let cluster_cidr = args.cluster_cidr.as_deref().map(parse_cidr).transpose()?;
     // Checked before anything loads: a wrong name is a mistake, not a reason to fall back.
     let interfaces = resolve_interfaces(&args.interfaces)?;
+    let interfaces = interfaces.as_deref();
     let capacities = loader::Capacities {
         services: args.max_services,
         slots: args.max_backend_slots,
@@ -202,9 +204,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         let iptables_options = iptables::render::RenderOptions { cluster_cidr, random_fully: true };
         let mut ebpf_active = !matches!(args.mode, Mode::Iptables);
         let mut dataplane: Box<dyn Dataplane> = match args.mode {
-            Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, capacities, &interfaces)?),
+            Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, capacities, interfaces)?),
             Mode::Iptables => Box::new(open_iptables(iptables_options, args.iptables_backend)?),
-            Mode::Auto => match open_ebpf(&args, &cgroup, capacities, &interfaces) {
+            Mode::Auto => match open_ebpf(&args, &cgroup, capacities, interfaces) {
                 Ok(ebpf) => {
                     info!("--mode auto: the eBPF datapath loads on this kernel; using it");
                     Box::new(ebpf)
@@ -360,7 +362,7 @@ fn open_ebpf(
     args: &Args,
     cgroup: &anyhow::Result<PathBuf>,
     capacities: loader::Capacities,
-    interfaces: &[Interface],
+    interfaces: Option<&[Interface]>,
 ) -> anyhow::Result<EbpfDataplane> {
     let cgroup = cgroup.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
     let dataplane = EbpfDataplane::open(&args.bpffs, cgroup, capacities, interfaces)
@@ -369,12 +371,19 @@ fn open_ebpf(
     Ok(dataplane)
 }
 
-fn resolve_interfaces(names: &[String]) -> anyhow::Result<Vec<Interface>> {
+/// `None` when the interfaces are to be the node's (no `--interfaces`).
+fn resolve_interfaces(names: &[String]) -> anyhow::Result<Option<Vec<Interface>>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    if names == ["none"] {
+        return Ok(Some(Vec::new()));
+    }
     let interfaces = ifaces::resolve(names)?;
     for i in &interfaces {
         info!(interface = %i.name, ifindex = i.ifindex, source_nat = %i.addr, "tc programs will attach");
     }
-    Ok(interfaces)
+    Ok(Some(interfaces))
 }
 
 /// The iptables dataplane, on the backend `choice` resolves to.

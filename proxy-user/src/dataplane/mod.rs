@@ -20,6 +20,9 @@ pub trait Dataplane {
     fn activate(&mut self) -> Result<(), String> {
         Ok(())
     }
+    /// The node's addresses, before the first activation (the eBPF dataplane picks its tc
+    /// interfaces from them).
+    fn node_addresses(&mut self, _addresses: &[std::net::Ipv4Addr]) {}
     /// Fill level of the dataplane's tables, for metrics and status.
     fn usage(&self) -> Vec<MapUsage> {
         Vec::new()

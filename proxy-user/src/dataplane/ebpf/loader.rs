@@ -236,6 +236,11 @@ pub fn load(
 }
 
 impl Loaded {
+    /// Where the tc programs attach when activated.
+    pub fn set_interfaces(&mut self, interfaces: Vec<String>) {
+        self.interfaces = interfaces;
+    }
+
     /// Attaches what is missing, swaps what is outdated, and removes pins of maps that no
     /// program of ours uses any more (an older layout's). Pinned links keep the programs
     /// attached after this value is dropped.

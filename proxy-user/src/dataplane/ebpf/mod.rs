@@ -34,6 +34,9 @@ pub struct EbpfDataplane {
     pending: Option<Loaded>,
     /// Who programs the maps, recorded for `proxyctl status` once the programs attach.
     agent: proxy_common::AgentInfo,
+    /// The tc programs' interfaces are those carrying the node's addresses, known once
+    /// the Node object is (see [`Dataplane::node_addresses`]).
+    interfaces_from_node: bool,
 }
 
 fn unix_now() -> u64 {
@@ -44,16 +47,18 @@ fn unix_now() -> u64 {
 
 impl EbpfDataplane {
     /// Loads and attaches (or adopts) the programs and reads back what is installed.
-    /// `interfaces`: where the tc programs attach, for traffic from outside the node.
+    /// `interfaces`: where the tc programs attach, for traffic from outside the node;
+    /// `None`: the interfaces carrying the node's addresses, decided at activation.
     pub fn open(
         pin_dir: &Path,
         cgroup: &Path,
         capacities: Capacities,
-        interfaces: &[interfaces::Interface],
+        interfaces: Option<&[interfaces::Interface]>,
     ) -> Result<Self, LoadError> {
-        let names: Vec<String> = interfaces.iter().map(|i| i.name.clone()).collect();
+        let given = interfaces.unwrap_or_default();
+        let names: Vec<String> = given.iter().map(|i| i.name.clone()).collect();
         let (loaded, mut maps) = loader::load(pin_dir, cgroup, capacities, &names)?;
-        maps.set_interfaces(interfaces)?;
+        maps.set_interfaces(given)?;
         let orphans = maps.remove_orphans()?;
         if orphans > 0 {
             warn!(
@@ -73,6 +78,7 @@ impl EbpfDataplane {
             slots_in_use,
             members_in_use,
             pending: Some(loaded),
+            interfaces_from_node: interfaces.is_none(),
             agent: proxy_common::AgentInfo {
                 version: proxy_common::AgentInfo::field(env!("CARGO_PKG_VERSION")),
                 cgroup: proxy_common::AgentInfo::field(&cgroup.display().to_string()),
@@ -130,6 +136,33 @@ impl Dataplane for EbpfDataplane {
             self.record_agent();
         }
         report
+    }
+
+    fn node_addresses(&mut self, addresses: &[std::net::Ipv4Addr]) {
+        let Some(loaded) = self.pending.as_mut().filter(|_| self.interfaces_from_node) else {
+            return;
+        };
+        let chosen = interfaces::carrying(addresses).and_then(|names| {
+            // Loopback carries addresses only the node itself reaches: sockets, not tc.
+            let names: Vec<String> = names.into_iter().filter(|n| n != "lo").collect();
+            interfaces::resolve(&names)
+        });
+        match chosen {
+            Ok(chosen) if chosen.is_empty() => info!(
+                node_addresses = ?addresses,
+                "no interface carries the node's addresses: traffic from outside the node is not translated (set --interfaces)"
+            ),
+            Ok(chosen) => {
+                if let Err(e) = self.maps.set_interfaces(&chosen) {
+                    warn!("recording the tc interfaces: {e}");
+                    return;
+                }
+                let names: Vec<String> = chosen.iter().map(|i| i.name.clone()).collect();
+                info!(interfaces = ?names, "the tc programs attach to the interfaces carrying the node's addresses");
+                loaded.set_interfaces(names);
+            }
+            Err(e) => warn!("choosing the tc interfaces from the node's addresses: {e}"),
+        }
     }
 
     fn activate(&mut self) -> Result<(), String> {
