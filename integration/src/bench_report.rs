@@ -69,6 +69,18 @@ pub struct Ratios {
     pub iptables_vs_ebpf_change: f64,
 }
 
+/// Traffic from outside the node to NodePorts: the tc programs (eBPF mode) against
+/// kube-proxy's chains, and the same client reaching the backends without a proxy.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodePortCase {
+    pub datapath: Modes<Datapath>,
+    /// The tc programs' own cost per packet (ingress and egress, every interface), from
+    /// the kernel's BPF run-time statistics.
+    pub tc_ns_per_packet: f64,
+    pub ebpf_vs_iptables_rate: f64,
+    pub ebpf_vs_direct_rate: f64,
+}
+
 /// Everything measured at one number of Services.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Scale {
@@ -84,6 +96,9 @@ pub struct Scale {
     /// The agent's resident memory once it has synced the N Services, per mode.
     pub agent_rss_mib: Modes<f64>,
     pub ratios: Ratios,
+    /// NodePort traffic from outside the node (absent at scales above the NodePort range).
+    #[serde(default)]
+    pub nodeport: Option<NodePortCase>,
 }
 
 impl Scale {
@@ -102,6 +117,12 @@ impl Scale {
                 self.control.ebpf.change_p50_ms,
             ),
         };
+        if let Some(np) = &mut self.nodeport {
+            let direct = np.datapath.direct.as_ref().map_or(0.0, |d| d.rate_per_s);
+            np.ebpf_vs_iptables_rate =
+                div(np.datapath.ebpf.rate_per_s, np.datapath.iptables.rate_per_s);
+            np.ebpf_vs_direct_rate = div(np.datapath.ebpf.rate_per_s, direct);
+        }
     }
 
     /// Names of the figures that were not produced (zero or missing), for `--quick`'s
@@ -135,6 +156,15 @@ impl Scale {
         need("iptables change", self.control.iptables.change_p50_ms);
         need("agent RSS (eBPF)", self.agent_rss_mib.ebpf);
         need("agent RSS (iptables)", self.agent_rss_mib.iptables);
+        if let Some(np) = &self.nodeport {
+            need(
+                "NodePort direct rate",
+                np.datapath.direct.as_ref().map_or(0.0, |d| d.rate_per_s),
+            );
+            need("NodePort eBPF (tc) rate", np.datapath.ebpf.rate_per_s);
+            need("NodePort iptables rate", np.datapath.iptables.rate_per_s);
+            need("tc ns per packet", np.tc_ns_per_packet);
+        }
         missing
     }
 }
@@ -215,6 +245,28 @@ impl Report {
                 s.agent_rss_mib.ebpf,
                 s.agent_rss_mib.iptables
             );
+        }
+        if self.scales.iter().any(|s| s.nodeport.is_some()) {
+            out.push_str("\n**Traffic from outside the node**: new connections per second from a client in another namespace to NodePorts on the node (a NodePort chosen at random among N), through the tc programs (eBPF mode) or kube-proxy's chains (iptables mode), every backend on another node (source NAT in both); direct is the same client reaching the backends through the node without a proxy.\n\n");
+            out.push_str("| Services | direct conn/s | tc conn/s | iptables conn/s | tc / iptables | tc / direct | p99 tc | p99 iptables | tc ns/packet |\n");
+            out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for s in &self.scales {
+                let Some(np) = &s.nodeport else { continue };
+                let direct = np.datapath.direct.clone().unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.0} | {:.0} | {:.0} | {:.2}x | {:.1} % | {:.0} µs | {:.0} µs | {:.0} |",
+                    s.services,
+                    direct.rate_per_s,
+                    np.datapath.ebpf.rate_per_s,
+                    np.datapath.iptables.rate_per_s,
+                    np.ebpf_vs_iptables_rate,
+                    np.ebpf_vs_direct_rate * 100.0,
+                    np.datapath.ebpf.p99_us,
+                    np.datapath.iptables.p99_us,
+                    np.tc_ns_per_packet
+                );
+            }
         }
         let retrans: u64 = self
             .scales

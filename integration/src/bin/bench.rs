@@ -3,7 +3,10 @@
 //!
 //! Topology: a client namespace (the node: the agent, its programs or its chains, and the
 //! load generator) joined by one veth pair to a server namespace holding the five backend
-//! addresses 198.18.1.2-6. Nothing else is connected to either.
+//! addresses 198.18.1.2-6, and an outside namespace (198.18.9.2) joined to the node by
+//! another veth pair: the client of the NodePort case, whose connections reach the node's
+//! address 198.18.9.1 and are translated by the tc programs (eBPF mode, attached to both
+//! of the node's links) or kube-proxy's chains (iptables mode). Nothing else is connected.
 //!
 //! Method (shared/TESTING.md): the server closes first (TIME_WAIT stays on its side, not on
 //! the client's ports); every mode and scale uses ports of its own; the load generator and
@@ -28,7 +31,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use integration::{
     Agent, Cgroup, ChildGuard, Netns,
-    bench_report::{ControlPlane, Datapath, Environment, Modes, Report, Scale},
+    bench_report::{ControlPlane, Datapath, Environment, Modes, NodePortCase, Report, Scale},
     bin_dir, command_in, unique,
 };
 
@@ -59,6 +62,10 @@ struct Args {
 }
 
 const ENDPOINTS: usize = 5;
+/// NodePorts are 30000 + i: scales above this have no NodePort case.
+const NODEPORT_MAX: usize = 20_000;
+/// The node's address toward the outside namespace (its Node object's).
+const NODE_IP: &str = "198.18.9.1";
 /// ClusterIPs come from 198.19.0.0/16.
 const MAX_SERVICES: usize = 65_000;
 const BACKENDS: [&str; ENDPOINTS] = [
@@ -152,6 +159,19 @@ struct Bench {
     cgroup: Cgroup,
     client: Netns,
     _server_ns: Netns,
+    /// The NodePort case's client, outside the node.
+    outside: Netns,
+}
+
+/// Where a load generator runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// On the node, in the agent's cgroup (the socket programs see it).
+    NodeSocket,
+    /// On the node, outside the cgroup.
+    Node,
+    /// In the outside namespace: a client of NodePorts.
+    Outside,
 }
 
 /// Ports of one scale: direct, eBPF, iptables.
@@ -188,6 +208,37 @@ impl Bench {
             server_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
         }
         server_ns.ip(&["link", "set", "eth0", "up"]);
+        // The outside client: reaches NodePorts on the node, and (direct arm) the backends
+        // through the node, which forwards.
+        let outside = Netns::new(format!("{id}-o"));
+        client.ip(&[
+            "link",
+            "add",
+            "vx",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &outside.name,
+        ]);
+        client.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "vx"]);
+        client.ip(&["link", "set", "vx", "up"]);
+        outside.ip(&["addr", "add", "198.18.9.2/24", "dev", "eth0"]);
+        outside.ip(&["link", "set", "eth0", "up"]);
+        outside.ip(&["route", "add", "198.18.1.0/24", "via", NODE_IP]);
+        server_ns.ip(&["route", "add", "198.18.9.0/24", "via", "198.18.0.1"]);
+        integration::run(
+            client
+                .command("sysctl", None)
+                .args(["-qw", "net.ipv4.ip_forward=1"]),
+        );
+        integration::run(
+            outside
+                .command("sysctl", None)
+                .args(["-qw", "net.ipv4.ip_local_port_range=1024 65535"]),
+        );
         integration::run(
             server_ns
                 .command("sysctl", None)
@@ -215,6 +266,7 @@ impl Bench {
             cgroup,
             client,
             _server_ns: server_ns,
+            outside,
         })
     }
 
@@ -244,13 +296,24 @@ impl Bench {
                 .map(|i| format!("{}:80\n", vip(i)))
                 .collect::<String>(),
         )?;
+        let node_ports = work.join("nodeports");
+        fs::write(
+            &node_ports,
+            (0..services.min(NODEPORT_MAX))
+                .map(|i| format!("{NODE_IP}:{}\n", 30_000 + i))
+                .collect::<String>(),
+        )?;
+        let with_nodeports = services <= NODEPORT_MAX;
         // Direct runs alternate with the eBPF runs, with the client outside the cgroup (no
         // program runs for it) and no iptables rules in the namespace: drift on this
         // machine hits both alike.
-        let (ebpf, ebpf_rss, (direct, ns_per_connect, ns_floor)) =
+        let (ebpf, ebpf_rss, (direct, ns_per_connect, ns_floor, np_ebpf)) =
             self.with_agent("ebpf", services, ebpf_port, index, |agent| {
                 let before = stats.connect4(&agent.cgroup)?;
-                let mut arms = self.datapath(&[(&direct_targets, false), (&vips, true)], args)?;
+                let mut arms = self.datapath(
+                    &[(&direct_targets, Origin::Node), (&vips, Origin::NodeSocket)],
+                    args,
+                )?;
                 let after = stats.connect4(&agent.cgroup)?;
                 let calls = after.1.saturating_sub(before.1).max(1);
                 let ns = after.0.saturating_sub(before.0) as f64 / calls as f64;
@@ -258,19 +321,63 @@ impl Bench {
                 // Service (one map lookup that misses), the floor of any connect4 program
                 // on this machine with the statistics on.
                 let before = stats.connect4(&agent.cgroup)?;
-                self.loadgen(&direct_targets, true, args.duration_ms / 2, 100, 99)?;
+                self.loadgen(
+                    &direct_targets,
+                    Origin::NodeSocket,
+                    args.duration_ms / 2,
+                    100,
+                    99,
+                )?;
                 let after = stats.connect4(&agent.cgroup)?;
                 let calls = after.1.saturating_sub(before.1).max(1);
                 let floor = after.0.saturating_sub(before.0) as f64 / calls as f64;
                 let ebpf = arms.pop().context("eBPF runs")?;
                 let direct = arms.pop().context("direct runs")?;
-                Ok((ebpf, (direct, ns, floor)))
+                // NodePorts from outside, through the tc programs, alternating with the
+                // same client reaching the backends directly.
+                let nodeport = if with_nodeports {
+                    let before = stats.tc(&agent.bpffs)?;
+                    let mut arms = self.datapath(
+                        &[
+                            (&direct_targets, Origin::Outside),
+                            (&node_ports, Origin::Outside),
+                        ],
+                        args,
+                    )?;
+                    let after = stats.tc(&agent.bpffs)?;
+                    let packets = after.1.saturating_sub(before.1).max(1);
+                    let tc_ns = after.0.saturating_sub(before.0) as f64 / packets as f64;
+                    let tc = arms.pop().context("NodePort eBPF runs")?;
+                    let direct = arms.pop().context("NodePort direct runs")?;
+                    Some((direct, tc, tc_ns))
+                } else {
+                    None
+                };
+                Ok((ebpf, (direct, ns, floor, nodeport)))
             })?;
-        let (iptables, iptables_rss, ()) =
+        let (iptables, iptables_rss, np_iptables) =
             self.with_agent("iptables", services, iptables_port, index, |_| {
-                let mut arms = self.datapath(&[(&vips, true)], args)?;
-                Ok((arms.pop().context("iptables runs")?, ()))
+                let mut arms = self.datapath(&[(&vips, Origin::NodeSocket)], args)?;
+                let nodeport = if with_nodeports {
+                    let mut np = self.datapath(&[(&node_ports, Origin::Outside)], args)?;
+                    Some(np.pop().context("NodePort iptables runs")?)
+                } else {
+                    None
+                };
+                Ok((arms.pop().context("iptables runs")?, nodeport))
             })?;
+        let nodeport = match (np_ebpf, np_iptables) {
+            (Some((direct, ebpf, tc_ns_per_packet)), Some(iptables)) => Some(NodePortCase {
+                datapath: Modes {
+                    direct: Some(direct),
+                    ebpf,
+                    iptables,
+                },
+                tc_ns_per_packet,
+                ..NodePortCase::default()
+            }),
+            _ => None,
+        };
 
         let _ = fs::remove_dir_all(&work);
         Ok(Scale {
@@ -293,6 +400,7 @@ impl Bench {
                 iptables: iptables_rss,
             },
             ratios: Default::default(),
+            nodeport,
         })
     }
 
@@ -314,6 +422,14 @@ impl Bench {
         );
         agent.mode = mode;
         agent.extra_args = vec!["--iptables-backend".into(), "nft".into()];
+        agent
+            .extra_args
+            .extend(["--node-name".into(), "bench-node".into()]);
+        if mode == "ebpf" {
+            agent
+                .extra_args
+                .extend(["--interfaces".into(), "vx,vs".into()]);
+        }
         agent.write("services.json", &manifests(services, port));
         agent.start();
         self.wait_serving(&agent, services)?;
@@ -330,7 +446,7 @@ impl Bench {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(120) {
             if agent.log().contains("\"synced\"") {
-                let probe = self.loadgen(&last, true, 50, 0, 0)?;
+                let probe = self.loadgen(&last, Origin::NodeSocket, 50, 0, 0)?;
                 if probe.connections > 0 && probe.errors == 0 {
                     return Ok(());
                 }
@@ -347,22 +463,22 @@ impl Bench {
     /// `runs` rounds, each running every arm (targets, and whether the client is in the
     /// agent's cgroup) once; per arm, the median run by rate and the SYN retransmissions
     /// counted during its runs.
-    fn datapath(&self, arms: &[(&Path, bool)], args: &Args) -> anyhow::Result<Vec<Datapath>> {
+    fn datapath(&self, arms: &[(&Path, Origin)], args: &Args) -> anyhow::Result<Vec<Datapath>> {
         let mut runs: Vec<Vec<Datapath>> = vec![Vec::new(); arms.len()];
         let mut retransmits = vec![0u64; arms.len()];
         for seed in 0..args.runs {
-            for (arm, (targets, in_cgroup)) in arms.iter().enumerate() {
+            for (arm, (targets, origin)) in arms.iter().enumerate() {
                 stop_requested()?;
                 self.flush_conntrack();
-                let before = self.syn_retransmits()?;
+                let before = self.syn_retransmits(*origin)?;
                 runs[arm].push(self.loadgen(
                     targets,
-                    *in_cgroup,
+                    *origin,
                     args.duration_ms,
                     200,
                     seed as u64 + 1,
                 )?);
-                retransmits[arm] += self.syn_retransmits()?.saturating_sub(before);
+                retransmits[arm] += self.syn_retransmits(*origin)?.saturating_sub(before);
             }
         }
         let conntrack_entries = self.conntrack_entries();
@@ -388,13 +504,13 @@ impl Bench {
     fn loadgen(
         &self,
         targets: &Path,
-        in_cgroup: bool,
+        origin: Origin,
         duration_ms: u64,
         warmup_ms: u64,
         seed: u64,
     ) -> anyhow::Result<Datapath> {
-        let cgroup = in_cgroup.then_some(self.cgroup.path.as_path());
-        let out = command_in(&self.client.name, cgroup, bin_dir().join("loadgen"))
+        let cgroup = (origin == Origin::NodeSocket).then_some(self.cgroup.path.as_path());
+        let out = command_in(&self.netns(origin).name, cgroup, bin_dir().join("loadgen"))
             .arg("connect")
             .arg("--targets")
             .arg(targets)
@@ -446,9 +562,16 @@ impl Bench {
             .unwrap_or(0)
     }
 
-    /// TcpExt TCPSynRetrans in the client namespace.
-    fn syn_retransmits(&self) -> anyhow::Result<u64> {
-        let out = command_in(&self.client.name, None, "cat")
+    fn netns(&self, origin: Origin) -> &Netns {
+        match origin {
+            Origin::Outside => &self.outside,
+            Origin::NodeSocket | Origin::Node => &self.client,
+        }
+    }
+
+    /// TcpExt TCPSynRetrans in the namespace the load generator runs in.
+    fn syn_retransmits(&self, origin: Origin) -> anyhow::Result<u64> {
+        let out = command_in(&self.netns(origin).name, None, "cat")
             .arg("/proc/net/netstat")
             .output()
             .context("reading /proc/net/netstat")?;
@@ -488,17 +611,31 @@ fn vip(i: usize) -> String {
     format!("198.19.{}.{}", (n >> 8) & 0xff, n & 0xff)
 }
 
-/// `services` Services, each with the five backends on `port`, as one JSON List.
+/// `services` Services, each with the five backends on `port` (NodePort 30000 + i for
+/// the first NODEPORT_MAX), and the node's Node object, as one JSON List.
 fn manifests(services: usize, port: u16) -> String {
     let endpoints: Vec<String> = BACKENDS
         .iter()
         .map(|ip| format!(r#"{{"addresses":["{ip}"],"conditions":{{"ready":true}}}}"#))
         .collect();
     let endpoints = endpoints.join(",");
-    let mut items = Vec::with_capacity(2 * services);
+    let mut items = Vec::with_capacity(2 * services + 1);
+    items.push(format!(
+        r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"bench-node"}},"status":{{"addresses":[{{"type":"InternalIP","address":"{NODE_IP}"}}]}}}}"#
+    ));
     for i in 0..services {
+        let node_port = if i < NODEPORT_MAX {
+            format!(r#","nodePort":{}"#, 30_000 + i)
+        } else {
+            String::new()
+        };
+        let type_ = if i < NODEPORT_MAX {
+            "NodePort"
+        } else {
+            "ClusterIP"
+        };
         items.push(format!(
-            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc-{i}","namespace":"bench"}},"spec":{{"clusterIP":"{}","ports":[{{"name":"http","port":80,"targetPort":{port},"protocol":"TCP"}}]}}}}"#,
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc-{i}","namespace":"bench"}},"spec":{{"type":"{type_}","clusterIP":"{}","ports":[{{"name":"http","port":80,"targetPort":{port},"protocol":"TCP"{node_port}}}]}}}}"#,
             vip(i)
         ));
         items.push(format!(
@@ -571,6 +708,28 @@ impl BpfStats {
         Ok(Self { was })
     }
 
+    /// (run_time_ns, run_cnt) of the tc programs whose links are pinned in `bpffs`, summed.
+    fn tc(&self, bpffs: &Path) -> anyhow::Result<(u64, u64)> {
+        let mut total = (0, 0);
+        for entry in fs::read_dir(bpffs).context("reading the pin directory")? {
+            let path = entry?.path();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if !name.is_some_and(|n| n.starts_with("link_epx_tc_")) {
+                continue;
+            }
+            let out = std::process::Command::new("bpftool")
+                .args(["-j", "link", "show", "pinned"])
+                .arg(&path)
+                .output()
+                .context("bpftool link show")?;
+            let link: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let id = link["prog_id"].as_u64().context("link without prog_id")?;
+            let (ns, cnt) = prog_stats(id)?;
+            total = (total.0 + ns, total.1 + cnt);
+        }
+        Ok(total)
+    }
+
     /// (run_time_ns, run_cnt) of the connect4 program attached to `cgroup`.
     fn connect4(&self, cgroup: &Path) -> anyhow::Result<(u64, u64)> {
         let Some((id, _)) = integration::attached_programs(cgroup)
@@ -579,16 +738,21 @@ impl BpfStats {
         else {
             bail!("no connect4 program attached to {}", cgroup.display());
         };
-        let out = std::process::Command::new("bpftool")
-            .args(["-j", "prog", "show", "id", &id.to_string()])
-            .output()
-            .context("bpftool prog show")?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        Ok((
-            v["run_time_ns"].as_u64().unwrap_or(0),
-            v["run_cnt"].as_u64().unwrap_or(0),
-        ))
+        prog_stats(id)
     }
+}
+
+/// (run_time_ns, run_cnt) of one program, from bpftool.
+fn prog_stats(id: u64) -> anyhow::Result<(u64, u64)> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "prog", "show", "id", &id.to_string()])
+        .output()
+        .context("bpftool prog show")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok((
+        v["run_time_ns"].as_u64().unwrap_or(0),
+        v["run_cnt"].as_u64().unwrap_or(0),
+    ))
 }
 
 impl Drop for BpfStats {
