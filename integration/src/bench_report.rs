@@ -467,6 +467,15 @@ mod tests {
                 iptables: 30.0,
             },
             ratios: Ratios::default(),
+            nodeport: Some(NodePortCase {
+                datapath: Modes {
+                    direct: Some(dp(9_000.0)),
+                    ebpf: dp(8_500.0),
+                    iptables: dp(iptables / 2.0),
+                },
+                tc_ns_per_packet: 400.0,
+                ..NodePortCase::default()
+            }),
         };
         s.compute_ratios();
         s
@@ -492,6 +501,12 @@ mod tests {
             md.contains("| 10000 | 10000 | 9700 | 2000 | 97.0 % | 4.85x |"),
             "{md}"
         );
+        let np = s.nodeport.as_ref().expect("nodeport case");
+        assert!((np.ebpf_vs_iptables_rate - 8.5).abs() < 1e-9);
+        assert!(
+            md.contains("| 10000 | 9000 | 8500 | 1000 | 8.50x | 94.4 % |"),
+            "{md}"
+        );
         let svg = report.svg();
         assert_eq!(svg.matches("<polyline").count(), 6, "3 modes x 2 panels");
         assert!(svg.ends_with("</svg>\n"));
@@ -502,11 +517,15 @@ mod tests {
         let mut s = scale(10, 9_800.0, 9_000.0);
         s.bpf_ns_per_connect = 0.0;
         s.datapath.iptables.rate_per_s = f64::NAN;
+        if let Some(np) = &mut s.nodeport {
+            np.tc_ns_per_packet = 0.0;
+        }
         assert_eq!(
             s.missing(),
             [
                 "10 Services: iptables rate",
-                "10 Services: BPF ns per connect"
+                "10 Services: BPF ns per connect",
+                "10 Services: tc ns per packet"
             ]
         );
     }
