@@ -395,3 +395,43 @@ fn the_tc_programs_default_to_the_interfaces_carrying_the_node_address() {
     let report = t.probe(&["--to", &format!("{NODE_A_IP}:30080"), "--count", "20"]);
     assert_eq!(report.answers.values().sum::<usize>(), 20, "{report:?}");
 }
+
+both_modes!(client_ip_affinity_is_keyed_by_the_clients_address);
+fn client_ip_affinity_is_keyed_by_the_clients_address(mode: &'static str) {
+    let t = TwoNodes::new();
+    let sticky =
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n";
+    let _agent = start(&t, mode, &web(sticky, &t.endpoints()));
+    for to in [format!("{NODE_A_IP}:30080"), format!("{LB_IP}:80")] {
+        let report = t.probe(&["--to", &to, "--count", "30"]);
+        assert_eq!(
+            report.answers.values().sum::<usize>(),
+            30,
+            "{to}: {report:?}"
+        );
+        assert_eq!(
+            report.answers.len(),
+            1,
+            "{to}: one backend for one client: {report:?}"
+        );
+    }
+}
+
+/// Without a Node object, the NodePorts are served on the addresses of `--interfaces`.
+#[test]
+fn without_a_node_object_node_ports_are_served_on_the_interfaces_addresses() {
+    integration::require_privileges!();
+    let t = TwoNodes::new();
+    let mut agent = t.agent("ebpf");
+    agent.remove("node.yaml");
+    agent
+        .extra_args
+        .extend(["--interfaces".into(), "ext0,nb0".into()]);
+    agent.write("web.yaml", &web("", &t.endpoints()));
+    agent.start();
+    agent.wait_for("the tc programs", Duration::from_secs(10), |_| {
+        agent.log().matches("\"message\":\"tc program\"").count() == 4
+    });
+    let report = t.probe(&["--to", &format!("{NODE_A_IP}:30080"), "--count", "20"]);
+    assert_eq!(report.answers.values().sum::<usize>(), 20, "{report:?}");
+}

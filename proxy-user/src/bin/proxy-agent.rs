@@ -239,6 +239,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             ));
             shared
         };
+        // Without a Node object, NodePorts are served on the --interfaces' addresses.
+        if let Some(given) = interfaces.filter(|i| !i.is_empty() && ebpf_active) {
+            let addresses = given.iter().map(|i| i.addr).collect();
+            shared.update(|store| store.set_fallback_addresses(addresses));
+        }
         let metrics = Arc::new(AgentMetrics::new(Some(args.bpffs.clone())));
         let ready = metrics.clone();
         let mut health_checks = HealthCheckServers::new(

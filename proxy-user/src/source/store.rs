@@ -43,6 +43,8 @@ pub struct ObjectStore {
     slice_owner: HashMap<ObjectRef, ObjectRef>,
     slices_of: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
     node: Option<Node>,
+    /// The node's addresses when its Node object gives none: those of `--interfaces`.
+    fallback_addresses: Vec<std::net::Ipv4Addr>,
     dirty: Dirty,
     pub changes: ChangeCounts,
     /// Earliest `endpoints.kubernetes.io/last-change-trigger-time` not yet programmed, per
@@ -223,7 +225,18 @@ impl ObjectStore {
     }
 
     pub fn node_context(&self) -> NodeContext {
-        NodeContext::new(self.node_name.as_deref(), self.node.as_ref())
+        let mut context = NodeContext::new(self.node_name.as_deref(), self.node.as_ref());
+        if context.addresses.is_empty() {
+            context.addresses = self.fallback_addresses.clone();
+        }
+        context
+    }
+
+    /// The node's addresses to use when its Node object gives none (or there is none):
+    /// NodePorts are served there.
+    pub fn set_fallback_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) {
+        self.fallback_addresses = addresses;
+        self.dirty.all = true;
     }
 }
 
