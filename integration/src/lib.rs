@@ -128,6 +128,11 @@ impl Netns {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
+    /// `sysctl -w SETTING` inside the namespace (`net.ipv4.ip_forward=1`).
+    pub fn sysctl(&self, setting: &str) {
+        run(self.command("sysctl", None).args(["-qw", setting]));
+    }
+
     /// A command that runs inside this namespace and, if given, inside `cgroup`.
     pub fn command(
         &self,

@@ -53,12 +53,6 @@ fn link(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
     b.ip(&["link", "set", b_if, "up"]);
 }
 
-fn forwarding(ns: &Netns) {
-    run(ns
-        .command("sysctl", None)
-        .args(["-qw", "net.ipv4.ip_forward=1"]));
-}
-
 fn pod(ns: Netns, name: &str, ip: &str) -> BackendHost {
     let server = spawn_ready(ns.command(bin_dir().join("probe"), None).args([
         "serve",
@@ -120,13 +114,11 @@ impl TwoNodes {
         node_b.ip(&["route", "add", "198.18.110.0/24", "via", "198.18.101.1"]);
         pod_a_ns.ip(&["route", "add", "default", "via", "198.18.110.1"]);
         pod_b_ns.ip(&["route", "add", "default", "via", "198.18.120.1"]);
-        forwarding(&node_a);
-        forwarding(&node_b);
+        node_a.sysctl("net.ipv4.ip_forward=1");
+        node_b.sysctl("net.ipv4.ip_forward=1");
         // The kernel sends at most one ICMP error per second to a host by default; the
         // tests count one per attempt.
-        run(node_a
-            .command("sysctl", None)
-            .args(["-qw", "net.ipv4.icmp_ratelimit=0"]));
+        node_a.sysctl("net.ipv4.icmp_ratelimit=0");
         Self {
             pod_a: pod(pod_a_ns, "pod-a", "198.18.110.2"),
             pod_b: pod(pod_b_ns, "pod-b", "198.18.120.2"),

@@ -193,9 +193,8 @@ fn rules(saved: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// A node as kube-proxy leaves it: a rule set rendered by our iptables mode with its
-/// owner marker removed, plus kubelet's chains and somebody else's rules.
-fn node_with_kube_proxy_rules(t: &Topology) -> Agent {
+/// The agent in iptables mode (nf_tables) serving demo/web, once its rules are in.
+fn iptables_agent(t: &Topology) -> Agent {
     let mut agent = Agent::new(t);
     agent.mode = "iptables";
     agent.extra_args = vec!["--iptables-backend".into(), "nft".into()];
@@ -213,6 +212,13 @@ fn node_with_kube_proxy_rules(t: &Topology) -> Agent {
     agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
         agent.log().contains("\"synced\"")
     });
+    agent
+}
+
+/// A node as kube-proxy leaves it: a rule set rendered by our iptables mode with its
+/// owner marker removed, plus kubelet's chains and somebody else's rules.
+fn node_with_kube_proxy_rules(t: &Topology) -> Agent {
+    let mut agent = iptables_agent(t);
     agent.stop();
     let ipt = |args: &[&str]| {
         run(command_in(&t.client.name, None, "iptables-nft").args(args));
@@ -335,23 +341,7 @@ fn cleanup_kube_proxy_removes_kube_proxys_rules_and_nothing_else() {
 fn cleanup_kube_proxy_leaves_our_own_iptables_mode_alone() {
     require_privileges!();
     let t = Topology::new(1);
-    let mut agent = Agent::new(&t);
-    agent.mode = "iptables";
-    agent.extra_args = vec!["--iptables-backend".into(), "nft".into()];
-    agent.write(
-        "web.yaml",
-        &service_with_endpoints(
-            "web",
-            VIP,
-            &[HTTP],
-            &ServiceOpts::default(),
-            &t.ready_endpoints(),
-        ),
-    );
-    agent.start();
-    agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
-        agent.log().contains("\"synced\"")
-    });
+    let agent = iptables_agent(&t);
     let before = save(&t.client, "nat");
     let out = command_in(&agent.netns, None, bin_dir().join("proxy-agent"))
         .arg("--cleanup-kube-proxy")
@@ -367,23 +357,7 @@ fn cleanup_kube_proxy_leaves_our_own_iptables_mode_alone() {
 fn cleanup_after_kube_proxy_took_our_chains_over_removes_only_the_marker() {
     require_privileges!();
     let t = Topology::new(1);
-    let mut agent = Agent::new(&t);
-    agent.mode = "iptables";
-    agent.extra_args = vec!["--iptables-backend".into(), "nft".into()];
-    agent.write(
-        "web.yaml",
-        &service_with_endpoints(
-            "web",
-            VIP,
-            &[HTTP],
-            &ServiceOpts::default(),
-            &t.ready_endpoints(),
-        ),
-    );
-    agent.start();
-    agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
-        agent.log().contains("\"synced\"")
-    });
+    let mut agent = iptables_agent(&t);
     agent.stop();
     // A node rolled back to kube-proxy: it rewrites the KUBE-* chains and keeps its canary.
     run(command_in(&t.client.name, None, "iptables-nft").args([

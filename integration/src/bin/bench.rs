@@ -229,26 +229,10 @@ impl Bench {
         outside.ip(&["link", "set", "eth0", "up"]);
         outside.ip(&["route", "add", "198.18.1.0/24", "via", NODE_IP]);
         server_ns.ip(&["route", "add", "198.18.9.0/24", "via", "198.18.0.1"]);
-        integration::run(
-            client
-                .command("sysctl", None)
-                .args(["-qw", "net.ipv4.ip_forward=1"]),
-        );
-        integration::run(
-            outside
-                .command("sysctl", None)
-                .args(["-qw", "net.ipv4.ip_local_port_range=1024 65535"]),
-        );
-        integration::run(
-            server_ns
-                .command("sysctl", None)
-                .args(["-qw", "net.ipv4.tcp_max_tw_buckets=0"]),
-        );
-        integration::run(
-            client
-                .command("sysctl", None)
-                .args(["-qw", "net.ipv4.ip_local_port_range=1024 65535"]),
-        );
+        client.sysctl("net.ipv4.ip_forward=1");
+        outside.sysctl("net.ipv4.ip_local_port_range=1024 65535");
+        server_ns.sysctl("net.ipv4.tcp_max_tw_buckets=0");
+        client.sysctl("net.ipv4.ip_local_port_range=1024 65535");
         let mut serve = server_ns.command(bin_dir().join("loadgen"), None);
         serve.args(["serve", "--cpu", &args.cpu.to_string()]);
         for index in 0..args.scales.len() {
