@@ -155,6 +155,62 @@ fn main() {
     drop(agent);
     drop(t);
     println!("agent stopped, proxy-agent --cleanup run, namespaces and cgroup removed");
+
+    from_outside();
+}
+
+/// Traffic from outside the node: a client in another namespace reaches a NodePort on
+/// node-a, whose tc programs send it to a pod on node-a or on node-b.
+fn from_outside() {
+    use integration::{
+        manifests::{HTTP, Port, ServiceOpts, service_with_endpoints},
+        two_nodes::{NODE_A_IP, TwoNodes},
+    };
+    println!(
+        "\n-- 9. traffic from outside the node: a client, node-a (the agent, tc programs on ext0 and nb0), node-b, a pod on each"
+    );
+    let t = TwoNodes::new();
+    let mut agent = t.agent("ebpf");
+    agent
+        .extra_args
+        .extend(["--interfaces".into(), "ext0,nb0".into()]);
+    let port = Port {
+        node_port: Some(30080),
+        ..HTTP
+    };
+    let opts = ServiceOpts {
+        type_: Some("NodePort"),
+        ..ServiceOpts::default()
+    };
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints("web", "198.19.0.30", &[port], &opts, &t.endpoints()),
+    );
+    agent.start();
+    agent.wait_for("the tc programs", Duration::from_secs(10), |_| {
+        agent.log().matches("\"message\":\"tc program\"").count() == 4
+    });
+    let to = format!("{NODE_A_IP}:30080");
+    let report = t.probe(&["--to", &to, "--count", "40", "--ask-source"]);
+    println!(
+        "40 connections from 198.18.100.2 to NodePort {to}: {}",
+        summary(&report)
+    );
+    println!("\n$ proxyctl flows   (the first 4 of 40)");
+    let flows = String::from_utf8_lossy(&agent.proxyctl(&["flows"]).stdout).into_owned();
+    for line in flows.lines().take(5) {
+        println!("{line}");
+    }
+    println!("\n$ proxyctl status   (the tc attachments)");
+    let status = String::from_utf8_lossy(&agent.proxyctl(&["status"]).stdout).into_owned();
+    for line in status
+        .lines()
+        .filter(|l| l.starts_with("PROGRAM") || l.contains("tc-"))
+    {
+        println!("{line}");
+    }
+    agent.stop();
+    println!("\nagent stopped; the namespaces, pins and links are removed");
 }
 
 fn show(path: &Path) -> String {
