@@ -401,7 +401,7 @@ fn client_ip_affinity_is_keyed_by_the_clients_address(mode: &'static str) {
     let t = TwoNodes::new();
     let sticky =
         "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n";
-    let _agent = start(&t, mode, &web(sticky, &t.endpoints()));
+    let agent = start(&t, mode, &web(sticky, &t.endpoints()));
     for to in [format!("{NODE_A_IP}:30080"), format!("{LB_IP}:80")] {
         let report = t.probe(&["--to", &to, "--count", "30"]);
         assert_eq!(
@@ -414,6 +414,17 @@ fn client_ip_affinity_is_keyed_by_the_clients_address(mode: &'static str) {
             1,
             "{to}: one backend for one client: {report:?}"
         );
+    }
+    // proxyctl names the entries by the client's address in both modes (the eBPF mode
+    // keeps one per frontend; iptables mode's `recent` lists are per service port and
+    // shown on each of its frontends).
+    let out = agent.proxyctl(&["affinity", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("affinity json");
+    let rows = rows.as_array().expect("rows");
+    assert!(rows.len() >= 2, "{rows:?}");
+    for r in rows {
+        assert_eq!(r["client"], CLIENT_IP, "{r}");
+        assert_eq!(r["live"], true, "{r}");
     }
 }
 

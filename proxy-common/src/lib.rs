@@ -213,6 +213,11 @@ pub struct AffinityKey {
 }
 const _: () = assert!(size_of::<AffinityKey>() == 16);
 
+/// `AffinityKey::client_netns` of a client outside the node (the tc programs): this bit,
+/// and the client's IPv4 address (network byte order) in the low 32 bits. A netns cookie
+/// never has it set.
+pub const AFFINITY_CLIENT_IP: u64 = 1 << 63;
+
 /// Value of the affinity map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]

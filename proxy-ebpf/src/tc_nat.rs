@@ -25,10 +25,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use proxy_common::{
-    Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, NAT_ON_EGRESS, NAT_REVERSE, NAT_SNAT,
-    NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatEntry,
-    NatKey, SCOPE_EXTERNAL_LOCAL, SERVICE_EXTERNAL_LOCAL, SERVICE_KIND_MASK, SERVICE_SOURCE_RANGES,
-    Service, SourceRangeKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_SYN_SENT, source_range_prefix,
+    AFFINITY_CLIENT_IP, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, NAT_ON_EGRESS, NAT_REVERSE,
+    NAT_SNAT, NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS,
+    NatEntry, NatKey, SCOPE_EXTERNAL_LOCAL, SERVICE_EXTERNAL_LOCAL, SERVICE_KIND_MASK,
+    SERVICE_SOURCE_RANGES, Service, SourceRangeKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_SYN_SENT,
+    source_range_prefix,
 };
 
 use crate::{
@@ -337,7 +338,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         service
     };
     let frontend_stats = stats(&frontend);
-    let client = (1u64 << 63) | p.saddr as u64;
+    let client = AFFINITY_CLIENT_IP | p.saddr as u64;
     let Some(choice) = choose(&table, &table_service, || client) else {
         if let Some(s) = frontend_stats {
             bump(unsafe { &raw mut (*s).no_endpoint });

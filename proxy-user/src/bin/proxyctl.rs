@@ -52,7 +52,8 @@ enum Command {
         /// The destination, `IP:PORT`, `IP:PORT/TCP` or `IP:PORT/UDP` (TCP by default).
         frontend: String,
         /// Also say which backend this client's affinity entry would pick: a source IP in
-        /// iptables mode, `netns:<cookie>` in eBPF mode (see `proxyctl affinity`).
+        /// iptables mode, `netns:<cookie>` for a socket on the node in eBPF mode, or the
+        /// source IP of a client outside the node (see `proxyctl affinity`).
         #[arg(long, value_name = "CLIENT")]
         client: Option<String>,
         #[arg(long)]

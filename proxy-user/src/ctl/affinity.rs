@@ -59,7 +59,7 @@ pub fn ebpf_rows(maps: &Maps, services: &[ServiceRow]) -> Vec<AffinityRow> {
                 service: row.map_or_else(|| "(unknown)".into(), |r| r.service.clone()),
                 frontend,
                 protocol: addr.protocol.as_str(),
-                client: format!("netns:{}", key.client_netns),
+                client: client_name(key.client_netns),
                 backend: convert::backend_addr(&entry.backend).to_string(),
                 age_seconds: (age * 10.0).round() / 10.0,
                 timeout_seconds: timeout,
@@ -69,6 +69,15 @@ pub fn ebpf_rows(maps: &Maps, services: &[ServiceRow]) -> Vec<AffinityRow> {
         .collect();
     sort(&mut rows);
     rows
+}
+
+/// `netns:COOKIE` for a socket on the node, the address for a client outside it.
+fn client_name(client: u64) -> String {
+    if client & proxy_common::AFFINITY_CLIENT_IP != 0 {
+        std::net::Ipv4Addr::from((client as u32).to_ne_bytes()).to_string()
+    } else {
+        format!("netns:{client}")
+    }
 }
 
 /// One line of /proc/net/xt_recent/<list>: `src=IP ttl: T last_seen: JIFFIES oldest_pkt: ...`.
@@ -192,6 +201,16 @@ pub fn render_table(rows: &[AffinityRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_are_a_netns_cookie_or_an_address() {
+        assert_eq!(client_name(4096), "netns:4096");
+        let ip = u32::from_ne_bytes([198, 18, 100, 2]);
+        assert_eq!(
+            client_name(proxy_common::AFFINITY_CLIENT_IP | u64::from(ip)),
+            "198.18.100.2"
+        );
+    }
 
     #[test]
     fn recent_lines_are_read() {
