@@ -26,7 +26,7 @@ use aya::{
     },
 };
 use proxy_common::names::{self, ALL_SOCK_PROGRAMS};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::maps::{Maps, MapsError};
 
@@ -262,11 +262,22 @@ impl Loaded {
             outcomes.push((program, outcome));
         }
         let attached_interfaces = std::mem::take(&mut self.interfaces);
+        // A tc attachment that fails costs the outside traffic of that interface, not
+        // the node's Services: the socket programs above keep serving.
         for interface in &attached_interfaces {
             for (program, direction) in TC_PROGRAMS {
-                let outcome = self.attach_tc(program, interface, direction)?;
-                info!(program, interface, ?outcome, "tc program");
-                outcomes.push((program, outcome));
+                match self.attach_tc(program, interface, direction) {
+                    Ok(outcome) => {
+                        info!(program, interface, ?outcome, "tc program");
+                        outcomes.push((program, outcome));
+                    }
+                    Err(e) => warn!(
+                        program,
+                        interface,
+                        "tc program not attached: {} (TCX links need Linux 6.6); traffic arriving on {interface} from outside the node is not translated",
+                        crate::logging::error_chain(&e)
+                    ),
+                }
             }
         }
         remove_stale_pins(&self.dir, &attached_interfaces)?;
