@@ -128,6 +128,25 @@ impl Netns {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
+    /// A veth pair from this namespace (`local_if`, `local_ip`/24) to `peer` (`peer_if`,
+    /// `peer_ip`/24), both ends up.
+    pub fn link_to(
+        &self,
+        local_if: &str,
+        local_ip: &str,
+        peer: &Netns,
+        peer_if: &str,
+        peer_ip: &str,
+    ) {
+        self.ip(&[
+            "link", "add", local_if, "type", "veth", "peer", "name", peer_if, "netns", &peer.name,
+        ]);
+        self.ip(&["addr", "add", &format!("{local_ip}/24"), "dev", local_if]);
+        peer.ip(&["addr", "add", &format!("{peer_ip}/24"), "dev", peer_if]);
+        self.ip(&["link", "set", local_if, "up"]);
+        peer.ip(&["link", "set", peer_if, "up"]);
+    }
+
     /// `sysctl -w SETTING` inside the namespace (`net.ipv4.ip_forward=1`).
     pub fn sysctl(&self, setting: &str) {
         run(self.command("sysctl", None).args(["-qw", setting]));
@@ -252,30 +271,15 @@ impl Topology {
         let mut hosts = Vec::new();
         for i in 0..backends {
             let netns = Netns::new(format!("{id}-b{i}"));
-            let (client_if, net) = (format!("vb{i}"), i + 1);
-            client.ip(&[
-                "link",
-                "add",
-                &client_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &netns.name,
-            ]);
-            client.ip(&[
-                "addr",
-                "add",
-                &format!("198.18.{net}.1/24"),
-                "dev",
-                &client_if,
-            ]);
-            client.ip(&["link", "set", &client_if, "up"]);
+            let net = i + 1;
             let ip = format!("198.18.{net}.2");
-            netns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-            netns.ip(&["link", "set", "eth0", "up"]);
+            client.link_to(
+                &format!("vb{i}"),
+                &format!("198.18.{net}.1"),
+                &netns,
+                "eth0",
+                &ip,
+            );
             let name = format!("web-{i}");
             let server = spawn_ready(netns.command(bin_dir().join("probe"), None).args([
                 "serve",

@@ -42,17 +42,6 @@ pub struct TwoNodes {
     pub cgroup: Cgroup,
 }
 
-/// A veth pair from `a` (named `a_if`, address `a_ip`/24) to `b` (`b_if`, `b_ip`/24).
-fn link(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
-    a.ip(&[
-        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
-    ]);
-    a.ip(&["addr", "add", &format!("{a_ip}/24"), "dev", a_if]);
-    b.ip(&["addr", "add", &format!("{b_ip}/24"), "dev", b_if]);
-    a.ip(&["link", "set", a_if, "up"]);
-    b.ip(&["link", "set", b_if, "up"]);
-}
-
 fn pod(ns: Netns, name: &str, ip: &str) -> BackendHost {
     let server = spawn_ready(ns.command(bin_dir().join("probe"), None).args([
         "serve",
@@ -80,31 +69,10 @@ impl TwoNodes {
         let node_b = Netns::new(format!("{id}-nb"));
         let pod_a_ns = Netns::new(format!("{id}-pa"));
         let pod_b_ns = Netns::new(format!("{id}-pb"));
-        link(&client, "eth0", CLIENT_IP, &node_a, "ext0", NODE_A_IP);
-        link(
-            &node_a,
-            "nb0",
-            "198.18.101.1",
-            &node_b,
-            "na0",
-            "198.18.101.2",
-        );
-        link(
-            &node_a,
-            "pa0",
-            "198.18.110.1",
-            &pod_a_ns,
-            "eth0",
-            "198.18.110.2",
-        );
-        link(
-            &node_b,
-            "pb0",
-            "198.18.120.1",
-            &pod_b_ns,
-            "eth0",
-            "198.18.120.2",
-        );
+        client.link_to("eth0", CLIENT_IP, &node_a, "ext0", NODE_A_IP);
+        node_a.link_to("nb0", "198.18.101.1", &node_b, "na0", "198.18.101.2");
+        node_a.link_to("pa0", "198.18.110.1", &pod_a_ns, "eth0", "198.18.110.2");
+        node_b.link_to("pb0", "198.18.120.1", &pod_b_ns, "eth0", "198.18.120.2");
         client.ip(&["route", "add", "198.19.0.0/16", "via", NODE_A_IP]);
         node_a.ip(&["route", "add", "198.18.120.0/24", "via", "198.18.101.2"]);
         // A node has a default route: traffic for an address it does not serve is

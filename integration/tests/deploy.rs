@@ -14,6 +14,17 @@ use integration::{
 
 const VIP: &str = "198.19.0.10";
 
+/// demo/web (HTTP) on every backend of `t`.
+fn web(t: &Topology) -> String {
+    service_with_endpoints(
+        "web",
+        VIP,
+        &[HTTP],
+        &ServiceOpts::default(),
+        &t.ready_endpoints(),
+    )
+}
+
 /// `kubectl kustomize DIR`, split into documents.
 fn kustomize(dir: &str) -> Vec<serde_yaml::Value> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -125,16 +136,7 @@ fn the_agent_started_as_the_daemonset_serves_a_cluster_ip() {
     t.route_service_range();
     let mut agent = Agent::new(&t);
     agent.as_daemonset = true;
-    agent.write(
-        "web.yaml",
-        &service_with_endpoints(
-            "web",
-            VIP,
-            &[HTTP],
-            &ServiceOpts::default(),
-            &t.ready_endpoints(),
-        ),
-    );
+    agent.write("web.yaml", &web(&t));
     agent.start();
     agent.wait_backends("demo/web:http", 2);
     let report = t.probe(&["--to", &format!("{VIP}:80"), "--count", "40"]);
@@ -198,16 +200,7 @@ fn iptables_agent(t: &Topology) -> Agent {
     let mut agent = Agent::new(t);
     agent.mode = "iptables";
     agent.extra_args = vec!["--iptables-backend".into(), "nft".into()];
-    agent.write(
-        "web.yaml",
-        &service_with_endpoints(
-            "web",
-            VIP,
-            &[HTTP],
-            &ServiceOpts::default(),
-            &t.ready_endpoints(),
-        ),
-    );
+    agent.write("web.yaml", &web(t));
     agent.start();
     agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
         agent.log().contains("\"synced\"")

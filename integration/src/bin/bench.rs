@@ -186,47 +186,17 @@ impl Bench {
         let cgroup = Cgroup::new(&id);
         let client = Netns::new(format!("{id}-c"));
         let server_ns = Netns::new(format!("{id}-s"));
-        client.ip(&[
-            "link",
-            "add",
-            "vs",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &server_ns.name,
-        ]);
-        client.ip(&["addr", "add", "198.18.0.1/24", "dev", "vs"]);
-        client.ip(&["link", "set", "vs", "up"]);
+        client.link_to("vs", "198.18.0.1", &server_ns, "eth0", "198.18.0.2");
         client.ip(&["route", "add", "198.18.1.0/24", "via", "198.18.0.2"]);
         // iptables DNATs after the route lookup: the service range needs a route.
         client.ip(&["route", "add", "198.19.0.0/16", "via", "198.18.0.2"]);
-        server_ns.ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"]);
         for ip in BACKENDS {
             server_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
         }
-        server_ns.ip(&["link", "set", "eth0", "up"]);
         // The outside client: reaches NodePorts on the node, and (direct arm) the backends
         // through the node, which forwards.
         let outside = Netns::new(format!("{id}-o"));
-        client.ip(&[
-            "link",
-            "add",
-            "vx",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &outside.name,
-        ]);
-        client.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "vx"]);
-        client.ip(&["link", "set", "vx", "up"]);
-        outside.ip(&["addr", "add", "198.18.9.2/24", "dev", "eth0"]);
-        outside.ip(&["link", "set", "eth0", "up"]);
+        client.link_to("vx", NODE_IP, &outside, "eth0", "198.18.9.2");
         outside.ip(&["route", "add", "198.18.1.0/24", "via", NODE_IP]);
         server_ns.ip(&["route", "add", "198.18.9.0/24", "via", "198.18.0.1"]);
         client.sysctl("net.ipv4.ip_forward=1");
