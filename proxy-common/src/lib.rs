@@ -40,13 +40,13 @@ pub struct Frontend {
     /// [`SCOPE_SOCKET`] for the frontend itself; [`SCOPE_EXTERNAL_LOCAL`] for the slot
     /// table the tc programs use for traffic from outside under externalTrafficPolicy
     /// Local (this node's endpoints only).
-    pub _pad: u8,
+    pub scope: u8,
 }
 const _: () = assert!(size_of::<Frontend>() == 8);
 
-/// `Frontend::_pad`: the frontend as sockets (and Cluster-policy outside traffic) see it.
+/// `Frontend::scope`: the frontend as sockets (and Cluster-policy outside traffic) see it.
 pub const SCOPE_SOCKET: u8 = 0;
-/// `Frontend::_pad`: the externalTrafficPolicy Local view of the same frontend.
+/// `Frontend::scope`: the externalTrafficPolicy Local view of the same frontend.
 pub const SCOPE_EXTERNAL_LOCAL: u8 = 1;
 
 /// A backend address (endpoint IP and target port).

@@ -32,7 +32,7 @@ fn frontend_of(ctx: &SockAddrContext) -> Option<Frontend> {
         addr: sa.user_ip4,
         port: sa.user_port as u16,
         proto,
-        _pad: 0,
+        scope: proxy_common::SCOPE_SOCKET,
     })
 }
 

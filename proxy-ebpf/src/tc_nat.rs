@@ -27,9 +27,9 @@ use aya_ebpf::{
 use proxy_common::{
     AFFINITY_CLIENT_IP, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, NAT_ON_EGRESS, NAT_REVERSE,
     NAT_SNAT, NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS,
-    NatEntry, NatKey, SCOPE_EXTERNAL_LOCAL, SERVICE_EXTERNAL_LOCAL, SERVICE_KIND_MASK,
-    SERVICE_SOURCE_RANGES, Service, SourceRangeKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_SYN_SENT,
-    source_range_prefix,
+    NatEntry, NatKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET, SERVICE_EXTERNAL_LOCAL,
+    SERVICE_KIND_MASK, SERVICE_SOURCE_RANGES, Service, SourceRangeKey, TCP_CLOSING,
+    TCP_ESTABLISHED, TCP_SYN_SENT, source_range_prefix,
 };
 
 use crate::{
@@ -286,7 +286,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         addr: p.daddr,
         port: p.dport,
         proto: p.proto,
-        _pad: 0,
+        scope: SCOPE_SOCKET,
     };
     let Some(service) = SERVICES.get_ptr(frontend) else {
         return TC_ACT_OK;
@@ -318,7 +318,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
     }
     let local_policy = service.flags & SERVICE_EXTERNAL_LOCAL != 0;
     let table = Frontend {
-        _pad: if local_policy {
+        scope: if local_policy {
             SCOPE_EXTERNAL_LOCAL
         } else {
             0

@@ -11,7 +11,7 @@ pub fn frontend(addr: &FrontendAddr) -> Frontend {
         addr: u32::from_ne_bytes(addr.ip.octets()),
         port: addr.port.to_be(),
         proto: addr.protocol.number(),
-        _pad: 0,
+        scope: proxy_common::SCOPE_SOCKET,
     }
 }
 

@@ -148,7 +148,7 @@ impl Maps {
         let mut local_views = Vec::new();
         for item in self.services.iter() {
             let (fe, service) = item.map_err(read(names::MAP_SERVICES))?;
-            if fe._pad == SCOPE_EXTERNAL_LOCAL {
+            if fe.scope == SCOPE_EXTERNAL_LOCAL {
                 local_views.push(fe);
                 continue;
             }
@@ -182,7 +182,7 @@ impl Maps {
         }
         for fe in local_views {
             let unscoped = Frontend {
-                _pad: SCOPE_SOCKET,
+                scope: SCOPE_SOCKET,
                 ..fe
             };
             let mut backends = members.remove(&fe).unwrap_or_default();
@@ -266,7 +266,7 @@ impl Maps {
             })
         };
         let scoped = Frontend {
-            _pad: SCOPE_EXTERNAL_LOCAL,
+            scope: SCOPE_EXTERNAL_LOCAL,
             ..frontend(addr)
         };
         let previous_local = previous.and_then(local_view);
@@ -352,7 +352,7 @@ impl Maps {
 
         let mut undo = Undo::default();
         let result = (|| {
-            if fe._pad == SCOPE_SOCKET {
+            if fe.scope == SCOPE_SOCKET {
                 self.insert_name(&fe, &spec.service)?;
             }
             for b in &spec.backends {
@@ -435,7 +435,7 @@ impl Maps {
         let mut freed = self.remove_table_of(fe, previous);
         if let Some(local) = &previous.external_local {
             let scoped = Frontend {
-                _pad: SCOPE_EXTERNAL_LOCAL,
+                scope: SCOPE_EXTERNAL_LOCAL,
                 ..fe
             };
             let local = FrontendSpec {
