@@ -79,11 +79,6 @@ impl HealthCheckServers {
         }
     }
 
-    /// The ports served now.
-    pub fn ports(&self) -> Vec<u16> {
-        self.servers.keys().copied().collect()
-    }
-
     fn start(&self, port: u16, health: ServiceHealth) -> std::io::Result<Server> {
         let listener = std::net::TcpListener::bind(SocketAddr::from((self.bind, port)))?;
         listener.set_nonblocking(true)?;

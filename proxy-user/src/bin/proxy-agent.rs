@@ -346,20 +346,11 @@ async fn shutdown_signal() {
     }
 }
 
-/// `10.0.0.0/8` -> (10.0.0.0, 8).
+/// `10.0.0.0/8` -> (10.0.0.0, 8), with the model's CIDR parser.
 fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
-    let (ip, bits) = text
-        .split_once('/')
-        .with_context(|| format!("--cluster-cidr {text}: not ADDRESS/BITS"))?;
-    let ip = ip
-        .parse()
-        .with_context(|| format!("--cluster-cidr {text}: {ip:?} is not an IPv4 address"))?;
-    let bits = bits
-        .parse()
-        .ok()
-        .filter(|b: &u8| *b <= 32)
-        .with_context(|| format!("--cluster-cidr {text}: {bits:?} is not 0..=32"))?;
-    Ok((ip, bits))
+    proxy_user::model::parse_cidr(text).with_context(|| {
+        format!("--cluster-cidr {text}: not an IPv4 CIDR (ADDRESS/BITS, BITS 0..=32)")
+    })
 }
 
 /// The eBPF dataplane: loaded now, attached after the first full sync.

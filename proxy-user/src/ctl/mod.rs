@@ -19,7 +19,7 @@ use crate::dataplane::{
     ebpf::maps::{Maps, MapsError},
     iptables::{
         backend::Backend,
-        install::{InstallError, OWNER_MARKER},
+        install::{InstallError, OWNER_MARKER, declares},
     },
 };
 
@@ -77,11 +77,7 @@ pub fn open(dir: &Path) -> Result<Installed, CtlError> {
                 let Ok(nat) = iptables.save("nat", true) else {
                     continue;
                 };
-                let ours = nat.lines().any(|l| {
-                    l.strip_prefix(':')
-                        .is_some_and(|c| c.split_whitespace().next() == Some(OWNER_MARKER))
-                });
-                if ours {
+                if declares(&nat, OWNER_MARKER) {
                     let filter = iptables.save("filter", true)?;
                     let mut rules = chains::InstalledRules::parse(&nat, &filter);
                     rules.backend = Some(backend.name());

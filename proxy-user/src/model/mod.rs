@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 use serde::Serialize;
 
 pub use node::NodeContext;
-pub use service::translate_service;
+pub use service::{parse_cidr, translate_service};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -67,11 +67,7 @@ pub struct Census {
 impl Census {
     fn of(saved: &str) -> Self {
         Self {
-            hinted: saved.lines().any(|l| {
-                l.strip_prefix(':')
-                    .and_then(|c| c.split_whitespace().next())
-                    .is_some_and(|c| HINT_CHAINS.contains(&c))
-            }),
+            hinted: super::install::declared_chains(saved).any(|c| HINT_CHAINS.contains(&c)),
             rules: saved.lines().filter(|l| l.starts_with("-A ")).count(),
         }
     }

@@ -132,6 +132,19 @@ pub fn marker_rule() -> String {
 /// The marker rule's comment before the version.
 pub const MARKER_COMMENT_PREFIX: &str = "ebpf-proxy ";
 
+/// The chains an `iptables-save` text declares (`:NAME POLICY [counters]` lines).
+pub fn declared_chains(saved: &str) -> impl Iterator<Item = &str> {
+    saved
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split_whitespace().next())
+}
+
+/// Whether an `iptables-save` text declares `chain`.
+pub fn declares(saved: &str, chain: &str) -> bool {
+    declared_chains(saved).any(|c| c == chain)
+}
+
 /// Chains this project owns in a table: the fixed ones and every KUBE-SVC/SEP/EXT/SVL/FW.
 pub fn is_ours(chain: &str) -> bool {
     matches!(
@@ -211,10 +224,7 @@ impl Iptables {
     /// Chains of ours present in `table` now.
     pub fn our_chains(&self, table: &str) -> Result<BTreeSet<String>, InstallError> {
         let saved = self.run(&self.save, &["-t", table], None)?;
-        Ok(saved
-            .lines()
-            .filter_map(|l| l.strip_prefix(':'))
-            .filter_map(|l| l.split_whitespace().next())
+        Ok(declared_chains(&saved)
             .filter(|c| is_ours(c))
             .map(str::to_owned)
             .collect())
@@ -282,20 +292,14 @@ impl Iptables {
     /// Whether the KUBE-* chains in this namespace were installed by ebpf-proxy.
     pub fn installed_by_us(&self) -> Result<bool, InstallError> {
         let saved = self.run(&self.save, &["-t", "nat"], None)?;
-        Ok(saved.lines().any(|l| {
-            l.strip_prefix(':')
-                .is_some_and(|c| c.split_whitespace().next() == Some(OWNER_MARKER))
-        }))
+        Ok(declares(&saved, OWNER_MARKER))
     }
 
     /// Whether kube-proxy's iptables mode runs (or ran) here: it keeps canary chains,
     /// which ebpf-proxy never creates.
     pub fn kube_proxy_canary(&self) -> Result<bool, InstallError> {
         let saved = self.run(&self.save, &["-t", "nat"], None)?;
-        Ok(saved.lines().any(|l| {
-            l.strip_prefix(':')
-                .is_some_and(|c| c.split_whitespace().next() == Some("KUBE-PROXY-CANARY"))
-        }))
+        Ok(declares(&saved, "KUBE-PROXY-CANARY"))
     }
 
     /// Removes the jumps and every chain of ours, in both tables, if ebpf-proxy installed

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeSet;
 
-use super::install::{InstallError, Iptables, OWNER_MARKER, is_ours};
+use super::install::{InstallError, Iptables, OWNER_MARKER, declared_chains, declares, is_ours};
 
 /// Tables kube-proxy writes to (the canary chains live in mangle as well).
 const TABLES: [&str; 3] = ["mangle", "nat", "filter"];
@@ -46,10 +46,7 @@ pub enum Outcome {
 /// table, given that table's `iptables-save` text; `None` when it holds none. Also returns
 /// what it removes, for the log.
 pub fn removal(table: &str, saved: &str) -> Option<(String, Vec<String>, Vec<String>)> {
-    let chains: BTreeSet<&str> = saved
-        .lines()
-        .filter_map(|l| l.strip_prefix(':'))
-        .filter_map(|l| l.split_whitespace().next())
+    let chains: BTreeSet<&str> = declared_chains(saved)
         .filter(|c| is_kube_proxy_chain(c))
         .collect();
     if chains.is_empty() {
@@ -102,13 +99,9 @@ pub fn remove(binaries: &Iptables) -> Result<Outcome, InstallError> {
     for table in TABLES {
         saved.push((table, binaries.save(table, false)?));
     }
-    let marked = saved.iter().any(|(table, text)| {
-        *table == "nat"
-            && text.lines().any(|l| {
-                l.strip_prefix(':')
-                    .is_some_and(|c| c.split_whitespace().next() == Some(OWNER_MARKER))
-            })
-    });
+    let marked = saved
+        .iter()
+        .any(|(table, text)| *table == "nat" && declares(text, OWNER_MARKER));
     if marked {
         return Ok(Outcome::OursLeftAlone);
     }
