@@ -285,10 +285,7 @@ fn cleanup_kube_proxy_removes_kube_proxys_rules_and_nothing_else() {
         .collect();
     assert!(before[1].1.iter().any(|l| l.starts_with(":KUBE-SVC-")));
 
-    let out = command_in(&agent.netns, None, bin_dir().join("proxy-agent"))
-        .arg("--cleanup-kube-proxy")
-        .output()
-        .expect("run --cleanup-kube-proxy");
+    let out = cleanup_kube_proxy(&agent.netns);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("kube-proxy's chains removed"), "{log}");
@@ -322,10 +319,7 @@ fn cleanup_kube_proxy_removes_kube_proxys_rules_and_nothing_else() {
         assert!(filter.contains(kept), "{kept} removed:\n{filter}");
     }
     // A second run finds nothing to do.
-    let again = command_in(&agent.netns, None, bin_dir().join("proxy-agent"))
-        .arg("--cleanup-kube-proxy")
-        .output()
-        .expect("run again");
+    let again = cleanup_kube_proxy(&agent.netns);
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("no kube-proxy chains"));
 }
@@ -336,10 +330,7 @@ fn cleanup_kube_proxy_leaves_our_own_iptables_mode_alone() {
     let t = Topology::new(1);
     let agent = iptables_agent(&t);
     let before = save(&t.client, "nat");
-    let out = command_in(&agent.netns, None, bin_dir().join("proxy-agent"))
-        .arg("--cleanup-kube-proxy")
-        .output()
-        .expect("run --cleanup-kube-proxy");
+    let out = cleanup_kube_proxy(&agent.netns);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("ebpf-proxy's own"), "{log}");
@@ -377,6 +368,14 @@ fn cleanup_after_kube_proxy_took_our_chains_over_removes_only_the_marker() {
     }
 }
 
+/// `proxy-agent --cleanup-kube-proxy` in network namespace `netns`.
+fn cleanup_kube_proxy(netns: &str) -> std::process::Output {
+    command_in(netns, None, bin_dir().join("proxy-agent"))
+        .arg("--cleanup-kube-proxy")
+        .output()
+        .expect("run proxy-agent --cleanup-kube-proxy")
+}
+
 /// `iptables-nft-restore` of a whole rule set into `ns`.
 fn restore(ns: &Netns, rules: &str) {
     let mut child = command_in(&ns.name, None, "iptables-nft-restore")
@@ -402,10 +401,7 @@ fn cleanup_kube_proxy_leaves_what_kube_proxys_own_cleanup_test_expects() {
         &expected,
         include_str!("data/kube_proxy_cleanup_expected.rules"),
     );
-    let out = command_in(&node.name, None, bin_dir().join("proxy-agent"))
-        .arg("--cleanup-kube-proxy")
-        .output()
-        .expect("run --cleanup-kube-proxy");
+    let out = cleanup_kube_proxy(&node.name);
     assert!(
         out.status.success(),
         "{}",
