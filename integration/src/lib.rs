@@ -33,6 +33,22 @@ pub fn binomial_bounds(n: usize, p: f64) -> (f64, f64) {
     (n as f64 * p - 5.3 * sd, n as f64 * p + 5.3 * sd)
 }
 
+/// How many times slower than this machine the tests run: `EBPF_PROXY_TIME_SCALE`, set
+/// by the kernel tier (qemu without KVM is 10-30x slower). Every wait of the harness is
+/// multiplied by it; no test asserts a duration.
+pub fn time_scale() -> u32 {
+    std::env::var("EBPF_PROXY_TIME_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|s| *s >= 1)
+        .unwrap_or(1)
+}
+
+/// `d` scaled by [`time_scale`].
+pub fn scaled(d: Duration) -> Duration {
+    d * time_scale()
+}
+
 /// Set by CI: a privileged test that cannot run fails instead of skipping.
 pub const REQUIRE_ENV: &str = "EBPF_PROXY_REQUIRE_PRIVILEGED";
 
@@ -529,6 +545,7 @@ impl Agent {
         ready: impl Fn(&serde_json::Value) -> bool,
     ) {
         let start = Instant::now();
+        let timeout = scaled(timeout);
         while start.elapsed() < timeout {
             if ready(&self.services()) {
                 return;
@@ -633,5 +650,65 @@ impl Agent {
                     .and_then(|rest| rest.strip_prefix(' '))
             })
             .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// Connects in a loop from another thread until stopped, keeping every report: traffic
+/// that must not fail while the agent is killed, restarted or upgraded.
+pub struct ClientLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reports: std::sync::Arc<std::sync::Mutex<Vec<Report>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ClientLoop {
+    /// Also on a failed assertion: the thread may hold a topology, which must be dropped.
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+impl ClientLoop {
+    /// Runs `probe` (one batch of connections) again and again.
+    pub fn start(probe: impl Fn() -> Report + Send + 'static) -> Self {
+        use std::sync::{Arc, Mutex, atomic::AtomicBool};
+        let stop = Arc::new(AtomicBool::new(false));
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, reports) = (stop.clone(), reports.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let report = probe();
+                    reports.lock().expect("reports").push(report);
+                }
+            })
+        };
+        Self {
+            stop,
+            reports,
+            thread: Some(thread),
+        }
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Stops the loop: the connections answered, and every error with its count.
+    pub fn finish(mut self) -> (usize, Vec<String>) {
+        self.halt();
+        let reports = self.reports.lock().expect("reports");
+        let answered = reports
+            .iter()
+            .map(|r| r.answers.values().sum::<usize>())
+            .sum();
+        let errors = reports
+            .iter()
+            .flat_map(|r| r.errors.iter().map(|(e, n)| format!("{e} x{n}")))
+            .collect();
+        (answered, errors)
     }
 }

@@ -1,81 +1,27 @@
 //! Traffic through restarts and upgrades: zero failed connections while the agent is
 //! killed, restarted, and replaced by one whose maps have another layout.
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use integration::{
-    Agent, Report, Topology, attached_programs,
+    Agent, ClientLoop, Topology, attached_programs,
     manifests::{HTTP, ServiceOpts, service_with_endpoints},
     require_privileges,
 };
 
-/// Connects in a loop from another thread until stopped; returns every report.
-struct ClientLoop {
-    stop: Arc<AtomicBool>,
-    reports: Arc<Mutex<Vec<Report>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for ClientLoop {
-    /// Also on a failed assertion: the thread holds the topology, which must be dropped.
-    fn drop(&mut self) {
-        self.halt();
-    }
-}
-
-impl ClientLoop {
-    fn start(t: &Arc<Topology>) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let reports = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (t, stop, reports) = (t.clone(), stop.clone(), reports.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let report = t.probe(&[
-                        "--to",
-                        "198.19.0.10:80",
-                        "--count",
-                        "50",
-                        "--interval-ms",
-                        "2",
-                    ]);
-                    reports.lock().expect("reports").push(report);
-                }
-            })
-        };
-        Self {
-            stop,
-            reports,
-            thread: Some(thread),
-        }
-    }
-
-    fn halt(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-
-    fn finish(mut self) -> (usize, Vec<String>) {
-        self.halt();
-        let reports = self.reports.lock().expect("reports");
-        let answered = reports
-            .iter()
-            .map(|r| r.answers.values().sum::<usize>())
-            .sum();
-        let errors = reports
-            .iter()
-            .flat_map(|r| r.errors.iter().map(|(e, n)| format!("{e} x{n}")))
-            .collect();
-        (answered, errors)
-    }
+/// 50 connections to the Service, 2 ms apart, from the client namespace.
+fn client_loop(t: &Arc<Topology>) -> ClientLoop {
+    let t = t.clone();
+    ClientLoop::start(move || {
+        t.probe(&[
+            "--to",
+            "198.19.0.10:80",
+            "--count",
+            "50",
+            "--interval-ms",
+            "2",
+        ])
+    })
 }
 
 #[test]
@@ -96,7 +42,7 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
     );
     agent.start();
     agent.wait_backends("demo/web:http", 2);
-    let client = ClientLoop::start(&t);
+    let client = client_loop(&t);
     std::thread::sleep(Duration::from_millis(300));
 
     // SIGKILL, a moment without any agent, then a restart.

@@ -11,6 +11,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod features;
 pub mod names;
 
 /// Version of the map layout. Part of every map name and of the pin directory layout.
@@ -289,8 +290,14 @@ impl ServiceName {
 pub const AGENT_VERSION_LEN: usize = 32;
 pub const AGENT_PATH_LEN: usize = 256;
 
-/// Who programs the maps, for `proxyctl status`: written by the agent when it activates
-/// the datapath and after each sync, never read by the datapath. One entry.
+/// Longest kernel release and load error stored in [`AgentInfo`].
+pub const AGENT_KERNEL_LEN: usize = 64;
+pub const AGENT_ERROR_LEN: usize = 256;
+
+/// Who programs the maps and what the kernel gave it, for `proxyctl status` and
+/// /metrics: written by the agent when it activates the datapath and after each sync,
+/// never read by the datapath. One entry. Since no program reads it, its map is
+/// versioned by its own name (`EPX_AGENT_V2`) rather than by [`LAYOUT_VERSION`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct AgentInfo {
@@ -299,12 +306,23 @@ pub struct AgentInfo {
     /// The cgroup the socket programs are attached to, NUL-padded.
     pub cgroup: [u8; AGENT_PATH_LEN],
     pub pid: u32,
-    pub _pad: u32,
+    /// How the tc programs are attached: `features::TC_ATTACH_*`.
+    pub tc_attach: u32,
     /// Unix time (seconds) the agent started, and of its last successful sync.
     pub started_unix: u64,
     pub synced_unix: u64,
+    /// [`features::KernelFeature`] bits: those probed, and those the kernel offers.
+    pub features_probed: u32,
+    pub features_present: u32,
+    /// Bits (index in `names::ALL_PROGRAMS`) of the programs this kernel refused.
+    pub programs_failed: u32,
+    pub _pad: u32,
+    /// The kernel's release (`uname -r`), NUL-padded.
+    pub kernel: [u8; AGENT_KERNEL_LEN],
+    /// Why the first refused program was refused, in the kernel's words, NUL-padded.
+    pub load_error: [u8; AGENT_ERROR_LEN],
 }
-const _: () = assert!(size_of::<AgentInfo>() == 312);
+const _: () = assert!(size_of::<AgentInfo>() == 648);
 
 impl AgentInfo {
     /// `text` NUL-padded into a fixed field, truncated at a character boundary.

@@ -18,8 +18,8 @@ pub const MAP_EVENTS: &str = "EPX_EVT_V1";
 /// Frontend -> ServiceName.
 pub const MAP_NAMES: &str = "EPX_NAME_V1";
 
-/// 0 -> AgentInfo (array of one).
-pub const MAP_AGENT: &str = "EPX_AGENT_V1";
+/// 0 -> AgentInfo (array of one). Versioned on its own: no program reads it.
+pub const MAP_AGENT: &str = "EPX_AGENT_V2";
 /// NatKey -> NatEntry (LRU): the tc programs' flows.
 pub const MAP_NAT: &str = "EPX_NAT_V1";
 /// ifindex -> IfaceInfo: the interfaces the tc programs are attached to.
@@ -63,6 +63,22 @@ pub const ALL_SOCK_PROGRAMS: [&str; 4] = [
     PROG_SENDMSG4,
     PROG_RECVMSG4,
     PROG_GETPEERNAME4,
+];
+
+/// The variants of connect4 and sendmsg4 for kernels without `bpf_set_retval` (before
+/// 5.18): a frontend without endpoints is refused with EPERM. Loaded under the name and
+/// link pin of the program they stand in for.
+pub const PROG_CONNECT4_EPERM: &str = "epx_connect4_eperm";
+pub const PROG_SENDMSG4_EPERM: &str = "epx_sendmsg4_eperm";
+
+/// Every program, in the order of `AgentInfo::programs_failed`'s bits.
+pub const ALL_PROGRAMS: [&str; 6] = [
+    PROG_CONNECT4,
+    PROG_SENDMSG4,
+    PROG_RECVMSG4,
+    PROG_GETPEERNAME4,
+    PROG_TC_INGRESS,
+    PROG_TC_EGRESS,
 ];
 
 /// Default capacities. The LRU maps are preallocated by the kernel; the hash maps are

@@ -15,6 +15,7 @@ mod maps;
 mod select;
 mod sock_lb;
 mod tc_nat;
+mod tc_reply;
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier},
@@ -26,12 +27,25 @@ const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn epx_connect4(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward(&ctx)
+    sock_lb::try_forward::<{ sock_lb::REFUSE_WITH_ECONNREFUSED }>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn epx_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward(&ctx)
+    sock_lb::try_forward::<{ sock_lb::REFUSE_WITH_ECONNREFUSED }>(&ctx)
+}
+
+/// connect4 for kernels without `bpf_set_retval` (before Linux 5.18), which the agent
+/// loads in its place: a connect to a frontend without endpoints fails with EPERM.
+#[cgroup_sock_addr(connect4)]
+pub fn epx_connect4_eperm(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward::<{ sock_lb::REFUSE_WITH_EPERM }>(&ctx)
+}
+
+/// sendmsg4 for kernels without `bpf_set_retval`, as [`epx_connect4_eperm`].
+#[cgroup_sock_addr(sendmsg4)]
+pub fn epx_sendmsg4_eperm(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward::<{ sock_lb::REFUSE_WITH_EPERM }>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg4)]

@@ -67,8 +67,32 @@ pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(256, 0);
 #[map(name = "EPX_SRCR_V1")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(65_536, 0);
 
+/// Per-CPU scratch space for the tc programs' larger buffers (the route lookup's
+/// parameters, the headers of a synthesized reply). On the stack they would not fit the
+/// 512 bytes Linux 6.1 and older allow beside everything else. Not pinned: it holds
+/// nothing from one program run to the next.
+#[map(name = "EPX_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// See [`SCRATCH`].
+#[repr(C)]
+pub struct Scratch {
+    pub fib: aya_ebpf::bindings::bpf_fib_lookup,
+    /// Headers being built: an IP header, then an ICMP header with its quote; or a TCP
+    /// header with its pseudo header.
+    pub words: [u32; SCRATCH_WORDS],
+}
+
+pub const SCRATCH_WORDS: usize = 24;
+
+/// This CPU's scratch space, valid for the rest of the program run.
+#[inline(always)]
+pub fn scratch() -> Option<*mut Scratch> {
+    SCRATCH.get_ptr_mut(0)
+}
+
 /// Written by the agent, read by proxyctl status only.
-#[map(name = "EPX_AGENT_V1")]
+#[map(name = "EPX_AGENT_V2")]
 pub static AGENT: Array<AgentInfo> = Array::pinned(1, 0);
 
 #[inline(always)]

@@ -19,6 +19,13 @@ use crate::{
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
+/// How a frontend without endpoints is refused: ECONNREFUSED through `bpf_set_retval`
+/// (Linux 5.18), as kube-proxy's REJECT gives ...
+pub const REFUSE_WITH_ECONNREFUSED: bool = true;
+/// ... or the EPERM every cgroup program's refusal gives where that helper is missing
+/// (as Cilium's socket load balancer does there).
+pub const REFUSE_WITH_EPERM: bool = false;
+
 /// The frontend a socket address names, if the protocol is one we balance.
 #[inline(always)]
 fn frontend_of(ctx: &SockAddrContext) -> Option<Frontend> {
@@ -46,9 +53,10 @@ fn set_address(ctx: &SockAddrContext, addr: u32, port: u16) {
 }
 
 /// connect4 and sendmsg4: rewrite a frontend to a backend, refuse a frontend without
-/// backends with ECONNREFUSED, let everything else through untouched.
+/// backends (with ECONNREFUSED when `SET_RETVAL`, else EPERM), let everything else
+/// through untouched.
 #[inline(always)]
-pub fn try_forward(ctx: &SockAddrContext) -> i32 {
+pub fn try_forward<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
     let Some(frontend) = frontend_of(ctx) else {
         return ALLOW;
     };
@@ -71,8 +79,11 @@ pub fn try_forward(ctx: &SockAddrContext) -> i32 {
             // SAFETY: a value pointer from a successful lookup.
             bump(unsafe { &raw mut (*s).no_endpoint });
         }
-        // kube-proxy answers with REJECT: the caller sees ECONNREFUSED at once.
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        // kube-proxy answers with REJECT: the caller sees ECONNREFUSED at once. Without
+        // the helper, the kernel's own answer to a refusal (EPERM) is just as immediate.
+        if SET_RETVAL {
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+        }
         return REJECT;
     };
 

@@ -18,10 +18,7 @@ use aya_ebpf::{
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams,
     },
-    helpers::{
-        bpf_csum_diff, bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect,
-        bpf_redirect_neigh, bpf_skb_change_tail,
-    },
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh},
     programs::TcContext,
 };
 use proxy_common::{
@@ -33,21 +30,22 @@ use proxy_common::{
 };
 
 use crate::{
-    maps::{IFACES, NAT, SERVICES, SOURCE_RANGES, bump, count, stats},
+    maps::{IFACES, NAT, SERVICES, SOURCE_RANGES, bump, count, scratch, stats},
     select::choose,
+    tc_reply,
 };
 
-const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
-const IP_CSUM: usize = ETH_HLEN + 10;
-const IP_SADDR: usize = ETH_HLEN + 12;
-const IP_DADDR: usize = ETH_HLEN + 16;
+pub const IP_CSUM: usize = ETH_HLEN + 10;
+pub const IP_SADDR: usize = ETH_HLEN + 12;
+pub const IP_DADDR: usize = ETH_HLEN + 16;
 const AF_INET: u8 = 2;
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Tries at a free source port when the client's own is taken for this backend.
 const SNAT_PORT_TRIES: u32 = 8;
@@ -55,14 +53,14 @@ const SNAT_PORT_BASE: u32 = 32_768;
 const SNAT_PORT_SPAN: u32 = 28_232;
 
 /// What the programs read of a packet: IPv4, TCP or UDP, not a fragment.
-struct Packet {
-    l4: usize,
-    proto: u8,
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    tcp_flags: u8,
+pub struct Packet {
+    pub l4: usize,
+    pub proto: u8,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
 }
 
 impl Packet {
@@ -163,25 +161,33 @@ fn set_source(ctx: &TcContext, p: &Packet, addr: u32, port: u16) -> Option<()> {
 }
 
 /// The interface a packet from `saddr` to `daddr` leaves by, from the kernel's routes.
+/// The lookup's 64 bytes of parameters live in the per-CPU scratch space, not the stack.
 #[inline(always)]
 fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<u32> {
-    // SAFETY: all-zero is a valid bpf_fib_lookup.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    // SAFETY: the kernel's skb is valid for the program run.
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    params.__bindgen_anon_3.ipv4_src = saddr;
-    params.__bindgen_anon_4.ipv4_dst = daddr;
+    let params: *mut FibParams = unsafe { &raw mut (*scratch()?).fib };
+    // SAFETY: a value pointer from a successful lookup, valid for this run and written
+    // only by this CPU. Zeroed word by word: what the last run left must not leak in.
+    unsafe {
+        let words = params as *mut u64;
+        for i in 0..size_of::<FibParams>() / 8 {
+            words.add(i).write(0);
+        }
+        (*params).family = AF_INET;
+        // SAFETY: the kernel's skb is valid for the program run.
+        (*params).ifindex = (*ctx.skb.skb).ifindex;
+        (*params).__bindgen_anon_3.ipv4_src = saddr;
+        (*params).__bindgen_anon_4.ipv4_dst = daddr;
+    }
     let ret = unsafe {
         bpf_fib_lookup(
             ctx.skb.skb as *mut _,
-            &mut params,
+            params,
             size_of::<FibParams>() as i32,
             0,
         )
     };
     if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 || ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        Some(params.ifindex)
+        Some(unsafe { (*params).ifindex })
     } else {
         None
     }
@@ -280,7 +286,10 @@ fn translate_forward(ctx: &TcContext, p: &Packet, e: &NatEntry) -> i32 {
     forward(ctx, source, e.to_addr)
 }
 
-#[inline(always)]
+// A function of its own (a BPF-to-BPF call), not inlined: its stack frame then does not
+// add up with the known-flow path's, which keeps the program inside the 512 bytes of
+// stack Linux 6.1 and older allow.
+#[inline(never)]
 fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
     let frontend = Frontend {
         addr: p.daddr,
@@ -349,7 +358,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
             return TC_ACT_SHOT;
         }
         count(Event::ExternalNoEndpoint);
-        return refuse(ctx, p);
+        return tc_reply::refuse(ctx, p);
     };
     let backend = choice.backend;
     let Some(out_ifindex) = route(ctx, p.saddr, backend.addr) else {
@@ -453,142 +462,6 @@ fn free_port(p: &Packet, addr: u32, backend: u32, backend_port: u16) -> Option<u
         port = (random as u16).to_be();
     }
     None
-}
-
-/// A frontend without endpoints: TCP gets a reset and UDP an ICMP port unreachable from
-/// the frontend's address, as kube-proxy's REJECT gives.
-#[inline(always)]
-fn refuse(ctx: &TcContext, p: &Packet) -> i32 {
-    let answered = if p.proto == IPPROTO_TCP {
-        reset(ctx, p)
-    } else {
-        port_unreachable(ctx, p)
-    };
-    if answered.is_none() {
-        return TC_ACT_SHOT;
-    }
-    // Back out of the interface it came in by.
-    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
-}
-
-/// One's-complement sum of `words` (`len` bytes) folded to the 16-bit checksum.
-#[inline(always)]
-fn checksum(words: *mut u32, len: u32, seed: u32) -> Option<u16> {
-    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, words, len, seed) };
-    if sum < 0 {
-        return None;
-    }
-    let mut folded = sum as u64;
-    folded = (folded & 0xffff) + (folded >> 16);
-    folded = (folded & 0xffff) + (folded >> 16);
-    Some(!(folded as u16))
-}
-
-/// Turns a UDP packet into the ICMP port unreachable answering it: a new IP header and
-/// ICMP header in front of the packet's own IP header and first 8 bytes, MACs swapped.
-#[inline(always)]
-fn port_unreachable(ctx: &TcContext, p: &Packet) -> Option<()> {
-    const ICMP_LEN: usize = 8;
-    // The quoted part: the original IP header (no options) and the UDP header.
-    if p.l4 != ETH_HLEN + 20 {
-        return None;
-    }
-    let quoted: [u32; 7] = ctx.load(ETH_HLEN).ok()?;
-    let mut macs: [u8; 12] = ctx.load(0).ok()?;
-    macs.rotate_left(6);
-    let grow = (20 + ICMP_LEN) as i32;
-    ctx.adjust_room(
-        grow,
-        aya_ebpf::bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-        0,
-    )
-    .ok()?;
-    let total = ETH_HLEN + 20 + ICMP_LEN + 28;
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, total as u32, 0) } != 0 {
-        return None;
-    }
-    ctx.store(0, &macs, 0).ok()?;
-    let ip_len = ((20 + ICMP_LEN + 28) as u16).to_be_bytes();
-    let mut ip: [u32; 5] = [
-        u32::from_ne_bytes([0x45, 0, ip_len[0], ip_len[1]]),
-        0,
-        // TTL 64, protocol ICMP, checksum (filled below).
-        u32::from_ne_bytes([64, 1, 0, 0]),
-        p.daddr,
-        p.saddr,
-    ];
-    let ip_sum = checksum(ip.as_mut_ptr(), 20, 0)?.to_ne_bytes();
-    ip[2] = u32::from_ne_bytes([64, 1, ip_sum[0], ip_sum[1]]);
-    // Type 3 (destination unreachable), code 3 (port unreachable), then the quote.
-    let mut icmp: [u32; 9] = [
-        u32::from_ne_bytes([3, 3, 0, 0]),
-        0,
-        quoted[0],
-        quoted[1],
-        quoted[2],
-        quoted[3],
-        quoted[4],
-        quoted[5],
-        quoted[6],
-    ];
-    let icmp_sum = checksum(icmp.as_mut_ptr(), 36, 0)?.to_ne_bytes();
-    icmp[0] = u32::from_ne_bytes([3, 3, icmp_sum[0], icmp_sum[1]]);
-    ctx.store(ETH_HLEN, &ip, 0).ok()?;
-    ctx.store(ETH_HLEN + 20, &icmp, 0).ok()
-}
-
-/// Turns a TCP SYN into the RST|ACK answering it: addresses, ports and MACs swapped, no
-/// payload or options.
-#[inline(always)]
-fn reset(ctx: &TcContext, p: &Packet) -> Option<()> {
-    let seq: u32 = ctx.load(p.l4 + 4).ok()?;
-    let mut macs: [u8; 12] = ctx.load(0).ok()?;
-    macs.rotate_left(6);
-    ctx.store(0, &macs, 0).ok()?;
-    // Swapping the addresses leaves the IP checksum as it was; the length changes.
-    ctx.store(IP_SADDR, &p.daddr, 0).ok()?;
-    ctx.store(IP_DADDR, &p.saddr, 0).ok()?;
-    let ip_len_off = ETH_HLEN + 2;
-    let old_len: u16 = ctx.load(ip_len_off).ok()?;
-    let new_len = ((p.l4 - ETH_HLEN + 20) as u16).to_be();
-    ctx.store(ip_len_off, &new_len, 0).ok()?;
-    ctx.l3_csum_replace(IP_CSUM, old_len as u64, new_len as u64, 2)
-        .ok()?;
-    // The TCP header, rebuilt: ports swapped, seq 0, ack = their seq + 1, RST|ACK.
-    let ack = u32::from_be(seq).wrapping_add(1).to_be();
-    let mut tcp: [u32; 5] = [
-        0,
-        0,
-        ack,
-        // data offset 5, flags RST|ACK, window 0 (network order bytes: 0x50, 0x14, 0, 0).
-        u32::from_ne_bytes([0x50, TCP_RST | TCP_ACK, 0, 0]),
-        0,
-    ];
-    tcp[0] = u32::from_ne_bytes({
-        let s = p.dport.to_ne_bytes();
-        let d = p.sport.to_ne_bytes();
-        [s[0], s[1], d[0], d[1]]
-    });
-    let pseudo: [u32; 3] = [
-        p.daddr,
-        p.saddr,
-        u32::from_ne_bytes([0, IPPROTO_TCP, 0, 20]),
-    ];
-    let partial =
-        unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, pseudo.as_ptr() as *mut u32, 12, 0) };
-    if partial < 0 {
-        return None;
-    }
-    let csum = checksum(tcp.as_mut_ptr(), 20, partial as u32)?;
-    tcp[4] = u32::from_ne_bytes({
-        let c = csum.to_ne_bytes();
-        [c[0], c[1], 0, 0]
-    });
-    let new_total = (p.l4 + 20) as u32;
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, new_total, 0) } != 0 {
-        return None;
-    }
-    ctx.store(p.l4, &tcp, 0).ok()
 }
 
 /// Egress: the replies of flows to a backend on this node, on their way to the client:

@@ -166,7 +166,7 @@ fn event_to_connection(samples: usize) -> anyhow::Result<()> {
         let mut dataplane = EbpfDataplane::open(
             pins,
             &t.cgroup.path,
-            loader::Capacities::default(),
+            loader::LoadOptions::default(),
             Some(&[]),
         )?;
         let mut store = ObjectStore::new(None);
@@ -257,8 +257,12 @@ fn run(args: &Args, pins: &std::path::Path, cgroup: &Cgroup) -> anyhow::Result<(
             &mut proxy_user::dataplane::memory::MemoryDataplane::default(),
         );
     }
-    let mut dataplane =
-        EbpfDataplane::open(pins, &cgroup.path, loader::Capacities::default(), Some(&[]))?;
+    let mut dataplane = EbpfDataplane::open(
+        pins,
+        &cgroup.path,
+        loader::LoadOptions::default(),
+        Some(&[]),
+    )?;
     measure(args, &mut dataplane)
 }
 

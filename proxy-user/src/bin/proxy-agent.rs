@@ -85,6 +85,11 @@ struct Args {
     /// node are translated.
     #[arg(long, value_name = "IFACE,...", value_delimiter = ',')]
     interfaces: Vec<String>,
+    /// eBPF mode: how the tc programs attach. `auto`: TCX links where the kernel has
+    /// them (Linux 6.6), else clsact filters through netlink; `netlink`: filters even
+    /// where TCX exists; `tcx`: TCX or an error.
+    #[arg(long, value_enum, default_value = "auto")]
+    tc_attach: loader::TcAttach,
     /// Capacity of the services map (frontends) when it is created.
     #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_SERVICES)]
     max_services: u32,
@@ -184,12 +189,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Checked before anything loads: a wrong name is a mistake, not a reason to fall back.
     let interfaces = resolve_interfaces(&args.interfaces)?;
     let interfaces = interfaces.as_deref();
-    let capacities = loader::Capacities {
-        services: args.max_services,
-        slots: args.max_backend_slots,
-        members: args.max_members,
-        affinity: args.max_affinity,
-        revnat: args.max_revnat,
+    let capacities = loader::LoadOptions {
+        capacities: loader::Capacities {
+            services: args.max_services,
+            slots: args.max_backend_slots,
+            members: args.max_members,
+            affinity: args.max_affinity,
+            revnat: args.max_revnat,
+        },
+        tc_attach: args.tc_attach,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -213,7 +221,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
                 Err(error) => {
                     tracing::warn!(
-                        "--mode auto: the eBPF datapath is unavailable ({}); falling back to iptables",
+                        "--mode auto: the eBPF socket programs cannot load here ({}); falling back to iptables",
                         logging::error_chain(error.as_ref())
                     );
                     ebpf_active = false;
@@ -357,7 +365,7 @@ fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
 fn open_ebpf(
     args: &Args,
     cgroup: &anyhow::Result<PathBuf>,
-    capacities: loader::Capacities,
+    capacities: loader::LoadOptions,
     interfaces: Option<&[Interface]>,
 ) -> anyhow::Result<EbpfDataplane> {
     let cgroup = cgroup.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -30,6 +30,9 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<&'static str>,
     pub agent: Option<Agent>,
+    /// What the kernel offered the datapath (eBPF mode), as the agent probed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Kernel>,
     pub attachments: Vec<Attachment>,
     pub maps: Vec<MapFill>,
     /// iptables mode: chains and rules per table.
@@ -45,6 +48,66 @@ pub struct Agent {
     pub started_unix: Option<u64>,
     /// When it last programmed a change.
     pub synced_unix: Option<u64>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Kernel {
+    /// `uname -r` where the agent runs.
+    pub release: String,
+    /// Each feature the agent probed.
+    pub features: Vec<FeatureState>,
+    /// `tcx`, `netlink`, or `none` when the tc programs did not load.
+    pub tc_attach: &'static str,
+    /// Programs the kernel refused, and why (the first refusal, in its words).
+    pub programs_not_loaded: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_error: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct FeatureState {
+    pub name: &'static str,
+    pub since: &'static str,
+    pub present: bool,
+    /// What the node does without it.
+    pub without: String,
+}
+
+impl Kernel {
+    fn from_agent(info: &AgentInfo) -> Self {
+        use proxy_common::features::{KernelFeature, TC_ATTACH_NETLINK, TC_ATTACH_TCX, Without};
+        let features = KernelFeature::ALL
+            .into_iter()
+            .filter(|f| info.features_probed & f.bit() != 0)
+            .map(|f| FeatureState {
+                name: f.name(),
+                since: f.since(),
+                present: info.features_present & f.bit() != 0,
+                without: match f.without() {
+                    Without::Fallback(what) => what.to_owned(),
+                    Without::Loses(path) => format!("the {} is not loaded", path.name()),
+                },
+            })
+            .collect();
+        let programs_not_loaded = names::ALL_PROGRAMS
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| info.programs_failed & (1 << bit) != 0)
+            .map(|(_, p)| (*p).to_owned())
+            .collect();
+        let load_error = AgentInfo::text(&info.load_error);
+        Self {
+            release: AgentInfo::text(&info.kernel).to_owned(),
+            features,
+            tc_attach: match info.tc_attach {
+                TC_ATTACH_TCX => "tcx",
+                TC_ATTACH_NETLINK => "netlink",
+                _ => "none",
+            },
+            programs_not_loaded,
+            load_error: (!load_error.is_empty()).then(|| load_error.to_owned()),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -112,6 +175,7 @@ pub fn ebpf(maps: &Maps, dir: &Path) -> Status {
             started_unix: Some(i.started_unix),
             synced_unix: Some(i.synced_unix).filter(|t| *t != 0),
         }),
+        kernel: info.as_ref().map(Kernel::from_agent),
         attachments,
         maps: fill(maps),
         chains: Vec::new(),
@@ -141,6 +205,7 @@ pub fn iptables(rules: &InstalledRules, backend: &'static str) -> Status {
             started_unix: None,
             synced_unix: None,
         }),
+        kernel: None,
         attachments: rules
             .hooks()
             .into_iter()
@@ -158,40 +223,79 @@ pub fn iptables(rules: &InstalledRules, backend: &'static str) -> Status {
     }
 }
 
-/// The tc programs' links pinned in `dir` (`link_epx_tc_ingress@eth0`), each checked
-/// with the kernel.
+/// The tc programs as the kernel holds them in this network namespace (TCX links and
+/// netlink filters), with the link id of a TCX link pinned in `dir`; and any pinned link
+/// the kernel no longer runs, as not attached.
 fn tc_attachments(dir: &Path) -> Vec<Attachment> {
-    let mut pins: Vec<(String, String)> = std::fs::read_dir(dir)
+    use crate::dataplane::ebpf::{tc_attach, tc_filters::Direction};
+    let pinned_link = |program: &str, interface: &str| {
+        PinnedLink::from_pin(tc_link_pin(dir, program, interface))
+            .ok()
+            .and_then(|link| FdLink::from(link).info().ok())
+            .map(|info| (info.id(), info.program_id()))
+    };
+    let mut attachments: Vec<Attachment> = tc_attach::attached()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let (program, interface) = name.strip_prefix("link_")?.split_once('@')?;
-            Some((program.to_owned(), interface.replace('~', ".")))
+        .map(|a| {
+            let (program, hook) = match a.direction {
+                Direction::Ingress => (names::PROG_TC_INGRESS, "tc-ingress"),
+                Direction::Egress => (names::PROG_TC_EGRESS, "tc-egress"),
+            };
+            let (target, link_id) = match a.mechanism {
+                tc_attach::Mechanism::Tcx => (
+                    a.interface.clone(),
+                    pinned_link(program, &a.interface).map(|ids| ids.0),
+                ),
+                tc_attach::Mechanism::Netlink => (
+                    format!(
+                        "{} (netlink filter, prio {} handle {:#x})",
+                        a.interface,
+                        tc_attach::PRIORITY,
+                        tc_attach::HANDLE
+                    ),
+                    None,
+                ),
+            };
+            Attachment {
+                program: program.to_owned(),
+                hook,
+                target,
+                link_id,
+                program_id: a.program_id,
+                attached: true,
+            }
         })
         .collect();
-    pins.sort();
-    pins.into_iter()
-        .map(|(program, interface)| {
-            let ids = PinnedLink::from_pin(tc_link_pin(dir, &program, &interface))
-                .ok()
-                .and_then(|link| FdLink::from(link).info().ok())
-                .map(|info| (info.id(), info.program_id()));
-            Attachment {
+    // Pins whose link the kernel does not run (e.g. an interface deleted under it).
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((program, interface)) = name
+            .strip_prefix("link_")
+            .and_then(|rest| rest.split_once('@'))
+        else {
+            continue;
+        };
+        let interface = interface.replace('~', ".");
+        let known = attachments
+            .iter()
+            .any(|a| a.program == program && a.target == interface);
+        if !known {
+            let ids = pinned_link(program, &interface);
+            attachments.push(Attachment {
                 hook: if program.ends_with("egress") {
                     "tc-egress"
                 } else {
                     "tc-ingress"
                 },
-                program,
+                program: program.to_owned(),
                 target: interface,
                 link_id: ids.map(|i| i.0),
                 program_id: ids.map(|i| i.1),
-                attached: ids.is_some(),
-            }
-        })
-        .collect()
+                attached: false,
+            });
+        }
+    }
+    attachments
 }
 
 /// Whether `pid` is a running proxy-agent (its command name, in this PID namespace).
@@ -261,6 +365,9 @@ pub fn render(status: &Status, now_unix: u64) -> String {
             let _ = writeln!(out, "{line}");
         }
     }
+    if let Some(kernel) = &status.kernel {
+        render_kernel(&mut out, kernel);
+    }
     if !status.attachments.is_empty() {
         let target = |a: &Attachment| {
             if a.attached {
@@ -318,6 +425,47 @@ pub fn render(status: &Status, now_unix: u64) -> String {
     out
 }
 
+/// The kernel, what it lacks and what that costs, by name.
+fn render_kernel(out: &mut String, kernel: &Kernel) {
+    let _ = writeln!(out, "kernel          {}", kernel.release);
+    let tc = match kernel.tc_attach {
+        "none" => "NOT LOADED",
+        "tcx" => "serving (TCX links)",
+        _ => "serving (clsact filters through netlink)",
+    };
+    let _ = writeln!(
+        out,
+        "datapaths       socket load balancer: serving; traffic from outside the node: {tc}"
+    );
+    let missing: Vec<&FeatureState> = kernel.features.iter().filter(|f| !f.present).collect();
+    if missing.is_empty() {
+        let _ = writeln!(
+            out,
+            "features        all {} probed are present",
+            kernel.features.len()
+        );
+    }
+    for (i, f) in missing.iter().enumerate() {
+        let label = if i == 0 { "degraded" } else { "" };
+        let _ = writeln!(
+            out,
+            "{label:<15} {} (Linux {}) missing: {}",
+            f.name, f.since, f.without
+        );
+    }
+    if !kernel.programs_not_loaded.is_empty() {
+        let _ = writeln!(
+            out,
+            "not loaded      {}: {}",
+            kernel.programs_not_loaded.join(", "),
+            kernel
+                .load_error
+                .as_deref()
+                .unwrap_or("(no reason recorded)")
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +483,7 @@ mod tests {
                 started_unix: Some(1_000),
                 synced_unix: Some(1_290),
             }),
+            kernel: None,
             attachments: vec![
                 Attachment {
                     program: "epx_connect4".into(),
@@ -390,5 +539,63 @@ mod tests {
         assert_eq!(json["attachments"][1]["attached"], false);
         assert_eq!(json["maps"][0]["capacity"], 65_536);
         assert!(json.get("backend").is_none());
+    }
+
+    /// What an agent on Linux 5.10 records: no bpf_set_retval, no TCX, tc on netlink.
+    fn agent_on_5_10() -> AgentInfo {
+        use proxy_common::features::{KernelFeature, TC_ATTACH_NETLINK};
+        let all = KernelFeature::ALL.iter().fold(0, |bits, f| bits | f.bit());
+        let mut info: AgentInfo = bytemuck::Zeroable::zeroed();
+        info.pid = 1;
+        info.kernel = AgentInfo::field("5.10.0-46-amd64");
+        info.features_probed = all;
+        info.features_present = all & !KernelFeature::SetRetval.bit() & !KernelFeature::Tcx.bit();
+        info.tc_attach = TC_ATTACH_NETLINK;
+        info
+    }
+
+    #[test]
+    fn each_missing_feature_is_named_with_its_cost() {
+        let kernel = Kernel::from_agent(&agent_on_5_10());
+        assert_eq!(kernel.tc_attach, "netlink");
+        assert!(kernel.programs_not_loaded.is_empty());
+        let mut out = String::new();
+        render_kernel(&mut out, &kernel);
+        assert_eq!(
+            out,
+            "kernel          5.10.0-46-amd64\n\
+             datapaths       socket load balancer: serving; traffic from outside the node: serving (clsact filters through netlink)\n\
+             degraded        bpf_set_retval (Linux 5.18) missing: a connect or send to a Service without endpoints fails with EPERM instead of ECONNREFUSED\n\
+             \x20               tcx_links (Linux 6.6) missing: the tc programs are attached as clsact filters through netlink, replaced in place on restart\n"
+        );
+        let json = serde_json::to_value(&kernel).expect("serializes");
+        assert_eq!(json["features"][0]["name"], "bpf_set_retval");
+        assert_eq!(json["features"][0]["present"], false);
+    }
+
+    #[test]
+    fn a_refused_program_is_listed_with_the_kernels_reason() {
+        let mut info = agent_on_5_10();
+        info.tc_attach = proxy_common::features::TC_ATTACH_NONE;
+        info.programs_failed = 0b11_0000;
+        info.load_error =
+            AgentInfo::field("epx_tc_ingress: combined stack size of 2 calls is 544. Too large");
+        let kernel = Kernel::from_agent(&info);
+        assert_eq!(
+            kernel.programs_not_loaded,
+            ["epx_tc_ingress", "epx_tc_egress"]
+        );
+        let mut out = String::new();
+        render_kernel(&mut out, &kernel);
+        assert!(
+            out.contains("traffic from outside the node: NOT LOADED"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "not loaded      epx_tc_ingress, epx_tc_egress: epx_tc_ingress: combined stack size"
+            ),
+            "{out}"
+        );
     }
 }

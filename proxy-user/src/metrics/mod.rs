@@ -333,4 +333,44 @@ fn datapath_counters(out: &mut String, dir: &std::path::Path) {
             n,
         );
     }
+    if let Some(info) = maps.agent_info() {
+        kernel_features(out, &info);
+    }
+}
+
+/// What the kernel offers the datapath and which programs it refused, from the agent
+/// record: an alert on `ebpf_proxy_program_loaded == 0` finds a node that lost a path.
+fn kernel_features(out: &mut String, info: &proxy_common::AgentInfo) {
+    use proxy_common::{features::KernelFeature, names};
+    header(
+        out,
+        "ebpf_proxy_kernel_feature",
+        "Kernel features the datapath uses: 1 present, 0 missing (probed at start)",
+        "gauge",
+    );
+    for feature in KernelFeature::ALL {
+        if info.features_probed & feature.bit() == 0 {
+            continue;
+        }
+        sample(
+            out,
+            "ebpf_proxy_kernel_feature",
+            &[("feature", feature.name()), ("since", feature.since())],
+            u64::from(info.features_present & feature.bit() != 0),
+        );
+    }
+    header(
+        out,
+        "ebpf_proxy_program_loaded",
+        "BPF programs: 1 loaded, 0 refused by this kernel (its path is not served)",
+        "gauge",
+    );
+    for (bit, program) in names::ALL_PROGRAMS.iter().enumerate() {
+        sample(
+            out,
+            "ebpf_proxy_program_loaded",
+            &[("program", program)],
+            u64::from(info.programs_failed & (1 << bit) == 0),
+        );
+    }
 }

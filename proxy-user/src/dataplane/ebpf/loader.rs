@@ -8,6 +8,11 @@
 //! Any other pinned link (an upgrade, or maps of another layout) is replaced after the
 //! first full sync has filled the maps the new program reads; the new link is pinned and
 //! renamed over the old one, so there is no moment without a program.
+//!
+//! What is loaded depends on what the kernel offers (`features`): the variant of each
+//! program that fits it, and only the datapaths whose programs the kernel accepts. The
+//! socket programs are the eBPF mode: if they cannot load, nothing is. The tc programs
+//! (traffic from outside the node) are lost alone, with the kernel's reason recorded.
 
 use std::{
     fs,
@@ -15,20 +20,24 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{
-    Ebpf, EbpfError, EbpfLoader,
-    programs::{
-        CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, ProgramInfo, SchedClassifier,
-        TcAttachType,
-        links::{FdLink, PinnedLink},
-        loaded_programs,
-        tc::{SchedClassifierLink, TcAttachOptions},
-    },
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
+    links::{FdLink, PinnedLink},
+    loaded_programs,
 };
-use proxy_common::names::{self, ALL_SOCK_PROGRAMS};
+use aya::{Ebpf, EbpfError, EbpfLoader};
+use proxy_common::{
+    features::{Datapath, KernelFeature, TC_ATTACH_NETLINK, TC_ATTACH_NONE, TC_ATTACH_TCX},
+    names::{self, ALL_SOCK_PROGRAMS},
+};
+use std::os::fd::AsFd as _;
 use tracing::{debug, info, warn};
 
-use super::maps::{Maps, MapsError};
+use super::{
+    features::{self, Features},
+    maps::{Maps, MapsError},
+    tc_attach::{self, Mechanism},
+};
 
 /// The magic number statfs reports for a BPF filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -61,6 +70,17 @@ pub enum LoadError {
         program: &'static str,
         source: ProgramError,
     },
+    #[error("the {} cannot load: this kernel lacks {}", .path.name(), features::describe(.missing))]
+    MissingFeatures {
+        path: Datapath,
+        missing: Vec<KernelFeature>,
+    },
+    #[error("program {program}: tc filter on {interface}: {message}")]
+    TcFilter {
+        program: &'static str,
+        interface: String,
+        message: String,
+    },
     #[error("program {program}: pinning its link at {path} failed: {message}")]
     Pin {
         program: &'static str,
@@ -91,6 +111,23 @@ impl Default for Capacities {
             revnat: names::DEFAULT_MAX_REVNAT,
         }
     }
+}
+
+/// How the tc programs attach: as the kernel allows (TCX where it has it), or netlink
+/// filters on request (to sit among other clsact filters a node's tooling expects).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttach {
+    #[default]
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+/// What a load is given besides the object.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    pub capacities: Capacities,
+    pub tc_attach: TcAttach,
 }
 
 /// What happened to one program's attachment.
@@ -132,9 +169,86 @@ pub struct Loaded {
     cgroup: fs::File,
     cgroup_path: PathBuf,
     dir: PathBuf,
-    plan: Vec<(&'static str, Plan)>,
+    /// Each socket program (by the name its link is pinned under), the variant loaded
+    /// for it, and what its attachment needs.
+    plan: Vec<(&'static str, &'static str, Plan)>,
     /// Where the tc programs attach (`--interfaces`).
     interfaces: Vec<String>,
+    /// What the kernel offers, and what it cost.
+    pub report: KernelReport,
+}
+
+/// What the kernel offered the datapath and what did not load, for the agent record
+/// (`proxyctl status`, /metrics).
+#[derive(Clone, Debug, Default)]
+pub struct KernelReport {
+    pub features: Features,
+    /// How the tc programs attach; `None` when they did not load.
+    pub tc: Option<Mechanism>,
+    /// Bits of `names::ALL_PROGRAMS` the kernel refused.
+    pub programs_failed: u32,
+    /// Why the first of them was refused, in the kernel's words.
+    pub load_error: String,
+}
+
+impl KernelReport {
+    pub fn tc_attach(&self) -> u32 {
+        match self.tc {
+            None => TC_ATTACH_NONE,
+            Some(Mechanism::Tcx) => TC_ATTACH_TCX,
+            Some(Mechanism::Netlink) => TC_ATTACH_NETLINK,
+        }
+    }
+
+    fn refused(&mut self, program: &str, reason: String) {
+        if let Some(bit) = names::ALL_PROGRAMS.iter().position(|p| *p == program) {
+            self.programs_failed |= 1 << bit;
+        }
+        if self.load_error.is_empty() {
+            self.load_error = format!("{program}: {reason}");
+        }
+    }
+}
+
+/// The variant of a socket program this kernel takes.
+fn variant(program: &'static str, features: &Features) -> &'static str {
+    if features.has(KernelFeature::SetRetval) {
+        return program;
+    }
+    match program {
+        names::PROG_CONNECT4 => names::PROG_CONNECT4_EPERM,
+        names::PROG_SENDMSG4 => names::PROG_SENDMSG4_EPERM,
+        other => other,
+    }
+}
+
+/// The verifier's verdict in a line: its last lines that are not statistics, or the
+/// error itself when there is no log.
+pub fn kernel_reason(error: &ProgramError) -> String {
+    if let ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = error
+    {
+        let log = verifier_log.to_string();
+        let verdict: Vec<&str> = log
+            .lines()
+            .map(str::trim)
+            .filter(|l| {
+                !l.is_empty()
+                    && !l.starts_with("processed ")
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("stack depth")
+            })
+            .collect();
+        let tail = verdict[verdict.len().saturating_sub(2)..].join(" / ");
+        return if tail.is_empty() {
+            io_error.to_string()
+        } else {
+            format!("{tail} ({io_error})")
+        };
+    }
+    crate::logging::error_chain(error)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,9 +285,10 @@ impl Identity {
 pub fn load(
     dir: &Path,
     cgroup: &Path,
-    capacities: Capacities,
+    options: LoadOptions,
     interfaces: &[String],
 ) -> Result<(Loaded, Maps), LoadError> {
+    let capacities = options.capacities;
     if crate::BPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
@@ -195,11 +310,33 @@ pub fn load(
         .load(crate::BPF_OBJECT)
         .map_err(LoadError::Object)?;
 
+    let mut report = KernelReport {
+        features: Features::probe_helpers(),
+        ..KernelReport::default()
+    };
+    let missing = report.features.missing_for(Datapath::Socket);
+    if !missing.is_empty() {
+        return Err(LoadError::MissingFeatures {
+            path: Datapath::Socket,
+            missing,
+        });
+    }
+    for feature in report.features.missing() {
+        if let proxy_common::features::Without::Fallback(what) = feature.without() {
+            warn!(
+                feature = feature.name(),
+                since = feature.since(),
+                "this kernel lacks {}: {what}",
+                feature.name()
+            );
+        }
+    }
     let mut plan = Vec::new();
     for program in ALL_SOCK_PROGRAMS {
+        let object_name = variant(program, &report.features);
         let err = |source| LoadError::Program { program, source };
         let prog: &mut CgroupSockAddr = ebpf
-            .program_mut(program)
+            .program_mut(object_name)
             .ok_or_else(|| err(ProgramError::NotLoaded))?
             .try_into()
             .map_err(err)?;
@@ -210,18 +347,9 @@ pub fn load(
             Some(pinned) if ours.as_ref() == Some(&pinned) => Plan::Keep,
             Some(_) => Plan::Replace,
         };
-        plan.push((program, step));
+        plan.push((program, object_name, step));
     }
-    // The tc programs are loaded (and so verified) whether or not an interface is given.
-    for (program, _) in TC_PROGRAMS {
-        let err = |source| LoadError::Program { program, source };
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(program)
-            .ok_or_else(|| err(ProgramError::NotLoaded))?
-            .try_into()
-            .map_err(err)?;
-        prog.load().map_err(err)?;
-    }
+    report.tc = load_tc_programs(&mut ebpf, &mut report, options.tc_attach)?;
     restrict_pins(dir)?;
     let maps = Maps::from_ebpf(&mut ebpf)?;
     let loaded = Loaded {
@@ -231,8 +359,82 @@ pub fn load(
         dir: dir.to_owned(),
         plan,
         interfaces: interfaces.to_vec(),
+        report,
     };
     Ok((loaded, maps))
+}
+
+/// Loads (and so verifies) the tc programs, whether or not an interface is given, and
+/// chooses how they attach. A kernel that lacks what they need, or refuses one, costs
+/// the traffic from outside the node only: logged once with its reason; `None`.
+fn load_tc_programs(
+    ebpf: &mut Ebpf,
+    report: &mut KernelReport,
+    choice: TcAttach,
+) -> Result<Option<Mechanism>, LoadError> {
+    let missing = report.features.missing_for(Datapath::External);
+    if !missing.is_empty() {
+        let reason = format!("this kernel lacks {}", features::describe(&missing));
+        warn!(
+            "traffic from outside the node (NodePort, ExternalIP, LoadBalancer) is not translated: {reason}; the socket load balancer serves"
+        );
+        for (program, _) in TC_PROGRAMS {
+            report.refused(program, reason.clone());
+        }
+        return Ok(None);
+    }
+    let mut loaded = true;
+    for (program, _) in TC_PROGRAMS {
+        let outcome = ebpf
+            .program_mut(program)
+            .ok_or(ProgramError::NotLoaded)
+            .and_then(<&mut SchedClassifier>::try_from)
+            .and_then(|p| p.load());
+        if let Err(error) = outcome {
+            let reason = kernel_reason(&error);
+            warn!(
+                program,
+                "the kernel refused {program}: {reason}; traffic from outside the node (NodePort, ExternalIP, LoadBalancer) is not translated, the socket load balancer serves"
+            );
+            debug!(
+                program,
+                "verifier output: {}",
+                crate::logging::error_chain(&error)
+            );
+            report.refused(program, reason);
+            loaded = false;
+        }
+    }
+    if !loaded {
+        return Ok(None);
+    }
+    let program = names::PROG_TC_INGRESS;
+    let ingress: &SchedClassifier = ebpf
+        .program(program)
+        .ok_or(ProgramError::NotLoaded)
+        .and_then(|p| p.try_into())
+        .map_err(|source| LoadError::Program { program, source })?;
+    let fd = ingress
+        .fd()
+        .map_err(|source| LoadError::Program { program, source })?;
+    report.features.probe_tcx(fd.as_fd());
+    let tcx = report.features.has(KernelFeature::Tcx);
+    Ok(Some(match choice {
+        TcAttach::Auto | TcAttach::Tcx if tcx => Mechanism::Tcx,
+        TcAttach::Tcx => {
+            return Err(LoadError::MissingFeatures {
+                path: Datapath::External,
+                missing: vec![KernelFeature::Tcx],
+            });
+        }
+        TcAttach::Auto => {
+            info!(
+                "this kernel lacks TCX links (Linux 6.6): the tc programs attach as clsact filters through netlink"
+            );
+            Mechanism::Netlink
+        }
+        TcAttach::Netlink => Mechanism::Netlink,
+    }))
 }
 
 impl Loaded {
@@ -246,47 +448,55 @@ impl Loaded {
     /// attached after this value is dropped.
     pub fn activate(mut self) -> Result<Attachments, LoadError> {
         let mut outcomes = Vec::new();
-        for (program, step) in std::mem::take(&mut self.plan) {
+        for (program, object_name, step) in std::mem::take(&mut self.plan) {
             let outcome = match step {
                 Plan::Keep => Attachment::Adopted,
                 Plan::Attach => {
-                    self.attach(program, false)?;
+                    self.attach(program, object_name, false)?;
                     Attachment::Attached
                 }
                 Plan::Replace => {
-                    self.attach(program, true)?;
+                    self.attach(program, object_name, true)?;
                     Attachment::Replaced
                 }
             };
             info!(program, cgroup = %self.cgroup_path.display(), ?outcome, "socket program");
             outcomes.push((program, outcome));
         }
-        let attached_interfaces = std::mem::take(&mut self.interfaces);
+        let mechanism = self.report.tc;
+        let attached_interfaces = match mechanism {
+            Some(_) => std::mem::take(&mut self.interfaces),
+            None => Vec::new(),
+        };
         // A tc attachment that fails costs the outside traffic of that interface, not
         // the node's Services: the socket programs above keep serving.
-        for interface in &attached_interfaces {
+        for interface in attached_interfaces.iter().filter(|_| mechanism.is_some()) {
             for (program, direction) in TC_PROGRAMS {
                 match self.attach_tc(program, interface, direction) {
                     Ok(outcome) => {
-                        info!(program, interface, ?outcome, "tc program");
+                        info!(program, interface, ?outcome, mechanism = ?mechanism, "tc program");
                         outcomes.push((program, outcome));
                     }
                     Err(e) => warn!(
                         program,
                         interface,
-                        "tc program not attached: {} (TCX links need Linux 6.6); traffic arriving on {interface} from outside the node is not translated",
+                        "tc program not attached: {}; traffic arriving on {interface} from outside the node is not translated",
                         crate::logging::error_chain(&e)
                     ),
                 }
             }
+        }
+        // Filters of ours on interfaces no longer given go, as their TCX pins do below.
+        if mechanism == Some(Mechanism::Netlink) {
+            tc_attach::detach_netlink_except(&attached_interfaces);
         }
         remove_stale_pins(&self.dir, &attached_interfaces)?;
         restrict_pins(&self.dir)?;
         Ok(outcomes)
     }
 
-    /// Attaches a tc program to `interface` with a TCX link, pinned; a link pinned by an
-    /// earlier run is updated to this program in place (no moment without one).
+    /// Attaches a tc program to `interface` as this kernel allows (`tc_attach`); an
+    /// attachment of an earlier run is updated to this program in place.
     fn attach_tc(
         &mut self,
         program: &'static str,
@@ -294,48 +504,22 @@ impl Loaded {
         direction: TcAttachType,
     ) -> Result<Attachment, LoadError> {
         let err = |source| LoadError::Program { program, source };
-        let pin = tc_link_pin(&self.dir, program, interface);
-        let pin_error = |e: &dyn std::fmt::Display| LoadError::Pin {
-            program,
-            path: pin.clone(),
-            message: format!("interface {interface}: {e}"),
-        };
+        let mechanism = self.report.tc.ok_or_else(|| err(ProgramError::NotLoaded))?;
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(program)
             .ok_or_else(|| err(ProgramError::NotLoaded))?
             .try_into()
             .map_err(err)?;
-        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
-            let link =
-                SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|e| pin_error(&e))?;
-            let id = prog.attach_to_link(link).map_err(err)?;
-            // The pin keeps the link; forget our handle without detaching.
-            let link: FdLink = prog
-                .take_link(id)
-                .map_err(err)?
-                .try_into()
-                .map_err(|e| pin_error(&e))?;
-            drop(link);
-            return Ok(Attachment::Replaced);
-        }
-        let id = prog
-            .attach_with_options(
-                interface,
-                direction,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|source| LoadError::Program { program, source })?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(err)?
-            .try_into()
-            .map_err(|e| pin_error(&e))?;
-        link.pin(&pin).map_err(|e| pin_error(&e))?;
-        Ok(Attachment::Attached)
+        tc_attach::attach(prog, program, interface, direction, mechanism, &self.dir)
     }
 
-    fn attach(&mut self, program: &'static str, replace: bool) -> Result<(), LoadError> {
+    fn attach(
+        &mut self,
+        program: &'static str,
+        object_name: &'static str,
+        replace: bool,
+    ) -> Result<(), LoadError> {
         let err = |source| LoadError::Program { program, source };
         let pin = link_pin(&self.dir, program);
         let pin_error = |e: &dyn std::fmt::Display| LoadError::Pin {
@@ -345,7 +529,7 @@ impl Loaded {
         };
         let prog: &mut CgroupSockAddr = self
             .ebpf
-            .program_mut(program)
+            .program_mut(object_name)
             .ok_or_else(|| err(ProgramError::NotLoaded))?
             .try_into()
             .map_err(err)?;
@@ -470,6 +654,11 @@ pub struct Removed {
 /// so no program runs against a map being removed), then the directory itself.
 pub fn cleanup(dir: &Path) -> Result<Removed, std::io::Error> {
     let mut removed = Removed::default();
+    // tc filters attached through netlink (kernels without TCX) have no pin: the
+    // kernel's list says where they are.
+    for filter in tc_attach::detach_netlink_except(&[]) {
+        removed.links.push(format!("tc filter on {filter}"));
+    }
     if !dir.exists() {
         return Ok(removed);
     }

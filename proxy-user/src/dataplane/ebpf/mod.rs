@@ -2,17 +2,20 @@
 
 pub mod batch;
 pub mod convert;
+pub mod features;
 pub mod interfaces;
 pub mod loader;
 pub mod maps;
 pub mod slots;
+pub mod tc_attach;
+pub mod tc_filters;
 
 use std::path::Path;
 
 use tracing::{info, warn};
 
 use self::{
-    loader::{Capacities, LoadError, Loaded},
+    loader::{LoadError, LoadOptions, Loaded},
     maps::{BatchMaps, Maps},
 };
 use proxy_common::names;
@@ -39,6 +42,19 @@ pub struct EbpfDataplane {
     interfaces_from_node: bool,
 }
 
+/// `uname -r`.
+fn kernel_release() -> String {
+    // SAFETY: utsname is plain data; uname fills it.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return String::new();
+    }
+    // SAFETY: uname NUL-terminates release.
+    unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -52,12 +68,13 @@ impl EbpfDataplane {
     pub fn open(
         pin_dir: &Path,
         cgroup: &Path,
-        capacities: Capacities,
+        options: LoadOptions,
         interfaces: Option<&[interfaces::Interface]>,
     ) -> Result<Self, LoadError> {
         let given = interfaces.unwrap_or_default();
         let names: Vec<String> = given.iter().map(|i| i.name.clone()).collect();
-        let (loaded, mut maps) = loader::load(pin_dir, cgroup, capacities, &names)?;
+        let (loaded, mut maps) = loader::load(pin_dir, cgroup, options, &names)?;
+        let report = loaded.report.clone();
         maps.set_interfaces(given)?;
         let orphans = maps.remove_orphans()?;
         if orphans > 0 {
@@ -83,9 +100,15 @@ impl EbpfDataplane {
                 version: proxy_common::AgentInfo::field(env!("CARGO_PKG_VERSION")),
                 cgroup: proxy_common::AgentInfo::field(&cgroup.display().to_string()),
                 pid: std::process::id(),
-                _pad: 0,
+                tc_attach: report.tc_attach(),
                 started_unix: unix_now(),
                 synced_unix: 0,
+                features_probed: report.features.probed,
+                features_present: report.features.present,
+                programs_failed: report.programs_failed,
+                _pad: 0,
+                kernel: proxy_common::AgentInfo::field(&kernel_release()),
+                load_error: proxy_common::AgentInfo::field(&report.load_error),
             },
         })
     }

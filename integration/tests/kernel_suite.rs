@@ -1,0 +1,469 @@
+//! The kernel suite: what the eBPF mode must do on every kernel it supports. `cargo xtask
+//! test --kernels` runs it as root inside Debian's 5.10, 6.1 and 6.12 kernels booted in
+//! qemu; the host tier runs it on the host's kernel too.
+//!
+//! Every assertion is about behaviour, never about time: under emulation everything is
+//! 10-30x slower, so the harness scales its waits (`EBPF_PROXY_TIME_SCALE`). What a kernel
+//! lacks is expected from its version, independently of the agent's own probes, so a
+//! wrong probe fails here: without `bpf_set_retval` (before 5.18) a refused connect gets
+//! EPERM, and without TCX (before 6.6) the tc programs are netlink filters.
+
+use std::time::Duration;
+
+use integration::{
+    Agent, ClientLoop, Topology, attached_programs,
+    manifests::{DNS, HTTP, Port, ServiceOpts, service_with_endpoints},
+    require_privileges, scaled,
+    two_nodes::{NODE_A_IP, TwoNodes},
+};
+
+const VIP: &str = "198.19.0.10";
+
+/// The running kernel's (major, minor).
+fn kernel() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release.trim().split(['.', '-']);
+    let mut next = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (next(), next())
+}
+
+fn has_set_retval() -> bool {
+    kernel() >= (5, 18)
+}
+
+fn has_tcx() -> bool {
+    kernel() >= (6, 6)
+}
+
+/// Milliseconds for a probe's timeout, scaled.
+fn timeout_ms() -> String {
+    scaled(Duration::from_secs(3)).as_millis().to_string()
+}
+
+fn start(backends: usize, opts: &ServiceOpts, mode: &'static str) -> (Topology, Agent) {
+    let t = Topology::new(backends);
+    let mut agent = Agent::new(&t);
+    agent.mode = mode;
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints("web", VIP, &[HTTP, DNS], opts, &t.ready_endpoints()),
+    );
+    agent.start();
+    agent.wait_backends("demo/web:http", backends);
+    agent.wait_for("the programs to attach", Duration::from_secs(10), |_| {
+        agent
+            .log()
+            .matches("\"message\":\"socket program\"")
+            .count()
+            == 4
+    });
+    (t, agent)
+}
+
+/// `proxyctl status --json`, parsed.
+fn status(agent: &Agent) -> serde_json::Value {
+    let out = agent.proxyctl(&["status", "--json"]);
+    assert!(out.status.success(), "proxyctl status: {out:?}");
+    serde_json::from_slice(&out.stdout).expect("status json")
+}
+
+/// Whether `proxyctl status` says the kernel has `feature`.
+fn feature_present(status: &serde_json::Value, feature: &str) -> bool {
+    status["kernel"]["features"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == feature))
+        .unwrap_or_else(|| panic!("{feature} not reported: {status}"))["present"]
+        .as_bool()
+        .expect("present")
+}
+
+/// `share` of `n` within 5.3 standard deviations of `p`.
+fn assert_share(what: &str, got: usize, n: usize, p: f64) {
+    let (lo, hi) = integration::binomial_bounds(n, p);
+    let got = got as f64;
+    assert!(
+        lo <= got && got <= hi,
+        "{what}: {got} of {n}, expected within [{lo:.0}, {hi:.0}]"
+    );
+}
+
+#[test]
+fn socket_load_balancing_by_weight_tcp_and_udp_with_the_service_address_shown() {
+    require_privileges!();
+    let (t, _agent) = start(
+        3,
+        &ServiceOpts {
+            weights: Some("web-0=3,web-1=1,web-2=0"),
+            ..Default::default()
+        },
+        "ebpf",
+    );
+    let n = 400;
+    let tcp = t.probe(&[
+        "--to",
+        &format!("{VIP}:80"),
+        "--count",
+        &n.to_string(),
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert!(tcp.errors.is_empty(), "no connection may fail: {tcp:?}");
+    assert_eq!(tcp.count("web-2"), 0, "weight 0 gets nothing: {tcp:?}");
+    assert_share("TCP to web-0 (weight 3 of 4)", tcp.count("web-0"), n, 0.75);
+    // getpeername on the translated sockets: the Service, not the backend.
+    assert_eq!(
+        tcp.peers.keys().collect::<Vec<_>>(),
+        [&format!("{VIP}:80")],
+        "{tcp:?}"
+    );
+    // Unconnected UDP (sendmsg4 each datagram, recvmsg4 on each reply).
+    let udp = t.probe(&[
+        "--to",
+        &format!("{VIP}:53"),
+        "--count",
+        &n.to_string(),
+        "--unconnected",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert!(
+        udp.errors.is_empty(),
+        "no datagram may go unanswered: {udp:?}"
+    );
+    assert_eq!(udp.count("web-2"), 0, "{udp:?}");
+    assert_share("UDP to web-0 (weight 3 of 4)", udp.count("web-0"), n, 0.75);
+    assert_eq!(
+        udp.reply_sources.keys().collect::<Vec<_>>(),
+        [&format!("{VIP}:53")],
+        "replies come from the Service address: {udp:?}"
+    );
+}
+
+#[test]
+fn a_service_without_endpoints_is_refused_at_once_and_the_errno_is_the_kernels() {
+    require_privileges!();
+    let t = Topology::new(1);
+    let mut agent = Agent::new(&t);
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints("web", VIP, &[HTTP, DNS], &ServiceOpts::default(), &[]),
+    );
+    agent.start();
+    agent.wait_backends("demo/web:http", 0);
+    agent.wait_for("the programs to attach", Duration::from_secs(10), |_| {
+        agent
+            .log()
+            .matches("\"message\":\"socket program\"")
+            .count()
+            == 4
+    });
+    // With bpf_set_retval (5.18) the programs answer ECONNREFUSED, as kube-proxy's
+    // REJECT does; without it the kernel's answer to a refusal is EPERM.
+    let errno = if has_set_retval() {
+        "ECONNREFUSED"
+    } else {
+        "EPERM"
+    };
+    let tcp = t.probe(&[
+        "--to",
+        &format!("{VIP}:80"),
+        "--count",
+        "5",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert_eq!(tcp.errors.get(errno), Some(&5), "{tcp:?}");
+    let udp = t.probe(&[
+        "--to",
+        &format!("{VIP}:53"),
+        "--count",
+        "3",
+        "--unconnected",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert_eq!(udp.errors.get(errno), Some(&3), "{udp:?}");
+    // The degradation is reported by name.
+    let status = status(&agent);
+    assert_eq!(
+        feature_present(&status, "bpf_set_retval"),
+        has_set_retval(),
+        "{status}"
+    );
+    let log = agent.log();
+    assert_eq!(
+        log.contains("this kernel lacks bpf_set_retval"),
+        !has_set_retval(),
+        "{log}"
+    );
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_one_backend() {
+    require_privileges!();
+    let (t, _agent) = start(
+        4,
+        &ServiceOpts {
+            affinity_timeout: Some(3600),
+            ..Default::default()
+        },
+        "ebpf",
+    );
+    let report = t.probe(&[
+        "--to",
+        &format!("{VIP}:80"),
+        "--count",
+        "40",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert!(report.errors.is_empty(), "{report:?}");
+    // Without affinity, 40 connections over 4 backends all landing on one has a chance
+    // of 4^-39.
+    assert_eq!(
+        report.answers.len(),
+        1,
+        "one backend for the client: {report:?}"
+    );
+}
+
+#[test]
+fn auto_mode_chooses_ebpf_and_names_what_the_kernel_lacks() {
+    require_privileges!();
+    let (_t, agent) = start(1, &ServiceOpts::default(), "auto");
+    let log = agent.log();
+    assert!(
+        log.contains("--mode auto: the eBPF datapath loads on this kernel"),
+        "{log}"
+    );
+    let status = status(&agent);
+    assert_eq!(status["mode"], "ebpf", "{status}");
+    assert_eq!(feature_present(&status, "tcx_links"), has_tcx(), "{status}");
+    assert_eq!(
+        status["kernel"]["programs_not_loaded"],
+        serde_json::json!([]),
+        "every program loads on every supported kernel: {status}"
+    );
+}
+
+#[test]
+fn sigkill_and_restart_fail_no_connection_and_attach_nothing_twice() {
+    require_privileges!();
+    let (t, mut agent) = start(2, &ServiceOpts::default(), "ebpf");
+    let t = std::sync::Arc::new(t);
+    let before = attached_programs(&t.cgroup.path);
+    assert_eq!(before.len(), 4, "{before:?}");
+    let client = {
+        let t = t.clone();
+        ClientLoop::start(move || {
+            t.probe(&[
+                "--to",
+                &format!("{VIP}:80"),
+                "--count",
+                "20",
+                "--interval-ms",
+                "5",
+                "--timeout-ms",
+                &timeout_ms(),
+            ])
+        })
+    };
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    agent.kill();
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    agent.start();
+    agent.wait_for("the restart to adopt", Duration::from_secs(10), |_| {
+        agent.log().matches("\"outcome\":\"Adopted\"").count() == 4
+    });
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    let (answered, errors) = client.finish();
+    assert!(answered > 0, "the client loop connected");
+    assert!(errors.is_empty(), "failed connections: {errors:?}");
+    assert_eq!(
+        attached_programs(&t.cgroup.path),
+        before,
+        "the same four programs, adopted, not attached again"
+    );
+}
+
+const HTTP_NP: Port<'static> = Port {
+    node_port: Some(30080),
+    ..HTTP
+};
+
+/// NodePort from outside the node with `--tc-attach MODE`, to pod-b on the other node
+/// (so source NAT to node-a's address), through a SIGKILL and restart of the agent
+/// (the tc programs replaced in place, none twice), then `--cleanup`.
+fn nodeport_through_restart_then_cleanup(tc_attach: &str) {
+    let t = std::sync::Arc::new(TwoNodes::new());
+    let mut agent = t.agent("ebpf");
+    agent.extra_args.extend([
+        "--interfaces".into(),
+        "ext0,nb0".into(),
+        "--tc-attach".into(),
+        tc_attach.into(),
+    ]);
+    let pod_b = t.endpoints().into_iter().skip(1).collect::<Vec<_>>();
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints(
+            "web",
+            "198.19.0.30",
+            &[HTTP_NP],
+            &ServiceOpts {
+                type_: Some("NodePort"),
+                ..Default::default()
+            },
+            &pod_b,
+        ),
+    );
+    agent.start();
+    let tc_attached = |agent: &Agent, outcome: &str| {
+        agent
+            .log()
+            .matches(&format!("\"outcome\":\"{outcome}\""))
+            .count()
+    };
+    agent.wait_for("the tc programs to attach", Duration::from_secs(10), |_| {
+        agent.log().matches("\"message\":\"tc program\"").count() == 4
+    });
+    let mechanism = if tc_attach == "netlink" || !has_tcx() {
+        "netlink"
+    } else {
+        "tcx"
+    };
+    // The tc attachments the kernel holds, as (program, interface, program id).
+    let expect_attachments = |agent: &Agent| {
+        let status = status(agent);
+        assert_eq!(status["kernel"]["tc_attach"], mechanism, "{status}");
+        let tc: Vec<(String, String, u64)> = status["attachments"]
+            .as_array()
+            .expect("attachments")
+            .iter()
+            .filter(|a| a["hook"].as_str().is_some_and(|h| h.starts_with("tc-")))
+            .map(|a| {
+                (
+                    a["program"].as_str().unwrap_or("").to_owned(),
+                    a["target"].as_str().unwrap_or("").to_owned(),
+                    a["program_id"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(tc.len(), 4, "each program once on each interface: {tc:?}");
+        assert!(tc.iter().all(|a| a.2 != 0), "{tc:?}");
+        tc
+    };
+    let before = expect_attachments(&agent);
+
+    let to = format!("{NODE_A_IP}:30080");
+    let report = t.probe(&[
+        "--to",
+        &to,
+        "--count",
+        "20",
+        "--ask-source",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(
+        report.answers.keys().collect::<Vec<_>>(),
+        ["pod-b saw 198.18.101.1"],
+        "pod-b on node-b sees node-a's address (source NAT): {report:?}"
+    );
+
+    let client = {
+        let t = t.clone();
+        let to = to.clone();
+        ClientLoop::start(move || {
+            t.probe(&[
+                "--to",
+                &to,
+                "--count",
+                "20",
+                "--interval-ms",
+                "5",
+                "--timeout-ms",
+                &timeout_ms(),
+            ])
+        })
+    };
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    agent.kill();
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    let replaced_before = tc_attached(&agent, "Replaced");
+    agent.start();
+    agent.wait_for(
+        "the tc programs to be replaced",
+        Duration::from_secs(10),
+        |_| tc_attached(&agent, "Replaced") == replaced_before + 4,
+    );
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    let (answered, errors) = client.finish();
+    assert!(answered > 0, "the client loop connected");
+    assert!(
+        errors.is_empty(),
+        "failed connections from outside: {errors:?}"
+    );
+    let after = expect_attachments(&agent);
+    let places = |tc: &[(String, String, u64)]| {
+        tc.iter()
+            .map(|a| (a.0.clone(), a.1.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        places(&after),
+        places(&before),
+        "replaced in place: the same hooks, none twice"
+    );
+
+    agent.stop();
+    let out = agent.cleanup_command().output().expect("cleanup");
+    assert!(out.status.success(), "{out:?}");
+    assert!(!agent.bpffs.exists(), "the pin directory is gone");
+    assert!(
+        attached_programs(&t.cgroup.path).is_empty(),
+        "no program left on the cgroup"
+    );
+    for interface in ["ext0", "nb0"] {
+        for direction in ["ingress", "egress"] {
+            let out = t
+                .node_a
+                .command("tc", None)
+                .args(["filter", "show", "dev", interface, direction])
+                .output()
+                .expect("tc filter show");
+            let filters = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !filters.contains("epx_"),
+                "no filter left on {interface} {direction}: {filters}"
+            );
+        }
+    }
+    // Nothing holds the tc programs any more (no TCX link, no filter): the kernel
+    // frees them.
+    let gone = |id: u64| {
+        !std::process::Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
+    while !after.iter().all(|a| gone(a.2)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left: Vec<_> = after.iter().filter(|a| !gone(a.2)).collect();
+    assert!(left.is_empty(), "tc programs still loaded: {left:?}");
+}
+
+#[test]
+fn nodeport_from_outside_as_the_kernel_allows() {
+    require_privileges!();
+    nodeport_through_restart_then_cleanup("auto");
+}
+
+#[test]
+fn nodeport_from_outside_through_netlink_filters() {
+    require_privileges!();
+    nodeport_through_restart_then_cleanup("netlink");
+}
