@@ -3,6 +3,7 @@
 //! `cargo xtask demo` and `cargo xtask test` set up what is missing first, so both work on
 //! a fresh machine.
 
+mod kernels;
 mod setup;
 
 use std::process::Command;
@@ -31,7 +32,9 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
-    /// Run every test tier: formatting and lints, unit tests, privileged tests.
+    /// Run the host test tiers: formatting and lints, unit tests, privileged tests; and,
+    /// when asked, the kernel tier: the kernel suite as root under Debian's 5.10, 6.1 and
+    /// 6.12 kernels booted in qemu (slow: minutes per kernel).
     Test {
         /// Fail, instead of skipping, when privileged tests cannot run (CI sets this).
         #[arg(long)]
@@ -39,7 +42,36 @@ enum Cmd {
         /// Skip cargo fmt and clippy.
         #[arg(long)]
         no_lint: bool,
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        /// Run only the kernel tier, under these kernels (comma-separated; all of
+        /// 5.10,6.1,6.12 when no list is given).
+        #[arg(
+            long,
+            value_name = "LIST",
+            num_args = 0..=1,
+            default_missing_value = kernels::DEFAULT_KERNELS,
+            conflicts_with_all = ["with_kernels", "no_lint"]
+        )]
+        kernels: Option<String>,
+        /// Run the host tiers, then the kernel tier under these kernels (comma-separated;
+        /// all of 5.10,6.1,6.12 when no list is given). CI sets this.
+        #[arg(
+            long,
+            value_name = "LIST",
+            num_args = 0..=1,
+            default_missing_value = kernels::DEFAULT_KERNELS
+        )]
+        with_kernels: Option<String>,
+        /// With --kernels: run this shell command in each guest instead of the kernel
+        /// suite, and build nothing (checks the tier itself; its exit status decides).
+        #[arg(
+            long,
+            value_name = "CMD",
+            requires = "kernels",
+            conflicts_with = "with_kernels"
+        )]
+        kernel_command: Option<String>,
+        /// Extra arguments for `cargo test` (e.g. a test name filter); in the kernel tier,
+        /// for the kernel suite's test binary.
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
@@ -70,17 +102,63 @@ fn main() -> anyhow::Result<()> {
         Cmd::Setup { build_only: false } => setup::run(),
         Cmd::Setup { build_only: true } => setup::run_build_only(),
         Cmd::Build { release } => build(release),
+        // The kernel tier alone: it always requires privileges (the guest runs as root).
+        Cmd::Test {
+            kernels: Some(list),
+            kernel_command,
+            cargo_args,
+            ..
+        } => {
+            let series = kernels::parse_list(&list)?;
+            setup::run()?;
+            let vng = setup::run_kernel_tier()?;
+            let command = match kernel_command {
+                Some(cmd) => kernels::GuestCommand::Shell(cmd),
+                None => {
+                    let executable = kernels::build_suite()?;
+                    build(false)?;
+                    kernels::GuestCommand::Suite {
+                        executable,
+                        args: cargo_args,
+                    }
+                }
+            };
+            let mut totals = Totals::default();
+            let ok = kernels::run(&series, &vng, &command, &mut totals)?;
+            finish(&totals, ok)
+        }
         Cmd::Test {
             require_privileged,
             no_lint,
+            with_kernels,
             cargo_args,
+            ..
         } => {
+            // Parsed first: a typo in the list fails now, not after the host tiers.
+            let series = with_kernels
+                .as_deref()
+                .map(kernels::parse_list)
+                .transpose()?;
             setup::run()?;
             if !no_lint {
                 lint()?;
             }
             build(false)?;
-            test(require_privileged, &cargo_args)
+            let mut totals = Totals::default();
+            let mut ok = test(require_privileged, &cargo_args, &mut totals)?;
+            if let Some(series) = series {
+                if ok {
+                    let vng = setup::run_kernel_tier()?;
+                    let command = kernels::GuestCommand::Suite {
+                        executable: kernels::build_suite()?,
+                        args: cargo_args,
+                    };
+                    ok &= kernels::run(&series, &vng, &command, &mut totals)?;
+                } else {
+                    step("test", "host tiers failed: the kernel tier is skipped");
+                }
+            }
+            finish(&totals, ok)
         }
         Cmd::Bench {
             quick,
@@ -199,7 +277,8 @@ fn lint() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn test(require_privileged: bool, extra: &[String]) -> anyhow::Result<()> {
+/// The unit and privileged tests on the host; true when they passed.
+fn test(require_privileged: bool, extra: &[String], totals: &mut Totals) -> anyhow::Result<bool> {
     let root = unsafe { libc::geteuid() } == 0;
     step(
         "test",
@@ -209,10 +288,9 @@ fn test(require_privileged: bool, extra: &[String]) -> anyhow::Result<()> {
             "unit tests; privileged tests will skip (not root)"
         },
     );
-    let mut totals = Totals::default();
     let mut ok = true;
     // The default members: everything but the BPF crate, which has no host build.
-    ok &= cargo_test(extra, &[], require_privileged, &mut totals)?;
+    ok &= cargo_test(extra, &[], require_privileged, totals)?;
     if root && extra.is_empty() {
         step(
             "test",
@@ -220,9 +298,14 @@ fn test(require_privileged: bool, extra: &[String]) -> anyhow::Result<()> {
         );
         let args = ["-p", "integration", "--test", "clusterip"].map(String::from);
         let env = [("EBPF_PROXY_AGENT_LAUNCH", "daemonset")];
-        ok &= cargo_test(&args, &env, require_privileged, &mut totals)?;
+        ok &= cargo_test(&args, &env, require_privileged, totals)?;
     }
-    // One closing line for the whole run, summed over every test binary.
+    Ok(ok)
+}
+
+/// One closing line for the whole run, summed over every test binary and kernel; an error
+/// when anything failed.
+fn finish(totals: &Totals, ok: bool) -> anyhow::Result<()> {
     println!(
         "tests: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
@@ -270,6 +353,12 @@ struct Totals {
 }
 
 impl Totals {
+    fn add_totals(&mut self, other: &Totals) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+
     fn add(&mut self, line: &str) {
         let Some(rest) = line.strip_prefix("test result: ") else {
             return;

@@ -1,7 +1,10 @@
 //! `cargo xtask setup`: installs what a fresh machine lacks, and says what it does. Every
 //! step checks first, so a second run takes seconds. The recipe is ../shared/TOOLCHAIN.md's.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
 
@@ -26,6 +29,19 @@ const TOOL_PACKAGES: &[&str] = &[
     "curl",
 ];
 
+/// Debian packages the kernel tier drives: qemu (software emulation); busybox-static
+/// (virtme-ng builds an initramfs around it to load a distribution kernel's 9p modules);
+/// udev (the guest's init, which is the host's, needs udevd to create
+/// /dev/virtio-ports/virtme.*, or the output of `vng --exec` is lost); kmod (depmod for the
+/// unpacked modules); the archive keyring the private apt sources are checked with.
+const KERNEL_TIER_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "udev",
+    "kmod",
+    "debian-archive-keyring",
+];
+
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Everything a build, the tests and the demo need on this machine.
@@ -47,6 +63,15 @@ pub fn run_build_only() -> anyhow::Result<()> {
     bpf_linker()?;
     step("setup", "done (build only)");
     Ok(())
+}
+
+/// What the kernel tier needs beyond `run()`: qemu, busybox, udev, kmod and virtme-ng.
+/// Returns the path of `vng`, which need not be on PATH.
+pub fn run_kernel_tier() -> anyhow::Result<PathBuf> {
+    debian_packages(KERNEL_TIER_PACKAGES)?;
+    let vng = virtme_ng()?;
+    step("setup", "done (kernel tier)");
+    Ok(vng)
 }
 
 fn ok(cmd: &mut Command) -> bool {
@@ -205,4 +230,45 @@ fn bpffs() -> anyhow::Result<()> {
 /// `stat -f` names the filesystem type: `bpf_fs` for a BPF filesystem.
 fn is_bpffs(path: &Path) -> bool {
     output(Command::new("stat").args(["-f", "-c", "%T"]).arg(path)).trim() == "bpf_fs"
+}
+
+/// virtme-ng (`vng`) from PyPI, into the python3 found on PATH.
+fn virtme_ng() -> anyhow::Result<PathBuf> {
+    if let Some(vng) = find_vng() {
+        step("setup", &format!("virtme-ng present ({})", vng.display()));
+        return Ok(vng);
+    }
+    step(
+        "setup",
+        "installing virtme-ng from PyPI (python3 -m pip install virtme-ng)",
+    );
+    must(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--root-user-action=ignore",
+        "virtme-ng",
+    ]))?;
+    find_vng().context(
+        "virtme-ng was installed, but no working vng is in python3's scripts directory or on PATH",
+    )
+}
+
+/// `vng` in python3's scripts directory (where pip puts it, on PATH or not; under pyenv
+/// this skips the shim), else on PATH; only one that runs.
+fn find_vng() -> Option<PathBuf> {
+    let scripts = output(Command::new("python3").args([
+        "-c",
+        "import sysconfig; print(sysconfig.get_path('scripts'))",
+    ]));
+    let mut candidates = Vec::new();
+    if !scripts.trim().is_empty() {
+        candidates.push(Path::new(scripts.trim()).join("vng"));
+    }
+    candidates.push(PathBuf::from("vng"));
+    candidates
+        .into_iter()
+        .find(|vng| ok(Command::new(vng).arg("--version")))
 }
