@@ -604,27 +604,63 @@ impl Drop for Agent {
     }
 }
 
-/// IDs of the BPF programs attached to a cgroup, from the kernel (bpftool).
+/// IDs and names of the BPF programs attached to a cgroup at the socket hooks we use,
+/// asked of the kernel itself (BPF_PROG_QUERY), not of the agent: independent of any
+/// bpftool release (Debian 12's cannot list a 5.10 kernel's cgroups).
 pub fn attached_programs(cgroup: &Path) -> Vec<(u64, String)> {
-    let out = run(Command::new("bpftool")
-        .args(["-j", "cgroup", "show"])
-        .arg(cgroup));
-    let value: serde_json::Value =
-        serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })
-            .expect("bpftool json");
-    value
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["id"].as_u64().unwrap_or(0),
-                        p["name"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    use std::os::fd::AsRawFd as _;
+    // BPF_CGROUP_INET4_CONNECT, UDP4_SENDMSG, UDP4_RECVMSG, INET4_GETPEERNAME.
+    const ATTACH_TYPES: [u32; 4] = [10, 14, 19, 29];
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    #[repr(C)]
+    #[derive(Default)]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        _rest: [u64; 4],
+    }
+    let dir = fs::File::open(cgroup).unwrap_or_else(|e| panic!("{}: {e}", cgroup.display()));
+    let mut ids = Vec::new();
+    for attach_type in ATTACH_TYPES {
+        let mut found = [0u32; 64];
+        let mut attr = QueryAttr {
+            target_fd: dir.as_raw_fd() as u32,
+            attach_type,
+            prog_ids: found.as_mut_ptr() as u64,
+            prog_cnt: found.len() as u32,
+            ..Default::default()
+        };
+        // SAFETY: attr is a zero-padded bpf_attr prefix; prog_ids points at `found`,
+        // whose length prog_cnt gives.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut attr as *mut QueryAttr,
+                size_of::<QueryAttr>(),
+            )
+        };
+        assert!(
+            rc == 0,
+            "BPF_PROG_QUERY {} type {attach_type}: {}",
+            cgroup.display(),
+            std::io::Error::last_os_error()
+        );
+        ids.extend_from_slice(&found[..attr.prog_cnt as usize]);
+    }
+    let names: BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| ids.contains(&p.id()))
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_owned()))
+        .collect();
+    ids.iter()
+        .map(|id| (u64::from(*id), names.get(id).cloned().unwrap_or_default()))
+        .collect()
 }
 
 impl Agent {

@@ -467,3 +467,101 @@ fn nodeport_from_outside_through_netlink_filters() {
     require_privileges!();
     nodeport_through_restart_then_cleanup("netlink");
 }
+
+/// A kernel without what the tc programs need (shown here with `--assume-missing`, which
+/// makes the probe's answer the agent's): only traffic from outside the node is lost,
+/// named as such; the socket load balancer serves.
+#[test]
+fn a_kernel_without_the_tc_helpers_loses_only_traffic_from_outside() {
+    require_privileges!();
+    let t = Topology::new(1);
+    let mut agent = Agent::new(&t);
+    agent.extra_args.extend([
+        "--interfaces".into(),
+        "vb0".into(),
+        "--assume-missing".into(),
+        "bpf_redirect_neigh".into(),
+    ]);
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints(
+            "web",
+            VIP,
+            &[HTTP],
+            &ServiceOpts::default(),
+            &t.ready_endpoints(),
+        ),
+    );
+    agent.start();
+    agent.wait_backends("demo/web:http", 1);
+    agent.wait_for("the programs to attach", Duration::from_secs(10), |_| {
+        agent
+            .log()
+            .matches("\"message\":\"socket program\"")
+            .count()
+            == 4
+    });
+    let report = t.probe(&[
+        "--to",
+        &format!("{VIP}:80"),
+        "--count",
+        "10",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert_eq!(report.count("web-0"), 10, "{report:?}");
+    let status = status(&agent);
+    assert_eq!(status["kernel"]["tc_attach"], "none", "{status}");
+    assert_eq!(
+        status["kernel"]["programs_not_loaded"],
+        serde_json::json!(["epx_tc_ingress", "epx_tc_egress"]),
+        "{status}"
+    );
+    assert!(
+        status["kernel"]["load_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("bpf_redirect_neigh (Linux 5.10)")),
+        "{status}"
+    );
+    let text = agent.proxyctl(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("traffic from outside the node: NOT LOADED"),
+        "{text}"
+    );
+    assert_eq!(
+        agent.metric("ebpf_proxy_program_loaded{program=\"epx_tc_ingress\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        agent.metric("ebpf_proxy_program_loaded{program=\"epx_connect4\"}"),
+        Some(1.0)
+    );
+}
+
+/// `--mode auto` on a kernel whose socket programs cannot load (shown with
+/// `--assume-missing bpf_get_netns_cookie`, which connect4 calls): iptables, and the
+/// log says why, by name.
+#[test]
+fn auto_mode_falls_back_to_iptables_only_when_the_socket_programs_cannot_load() {
+    require_privileges!();
+    let t = Topology::new(1);
+    let mut agent = Agent::new(&t);
+    agent.mode = "auto";
+    agent
+        .extra_args
+        .extend(["--assume-missing".into(), "bpf_get_netns_cookie".into()]);
+    agent.start();
+    agent.wait_for("the choice of mode", Duration::from_secs(10), |_| {
+        agent.log().contains("falling back to iptables")
+    });
+    let log = agent.log();
+    assert!(
+        log.contains("this kernel lacks bpf_get_netns_cookie (Linux 5.7)"),
+        "{log}"
+    );
+    assert!(
+        !agent.bpffs.exists(),
+        "nothing of the eBPF mode was created or pinned"
+    );
+}

@@ -9,6 +9,14 @@ use integration::{
     require_privileges,
 };
 
+/// The maps of layout V1 (the agent record is versioned on its own, `EPX_AGENT_V2`).
+fn layout_maps() -> usize {
+    proxy_common::names::ALL_MAPS
+        .iter()
+        .filter(|m| m.ends_with("_V1"))
+        .count()
+}
+
 /// 50 connections to the Service, 2 ms apart, from the client namespace.
 fn client_loop(t: &Arc<Topology>) -> ClientLoop {
     let t = t.clone();
@@ -65,7 +73,7 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
             renamed += 1;
         }
     }
-    assert_eq!(renamed, proxy_common::names::ALL_MAPS.len());
+    assert_eq!(renamed, layout_maps());
     std::thread::sleep(Duration::from_millis(200));
     agent.start();
     agent.wait_for(
@@ -87,7 +95,7 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
     let log = agent.log();
     assert_eq!(
         log.matches("removed a pin no program of ours uses").count(),
-        proxy_common::names::ALL_MAPS.len(),
+        layout_maps(),
         "old layout's maps unpinned:\n{log}"
     );
     let pins: Vec<String> = std::fs::read_dir(&agent.bpffs)

@@ -90,6 +90,11 @@ struct Args {
     /// where TCX exists; `tcx`: TCX or an error.
     #[arg(long, value_enum, default_value = "auto")]
     tc_attach: loader::TcAttach,
+    /// eBPF mode: treat these kernel features as missing whatever the probes find
+    /// (comma-separated names as `proxyctl status` shows them, e.g. `bpf_set_retval`), to
+    /// see on a new kernel what a node on an older one does.
+    #[arg(long, value_name = "FEATURE,...", value_delimiter = ',', value_parser = parse_feature)]
+    assume_missing: Vec<proxy_common::features::KernelFeature>,
     /// Capacity of the services map (frontends) when it is created.
     #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_SERVICES)]
     max_services: u32,
@@ -189,7 +194,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Checked before anything loads: a wrong name is a mistake, not a reason to fall back.
     let interfaces = resolve_interfaces(&args.interfaces)?;
     let interfaces = interfaces.as_deref();
-    let capacities = loader::LoadOptions {
+    let load_options = loader::LoadOptions {
         capacities: loader::Capacities {
             services: args.max_services,
             slots: args.max_backend_slots,
@@ -198,6 +203,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             revnat: args.max_revnat,
         },
         tc_attach: args.tc_attach,
+        assume_missing: args.assume_missing.clone(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -212,9 +218,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         let iptables_options = iptables::render::RenderOptions { cluster_cidr, random_fully: true };
         let mut ebpf_active = !matches!(args.mode, Mode::Iptables);
         let mut dataplane: Box<dyn Dataplane> = match args.mode {
-            Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, capacities, interfaces)?),
+            Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, load_options, interfaces)?),
             Mode::Iptables => Box::new(open_iptables(iptables_options, args.iptables_backend)?),
-            Mode::Auto => match open_ebpf(&args, &cgroup, capacities, interfaces) {
+            Mode::Auto => match open_ebpf(&args, &cgroup, load_options, interfaces) {
                 Ok(ebpf) => {
                     info!("--mode auto: the eBPF datapath loads on this kernel; using it");
                     Box::new(ebpf)
@@ -365,14 +371,29 @@ fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
 fn open_ebpf(
     args: &Args,
     cgroup: &anyhow::Result<PathBuf>,
-    capacities: loader::LoadOptions,
+    load_options: loader::LoadOptions,
     interfaces: Option<&[Interface]>,
 ) -> anyhow::Result<EbpfDataplane> {
     let cgroup = cgroup.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dataplane = EbpfDataplane::open(&args.bpffs, cgroup, capacities, interfaces)
+    let dataplane = EbpfDataplane::open(&args.bpffs, cgroup, load_options, interfaces)
         .context("starting the eBPF dataplane")?;
     info!(cgroup = %cgroup.display(), "programs loaded; they attach after the first full sync");
     Ok(dataplane)
+}
+
+/// A kernel feature by the name `proxyctl status` gives it.
+fn parse_feature(name: &str) -> Result<proxy_common::features::KernelFeature, String> {
+    use proxy_common::features::KernelFeature;
+    KernelFeature::ALL
+        .into_iter()
+        .find(|f| f.name() == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = KernelFeature::ALL.iter().map(|f| f.name()).collect();
+            format!(
+                "no kernel feature is called {name:?}; known: {}",
+                known.join(", ")
+            )
+        })
 }
 
 /// `None` when the interfaces are to be the node's (no `--interfaces`).

@@ -48,6 +48,15 @@ impl Features {
         }
     }
 
+    /// Marks `features` missing, whatever was found (`--assume-missing`).
+    pub fn assume_missing(&mut self, features: &[KernelFeature]) {
+        for feature in features {
+            if self.probed & feature.bit() != 0 {
+                self.record(*feature, false);
+            }
+        }
+    }
+
     pub fn has(&self, feature: KernelFeature) -> bool {
         self.present & feature.bit() != 0
     }

@@ -124,10 +124,13 @@ pub enum TcAttach {
 }
 
 /// What a load is given besides the object.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
     pub capacities: Capacities,
     pub tc_attach: TcAttach,
+    /// Features to treat as missing whatever the probes say (`--assume-missing`): what a
+    /// node on an older kernel does, shown on this one.
+    pub assume_missing: Vec<KernelFeature>,
 }
 
 /// What happened to one program's attachment.
@@ -292,6 +295,20 @@ pub fn load(
     if crate::BPF_OBJECT.is_empty() {
         return Err(LoadError::NoObject);
     }
+    // Probed before anything is created or pinned: a kernel that cannot take the
+    // socket programs is left as it was.
+    let mut report = KernelReport {
+        features: Features::probe_helpers(),
+        ..KernelReport::default()
+    };
+    report.features.assume_missing(&options.assume_missing);
+    let missing = report.features.missing_for(Datapath::Socket);
+    if !missing.is_empty() {
+        return Err(LoadError::MissingFeatures {
+            path: Datapath::Socket,
+            missing,
+        });
+    }
     let cgroup_fd = fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
         path: cgroup.into(),
         source,
@@ -310,17 +327,6 @@ pub fn load(
         .load(crate::BPF_OBJECT)
         .map_err(LoadError::Object)?;
 
-    let mut report = KernelReport {
-        features: Features::probe_helpers(),
-        ..KernelReport::default()
-    };
-    let missing = report.features.missing_for(Datapath::Socket);
-    if !missing.is_empty() {
-        return Err(LoadError::MissingFeatures {
-            path: Datapath::Socket,
-            missing,
-        });
-    }
     for feature in report.features.missing() {
         if let proxy_common::features::Without::Fallback(what) = feature.without() {
             warn!(
@@ -349,7 +355,7 @@ pub fn load(
         };
         plan.push((program, object_name, step));
     }
-    report.tc = load_tc_programs(&mut ebpf, &mut report, options.tc_attach)?;
+    report.tc = load_tc_programs(&mut ebpf, &mut report, &options)?;
     restrict_pins(dir)?;
     let maps = Maps::from_ebpf(&mut ebpf)?;
     let loaded = Loaded {
@@ -370,7 +376,7 @@ pub fn load(
 fn load_tc_programs(
     ebpf: &mut Ebpf,
     report: &mut KernelReport,
-    choice: TcAttach,
+    options: &LoadOptions,
 ) -> Result<Option<Mechanism>, LoadError> {
     let missing = report.features.missing_for(Datapath::External);
     if !missing.is_empty() {
@@ -418,8 +424,9 @@ fn load_tc_programs(
         .fd()
         .map_err(|source| LoadError::Program { program, source })?;
     report.features.probe_tcx(fd.as_fd());
+    report.features.assume_missing(&options.assume_missing);
     let tcx = report.features.has(KernelFeature::Tcx);
-    Ok(Some(match choice {
+    Ok(Some(match options.tc_attach {
         TcAttach::Auto | TcAttach::Tcx if tcx => Mechanism::Tcx,
         TcAttach::Tcx => {
             return Err(LoadError::MissingFeatures {

@@ -73,7 +73,7 @@ impl EbpfDataplane {
     ) -> Result<Self, LoadError> {
         let given = interfaces.unwrap_or_default();
         let names: Vec<String> = given.iter().map(|i| i.name.clone()).collect();
-        let (loaded, mut maps) = loader::load(pin_dir, cgroup, options, &names)?;
+        let (loaded, mut maps) = loader::load(pin_dir, cgroup, options.clone(), &names)?;
         let report = loaded.report.clone();
         maps.set_interfaces(given)?;
         let orphans = maps.remove_orphans()?;
