@@ -50,6 +50,12 @@ fn start(backends: usize, opts: &ServiceOpts, mode: &'static str) -> (Topology, 
     );
     agent.start();
     agent.wait_backends("demo/web:http", backends);
+    wait_attached(&agent);
+    (t, agent)
+}
+
+/// Waits until the agent has attached its four socket programs.
+fn wait_attached(agent: &Agent) {
     agent.wait_for("the programs to attach", Duration::from_secs(10), |_| {
         agent
             .log()
@@ -57,7 +63,31 @@ fn start(backends: usize, opts: &ServiceOpts, mode: &'static str) -> (Topology, 
             .count()
             == 4
     });
-    (t, agent)
+}
+
+/// Connections to `to` from `client` in a loop (20 at a time, 5 ms apart), for traffic
+/// that must not fail while the agent restarts.
+fn connecting_loop<T: Send + Sync + 'static>(
+    client: &std::sync::Arc<T>,
+    probe: fn(&T, &[&str]) -> integration::Report,
+    to: String,
+) -> ClientLoop {
+    let client = client.clone();
+    ClientLoop::start(move || {
+        probe(
+            &client,
+            &[
+                "--to",
+                &to,
+                "--count",
+                "20",
+                "--interval-ms",
+                "5",
+                "--timeout-ms",
+                &timeout_ms(),
+            ],
+        )
+    })
 }
 
 /// `proxyctl status --json`, parsed.
@@ -150,13 +180,7 @@ fn a_service_without_endpoints_is_refused_at_once_and_the_errno_is_the_kernels()
     );
     agent.start();
     agent.wait_backends("demo/web:http", 0);
-    agent.wait_for("the programs to attach", Duration::from_secs(10), |_| {
-        agent
-            .log()
-            .matches("\"message\":\"socket program\"")
-            .count()
-            == 4
-    });
+    wait_attached(&agent);
     // With bpf_set_retval (5.18) the programs answer ECONNREFUSED, as kube-proxy's
     // REJECT does; without it the kernel's answer to a refusal is EPERM.
     let errno = if has_set_retval() {
@@ -253,21 +277,7 @@ fn sigkill_and_restart_fail_no_connection_and_attach_nothing_twice() {
     let t = std::sync::Arc::new(t);
     let before = attached_programs(&t.cgroup.path);
     assert_eq!(before.len(), 4, "{before:?}");
-    let client = {
-        let t = t.clone();
-        ClientLoop::start(move || {
-            t.probe(&[
-                "--to",
-                &format!("{VIP}:80"),
-                "--count",
-                "20",
-                "--interval-ms",
-                "5",
-                "--timeout-ms",
-                &timeout_ms(),
-            ])
-        })
-    };
+    let client = connecting_loop(&t, Topology::probe, format!("{VIP}:80"));
     std::thread::sleep(scaled(Duration::from_millis(300)));
     agent.kill();
     std::thread::sleep(scaled(Duration::from_millis(300)));
@@ -372,22 +382,7 @@ fn nodeport_through_restart_then_cleanup(tc_attach: &str) {
         "pod-b on node-b sees node-a's address (source NAT): {report:?}"
     );
 
-    let client = {
-        let t = t.clone();
-        let to = to.clone();
-        ClientLoop::start(move || {
-            t.probe(&[
-                "--to",
-                &to,
-                "--count",
-                "20",
-                "--interval-ms",
-                "5",
-                "--timeout-ms",
-                &timeout_ms(),
-            ])
-        })
-    };
+    let client = connecting_loop(&t, TwoNodes::probe, to.clone());
     std::thread::sleep(scaled(Duration::from_millis(300)));
     agent.kill();
     std::thread::sleep(scaled(Duration::from_millis(300)));
@@ -494,13 +489,7 @@ fn a_kernel_without_the_tc_helpers_loses_only_traffic_from_outside() {
     );
     agent.start();
     agent.wait_backends("demo/web:http", 1);
-    agent.wait_for("the programs to attach", Duration::from_secs(10), |_| {
-        agent
-            .log()
-            .matches("\"message\":\"socket program\"")
-            .count()
-            == 4
-    });
+    wait_attached(&agent);
     let report = t.probe(&[
         "--to",
         &format!("{VIP}:80"),
