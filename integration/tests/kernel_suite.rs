@@ -301,11 +301,32 @@ const HTTP_NP: Port<'static> = Port {
     ..HTTP
 };
 
-/// NodePort from outside the node with `--tc-attach MODE`, to pod-b on the other node
-/// (so source NAT to node-a's address), through a SIGKILL and restart of the agent
-/// (the tc programs replaced in place, none twice), then `--cleanup`.
-fn nodeport_through_restart_then_cleanup(tc_attach: &str) {
-    let t = std::sync::Arc::new(TwoNodes::new());
+/// The tc attachments the kernel holds, as (program, interface, program id): each
+/// program once on each of the two interfaces, attached by `mechanism`.
+fn tc_attachments(agent: &Agent, mechanism: &str) -> Vec<(String, String, u64)> {
+    let status = status(agent);
+    assert_eq!(status["kernel"]["tc_attach"], mechanism, "{status}");
+    let tc: Vec<(String, String, u64)> = status["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .filter(|a| a["hook"].as_str().is_some_and(|h| h.starts_with("tc-")))
+        .map(|a| {
+            (
+                a["program"].as_str().unwrap_or("").to_owned(),
+                a["target"].as_str().unwrap_or("").to_owned(),
+                a["program_id"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(tc.len(), 4, "each program once on each interface: {tc:?}");
+    assert!(tc.iter().all(|a| a.2 != 0), "{tc:?}");
+    tc
+}
+
+/// The agent for node-a with `--tc-attach MODE`, a NodePort Service to pod-b (on node-b),
+/// started and attached.
+fn nodeport_agent(t: &TwoNodes, tc_attach: &str) -> Agent {
     let mut agent = t.agent("ebpf");
     agent.extra_args.extend([
         "--interfaces".into(),
@@ -328,41 +349,30 @@ fn nodeport_through_restart_then_cleanup(tc_attach: &str) {
         ),
     );
     agent.start();
+    agent.wait_for("the tc programs to attach", Duration::from_secs(10), |_| {
+        agent.log().matches("\"message\":\"tc program\"").count() == 4
+    });
+    agent
+}
+
+/// NodePort from outside the node with `--tc-attach MODE`, to pod-b on the other node
+/// (so source NAT to node-a's address), through a SIGKILL and restart of the agent
+/// (the tc programs replaced in place, none twice), then `--cleanup`.
+fn nodeport_through_restart_then_cleanup(tc_attach: &str) {
+    let t = std::sync::Arc::new(TwoNodes::new());
+    let mut agent = nodeport_agent(&t, tc_attach);
     let tc_attached = |agent: &Agent, outcome: &str| {
         agent
             .log()
             .matches(&format!("\"outcome\":\"{outcome}\""))
             .count()
     };
-    agent.wait_for("the tc programs to attach", Duration::from_secs(10), |_| {
-        agent.log().matches("\"message\":\"tc program\"").count() == 4
-    });
     let mechanism = if tc_attach == "netlink" || !has_tcx() {
         "netlink"
     } else {
         "tcx"
     };
-    // The tc attachments the kernel holds, as (program, interface, program id).
-    let expect_attachments = |agent: &Agent| {
-        let status = status(agent);
-        assert_eq!(status["kernel"]["tc_attach"], mechanism, "{status}");
-        let tc: Vec<(String, String, u64)> = status["attachments"]
-            .as_array()
-            .expect("attachments")
-            .iter()
-            .filter(|a| a["hook"].as_str().is_some_and(|h| h.starts_with("tc-")))
-            .map(|a| {
-                (
-                    a["program"].as_str().unwrap_or("").to_owned(),
-                    a["target"].as_str().unwrap_or("").to_owned(),
-                    a["program_id"].as_u64().unwrap_or(0),
-                )
-            })
-            .collect();
-        assert_eq!(tc.len(), 4, "each program once on each interface: {tc:?}");
-        assert!(tc.iter().all(|a| a.2 != 0), "{tc:?}");
-        tc
-    };
+    let expect_attachments = |agent: &Agent| tc_attachments(agent, mechanism);
     let before = expect_attachments(&agent);
 
     let to = format!("{NODE_A_IP}:30080");
@@ -553,4 +563,34 @@ fn auto_mode_falls_back_to_iptables_only_when_the_socket_programs_cannot_load() 
         !agent.bpffs.exists(),
         "nothing of the eBPF mode was created or pinned"
     );
+}
+
+/// Restarting with the other attachment (`--tc-attach netlink`, then `auto`: TCX where
+/// the kernel has it) leaves one attachment per program and interface, never both.
+#[test]
+fn switching_between_netlink_filters_and_tcx_leaves_one_attachment() {
+    require_privileges!();
+    let t = TwoNodes::new();
+    let mut agent = nodeport_agent(&t, "netlink");
+    tc_attachments(&agent, "netlink");
+    agent.stop();
+    agent.extra_args.retain(|a| a != "netlink");
+    agent.extra_args.push("auto".into());
+    agent.start();
+    agent.wait_for(
+        "the tc programs to attach again",
+        Duration::from_secs(10),
+        |_| agent.log().matches("\"message\":\"tc program\"").count() == 8,
+    );
+    let auto = if has_tcx() { "tcx" } else { "netlink" };
+    tc_attachments(&agent, auto);
+    let report = t.probe(&[
+        "--to",
+        &format!("{NODE_A_IP}:30080"),
+        "--count",
+        "10",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert_eq!(report.count("pod-b"), 10, "{report:?}");
 }

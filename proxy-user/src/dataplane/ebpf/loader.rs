@@ -493,11 +493,16 @@ impl Loaded {
                 }
             }
         }
-        // Filters of ours on interfaces no longer given go, as their TCX pins do below.
-        if mechanism == Some(Mechanism::Netlink) {
-            tc_attach::detach_netlink_except(&attached_interfaces);
-        }
-        remove_stale_pins(&self.dir, &attached_interfaces)?;
+        // Only now, with the new attachments in place, do the old ones go: netlink
+        // filters and TCX links (their pins) on interfaces no longer given, and those of
+        // the other mechanism after a switch (`--tc-attach`), which would otherwise see
+        // packets a second time.
+        let kept = |wanted: Mechanism| match mechanism == Some(wanted) {
+            true => attached_interfaces.as_slice(),
+            false => &[],
+        };
+        tc_attach::detach_netlink_except(kept(Mechanism::Netlink));
+        remove_stale_pins(&self.dir, kept(Mechanism::Tcx))?;
         restrict_pins(&self.dir)?;
         Ok(outcomes)
     }
