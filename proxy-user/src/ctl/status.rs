@@ -295,6 +295,7 @@ fn tc_attachments(dir: &Path) -> Vec<Attachment> {
             });
         }
     }
+    attachments.sort_by(|a, b| (&a.program, &a.target).cmp(&(&b.program, &b.target)));
     attachments
 }
 

@@ -477,11 +477,12 @@ impl Loaded {
         };
         // A tc attachment that fails costs the outside traffic of that interface, not
         // the node's Services: the socket programs above keep serving.
-        for interface in attached_interfaces.iter().filter(|_| mechanism.is_some()) {
+        for interface in &attached_interfaces {
             for (program, direction) in TC_PROGRAMS {
                 match self.attach_tc(program, interface, direction) {
                     Ok(outcome) => {
-                        info!(program, interface, ?outcome, mechanism = ?mechanism, "tc program");
+                        let mechanism = mechanism.map_or("", Mechanism::name);
+                        info!(program, interface, ?outcome, mechanism, "tc program");
                         outcomes.push((program, outcome));
                     }
                     Err(e) => warn!(
