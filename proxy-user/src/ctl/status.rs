@@ -431,12 +431,12 @@ fn render_kernel(out: &mut String, kernel: &Kernel) {
     let _ = writeln!(out, "kernel          {}", kernel.release);
     let tc = match kernel.tc_attach {
         "none" => "NOT LOADED",
-        "tcx" => "serving (TCX links)",
-        _ => "serving (clsact filters through netlink)",
+        "tcx" => "loaded, attached as TCX links",
+        _ => "loaded, attached as clsact filters through netlink",
     };
     let _ = writeln!(
         out,
-        "datapaths       socket load balancer: serving; traffic from outside the node: {tc}"
+        "datapaths       socket load balancer: loaded; traffic from outside the node: {tc}"
     );
     let missing: Vec<&FeatureState> = kernel.features.iter().filter(|f| !f.present).collect();
     if missing.is_empty() {
@@ -565,7 +565,7 @@ mod tests {
         assert_eq!(
             out,
             "kernel          5.10.0-46-amd64\n\
-             datapaths       socket load balancer: serving; traffic from outside the node: serving (clsact filters through netlink)\n\
+             datapaths       socket load balancer: loaded; traffic from outside the node: loaded, attached as clsact filters through netlink\n\
              degraded        bpf_set_retval (Linux 5.18) missing: a connect or send to a Service without endpoints fails with EPERM instead of ECONNREFUSED\n\
              \x20               tcx_links (Linux 6.6) missing: the tc programs are attached as clsact filters through netlink, replaced in place on restart\n"
         );
