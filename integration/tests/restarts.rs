@@ -127,3 +127,77 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
         20
     );
 }
+
+/// Entries in the pinned loadBalancerSourceRanges trie, from the kernel (bpftool).
+fn source_range_entries(agent: &Agent) -> usize {
+    let out = integration::run(
+        std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(agent.bpffs.join(proxy_common::names::MAP_SOURCE_RANGES)),
+    );
+    let entries: serde_json::Value = serde_json::from_str(&out).expect("bpftool json");
+    entries.as_array().map_or(0, Vec::len)
+}
+
+/// A LoadBalancer whose loadBalancerSourceRanges shrink, and then which is deleted,
+/// while no agent runs: the restarted agent reads back what the trie holds and removes
+/// what is no longer asked for, instead of leaving it (or rewriting it) for good.
+#[test]
+fn source_ranges_changed_while_the_agent_was_down_converge() {
+    require_privileges!();
+    let t = Topology::new(1);
+    let mut agent = Agent::new(&t);
+    let endpoints = t.ready_endpoints();
+    let lb = |ranges: &str| {
+        service_with_endpoints(
+            "web",
+            "198.19.0.10",
+            &[HTTP],
+            &ServiceOpts {
+                type_: Some("LoadBalancer"),
+                spec_extra: &format!("  loadBalancerSourceRanges: [{ranges}]\n"),
+                status: "status: {loadBalancer: {ingress: [{ip: 198.19.7.7}]}}\n",
+                ..Default::default()
+            },
+            &endpoints,
+        )
+    };
+    agent.write("web.yaml", &lb("198.18.100.0/24, 203.0.113.0/24"));
+    agent.start();
+    agent.wait_backends("demo/web:http", 1);
+    let wait_entries = |agent: &Agent, n: usize| {
+        agent.wait_for(
+            &format!("{n} source range entries"),
+            Duration::from_secs(10),
+            |_| source_range_entries(agent) == n,
+        );
+    };
+    wait_entries(&agent, 2);
+
+    agent.stop();
+    agent.write("web.yaml", &lb("198.18.100.0/24"));
+    agent.start();
+    wait_entries(&agent, 1);
+    // Converged, not rewritten at every start: a second restart writes nothing.
+    agent.stop();
+    let syncs = |agent: &Agent| agent.log().matches("\"synced\"").count();
+    let before = syncs(&agent);
+    agent.start();
+    agent.wait_for("the second restart's sync", Duration::from_secs(10), |_| {
+        syncs(&agent) > before
+    });
+    let log = agent.log();
+    let last_sync = log
+        .lines()
+        .rfind(|l| l.contains("\"synced\""))
+        .unwrap_or_default();
+    assert!(
+        last_sync.contains("\"written\":0"),
+        "nothing to write after a restart with nothing changed: {last_sync}"
+    );
+
+    agent.stop();
+    agent.remove("web.yaml");
+    agent.start();
+    wait_entries(&agent, 0);
+}

@@ -166,7 +166,11 @@ impl Syncer {
         let changes: Vec<Change> = pending
             .into_iter()
             .filter_map(|(addr, spec)| match spec {
-                Some(spec) if installed.get(&addr) != Some(&spec) => {
+                Some(spec)
+                    if !installed
+                        .get(&addr)
+                        .is_some_and(|i| dataplane.unchanged(i, &spec)) =>
+                {
                     Some(Change::Upsert(addr, spec))
                 }
                 None if installed.contains_key(&addr) => Some(Change::Remove(addr)),

@@ -6,13 +6,18 @@ pub mod iptables;
 pub mod memory;
 
 use crate::{
-    model::{DesiredState, FrontendAddr},
+    model::{DesiredState, FrontendAddr, FrontendSpec},
     sync::Change,
 };
 
 pub trait Dataplane {
     /// What is in the kernel now (read back at start, then kept up to date).
     fn installed(&self) -> &DesiredState;
+    /// Whether `installed` (an entry of [`Dataplane::installed`]) already is `wanted`:
+    /// equality, but for fields this dataplane does not hold (each said where).
+    fn unchanged(&self, installed: &FrontendSpec, wanted: &FrontendSpec) -> bool {
+        installed == wanted
+    }
     /// Applies changes one frontend at a time; a failure leaves that frontend as it was.
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport;
     /// Starts serving traffic from what has been written: called once, after the first full

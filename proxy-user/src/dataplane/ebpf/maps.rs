@@ -19,10 +19,11 @@ use proxy_common::{
 
 use super::{
     batch::BatchMap,
-    convert::{backend, backend_addr, from_service_flags, frontend, frontend_addr, service_flags},
+    convert::{backend, frontend, frontend_addr},
+    entries,
     slots::slot_table,
 };
-use crate::model::{DesiredState, FrontendAddr, FrontendSpec, WeightedBackend};
+use crate::model::{DesiredState, FrontendAddr, FrontendSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -130,72 +131,39 @@ impl Maps {
     }
 
     /// Reads back every installed frontend, so a restarted agent diffs against what the
-    /// kernel really has.
+    /// kernel really has (`entries::desired_state`).
     pub fn installed(&self) -> Result<DesiredState, MapsError> {
         let read = |map| move |source| MapsError::Read { map, source };
-        let mut members: BTreeMap<Frontend, Vec<WeightedBackend>> = BTreeMap::new();
-        for item in self.members.iter() {
-            let (key, member) = item.map_err(read(names::MAP_MEMBERS))?;
-            members
-                .entry(key.frontend)
-                .or_default()
-                .push(WeightedBackend {
-                    addr: backend_addr(&key.backend),
-                    weight: member.weight,
-                });
-        }
-        let mut state = DesiredState::new();
-        let mut local_views = Vec::new();
-        for item in self.services.iter() {
-            let (fe, service) = item.map_err(read(names::MAP_SERVICES))?;
-            if fe.scope == SCOPE_EXTERNAL_LOCAL {
-                local_views.push(fe);
-                continue;
-            }
-            let Some(addr) = frontend_addr(&fe) else {
-                continue;
-            };
-            let name = self
+        let entries = entries::Entries {
+            services: self
+                .services
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(names::MAP_SERVICES))?,
+            members: self
+                .members
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(read(names::MAP_MEMBERS))?,
+            names: self
                 .names
-                .get(&fe, 0)
-                .map(|n| n.as_str().to_owned())
-                .unwrap_or_default();
-            let mut backends = members.remove(&fe).unwrap_or_default();
-            backends.sort();
-            let (kind, local_only) = from_service_flags(service.flags);
-            state.insert(
-                addr,
-                FrontendSpec {
-                    service: name,
-                    kind,
-                    local_only,
-                    affinity_timeout_s: service.affinity_timeout_s,
-                    serving_anywhere: backends.iter().any(|b| b.weight > 0),
-                    backends,
-                    // Not in the maps (only the iptables mode renders them).
-                    source_ranges: None,
-                    health_check_node_port: None,
-                    // Filled from the scoped tables below.
-                    external_local: None,
-                },
-            );
-        }
-        for fe in local_views {
-            let unscoped = Frontend {
-                scope: SCOPE_SOCKET,
-                ..fe
-            };
-            let mut backends = members.remove(&fe).unwrap_or_default();
-            backends.sort();
-            if let Some(spec) = frontend_addr(&unscoped).and_then(|a| state.get_mut(&a)) {
-                spec.external_local = Some(backends);
-            }
-        }
-        Ok(state)
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(fe, name)| (fe, name.as_str().to_owned()))
+                .collect(),
+            source_ranges: self
+                .source_ranges
+                .keys()
+                .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+                .collect::<Result<_, _>>()
+                .map_err(read(names::MAP_SOURCE_RANGES))?,
+        };
+        Ok(entries::desired_state(entries))
     }
 
-    /// Removes slots outside a frontend's active table, and members and names of frontends
-    /// that no longer exist: what an agent killed in the middle of a write leaves behind.
+    /// Removes slots outside a frontend's active table, members and names of frontends
+    /// that no longer exist, and source ranges no frontend asks for: what an agent killed
+    /// in the middle of a write, or a change made while no agent ran, leaves behind.
     pub fn remove_orphans(&mut self) -> Result<usize, MapsError> {
         let services: BTreeMap<Frontend, Service> = self
             .services
@@ -228,7 +196,17 @@ impl Maps {
             .filter_map(Result::ok)
             .filter(|k| !services.contains_key(k))
             .collect();
-        let removed = slots.len() + members.len() + names.len();
+        let ranges = entries::orphaned_source_ranges(
+            &services,
+            self.source_ranges
+                .keys()
+                .filter_map(Result::ok)
+                .map(|k| (k.prefix_len(), k.data())),
+        );
+        let removed = slots.len() + members.len() + names.len() + ranges.len();
+        for (prefix_len, key) in ranges {
+            let _ = self.source_ranges.remove(&LpmKey::new(prefix_len, key));
+        }
         for k in &slots {
             let _ = self.slots.remove(k);
         }
@@ -355,21 +333,8 @@ impl Maps {
             if fe.scope == SCOPE_SOCKET {
                 self.insert_name(&fe, &spec.service)?;
             }
-            for b in &spec.backends {
-                let key = MemberKey {
-                    frontend: fe,
-                    backend: backend(&b.addr),
-                };
-                self.insert(names::MAP_MEMBERS, |m| {
-                    m.members.insert(
-                        key,
-                        Member {
-                            weight: b.weight,
-                            flags: 0,
-                        },
-                        0,
-                    )
-                })?;
+            for (key, member) in entries::members(fe, &spec.backends) {
+                self.insert(names::MAP_MEMBERS, |m| m.members.insert(key, member, 0))?;
                 if !old_backends.contains(&key.backend) {
                     undo.members.push(key);
                 }
@@ -384,14 +349,8 @@ impl Maps {
                 self.insert(names::MAP_SLOTS, |m| m.slots.insert(key, backend(b), 0))?;
                 undo.slots.push(key);
             }
-            let value = Service {
-                slots: table.len() as u32,
-                affinity_timeout_s: spec.affinity_timeout_s,
-                backends: spec.backends.len() as u32,
-                generation,
-                flags: service_flags(spec.kind, spec.local_only) | extra_flags,
-                _pad: 0,
-            };
+            let value =
+                entries::service_value(spec, &spec.backends, table.len(), generation, extra_flags);
             self.insert(names::MAP_SERVICES, |m| m.services.insert(fe, value, 0))
         })();
         if let Err(error) = result {
@@ -655,15 +614,9 @@ impl Maps {
         for (addr, spec) in fresh {
             let fe = frontend(addr);
             let table = slot_table(&spec.backends);
-            for b in &spec.backends {
-                member_keys.push(MemberKey {
-                    frontend: fe,
-                    backend: backend(&b.addr),
-                });
-                member_values.push(Member {
-                    weight: b.weight,
-                    flags: 0,
-                });
+            for (key, member) in entries::members(fe, &spec.backends) {
+                member_keys.push(key);
+                member_values.push(member);
             }
             for (index, b) in table.iter().enumerate() {
                 slot_keys.push(SlotKey {
@@ -676,14 +629,13 @@ impl Maps {
             }
             service_keys.push(fe);
             name_values.push(ServiceName::new(&spec.service));
-            service_values.push(Service {
-                slots: table.len() as u32,
-                affinity_timeout_s: spec.affinity_timeout_s,
-                backends: spec.backends.len() as u32,
-                generation: 0,
-                flags: service_flags(spec.kind, spec.local_only),
-                _pad: 0,
-            });
+            service_values.push(entries::service_value(
+                spec,
+                &spec.backends,
+                table.len(),
+                0,
+                0,
+            ));
         }
         let full_or = |map: &'static str, capacity: u32, e: std::io::Error| match e.raw_os_error() {
             Some(libc::E2BIG) | Some(libc::ENOMEM) => MapsError::Full { map, capacity },

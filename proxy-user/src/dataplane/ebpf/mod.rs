@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod convert;
+pub mod entries;
 pub mod features;
 pub mod interfaces;
 pub mod loader;
@@ -117,6 +118,11 @@ impl EbpfDataplane {
 impl Dataplane for EbpfDataplane {
     fn installed(&self) -> &DesiredState {
         &self.installed
+    }
+
+    /// What the maps do not hold is left out (`entries::unchanged` says why, per field).
+    fn unchanged(&self, installed: &FrontendSpec, wanted: &FrontendSpec) -> bool {
+        entries::unchanged(installed, wanted)
     }
 
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
