@@ -7,8 +7,7 @@
 //! interfaces toward the client and toward node-b do (`--interfaces ext0,nb0`).
 //! Differences are asserted as differences: in eBPF mode a backend on node-a is reached
 //! without source NAT under the Cluster policy (as Cilium does; its replies pass node-a
-//! anyway), where kube-proxy masquerades every Cluster flow. Not yet in eBPF mode:
-//! loadBalancerSourceRanges and the ICMP answer for UDP without endpoints.
+//! anyway), where kube-proxy masquerades every Cluster flow.
 
 use std::time::Duration;
 

@@ -379,10 +379,15 @@ pub enum Event {
     FibLookupFailed = 13,
     /// tc: a client outside the frontend's loadBalancerSourceRanges: dropped.
     SourceRangeDropped = 14,
+    /// tc: rewriting a packet's addresses, ports or checksums failed: dropped.
+    RewriteFailed = 15,
+    /// tc: the TCP reset or ICMP port unreachable answering a packet for a frontend
+    /// without endpoints could not be built: the packet was dropped unanswered.
+    ReplyFailed = 16,
 }
 
 impl Event {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
     /// Size of the events map: room for events added later without a layout change.
     pub const MAP_SLOTS: u32 = 32;
     pub const ALL: [Event; Event::COUNT as usize] = [
@@ -401,6 +406,8 @@ impl Event {
         Event::NatStoreFailed,
         Event::FibLookupFailed,
         Event::SourceRangeDropped,
+        Event::RewriteFailed,
+        Event::ReplyFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -420,6 +427,8 @@ impl Event {
             Event::NatStoreFailed => "external_nat_store_failed",
             Event::FibLookupFailed => "external_no_route",
             Event::SourceRangeDropped => "external_dropped_source_range",
+            Event::RewriteFailed => "external_dropped_rewrite_failed",
+            Event::ReplyFailed => "external_dropped_reply_failed",
         }
     }
 }

@@ -193,16 +193,20 @@ fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<u32> {
     }
 }
 
+/// Drops the packet, counted under `event`: no drop goes uncounted.
+#[inline(always)]
+pub fn dropped(event: Event) -> i32 {
+    count(event);
+    TC_ACT_SHOT
+}
+
 /// Sends the (rewritten) packet out of the interface its new destination is routed
 /// through, resolving the next hop's MAC as the kernel would.
 #[inline(always)]
 fn forward(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
     match route(ctx, saddr, daddr) {
         Some(ifindex) => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 },
-        None => {
-            count(Event::FibLookupFailed);
-            TC_ACT_SHOT
-        }
+        None => dropped(Event::FibLookupFailed),
     }
 }
 
@@ -259,7 +263,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
             if set_source(ctx, &p, e.to_addr, e.to_port).is_none()
                 || set_destination(ctx, &p, e.alt_addr, e.alt_port).is_none()
             {
-                return TC_ACT_SHOT;
+                return dropped(Event::RewriteFailed);
             }
             return forward(ctx, e.to_addr, e.alt_addr);
         }
@@ -273,11 +277,11 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn translate_forward(ctx: &TcContext, p: &Packet, e: &NatEntry) -> i32 {
     if set_destination(ctx, p, e.to_addr, e.to_port).is_none() {
-        return TC_ACT_SHOT;
+        return dropped(Event::RewriteFailed);
     }
     let source = if e.flags & NAT_SNAT != 0 {
         if set_source(ctx, p, e.alt_addr, e.alt_port).is_none() {
-            return TC_ACT_SHOT;
+            return dropped(Event::RewriteFailed);
         }
         e.alt_addr
     } else {
@@ -321,8 +325,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
             },
         );
         if SOURCE_RANGES.get(key).is_none() {
-            count(Event::SourceRangeDropped);
-            return TC_ACT_SHOT;
+            return dropped(Event::SourceRangeDropped);
         }
     }
     let local_policy = service.flags & SERVICE_EXTERNAL_LOCAL != 0;
@@ -354,16 +357,14 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         }
         if local_policy && service.slots != 0 {
             // Endpoints elsewhere, none here: kube-proxy drops ("has no local endpoints").
-            count(Event::ExternalNoLocalEndpoint);
-            return TC_ACT_SHOT;
+            return dropped(Event::ExternalNoLocalEndpoint);
         }
         count(Event::ExternalNoEndpoint);
         return tc_reply::refuse(ctx, p);
     };
     let backend = choice.backend;
     let Some(out_ifindex) = route(ctx, p.saddr, backend.addr) else {
-        count(Event::FibLookupFailed);
-        return TC_ACT_SHOT;
+        return dropped(Event::FibLookupFailed);
     };
     // A backend behind one of our interfaces is on another node: its replies must come
     // back here, so the flow takes that interface's address (Cluster policy only).
@@ -376,8 +377,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         Some(addr) => match free_port(p, addr, backend.addr, backend.port) {
             Some(port) => (addr, port),
             None => {
-                count(Event::NatStoreFailed);
-                return TC_ACT_SHOT;
+                return dropped(Event::NatStoreFailed);
             }
         },
         None => (p.saddr, p.sport),
@@ -423,8 +423,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
     if NAT.insert(reverse_key, reverse_entry, 0).is_err()
         || NAT.insert(key, forward_entry, 0).is_err()
     {
-        count(Event::NatStoreFailed);
-        return TC_ACT_SHOT;
+        return dropped(Event::NatStoreFailed);
     }
     count(Event::ExternalTranslated);
     if let Some(s) = frontend_stats {
@@ -484,7 +483,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
     touch(entry, p.tcp_flags, now);
     count(Event::ExternalFlowPacket);
     if set_source(ctx, &p, e.to_addr, e.to_port).is_none() {
-        return TC_ACT_SHOT;
+        return dropped(Event::RewriteFailed);
     }
     TC_ACT_OK
 }

@@ -7,15 +7,15 @@
 //! and older allow a program and the functions it calls, together.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
+    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
     programs::TcContext,
 };
-use proxy_common::IPPROTO_TCP;
+use proxy_common::{Event, IPPROTO_TCP};
 
 use crate::{
     maps::{SCRATCH_WORDS, scratch},
-    tc_nat::{ETH_HLEN, IP_CSUM, IP_DADDR, IP_SADDR, Packet, TCP_ACK, TCP_RST},
+    tc_nat::{ETH_HLEN, IP_CSUM, IP_DADDR, IP_SADDR, Packet, TCP_ACK, TCP_RST, dropped},
 };
 
 /// Answers `p` and sends the answer back; a packet that cannot be answered is dropped.
@@ -28,7 +28,7 @@ pub fn refuse(ctx: &TcContext, p: &Packet) -> i32 {
         port_unreachable(ctx, p)
     };
     if answered.is_none() {
-        return TC_ACT_SHOT;
+        return dropped(Event::ReplyFailed);
     }
     // SAFETY: the kernel's skb is valid for the program run.
     unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
