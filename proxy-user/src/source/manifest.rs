@@ -20,7 +20,7 @@ use k8s_openapi::api::{
 use serde::Deserialize as _;
 use tracing::{debug, warn};
 
-use super::{ObjectRef, ObjectSet};
+use super::{ObjectRef, ObjectSet, admission};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -93,12 +93,18 @@ fn collect(value: serde_yaml::Value, out: &mut Vec<Parsed>) {
             }
         }
         "Service" => out.push(match serde_yaml::from_value::<Service>(value.clone()) {
-            Ok(s) => Parsed::Service(Box::new(s)),
+            Ok(s) => match admission::check_service(&s) {
+                Ok(()) => Parsed::Service(Box::new(s)),
+                Err(refusal) => invalid("Service", &value, refusal),
+            },
             Err(e) => invalid("Service", &value, e),
         }),
         "EndpointSlice" => out.push(
             match serde_yaml::from_value::<EndpointSlice>(value.clone()) {
-                Ok(s) => Parsed::EndpointSlice(Box::new(s)),
+                Ok(s) => match admission::check_slice(&s) {
+                    Ok(()) => Parsed::EndpointSlice(Box::new(s)),
+                    Err(refusal) => invalid("EndpointSlice", &value, refusal),
+                },
                 Err(e) => invalid("EndpointSlice", &value, e),
             },
         ),
@@ -110,12 +116,14 @@ fn collect(value: serde_yaml::Value, out: &mut Vec<Parsed>) {
     }
 }
 
-fn invalid(kind: &str, value: &serde_yaml::Value, error: serde_yaml::Error) -> Parsed {
+/// An object that does not parse, or that the API server would have refused, named as
+/// well as it can be (its name escaped: it may be what is wrong).
+fn invalid(kind: &str, value: &serde_yaml::Value, error: impl std::fmt::Display) -> Parsed {
     let meta = value.get("metadata");
     let field = |f: &str| {
         meta.and_then(|m| m.get(f))
             .and_then(|v| v.as_str())
-            .map(str::to_owned)
+            .map(admission::escape)
     };
     let object = format!(
         "{kind} {}/{}",
@@ -288,7 +296,7 @@ fn report_invalid(path: &Path, objects: &[Parsed]) {
     for object in objects {
         match object {
             Parsed::Invalid { object, reason } => {
-                warn!(file = %path.display(), object = %object, reason = %reason, "object skipped: it does not parse");
+                warn!(file = %path.display(), object = %object, reason = %reason, "object skipped: it does not parse, or the API server would refuse it");
             }
             Parsed::Other { kind } => {
                 debug!(file = %path.display(), kind = %kind, "ignoring object of another kind");
@@ -371,6 +379,56 @@ mod tests {
             }
             other => panic!("expected Invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn objects_the_api_server_would_refuse_claim_nothing() {
+        let good = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: demo}\nspec: {clusterIP: 198.19.0.10, ports: [{port: 80}]}\n";
+        let mut text = good.to_owned();
+        for name in [
+            "\"\"",
+            "None",
+            "\"0.0.0.0\"",
+            "\"web\\u202E\"",
+            "\"a\\e[2J\"",
+        ] {
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec: {{clusterIP: 198.19.0.10, ports: [{{port: 80}}]}}\n"
+            ));
+        }
+        text.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: demo}\nspec: {clusterIP: 198.19.0.11, clusterIPs: [bogus], ports: [{port: 80}]}\n");
+        let objects = parse(&text);
+        let services = objects
+            .iter()
+            .filter(|o| matches!(o, Parsed::Service(_)))
+            .count();
+        assert_eq!(
+            services, 1,
+            "only the good Service gets through: {objects:?}"
+        );
+        let refusals: Vec<(&str, &str)> = objects
+            .iter()
+            .filter_map(|o| match o {
+                Parsed::Invalid { object, reason } => Some((object.as_str(), reason.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refusals.len(), 6, "{refusals:?}");
+        for (object, reason) in &refusals[..5] {
+            assert!(reason.starts_with("metadata.name: "), "{object}: {reason}");
+            assert!(
+                !object.chars().any(|c| c.is_control() || c == '\u{202e}'),
+                "{object:?}"
+            );
+        }
+        assert_eq!(refusals[3].0, "Service demo/web\\u{202e}");
+        assert_eq!(
+            refusals[5],
+            (
+                "Service demo/other",
+                "spec.clusterIPs[0]: \"bogus\" differs from spec.clusterIP \"198.19.0.11\": the API server requires them equal"
+            )
+        );
     }
 
     #[test]

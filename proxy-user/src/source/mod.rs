@@ -1,6 +1,7 @@
 //! Where Services and EndpointSlices come from. Every source produces an [`ObjectSet`];
 //! the rest of the agent never knows which source it was.
 
+pub mod admission;
 pub mod kubernetes;
 pub mod manifest;
 pub mod store;
