@@ -275,4 +275,19 @@ fn errors_say_what_is_wrong() {
         stderr(&out)
     );
     drop(running);
+    // Not root, nothing pinned: iptables-save is refused, which is not "nothing installed".
+    let out = command_in(&agent.netns, None, "setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(bin_dir().join("proxyctl"))
+        .arg("--bpffs")
+        .arg(&empty)
+        .arg("status")
+        .output()
+        .expect("run proxyctl as nobody");
+    assert!(
+        stderr(&out).contains("reading the iptables rules (")
+            && stderr(&out).contains("was not permitted: proxyctl needs root or CAP_NET_ADMIN"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -32,6 +32,15 @@ pub enum CtlError {
     #[error("permission denied opening {dir}: proxyctl needs root or CAP_BPF")]
     NotPermitted { dir: String },
     #[error(
+        "nothing is pinned at {dir}, and reading the iptables rules ({backend}) was not permitted: proxyctl needs root or CAP_NET_ADMIN"
+    )]
+    IptablesNotPermitted {
+        dir: String,
+        backend: &'static str,
+        #[source]
+        source: InstallError,
+    },
+    #[error(
         "{dir} holds map layout {found} ({pinned}), and this proxyctl reads layout {ours} ({expected}): use the proxyctl that ships with the running proxy-agent"
     )]
     LayoutMismatch {
@@ -74,8 +83,18 @@ pub fn open(dir: &Path) -> Result<Installed, CtlError> {
             // Our chains, in whichever backend the agent wrote them.
             for backend in Backend::ALL {
                 let iptables = backend.binaries();
-                let Ok(nat) = iptables.save("nat", true) else {
-                    continue;
+                let nat = match iptables.save("nat", true) {
+                    Ok(nat) => nat,
+                    // Not "nothing is installed": we were not allowed to look.
+                    Err(source) if source.is_permission_denied() => {
+                        return Err(CtlError::IptablesNotPermitted {
+                            dir,
+                            backend: backend.name(),
+                            source,
+                        });
+                    }
+                    // This backend's binaries are not here, or it holds no nat table.
+                    Err(_) => continue,
                 };
                 if declares(&nat, OWNER_MARKER) {
                     let filter = iptables.save("filter", true)?;

@@ -19,6 +19,21 @@ pub enum InstallError {
     Failed { command: String, stderr: String },
 }
 
+impl InstallError {
+    /// The command ran but was not allowed to (not root, no CAP_NET_ADMIN): iptables says
+    /// "Permission denied (you must be root)", and the legacy backend "Permission denied".
+    pub fn is_permission_denied(&self) -> bool {
+        match self {
+            InstallError::Spawn { error, .. } => {
+                error.kind() == std::io::ErrorKind::PermissionDenied
+            }
+            InstallError::Failed { stderr, .. } => {
+                stderr.contains("Permission denied") || stderr.contains("must be root")
+            }
+        }
+    }
+}
+
 /// The iptables binaries to drive; `backend::Backend::binaries` names them.
 #[derive(Clone, Debug)]
 pub struct Iptables {
@@ -353,5 +368,28 @@ impl Iptables {
         }
         self.run(&self.restore, &["--noflush"], Some(&input))?;
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod permission_tests {
+    use super::InstallError;
+
+    #[test]
+    fn a_refusal_for_lack_of_privilege_is_told_from_other_failures() {
+        let failed = |stderr: &str| InstallError::Failed {
+            command: "iptables-save -t nat -c".into(),
+            stderr: stderr.into(),
+        };
+        // What Debian's iptables 1.8.9 prints as an ordinary user, both backends.
+        assert!(failed("iptables-save v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)").is_permission_denied());
+        assert!(failed("iptables-save v1.8.9 (legacy): Cannot initialize: Permission denied (you must be root)").is_permission_denied());
+        assert!(!failed("iptables-save v1.8.9 (legacy): Cannot initialize: Table does not exist (do you need to insmod?)").is_permission_denied());
+        let spawn = |kind| InstallError::Spawn {
+            command: "iptables-save".into(),
+            error: std::io::Error::from(kind),
+        };
+        assert!(spawn(std::io::ErrorKind::PermissionDenied).is_permission_denied());
+        assert!(!spawn(std::io::ErrorKind::NotFound).is_permission_denied());
     }
 }
