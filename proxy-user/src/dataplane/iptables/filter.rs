@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::render::MASQ_MARK;
+use super::names::MASQ_MARK;
 
 /// The filter chains kube-proxy writes whole on every sync.
 pub const FILTER_CHAINS: [&str; 5] = [

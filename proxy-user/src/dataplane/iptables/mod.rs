@@ -175,7 +175,7 @@ impl IptablesDataplane {
         // and refilled in the same transaction).
         self.iptables.restore(&format!(
             "*nat\n:KUBE-MARK-MASQ - [0:0]\n-A KUBE-MARK-MASQ -j MARK --or-mark {}\nCOMMIT\n",
-            render::MASQ_MARK
+            names::MASQ_MARK
         ))?;
         let mut current: BTreeSet<&str> = BTreeSet::new();
         let chunk = if self.legacy {

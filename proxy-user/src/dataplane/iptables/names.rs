@@ -6,6 +6,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::model::{BackendAddr, Protocol};
 
+/// kube-proxy's masquerade mark, bit 14.
+pub const MASQ_MARK: &str = "0x4000";
+
 /// The protocol as kube-proxy hashes it: lower case.
 pub fn protocol_name(protocol: Protocol) -> &'static str {
     match protocol {

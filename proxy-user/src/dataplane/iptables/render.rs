@@ -32,8 +32,7 @@ use crate::model::{
     DesiredState, FrontendAddr, FrontendKind, FrontendSpec, Protocol, WeightedBackend,
 };
 
-/// kube-proxy's masquerade mark, bit 14.
-pub const MASQ_MARK: &str = "0x4000";
+use super::names::MASQ_MARK;
 
 #[derive(Clone, Debug, Default)]
 pub struct RenderOptions {
