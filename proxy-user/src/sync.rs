@@ -14,7 +14,7 @@ use std::{
 use tracing::{error, info, warn};
 
 use crate::{
-    dataplane::{Dataplane, MapUsage},
+    dataplane::{Change, Dataplane, MapUsage},
     model::{
         FrontendAddr, FrontendSpec, HealthCheck, NodeContext, Rejection, ServiceFrontends,
         translate_service,
@@ -24,12 +24,6 @@ use crate::{
         store::{ChangeCounts, ObjectStore},
     },
 };
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
-    Upsert(FrontendAddr, FrontendSpec),
-    Remove(FrontendAddr),
-}
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SyncSummary {

@@ -11,10 +11,9 @@ use std::{
 
 use proxy_user::{
     agent::{self, Shared},
-    dataplane::{ApplyReport, Dataplane, memory::MemoryDataplane},
+    dataplane::{ApplyReport, Change, Dataplane, memory::MemoryDataplane},
     model::{DesiredState, FrontendKind},
     source::kubernetes,
-    sync::Change,
 };
 use serde_json::{Value, json};
 use support::fake_apiserver::{FakeApiServer, Kind};

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeSet;
 
+use super::Change;
 use super::{ApplyReport, Dataplane};
-use crate::{model::DesiredState, sync::Change};
+use crate::model::DesiredState;
 
 #[derive(Debug, Default)]
 pub struct MemoryDataplane {

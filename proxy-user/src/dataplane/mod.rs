@@ -5,10 +5,7 @@ pub mod ebpf;
 pub mod iptables;
 pub mod memory;
 
-use crate::{
-    model::{DesiredState, FrontendAddr, FrontendSpec},
-    sync::Change,
-};
+use crate::model::{DesiredState, FrontendAddr, FrontendSpec};
 
 pub trait Dataplane {
     /// What is in the kernel now (read back at start, then kept up to date).
@@ -32,6 +29,13 @@ pub trait Dataplane {
     fn usage(&self) -> Vec<MapUsage> {
         Vec::new()
     }
+}
+
+/// One frontend to write or remove: what the syncer hands a dataplane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Upsert(FrontendAddr, FrontendSpec),
+    Remove(FrontendAddr),
 }
 
 /// Entries in one table against its capacity.

@@ -21,11 +21,8 @@ use self::{
 };
 use proxy_common::names;
 
-use super::{ApplyReport, Dataplane, MapUsage};
-use crate::{
-    model::{DesiredState, FrontendAddr, FrontendSpec},
-    sync::Change,
-};
+use super::{ApplyReport, Change, Dataplane, MapUsage};
+use crate::model::{DesiredState, FrontendAddr, FrontendSpec};
 
 pub struct EbpfDataplane {
     maps: Maps,

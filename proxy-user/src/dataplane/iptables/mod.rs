@@ -27,11 +27,8 @@ use self::{
     install::{InstallError, Iptables, OWNER_MARKER},
     render::{FIXED_CHAINS, PortKey, PortRules, RenderOptions, fixed_rules, port_rules},
 };
-use super::{ApplyReport, Dataplane};
-use crate::{
-    model::{DesiredState, FrontendAddr, FrontendSpec},
-    sync::Change,
-};
+use super::{ApplyReport, Change, Dataplane};
+use crate::model::{DesiredState, FrontendAddr, FrontendSpec};
 
 /// Service ports whose chains one restore of a full sync loads.
 const FULL_SYNC_CHUNK: usize = 500;
