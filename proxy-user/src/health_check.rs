@@ -142,7 +142,7 @@ pub fn body(health: &ServiceHealth, proxy_healthy: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::ObjectRef;
+    use crate::model::ObjectRef;
 
     fn health(n: usize) -> ServiceHealth {
         ServiceHealth {

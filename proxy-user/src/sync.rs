@@ -16,13 +16,10 @@ use tracing::{error, info, warn};
 use crate::{
     dataplane::{Change, Dataplane, MapUsage},
     model::{
-        FrontendAddr, FrontendSpec, HealthCheck, NodeContext, Rejection, ServiceFrontends,
-        translate_service,
+        FrontendAddr, FrontendSpec, HealthCheck, NodeContext, ObjectRef, Rejection,
+        ServiceFrontends, translate_service,
     },
-    source::{
-        ObjectRef,
-        store::{ChangeCounts, ObjectStore},
-    },
+    source::store::{ChangeCounts, ObjectStore},
 };
 
 #[derive(Debug, Default, PartialEq, Eq)]

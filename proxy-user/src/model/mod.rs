@@ -5,6 +5,7 @@
 mod endpoints;
 pub mod input;
 pub mod node;
+mod object_ref;
 mod service;
 pub mod weights;
 
@@ -13,6 +14,7 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 use serde::Serialize;
 
 pub use node::NodeContext;
+pub use object_ref::ObjectRef;
 pub use service::{parse_cidr, translate_service};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -13,6 +13,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
+use super::ObjectRef;
 use super::{
     FrontendAddr, FrontendKind, FrontendSpec, HealthCheck, Protocol, Rejection, ServiceFrontends,
     SourceRanges, WeightedBackend,
@@ -21,7 +22,6 @@ use super::{
     node::NodeContext,
     weights::{ANNOTATION, Weights},
 };
-use crate::source::ObjectRef;
 
 /// Services with this label belong to another proxy (kube-proxy ignores them too).
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use super::*;
 use crate::source::{
-    ObjectRef, ObjectSet,
+    ObjectSet,
     manifest::{Parsed, parse_documents},
     store::ObjectStore,
 };

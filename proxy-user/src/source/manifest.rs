@@ -20,7 +20,8 @@ use k8s_openapi::api::{
 use serde::Deserialize as _;
 use tracing::{debug, warn};
 
-use super::{ObjectRef, ObjectSet, admission};
+use super::{ObjectSet, admission};
+use crate::model::ObjectRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

@@ -12,7 +12,8 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
-use super::{ObjectRef, ObjectSet, SERVICE_NAME_LABEL, manifest::object_ref};
+use super::{ObjectSet, SERVICE_NAME_LABEL, manifest::object_ref};
+use crate::model::ObjectRef;
 use crate::model::{
     NodeContext,
     input::{ServiceInput, SliceInput},
