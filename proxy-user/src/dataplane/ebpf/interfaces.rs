@@ -70,12 +70,9 @@ pub fn resolve(names: &[String]) -> Result<Vec<Interface>, InterfaceError> {
                     addr: *addr,
                 });
             }
-            let cname = std::ffi::CString::new(name.as_str())
-                .map_err(|_| InterfaceError::Missing(name.clone()))?;
-            // SAFETY: a NUL-terminated name.
-            match unsafe { libc::if_nametoindex(cname.as_ptr()) } {
-                0 => Err(InterfaceError::Missing(name.clone())),
-                _ => Err(InterfaceError::NoAddress(name.clone())),
+            match index_of(name) {
+                Err(_) => Err(InterfaceError::Missing(name.clone())),
+                Ok(_) => Err(InterfaceError::NoAddress(name.clone())),
             }
         })
         .collect()
@@ -90,6 +87,39 @@ pub fn carrying(node_addresses: &[Ipv4Addr]) -> Result<Vec<String>, InterfaceErr
         .collect();
     names.dedup();
     Ok(names)
+}
+
+/// The index of interface `interface` in this network namespace.
+pub fn index_of(interface: &str) -> std::io::Result<u32> {
+    let name = std::ffi::CString::new(interface).map_err(std::io::Error::other)?;
+    // SAFETY: name is NUL-terminated.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
+/// Every interface of this process's network namespace, as (ifindex, name). (Not
+/// /sys/class/net: that is the namespace sysfs was mounted in.)
+pub fn all() -> Vec<(u32, String)> {
+    // SAFETY: if_nameindex returns an array ended by a zero entry, or NULL.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    let mut entry = list;
+    // SAFETY: walked up to the terminating entry, then freed once.
+    unsafe {
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            let name = std::ffi::CStr::from_ptr((*entry).if_name);
+            found.push(((*entry).if_index, name.to_string_lossy().into_owned()));
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    found
 }
 
 #[cfg(test)]

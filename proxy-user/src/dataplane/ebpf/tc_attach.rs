@@ -19,6 +19,7 @@ use aya::programs::{
 use tracing::info;
 
 use super::{
+    interfaces,
     loader::{Attachment, LoadError, tc_link_pin},
     tc_filters::{self, Direction, Filter},
 };
@@ -130,7 +131,7 @@ fn attach_netlink(
             return Err(netlink_error(format!("adding a clsact qdisc: {e}")));
         }
     }
-    let ifindex = ifindex(interface).map_err(|e| netlink_error(e.to_string()))?;
+    let ifindex = interfaces::index_of(interface).map_err(|e| netlink_error(e.to_string()))?;
     let present = tc_filters::list(ifindex, direction(attach_type))
         .map_err(|e| netlink_error(format!("listing its tc filters: {e}")))?
         .into_iter()
@@ -194,7 +195,7 @@ pub struct Attached {
 /// netlink filters alike, from the kernel's own lists: a second attachment shows.
 pub fn attached() -> Vec<Attached> {
     let mut found = Vec::new();
-    for (_, interface) in interfaces() {
+    for (_, interface) in interfaces::all() {
         for (program, attach_type) in super::loader::TC_PROGRAMS {
             // Fails on kernels without TCX: nothing attached that way.
             let Ok((_, programs)) = SchedClassifier::query_tcx(&interface, attach_type) else {
@@ -235,7 +236,7 @@ fn kernel_name(program: &str) -> &str {
 /// (interface, direction, program id).
 pub fn netlink_filters() -> Vec<(String, Direction, Option<u32>)> {
     let mut found = Vec::new();
-    for (ifindex, name) in interfaces() {
+    for (ifindex, name) in interfaces::all() {
         for (program, attach_type) in super::loader::TC_PROGRAMS {
             let direction = direction(attach_type);
             for filter in tc_filters::list(ifindex, direction).unwrap_or_default() {
@@ -279,36 +280,4 @@ pub fn detach_netlink_except(keep: &[String]) -> Vec<String> {
         }
     }
     removed
-}
-
-fn ifindex(interface: &str) -> std::io::Result<u32> {
-    let name = std::ffi::CString::new(interface).map_err(std::io::Error::other)?;
-    // SAFETY: name is NUL-terminated.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(index)
-}
-
-/// Every interface of this process's network namespace, as (ifindex, name). (Not
-/// /sys/class/net: that is the namespace sysfs was mounted in.)
-fn interfaces() -> Vec<(u32, String)> {
-    // SAFETY: if_nameindex returns an array ended by a zero entry, or NULL.
-    let list = unsafe { libc::if_nameindex() };
-    if list.is_null() {
-        return Vec::new();
-    }
-    let mut found = Vec::new();
-    let mut entry = list;
-    // SAFETY: walked up to the terminating entry, then freed once.
-    unsafe {
-        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
-            let name = std::ffi::CStr::from_ptr((*entry).if_name);
-            found.push(((*entry).if_index, name.to_string_lossy().into_owned()));
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    found
 }
