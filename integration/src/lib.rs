@@ -403,6 +403,8 @@ pub struct Agent {
     child: Option<ChildGuard>,
     /// Extra arguments for proxy-agent (capacities, say).
     pub extra_args: Vec<String>,
+    /// Extra environment variables for proxy-agent.
+    pub env: Vec<(String, std::ffi::OsString)>,
     /// `--mode`: `ebpf` unless a test says otherwise.
     pub mode: &'static str,
     pub bpffs: PathBuf,
@@ -431,6 +433,7 @@ impl Agent {
         Self {
             child: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
             mode: "ebpf",
             bpffs: PathBuf::from("/sys/fs/bpf").join(id),
             manifests,
@@ -478,6 +481,7 @@ impl Agent {
             .arg("--bpffs")
             .arg(&self.bpffs)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(log)
             .spawn()
             .expect("spawn proxy-agent");

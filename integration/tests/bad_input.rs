@@ -33,7 +33,9 @@ fn a_full_map_refuses_only_the_overflowing_service() {
         &service_with_endpoints("c", "198.19.0.3", &[HTTP], &ServiceOpts::default(), &eps),
     );
     agent.wait_for("the refusal of demo/c", Duration::from_secs(5), |_| {
-        agent.log().contains("demo/c:http: not programmed")
+        agent
+            .log()
+            .contains("Service demo/c:http: frontend 198.19.0.3:80/TCP not programmed")
     });
     let log = agent.log();
     assert!(

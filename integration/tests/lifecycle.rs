@@ -160,8 +160,11 @@ fn restart_adopts_instead_of_attaching_twice() {
     agent.stop();
     agent.start();
     agent.wait_backends("demo/web:http", 2);
-    // Wait for the restarted agent's first sync, then compare attachments.
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait for the restarted agent's first sync (it adopts after it), then compare.
+    agent.wait_for("the restart's first sync", Duration::from_secs(10), |_| {
+        agent.log().matches("\"synced\"").count() == 2
+            && agent.log().matches("\"outcome\":\"Adopted\"").count() == 4
+    });
     let after = attached_programs(&agent.cgroup);
     assert_eq!(before, after, "the same programs stay attached, none added");
     assert_eq!(

@@ -1,127 +1,177 @@
-//! The agent: sources write into one [`ObjectStore`], a sync task turns what changed into
-//! dataplane writes. Nothing is programmed until every source has listed once, and what is
-//! installed stays untouched until then.
+//! The agent's sync thread: sources write into the [`Shared`] store from the async runtime,
+//! and a thread of its own turns what changed into dataplane writes. Translation happens
+//! under the store lock, the writes (an `iptables-restore` of seconds, or map updates)
+//! outside it, so neither the sources nor anything served on the runtime (/healthz,
+//! /metrics, health check node ports) ever waits for the kernel.
+//!
+//! Nothing is programmed until every source has listed once, and what is installed stays
+//! untouched until then.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
-use tokio::sync::Notify;
+use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use crate::{
-    dataplane::Dataplane,
-    source::{manifest::ManifestDir, store::ObjectStore},
+    dataplane::{ActivateError, Dataplane},
+    source::shared::{Shared, Wake},
     sync::{SyncSummary, Syncer},
 };
 
-/// What the sources and the sync task share.
-pub struct Shared {
-    store: Mutex<ObjectStore>,
-    changed: Notify,
-    /// Sources that have not completed their first listing yet.
-    unlisted: Mutex<usize>,
-}
+/// How often Services whose write failed are tried again.
+const RETRY_PERIOD: Duration = Duration::from_secs(5);
+/// How often the dataplane looks for entries nothing owns (written by hand, or left by a
+/// crash between two writes).
+const PRUNE_PERIOD: Duration = Duration::from_secs(60);
 
-impl Shared {
-    pub fn new(node_name: Option<String>, sources: usize) -> Arc<Self> {
-        Arc::new(Self {
-            store: Mutex::new(ObjectStore::new(node_name)),
-            changed: Notify::new(),
-            unlisted: Mutex::new(sources),
-        })
-    }
-
-    /// Runs `f` on the store and wakes the sync task.
-    pub fn update<R>(&self, f: impl FnOnce(&mut ObjectStore) -> R) -> R {
-        let result = f(&mut self.lock());
-        self.changed.notify_one();
-        result
-    }
-
-    /// A source has listed everything once.
-    pub fn listed(&self) {
-        let mut unlisted = self.unlisted.lock().unwrap_or_else(|e| e.into_inner());
-        *unlisted = unlisted.saturating_sub(1);
-        self.changed.notify_one();
-    }
-
-    pub fn is_listed(&self) -> bool {
-        *self.unlisted.lock().unwrap_or_else(|e| e.into_inner()) == 0
-    }
-
-    pub fn lock(&self) -> MutexGuard<'_, ObjectStore> {
-        // A panic while holding the lock leaves the store as it was: keep using it.
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// What the sync loop reports to its observer (metrics, health).
-pub enum LoopEvent<'a> {
-    Synced(&'a SyncSummary),
-    /// The first full sync is in and the dataplane serves traffic from it: the moment to
-    /// retire another datapath.
+/// What the sync thread reports to the runtime (metrics, health check servers).
+#[derive(Debug)]
+pub enum SyncEvent {
+    Synced(SyncSummary),
+    /// The first full sync is in and the dataplane serves traffic from it.
     Activated,
-    /// Nothing to do this tick; the loop is alive.
+    /// Nothing to do this period; the thread is alive.
     Idle,
 }
 
-/// Syncs whenever the store changes, until `shutdown` resolves. After the first full sync
-/// the dataplane is activated; if that fails the loop ends with the error.
-pub async fn sync_loop<D: Dataplane + ?Sized>(
+/// The sync thread. Dropping the handle does not stop it: call [`SyncThread::stop`].
+pub struct SyncThread {
     shared: Arc<Shared>,
-    dataplane: &mut D,
-    shutdown: impl std::future::Future<Output = ()>,
-    mut observe: impl FnMut(LoopEvent<'_>),
-) -> Result<(), String> {
-    let mut syncer = Syncer::default();
-    let mut retry = tokio::time::interval(Duration::from_secs(5));
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    let mut announced = false;
-    let mut activated = false;
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = shared.changed.notified() => {}
-            _ = retry.tick() => {
-                if !syncer.retry_failed(&mut shared.lock()) {
-                    observe(LoopEvent::Idle);
-                    continue;
+    thread: JoinHandle<Result<(), ActivateError>>,
+}
+
+impl SyncThread {
+    /// Starts syncing `shared` into `dataplane`. `on_activated` runs on the sync thread once
+    /// the first full sync serves traffic: the moment to retire another datapath (slow work
+    /// that must not run on the runtime either).
+    pub fn start(
+        shared: Arc<Shared>,
+        dataplane: Box<dyn Dataplane + Send>,
+        events: UnboundedSender<SyncEvent>,
+        on_activated: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let worker = Worker {
+            shared: shared.clone(),
+            dataplane,
+            events,
+            syncer: Syncer::default(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("sync".into())
+            .spawn(move || worker.run(on_activated))?;
+        Ok(Self { shared, thread })
+    }
+
+    /// Whether the thread has ended (an activation failed, or it was stopped).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Lets the current sync finish, then ends the thread; its outcome.
+    pub fn stop(self) -> Result<(), ActivateError> {
+        self.shared.stop();
+        self.thread.join().unwrap_or_else(|panic| {
+            // The panic was already printed; nothing is left to clean up here.
+            let _ = panic;
+            Ok(())
+        })
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    dataplane: Box<dyn Dataplane + Send>,
+    events: UnboundedSender<SyncEvent>,
+    syncer: Syncer,
+}
+
+impl Worker {
+    fn run(mut self, on_activated: impl FnOnce()) -> Result<(), ActivateError> {
+        let mut on_activated = Some(on_activated);
+        let mut announced = false;
+        let mut pruned = Instant::now();
+        loop {
+            match self.shared.wait(RETRY_PERIOD) {
+                Wake::Stop => break,
+                Wake::Changed => {}
+                Wake::Timeout => {
+                    if self.syncer.retry_failed(&mut self.shared.lock()) {
+                        // Marked dirty again: sync them below.
+                    } else {
+                        if pruned.elapsed() >= PRUNE_PERIOD && on_activated.is_none() {
+                            self.prune();
+                            pruned = Instant::now();
+                        }
+                        self.report(SyncEvent::Idle);
+                        continue;
+                    }
                 }
             }
-        }
-        if !shared.is_listed() {
-            if !announced {
-                info!("waiting for the first complete listing before programming anything");
-                announced = true;
+            if !self.shared.is_listed() {
+                if !announced {
+                    info!("waiting for the first complete listing before programming anything");
+                    announced = true;
+                }
+                continue;
             }
-            continue;
+            let Some(summary) = self.sync_once()? else {
+                continue;
+            };
+            let full = summary.full;
+            self.report(SyncEvent::Synced(summary));
+            if full && let Some(activated) = on_activated.take() {
+                activated();
+                self.report(SyncEvent::Activated);
+            }
         }
-        let mut store = shared.lock();
-        if !syncer.has_work(&store) {
-            continue; // woken twice for one change
+        info!("stopping; the datapath stays installed");
+        Ok(())
+    }
+
+    /// One sync, if there is anything to do: plan under the store lock, write outside it.
+    /// An activation that fails ends the thread: nothing serves from the new dataplane,
+    /// and the agent must not pretend otherwise.
+    fn sync_once(&mut self) -> Result<Option<SyncSummary>, ActivateError> {
+        let (mut plan, node_addresses) = {
+            let mut store = self.shared.lock();
+            self.shared.take_in_hand();
+            if !self.syncer.has_work(&store) {
+                // Woken twice for one change, or a change that changed nothing.
+                self.shared.sync_ended(false);
+                return Ok(None);
+            }
+            let plan = self.syncer.plan(&mut store, &*self.dataplane);
+            (plan, store.node_context().addresses)
+        };
+        if plan.is_full() {
+            self.dataplane.node_addresses(&node_addresses);
         }
-        let summary = syncer.sync(&mut store, &mut *dataplane);
-        let node_addresses = store.node_context().addresses;
-        drop(store);
-        let first = summary.full && !activated;
-        if first {
-            dataplane.node_addresses(&node_addresses);
-        }
+        let report = self.dataplane.apply(std::mem::take(&mut plan.changes));
+        let summary = self.syncer.finish(plan, report, &*self.dataplane);
+        self.shared.sync_ended(summary.failed > 0);
         if summary.full {
-            dataplane.activate()?;
+            self.dataplane.activate()?;
             release_free_memory();
         }
-        observe(LoopEvent::Synced(&summary));
-        if first {
-            activated = true;
-            observe(LoopEvent::Activated);
+        Ok(Some(summary))
+    }
+
+    fn prune(&mut self) {
+        match self.dataplane.prune() {
+            Ok(0) => {}
+            Ok(removed) => info!(removed, "removed entries no frontend owns"),
+            Err(e) => warn!("looking for entries no frontend owns: {e}"),
         }
     }
-    info!("stopping; the datapath stays installed");
-    Ok(())
+
+    fn report(&self, event: SyncEvent) {
+        // The runtime is gone only when the agent is exiting.
+        let _ = self.events.send(event);
+    }
 }
 
 /// A full sync follows a (re)list, during which the API objects were held whole before
@@ -131,26 +181,5 @@ fn release_free_memory() {
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
-    }
-}
-
-/// Polls a manifest directory into the store.
-pub async fn watch_manifests(mut dir: ManifestDir, shared: Arc<Shared>, poll: Duration) {
-    let mut first = true;
-    let mut tick = tokio::time::interval(poll);
-    loop {
-        tick.tick().await;
-        match dir.poll() {
-            Ok(snapshot) if snapshot.changed || first => {
-                shared.update(|store| store.replace_all(snapshot.objects));
-                if first {
-                    shared.listed();
-                    first = false;
-                }
-            }
-            Ok(_) => {}
-            // The directory vanished or is unreadable: keep serving what is installed.
-            Err(e) => warn!("{e}; keeping the installed state"),
-        }
     }
 }

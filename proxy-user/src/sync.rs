@@ -14,7 +14,7 @@ use std::{
 use tracing::{error, info, warn};
 
 use crate::{
-    dataplane::{Change, Dataplane, MapUsage},
+    dataplane::{ApplyReport, Change, Dataplane, MapUsage},
     model::{
         FrontendAddr, FrontendSpec, HealthCheck, NodeContext, ObjectRef, Rejection,
         ServiceFrontends, translate_service,
@@ -52,6 +52,25 @@ pub struct ServiceHealth {
     pub local_endpoints: usize,
 }
 
+/// What one sync decided under the store lock.
+pub struct Plan {
+    /// The writes to make, outside the lock.
+    pub changes: Vec<Change>,
+    /// Every frontend the sync looked at.
+    touched: Vec<FrontendAddr>,
+    /// Endpoint changes and when they happened, for the programming latency.
+    triggers: Vec<(ObjectRef, SystemTime)>,
+    summary: SyncSummary,
+    started: Instant,
+}
+
+impl Plan {
+    /// Whether this sync reconciles every Service (the first, or one after a relist).
+    pub fn is_full(&self) -> bool {
+        self.summary.full
+    }
+}
+
 #[derive(Default)]
 pub struct Syncer {
     last_good: HashMap<ObjectRef, ServiceFrontends>,
@@ -70,11 +89,21 @@ pub struct Syncer {
 }
 
 impl Syncer {
+    /// Plans, applies and finishes one sync in one go (with the store held throughout).
     pub fn sync<D: Dataplane + ?Sized>(
         &mut self,
         store: &mut ObjectStore,
         dataplane: &mut D,
     ) -> SyncSummary {
+        let mut plan = self.plan(store, &*dataplane);
+        let report = dataplane.apply(std::mem::take(&mut plan.changes));
+        self.finish(plan, report, &*dataplane)
+    }
+
+    /// Translates what changed in `store` into the writes that make `dataplane` match it.
+    /// Runs under the store lock; the writes themselves happen outside it
+    /// ([`Dataplane::apply`]), then [`Syncer::finish`] records their outcome.
+    pub fn plan<D: Dataplane + ?Sized>(&mut self, store: &mut ObjectStore, dataplane: &D) -> Plan {
         let started = Instant::now();
         let dirty = store.take_dirty();
         let full = dirty.all || !self.reconciled;
@@ -168,10 +197,37 @@ impl Syncer {
                 _ => None,
             })
             .collect();
-        let report = dataplane.apply(changes);
-        for (addr, service, reason) in &report.failed {
-            error!(frontend = %addr, "{service}: not programmed: {reason}; its previous state is kept");
-            if let Some(owner) = self.owners.get(addr) {
+        summary.changes = store.changes;
+        Plan {
+            changes,
+            touched,
+            triggers,
+            summary,
+            started,
+        }
+    }
+
+    /// Records what [`Dataplane::apply`] did with a plan's changes.
+    pub fn finish<D: Dataplane + ?Sized>(
+        &mut self,
+        plan: Plan,
+        report: ApplyReport,
+        dataplane: &D,
+    ) -> SyncSummary {
+        let Plan {
+            touched,
+            triggers,
+            mut summary,
+            started,
+            ..
+        } = plan;
+        let full = summary.full;
+        for failure in &report.failed {
+            error!(
+                "{}; its previous state is kept",
+                crate::logging::error_chain(failure)
+            );
+            if let Some(owner) = self.owners.get(&failure.frontend) {
                 self.failed.insert(owner.clone());
             }
         }
@@ -182,7 +238,6 @@ impl Syncer {
             .filter_map(|(_, trigger)| now.duration_since(*trigger).ok())
             .collect();
         summary.frontends = dataplane.installed().len();
-        summary.changes = store.changes;
         summary.usage = dataplane.usage();
         // Only the frontends this sync touched can have changed state.
         for addr in &touched {

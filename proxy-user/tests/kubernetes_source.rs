@@ -10,10 +10,10 @@ use std::{
 };
 
 use proxy_user::{
-    agent::{self, Shared},
+    agent::{SyncEvent, SyncThread},
     dataplane::{ApplyReport, Change, Dataplane, memory::MemoryDataplane},
     model::{DesiredState, FrontendKind},
-    source::kubernetes,
+    source::{kubernetes, shared::Shared},
 };
 use serde_json::{Value, json};
 use support::fake_apiserver::{FakeApiServer, Kind};
@@ -39,7 +39,17 @@ impl Dataplane for Observed {
 struct Agent {
     seen: Arc<Mutex<DesiredState>>,
     syncs: Arc<Mutex<usize>>,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    thread: Option<SyncThread>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            thread
+                .stop()
+                .expect("the in-memory dataplane always activates");
+        }
+    }
 }
 
 impl Agent {
@@ -51,28 +61,25 @@ impl Agent {
         kubernetes::watch(client, shared.clone(), node);
         let seen = Arc::new(Mutex::new(DesiredState::new()));
         let syncs = Arc::new(Mutex::new(0));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut dataplane = Observed {
+        let dataplane = Observed {
             inner: MemoryDataplane::default(),
             seen: seen.clone(),
         };
+        let (events, mut synced) = tokio::sync::mpsc::unbounded_channel();
+        let thread =
+            SyncThread::start(shared, Box::new(dataplane), events, || {}).expect("sync thread");
         let counter = syncs.clone();
         tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            agent::sync_loop(shared, &mut dataplane, shutdown, |event| {
-                if let agent::LoopEvent::Synced(_) = event {
+            while let Some(event) = synced.recv().await {
+                if let SyncEvent::Synced(_) = event {
                     *counter.lock().expect("syncs") += 1;
                 }
-            })
-            .await
-            .expect("the in-memory dataplane always activates");
+            }
         });
         Self {
             seen,
             syncs,
-            _stop: stop,
+            thread: Some(thread),
         }
     }
 

@@ -5,7 +5,9 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::{Context as _, bail};
 use clap::{CommandFactory as _, Parser, ValueEnum};
 use proxy_user::{
-    DEFAULT_BPFFS, agent, cgroup, config_file,
+    DEFAULT_BPFFS,
+    agent::{SyncEvent, SyncThread},
+    cgroup, config_file,
     dataplane::{
         Dataplane,
         ebpf::{
@@ -18,7 +20,11 @@ use proxy_user::{
     health_check::HealthCheckServers,
     logging,
     metrics::{self, AgentMetrics},
-    source::{kubernetes, manifest::ManifestDir},
+    source::{
+        kubernetes,
+        manifest::{self, ManifestDir},
+        shared::Shared,
+    },
 };
 use tracing::info;
 
@@ -116,6 +122,11 @@ struct Args {
     /// Where /healthz and /livez are served.
     #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10256")]
     healthz_addr: std::net::SocketAddr,
+    /// /healthz turns unhealthy when a change has waited this long without being
+    /// programmed (kube-proxy: twice its --iptables-sync-period, 60 s by default). It
+    /// answers at once either way, even while a slow sync runs.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    healthz_timeout: u64,
     /// How often the manifest directory is checked for changes.
     #[arg(long, value_name = "MS", default_value_t = 200)]
     poll_ms: u64,
@@ -205,7 +216,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         tc_attach: args.tc_attach,
         assume_missing: args.assume_missing.clone(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Two workers: a source blocked on the store lock while the sync thread translates
+    // leaves the other serving /healthz, /metrics and the health check node ports.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -217,7 +231,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         let iptables_options = iptables::render::RenderOptions { cluster_cidr, random_fully: true };
         let mut ebpf_active = !matches!(args.mode, Mode::Iptables);
-        let mut dataplane: Box<dyn Dataplane> = match args.mode {
+        let dataplane: Box<dyn Dataplane + Send> = match args.mode {
             Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, load_options, interfaces)?),
             Mode::Iptables => Box::new(open_iptables(iptables_options, args.iptables_backend)?),
             Mode::Auto => match open_ebpf(&args, &cgroup, load_options, interfaces) {
@@ -236,17 +250,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             },
         };
         let shared = if let Some(client) = client {
-            let shared = agent::Shared::new(
+            let shared = Shared::new(
                 args.node_name.clone(),
                 kubernetes::sources(args.node_name.as_deref()),
             );
-            kubernetes::watch(client, shared.clone(), args.node_name);
+            kubernetes::watch(client, shared.clone(), args.node_name.clone());
             shared
         } else {
-            let shared = agent::Shared::new(args.node_name, 1);
+            let shared = Shared::new(args.node_name.clone(), 1);
             let dir = ManifestDir::new(&args.source);
             info!(source = %dir.path().display(), "watching manifests");
-            tokio::spawn(agent::watch_manifests(
+            tokio::spawn(manifest::watch(
                 dir,
                 shared.clone(),
                 Duration::from_millis(args.poll_ms),
@@ -258,7 +272,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             let addresses = given.iter().map(|i| i.addr).collect();
             shared.update(|store| store.set_fallback_addresses(addresses));
         }
-        let metrics = Arc::new(AgentMetrics::new(Some(args.bpffs.clone())));
+        let unsynced = shared.clone();
+        let metrics = Arc::new(AgentMetrics::new(
+            Some(args.bpffs.clone()),
+            Duration::from_secs(args.healthz_timeout),
+            Arc::new(move || unsynced.oldest_unsynced()),
+        ));
         let ready = metrics.clone();
         let mut health_checks = HealthCheckServers::new(
             std::net::Ipv4Addr::UNSPECIFIED,
@@ -270,23 +289,35 @@ fn run(args: Args) -> anyhow::Result<()> {
         metrics::http::serve(args.healthz_addr, metrics.clone(), "/healthz and /livez")
             .await
             .with_context(|| format!("binding --healthz-addr {}", args.healthz_addr))?;
-        agent::sync_loop(
-            shared,
-            dataplane.as_mut(),
-            shutdown_signal(),
-            |event| match event {
-                agent::LoopEvent::Synced(summary) => {
-                    metrics.observe_sync(summary);
-                    if let Some(wanted) = &summary.health_checks {
-                        health_checks.update(wanted);
+        let (events, mut synced) = tokio::sync::mpsc::unbounded_channel();
+        let bpffs = args.bpffs.clone();
+        let sync = SyncThread::start(shared, dataplane, events, move || {
+            retire_other_datapath(ebpf_active, &bpffs)
+        })
+        .context("starting the sync thread")?;
+        let shutdown = shutdown_signal();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                event = synced.recv() => match event {
+                    Some(SyncEvent::Synced(summary)) => {
+                        metrics.observe_sync(&summary);
+                        if let Some(wanted) = &summary.health_checks {
+                            health_checks.update(wanted);
+                        }
                     }
-                }
-                agent::LoopEvent::Idle => metrics.heartbeat(),
-                agent::LoopEvent::Activated => retire_other_datapath(ebpf_active, &args.bpffs),
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("activating the eBPF dataplane: {e}"))?;
+                    Some(SyncEvent::Idle) => metrics.heartbeat(),
+                    Some(SyncEvent::Activated) => {}
+                    // The thread ended by itself: an activation failed.
+                    None => break,
+                },
+            }
+        }
+        tokio::task::spawn_blocking(move || sync.stop())
+            .await
+            .context("waiting for the sync thread")?
+            .context("activating the dataplane")?;
         anyhow::Ok(())
     })?;
     Ok(())

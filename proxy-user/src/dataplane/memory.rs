@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::Change;
-use super::{ApplyReport, Dataplane};
+use super::{ApplyReport, Dataplane, WriteError, WriteFailure};
 use crate::model::DesiredState;
 
 #[derive(Debug, Default)]
@@ -26,11 +26,11 @@ impl Dataplane for MemoryDataplane {
         for change in changes {
             match change {
                 Change::Upsert(addr, spec) if self.refuse.contains(&spec.service) => {
-                    report.failed.push((
-                        addr,
-                        spec.service.clone(),
-                        "the EPX_SLOT_V1 map is full".into(),
-                    ));
+                    report.failed.push(WriteFailure {
+                        frontend: addr,
+                        service: spec.service,
+                        cause: WriteError::Refused,
+                    });
                 }
                 Change::Upsert(addr, spec) => {
                     self.log.push(format!("written {}", spec.service));

@@ -19,8 +19,14 @@ pub trait Dataplane {
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport;
     /// Starts serving traffic from what has been written: called once, after the first full
     /// sync, so a replaced datapath never starts from empty tables.
-    fn activate(&mut self) -> Result<(), String> {
+    fn activate(&mut self) -> Result<(), ActivateError> {
         Ok(())
+    }
+    /// Removes kernel state that no installed frontend owns (written by hand, or left by
+    /// a crash between two writes); how many entries went. Called at start and then
+    /// periodically by the sync thread.
+    fn prune(&mut self) -> Result<usize, PruneError> {
+        Ok(0)
     }
     /// The node's addresses, before the first activation (the eBPF dataplane picks its tc
     /// interfaces from them).
@@ -50,6 +56,44 @@ pub struct MapUsage {
 pub struct ApplyReport {
     pub written: usize,
     pub removed: usize,
-    /// Frontend, service name, and why it could not be written.
-    pub failed: Vec<(FrontendAddr, String, String)>,
+    /// Frontends that could not be written; each keeps its previous state.
+    pub failed: Vec<WriteFailure>,
+}
+
+/// One frontend a dataplane could not write.
+#[derive(Debug, thiserror::Error)]
+#[error("Service {service}: frontend {frontend} not programmed")]
+pub struct WriteFailure {
+    pub frontend: FrontendAddr,
+    /// `namespace/name:port`, as the frontend's spec names it.
+    pub service: String,
+    #[source]
+    pub cause: WriteError,
+}
+
+/// Why a frontend could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Maps(#[from] ebpf::maps::MapsError),
+    /// One restore carries many frontends: each failed one shares its error.
+    #[error(transparent)]
+    Iptables(#[from] std::sync::Arc<iptables::install::InstallError>),
+    /// [`memory::MemoryDataplane`] was told to refuse this Service.
+    #[error("refused (as a full map would)")]
+    Refused,
+}
+
+/// Why a dataplane could not start serving from what it wrote.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("attaching the eBPF programs")]
+    Ebpf(#[from] ebpf::loader::LoadError),
+}
+
+/// Why looking for unowned kernel state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error(transparent)]
+    Maps(#[from] ebpf::maps::MapsError),
 }

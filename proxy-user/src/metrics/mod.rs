@@ -9,7 +9,7 @@ pub mod http;
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -24,7 +24,13 @@ pub struct AgentMetrics {
     inner: Mutex<Inner>,
     /// Where the BPF maps are pinned, for the per-frontend counters read at scrape time.
     pin_dir: Option<PathBuf>,
+    /// How long a change may wait to be programmed before /healthz turns unhealthy.
+    health_timeout: Duration,
+    unsynced: OldestUnsynced,
 }
+
+/// When the oldest change not yet programmed arrived (`None`: everything is programmed).
+pub type OldestUnsynced = Arc<dyn Fn() -> Option<Instant> + Send + Sync>;
 
 struct Inner {
     sync_all: Histogram,
@@ -50,7 +56,11 @@ pub struct Health {
 }
 
 impl AgentMetrics {
-    pub fn new(pin_dir: Option<PathBuf>) -> Self {
+    pub fn new(
+        pin_dir: Option<PathBuf>,
+        health_timeout: Duration,
+        unsynced: OldestUnsynced,
+    ) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 sync_all: Histogram::new(SYNC_BUCKETS),
@@ -68,6 +78,8 @@ impl AgentMetrics {
                 heartbeat: Instant::now(),
             }),
             pin_dir,
+            health_timeout,
+            unsynced,
         }
     }
 
@@ -116,12 +128,15 @@ impl AgentMetrics {
         }
     }
 
-    /// /healthz: synced at least once, the last sync wrote everything it had to, and the
-    /// loop is alive.
+    /// /healthz, as kube-proxy means it: no change has waited longer than the health
+    /// timeout to be programmed (a sync is not overdue), and the sync thread is alive.
+    /// Healthy while starting up, until the first listing has waited that long; a write
+    /// that fails keeps its change waiting, so it turns unhealthy once retries have failed
+    /// for that long.
     pub fn readiness(&self) -> Health {
+        let overdue = (self.unsynced)().is_some_and(|t| t.elapsed() >= self.health_timeout);
         let m = self.lock();
-        let healthy =
-            m.last_sync.is_some() && m.last_failed == 0 && m.heartbeat.elapsed() < LIVENESS_WINDOW;
+        let healthy = !overdue && m.heartbeat.elapsed() < LIVENESS_WINDOW;
         Health {
             healthy,
             body: health_body(&m, healthy),

@@ -26,8 +26,8 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use super::shared::Shared;
 use super::{manifest::object_ref, store::ObjectStore};
-use crate::agent::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubernetesError {

@@ -20,7 +20,7 @@ use k8s_openapi::api::{
 use serde::Deserialize as _;
 use tracing::{debug, warn};
 
-use super::{ObjectSet, admission};
+use super::{ObjectSet, admission, shared::Shared};
 use crate::model::ObjectRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +336,31 @@ pub(crate) fn object_set(text: &str) -> ObjectSet {
         }
     }
     set
+}
+
+/// Polls a manifest directory into the store every `poll`, forever.
+pub async fn watch(
+    mut dir: ManifestDir,
+    shared: std::sync::Arc<Shared>,
+    poll: std::time::Duration,
+) {
+    let mut first = true;
+    let mut tick = tokio::time::interval(poll);
+    loop {
+        tick.tick().await;
+        match dir.poll() {
+            Ok(snapshot) if snapshot.changed || first => {
+                shared.update(|store| store.replace_all(snapshot.objects));
+                if first {
+                    shared.listed();
+                    first = false;
+                }
+            }
+            Ok(_) => {}
+            // The directory vanished or is unreadable: keep serving what is installed.
+            Err(e) => warn!("{e}; keeping the installed state"),
+        }
+    }
 }
 
 #[cfg(test)]

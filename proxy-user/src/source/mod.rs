@@ -4,6 +4,7 @@
 pub mod admission;
 pub mod kubernetes;
 pub mod manifest;
+pub mod shared;
 pub mod store;
 
 use std::collections::BTreeMap;

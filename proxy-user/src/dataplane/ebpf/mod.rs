@@ -21,7 +21,7 @@ use self::{
 };
 use proxy_common::names;
 
-use super::{ApplyReport, Change, Dataplane, MapUsage};
+use super::{ActivateError, ApplyReport, Change, Dataplane, MapUsage, PruneError, WriteFailure};
 use crate::model::{DesiredState, FrontendAddr, FrontendSpec};
 
 pub struct EbpfDataplane {
@@ -139,11 +139,11 @@ impl Dataplane for EbpfDataplane {
                             report.written += 1;
                             self.installed.insert(addr, spec);
                         }
-                        Err(error) => {
-                            report
-                                .failed
-                                .push((addr, spec.service.clone(), error.to_string()))
-                        }
+                        Err(error) => report.failed.push(WriteFailure {
+                            frontend: addr,
+                            service: spec.service,
+                            cause: error.into(),
+                        }),
                     }
                 }
                 Change::Remove(addr) => {
@@ -191,15 +191,19 @@ impl Dataplane for EbpfDataplane {
         }
     }
 
-    fn activate(&mut self) -> Result<(), String> {
+    fn activate(&mut self) -> Result<(), ActivateError> {
         if let Some(loaded) = self.pending.take() {
             // Each program's outcome is logged as it is attached.
-            loaded
-                .activate()
-                .map_err(|e| crate::logging::error_chain(&e))?;
+            loaded.activate()?;
         }
         self.record_agent();
         Ok(())
+    }
+
+    /// The maps' own entries are what they own: an entry of a table no service value
+    /// points to, or a name, counter or source range of no frontend, goes.
+    fn prune(&mut self) -> Result<usize, PruneError> {
+        Ok(self.maps.remove_orphans()?)
     }
 
     fn usage(&self) -> Vec<MapUsage> {

@@ -27,7 +27,7 @@ use self::{
     install::{InstallError, Iptables, OWNER_MARKER},
     render::{FIXED_CHAINS, PortKey, PortRules, RenderOptions, fixed_rules, port_rules},
 };
-use super::{ApplyReport, Change, Dataplane};
+use super::{ApplyReport, Change, Dataplane, WriteError, WriteFailure};
 use crate::model::{DesiredState, FrontendAddr, FrontendSpec};
 
 /// Service ports whose chains one restore of a full sync loads.
@@ -381,11 +381,15 @@ impl Dataplane for IptablesDataplane {
                     self.set(addr, old, &mut ignored);
                 }
                 self.full_sync_needed = true;
-                let reason = error.to_string();
+                let error = std::sync::Arc::new(error);
                 report = ApplyReport::default();
                 for change in changes {
-                    if let Change::Upsert(addr, spec) = change {
-                        report.failed.push((addr, spec.service, reason.clone()));
+                    if let Change::Upsert(frontend, spec) = change {
+                        report.failed.push(WriteFailure {
+                            frontend,
+                            service: spec.service,
+                            cause: WriteError::Iptables(error.clone()),
+                        });
                     }
                 }
             }

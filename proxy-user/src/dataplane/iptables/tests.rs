@@ -173,7 +173,10 @@ fn partial_syncs_load_only_what_changed_and_a_failure_forces_a_full_sync() {
     fake.failing(true);
     let report = dp.apply(vec![Change::Upsert(frontend(3), spec("demo/c:http", &[4]))]);
     assert_eq!(report.failed.len(), 1, "{report:?}");
-    assert!(report.failed[0].2.contains("line 3 failed"), "{report:?}");
+    assert!(
+        report.failed[0].cause.to_string().contains("line 3 failed"),
+        "{report:?}"
+    );
     assert!(!dp.installed().contains_key(&frontend(3)), "undone");
     assert_eq!(dp.installed().len(), 2);
     fake.take_restores();
