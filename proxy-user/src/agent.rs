@@ -22,11 +22,24 @@ use crate::{
     sync::{SyncSummary, Syncer},
 };
 
-/// How often Services whose write failed are tried again.
-const RETRY_PERIOD: Duration = Duration::from_secs(5);
-/// How often the dataplane looks for entries nothing owns (written by hand, or left by a
-/// crash between two writes).
-const PRUNE_PERIOD: Duration = Duration::from_secs(60);
+/// How often the sync thread does its periodic work.
+#[derive(Clone, Copy, Debug)]
+pub struct Periods {
+    /// Services whose write failed are tried again.
+    pub retry: Duration,
+    /// The dataplane looks for entries nothing owns (written by hand, or left by a crash
+    /// between two writes) when idle this long since it last looked.
+    pub prune: Duration,
+}
+
+impl Default for Periods {
+    fn default() -> Self {
+        Self {
+            retry: Duration::from_secs(5),
+            prune: Duration::from_secs(60),
+        }
+    }
+}
 
 /// What the sync thread reports to the runtime (metrics, health check servers).
 #[derive(Debug)]
@@ -54,11 +67,23 @@ impl SyncThread {
         events: UnboundedSender<SyncEvent>,
         on_activated: impl FnOnce() + Send + 'static,
     ) -> std::io::Result<Self> {
+        Self::with_periods(shared, dataplane, events, on_activated, Periods::default())
+    }
+
+    /// [`SyncThread::start`] with other periods.
+    pub fn with_periods(
+        shared: Arc<Shared>,
+        dataplane: Box<dyn Dataplane + Send>,
+        events: UnboundedSender<SyncEvent>,
+        on_activated: impl FnOnce() + Send + 'static,
+        periods: Periods,
+    ) -> std::io::Result<Self> {
         let worker = Worker {
             shared: shared.clone(),
             dataplane,
             events,
             syncer: Syncer::default(),
+            periods,
         };
         let thread = std::thread::Builder::new()
             .name("sync".into())
@@ -87,6 +112,7 @@ struct Worker {
     dataplane: Box<dyn Dataplane + Send>,
     events: UnboundedSender<SyncEvent>,
     syncer: Syncer,
+    periods: Periods,
 }
 
 impl Worker {
@@ -95,14 +121,14 @@ impl Worker {
         let mut announced = false;
         let mut pruned = Instant::now();
         loop {
-            match self.shared.wait(RETRY_PERIOD) {
+            match self.shared.wait(self.periods.retry) {
                 Wake::Stop => break,
                 Wake::Changed => {}
                 Wake::Timeout => {
                     if self.syncer.retry_failed(&mut self.shared.lock()) {
                         // Marked dirty again: sync them below.
                     } else {
-                        if pruned.elapsed() >= PRUNE_PERIOD && on_activated.is_none() {
+                        if pruned.elapsed() >= self.periods.prune && on_activated.is_none() {
                             self.prune();
                             pruned = Instant::now();
                         }
@@ -183,3 +209,6 @@ fn release_free_memory() {
         libc::malloc_trim(0);
     }
 }
+
+#[cfg(test)]
+mod tests;
