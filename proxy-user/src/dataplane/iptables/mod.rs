@@ -11,10 +11,12 @@ pub mod backend;
 pub mod conntrack;
 pub mod filter;
 pub mod install;
+pub mod installed;
 pub mod kube_proxy;
 pub mod names;
 pub mod probability;
 pub mod render;
+pub mod saved;
 
 use tracing::info;
 
