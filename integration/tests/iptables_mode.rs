@@ -482,3 +482,126 @@ fn auto_backend_follows_kubelets_hint() {
         5
     );
 }
+
+/// The `-s` ranges of the KUBE-FW chains in the namespace's nat table.
+fn firewall_ranges(agent: &Agent) -> Vec<String> {
+    nat_rules(agent)
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-FW-"))
+        .filter_map(|l| l.split(" -s ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The agent's log lines that hold `what`.
+fn log_lines_with(agent: &Agent, what: &str) -> Vec<String> {
+    agent
+        .log()
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn changes_made_while_the_agent_was_down_converge_from_the_read_back() {
+    require_privileges!();
+    let t = Topology::new(2);
+    let mut agent = Agent::new(&t);
+    agent.mode = "iptables";
+    let endpoints = t.ready_endpoints();
+    let lb = |ranges: &str| {
+        service_with_endpoints(
+            "web",
+            VIP,
+            &[HTTP],
+            &ServiceOpts {
+                type_: Some("LoadBalancer"),
+                weights: Some("web-0=3,web-1=1"),
+                affinity_timeout: Some(600),
+                spec_extra: &format!("  loadBalancerSourceRanges: [{ranges}]\n"),
+                status: "status: {loadBalancer: {ingress: [{ip: 198.19.7.7}]}}\n",
+            },
+            &endpoints,
+        )
+    };
+    let other_chain = proxy_user::dataplane::iptables::names::service_chain(
+        "demo/other:http",
+        proxy_user::model::Protocol::Tcp,
+    );
+    agent.write("web.yaml", &lb("198.18.100.0/24, 203.0.113.0/24"));
+    agent.write(
+        "other.yaml",
+        &service_with_endpoints(
+            "other",
+            "198.19.0.20",
+            &[HTTP],
+            &ServiceOpts::default(),
+            &endpoints,
+        ),
+    );
+    let synced = |agent: &Agent| log_lines_with(agent, "\"synced\"");
+    let read_back = |agent: &Agent| log_lines_with(agent, "read back what our chains hold");
+    agent.start();
+    agent.wait_for("the first sync", Duration::from_secs(10), |_| {
+        !synced(&agent).is_empty()
+    });
+    assert_eq!(
+        firewall_ranges(&agent),
+        ["198.18.100.0/24", "203.0.113.0/24"]
+    );
+    assert!(nat_rules(&agent).contains(&format!(":{other_chain} ")));
+    // A first start reads back nothing.
+    assert!(
+        read_back(&agent)[0].contains("\"frontends\":0"),
+        "{:?}",
+        read_back(&agent)
+    );
+
+    // While the agent is down: demo/other is deleted, demo/web's ranges narrowed.
+    agent.stop();
+    agent.remove("other.yaml");
+    agent.write("web.yaml", &lb("198.18.100.0/24"));
+    let before = synced(&agent).len();
+    agent.start();
+    agent.wait_for(
+        "the sync after the restart",
+        Duration::from_secs(10),
+        |_| synced(&agent).len() > before,
+    );
+    // The read-back: web's ClusterIP and load balancer IP, other's ClusterIP.
+    let line = read_back(&agent).pop().unwrap_or_default();
+    assert!(
+        line.contains("\"frontends\":3") && line.contains("\"service_ports\":2"),
+        "{line}"
+    );
+    // Against it, only what changed: the load balancer IP's ranges written, demo/other's
+    // frontend removed (its chains were the kernel's, not the agent's memory).
+    let first = synced(&agent)[before].clone();
+    assert!(
+        first.contains("\"written\":1") && first.contains("\"removed\":1"),
+        "{first}"
+    );
+    assert_eq!(firewall_ranges(&agent), ["198.18.100.0/24"]);
+    let nat = nat_rules(&agent);
+    assert!(
+        !nat.contains(&other_chain) && !nat.contains("demo/other"),
+        "demo/other's chains stay:\n{nat}"
+    );
+
+    // Nothing changed: the read-back equals what is wanted (weights 3:1 as probabilities,
+    // affinity, ranges), and nothing is written.
+    agent.stop();
+    let before = synced(&agent).len();
+    agent.start();
+    agent.wait_for("the second restart's sync", Duration::from_secs(10), |_| {
+        synced(&agent).len() > before
+    });
+    let first = synced(&agent)[before].clone();
+    assert!(
+        first.contains("\"written\":0") && first.contains("\"removed\":0"),
+        "{first}"
+    );
+    assert_eq!(firewall_ranges(&agent), ["198.18.100.0/24"]);
+}

@@ -4,7 +4,10 @@
 //! kube-proxy's image does (iptables-wrapper): the backend in which kubelet left its hint
 //! chains, else the one holding more rules, nf_tables when they are equal.
 
-use super::install::{InstallError, Iptables};
+use super::{
+    install::{InstallError, Iptables},
+    saved::SavedTable,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
@@ -65,10 +68,12 @@ pub struct Census {
 }
 
 impl Census {
+    /// What the saves of one backend's tables (concatenated) hold.
     fn of(saved: &str) -> Self {
+        let (all, _) = SavedTable::read(saved, None);
         Self {
-            hinted: super::install::declared_chains(saved).any(|c| HINT_CHAINS.contains(&c)),
-            rules: saved.lines().filter(|l| l.starts_with("-A ")).count(),
+            hinted: all.declared().any(|c| HINT_CHAINS.contains(&c)),
+            rules: all.all_rules().count(),
         }
     }
 }

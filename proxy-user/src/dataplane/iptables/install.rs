@@ -8,6 +8,8 @@ use std::{
     process::{Command, Stdio},
 };
 
+use super::saved::SavedTable;
+
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     #[error("{command} could not be run: {error} (is iptables installed?)")]
@@ -147,17 +149,9 @@ pub fn marker_rule() -> String {
 /// The marker rule's comment before the version.
 pub const MARKER_COMMENT_PREFIX: &str = "ebpf-proxy ";
 
-/// The chains an `iptables-save` text declares (`:NAME POLICY [counters]` lines).
-pub fn declared_chains(saved: &str) -> impl Iterator<Item = &str> {
-    saved
-        .lines()
-        .filter_map(|l| l.strip_prefix(':'))
-        .filter_map(|l| l.split_whitespace().next())
-}
-
-/// Whether an `iptables-save` text declares `chain`.
+/// Whether an `iptables-save` text (one table's, or a whole save) declares `chain`.
 pub fn declares(saved: &str, chain: &str) -> bool {
-    declared_chains(saved).any(|c| c == chain)
+    SavedTable::read(saved, None).0.declares(chain)
 }
 
 /// Chains this project owns in a table: the fixed ones and every KUBE-SVC/SEP/EXT/SVL/FW.
@@ -239,7 +233,9 @@ impl Iptables {
     /// Chains of ours present in `table` now.
     pub fn our_chains(&self, table: &str) -> Result<BTreeSet<String>, InstallError> {
         let saved = self.run(&self.save, &["-t", table], None)?;
-        Ok(declared_chains(&saved)
+        Ok(SavedTable::read(&saved, Some(table))
+            .0
+            .declared()
             .filter(|c| is_ours(c))
             .map(str::to_owned)
             .collect())

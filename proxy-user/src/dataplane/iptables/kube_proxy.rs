@@ -15,7 +15,10 @@
 
 use std::collections::BTreeSet;
 
-use super::install::{InstallError, Iptables, OWNER_MARKER, declared_chains, declares, is_ours};
+use super::{
+    install::{InstallError, Iptables, OWNER_MARKER, declares, is_ours},
+    saved::SavedTable,
+};
 
 /// Tables kube-proxy writes to (the canary chains live in mangle as well).
 const TABLES: [&str; 3] = ["mangle", "nat", "filter"];
@@ -46,21 +49,22 @@ pub enum Outcome {
 /// table, given that table's `iptables-save` text; `None` when it holds none. Also returns
 /// what it removes, for the log.
 pub fn removal(table: &str, saved: &str) -> Option<(String, Vec<String>, Vec<String>)> {
-    let chains: BTreeSet<&str> = declared_chains(saved)
+    let (parsed, _) = SavedTable::read(saved, Some(table));
+    let chains: BTreeSet<&str> = parsed
+        .declared()
         .filter(|c| is_kube_proxy_chain(c))
         .collect();
     if chains.is_empty() {
         return None;
     }
     // Rules in chains that stay (built-in or anybody's) that jump or go to a removed one.
-    let jumps: Vec<&str> = saved
-        .lines()
-        .filter_map(|l| l.strip_prefix("-A "))
+    let jumps: Vec<&str> = parsed
+        .all_rules()
         .filter(|rule| {
-            let mut words = rule.split_whitespace();
-            let in_removed = words.next().is_some_and(|c| chains.contains(c));
-            !in_removed && target(rule).is_some_and(|t| chains.contains(t))
+            !chains.contains(rule.chain.as_str())
+                && rule.target().is_some_and(|t| chains.contains(t))
         })
+        .map(|rule| rule.spec())
         .collect();
     let mut input = format!("*{table}\n");
     // Declaring a chain under --noflush flushes it: no removed chain then references
@@ -80,17 +84,6 @@ pub fn removal(table: &str, saved: &str) -> Option<(String, Vec<String>, Vec<Str
         chains.iter().map(|c| format!("{table}/{c}")).collect(),
         jumps.iter().map(|r| format!("{table}: -A {r}")).collect(),
     ))
-}
-
-/// The chain a rule jumps (`-j`) or goes (`-g`) to.
-fn target(rule: &str) -> Option<&str> {
-    let mut words = rule.split_whitespace();
-    while let Some(word) = words.next() {
-        if word == "-j" || word == "-g" || word == "--jump" || word == "--goto" {
-            return words.next();
-        }
-    }
-    None
 }
 
 /// Removes kube-proxy's chains with these binaries (one backend, one address family).

@@ -4,19 +4,24 @@
 //!
 //! Chain names (`names`), probabilities for weighted endpoints (`probability`), the
 //! `iptables-restore` text per service port (`render`) and for the filter table
-//! (`filter`), running the iptables binaries (`install`), and the dataplane that keeps
-//! the kernel in step with the desired state with full and partial syncs (here).
+//! (`filter`), running the iptables binaries (`install`), the one iptables-save parser
+//! (`saved`), what kube-proxy's chains say is installed (`installed`) and that as the
+//! desired state (`read_back`), and the dataplane that keeps the kernel in step with the
+//! desired state with full and partial syncs (here).
 
 pub mod backend;
 pub mod conntrack;
 pub mod filter;
 pub mod install;
+pub mod installed;
 pub mod kube_proxy;
 pub mod names;
 pub mod probability;
+pub mod read_back;
 pub mod render;
+pub mod saved;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -24,11 +29,13 @@ use std::{
 };
 
 use self::{
-    install::{InstallError, Iptables, OWNER_MARKER},
+    install::{InstallError, Iptables, OWNER_MARKER, is_ours},
+    installed::InstalledRules,
     render::{FIXED_CHAINS, PortKey, PortRules, RenderOptions, fixed_rules, port_rules},
+    saved::SavedTable,
 };
 use super::{ApplyReport, Change, Dataplane, WriteError, WriteFailure};
-use crate::model::{DesiredState, FrontendAddr, FrontendSpec};
+use crate::model::{DesiredState, FrontendAddr, FrontendKind, FrontendSpec};
 
 /// Service ports whose chains one restore of a full sync loads.
 const FULL_SYNC_CHUNK: usize = 500;
@@ -77,25 +84,69 @@ pub struct IptablesDataplane {
 }
 
 impl IptablesDataplane {
-    /// Checks that iptables answers; what a previous run installed is replaced at the
-    /// first sync.
+    /// Checks that iptables answers and reads back what our chains hold (nothing when the
+    /// owner marker is missing: KUBE-* chains without it are kube-proxy's), so that
+    /// [`Dataplane::installed`] is the kernel's state from the start. The first sync still
+    /// rewrites every chain.
     pub fn open(iptables: Iptables, options: RenderOptions) -> Result<Self, InstallError> {
-        let existing = iptables.our_chains("nat")?;
+        let nat = iptables.save("nat", false)?;
         let legacy = iptables.is_legacy()?;
+        let (saved_nat, _) = SavedTable::read(&nat, Some("nat"));
+        let chains = saved_nat.declared().filter(|c| is_ours(c)).count();
+        let installed = if saved_nat.declares(OWNER_MARKER) {
+            let filter = iptables.save("filter", false)?;
+            let rules = InstalledRules::parse(&nat, &filter);
+            for skipped in rules.skipped() {
+                warn!(
+                    table = skipped.table.as_str(),
+                    line = skipped.line,
+                    text = %skipped.text,
+                    "iptables-save line not understood ({}); left out of the read-back",
+                    skipped.error
+                );
+            }
+            read_back::desired_state(&rules)
+        } else {
+            DesiredState::new()
+        };
         info!(
             legacy,
-            chains = existing.len(),
-            "iptables dataplane ready; the first sync replaces our chains"
+            chains,
+            frontends = installed.len(),
+            service_ports = read_back::service_ports(&installed),
+            "iptables dataplane ready; read back what our chains hold; the first sync rewrites them"
         );
+        let mut ports: BTreeMap<PortKey, BTreeSet<FrontendAddr>> = BTreeMap::new();
+        for (addr, spec) in &installed {
+            ports
+                .entry((spec.service.clone(), addr.protocol))
+                .or_default()
+                .insert(*addr);
+        }
         Ok(Self {
             iptables,
             options,
-            installed: DesiredState::new(),
-            ports: BTreeMap::new(),
+            installed,
+            ports,
             loaded: BTreeMap::new(),
             legacy,
             full_sync_needed: true,
         })
+    }
+
+    /// Another NodePort frontend of the same service port and port number, if one is
+    /// installed: a NodePort's rule matches the port on every local address, so one
+    /// frontend's removal leaves its flows valid while another remains.
+    fn node_port_peer(&self, addr: &FrontendAddr, old: &FrontendSpec) -> Option<&FrontendSpec> {
+        if old.kind != FrontendKind::NodePort {
+            return None;
+        }
+        self.ports
+            .get(&(old.service.clone(), addr.protocol))?
+            .iter()
+            .filter(|a| a.port == addr.port && *a != addr)
+            .filter_map(|a| self.installed.get(a))
+            .find(|s| s.kind == FrontendKind::NodePort)
     }
 
     /// Sets (or with `None` removes) one frontend, keeping the port index, and notes the
@@ -318,6 +369,13 @@ impl Dataplane for IptablesDataplane {
         &self.installed
     }
 
+    /// Compares what iptables rules hold: probabilities rather than weights, and not what
+    /// a frontend without endpoints has no rule for (`read_back::unchanged` says why, per
+    /// field).
+    fn unchanged(&self, installed: &FrontendSpec, wanted: &FrontendSpec) -> bool {
+        read_back::unchanged(installed, wanted)
+    }
+
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
         let mut touched = BTreeSet::new();
         let mut undo: Vec<(FrontendAddr, Option<FrontendSpec>)> = Vec::new();
@@ -366,7 +424,10 @@ impl Dataplane for IptablesDataplane {
                 let mut stale: Vec<conntrack::StaleFlows> = undo
                     .iter()
                     .flat_map(|(addr, old)| {
-                        conntrack::stale_flows(addr, old.as_ref(), self.installed.get(addr))
+                        let new = self.installed.get(addr).or_else(|| {
+                            old.as_ref().and_then(|old| self.node_port_peer(addr, old))
+                        });
+                        conntrack::stale_flows(addr, old.as_ref(), new)
                     })
                     .collect();
                 stale.sort();
