@@ -57,9 +57,9 @@ impl Launch {
             fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         };
         let daemonset: DaemonSet =
-            serde_yaml::from_str(&read("daemonset.yaml")).expect("daemonset.yaml: a DaemonSet");
+            yaml_serde::from_str(&read("daemonset.yaml")).expect("daemonset.yaml: a DaemonSet");
         let configmap: ConfigMap =
-            serde_yaml::from_str(&read("configmap.yaml")).expect("configmap.yaml: a ConfigMap");
+            yaml_serde::from_str(&read("configmap.yaml")).expect("configmap.yaml: a ConfigMap");
         let pod = daemonset
             .spec
             .template

@@ -26,7 +26,7 @@ fn web(t: &Topology) -> String {
 }
 
 /// `kubectl kustomize DIR`, split into documents.
-fn kustomize(dir: &str) -> Vec<serde_yaml::Value> {
+fn kustomize(dir: &str) -> Vec<yaml_serde::Value> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .join(dir);
@@ -41,24 +41,24 @@ fn kustomize(dir: &str) -> Vec<serde_yaml::Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    serde_yaml::Deserializer::from_str(&text)
+    yaml_serde::Deserializer::from_str(&text)
         .map(|doc| serde::Deserialize::deserialize(doc).expect("kustomize output is YAML"))
         .collect()
 }
 
-fn kinds(docs: &[serde_yaml::Value]) -> BTreeSet<String> {
+fn kinds(docs: &[yaml_serde::Value]) -> BTreeSet<String> {
     docs.iter()
         .filter_map(|d| d["kind"].as_str().map(str::to_owned))
         .collect()
 }
 
 /// The agent's settings file in a rendered ConfigMap.
-fn agent_config(docs: &[serde_yaml::Value]) -> serde_yaml::Value {
+fn agent_config(docs: &[yaml_serde::Value]) -> yaml_serde::Value {
     let configmap = docs
         .iter()
         .find(|d| d["kind"] == "ConfigMap")
         .expect("a ConfigMap");
-    serde_yaml::from_str(
+    yaml_serde::from_str(
         configmap["data"]["config.yaml"]
             .as_str()
             .expect("config.yaml"),

@@ -18,7 +18,7 @@
 use std::{ffi::OsString, path::Path};
 
 use clap::{Arg, ArgAction, Command};
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 /// Flags that are actions, not settings: never taken from a file (a DaemonSet whose
 /// ConfigMap said `cleanup: true` would remove the datapath on every start).
@@ -91,7 +91,7 @@ pub fn settings(
     env: impl Fn(&str) -> Option<OsString>,
 ) -> Result<Vec<OsString>, ConfigError> {
     let path_text = path.display().to_string();
-    let document: Value = serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+    let document: Value = yaml_serde::from_str(text).map_err(|e| ConfigError::Syntax {
         path: path_text.clone(),
         reason: e.to_string(),
     })?;

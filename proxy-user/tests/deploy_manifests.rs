@@ -22,7 +22,7 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use serde::Deserialize as _;
-use serde_yaml::Value;
+use yaml_serde::Value;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
 const BASE: &str = "base";
@@ -79,9 +79,9 @@ fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(
     kind: &str,
     value: Value,
 ) -> T {
-    let object: T = serde_yaml::from_value(value.clone())
+    let object: T = yaml_serde::from_value(value.clone())
         .unwrap_or_else(|e| panic!("{file}: not a valid {kind}: {e}"));
-    let back = serde_yaml::to_value(&object)
+    let back = yaml_serde::to_value(&object)
         .unwrap_or_else(|e| panic!("{file}: {kind} does not serialize back: {e}"));
     if let Some(field) = dropped(&value, &back, "") {
         panic!("{file}: {kind} has no field {field} (misspelt, or in the wrong place?)");
@@ -119,7 +119,7 @@ fn manifests() -> Vec<Manifest> {
         }
         let file = relative(&path);
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
-        for document in serde_yaml::Deserializer::from_str(&text) {
+        for document in yaml_serde::Deserializer::from_str(&text) {
             let value =
                 Value::deserialize(document).unwrap_or_else(|e| panic!("{file}: not YAML: {e}"));
             if value.is_null() {
@@ -213,13 +213,13 @@ fn set(items: Option<&Vec<String>>) -> BTreeSet<&str> {
 }
 
 /// The settings file in a ConfigMap, as a YAML mapping.
-fn settings(file: &str, configmap: &ConfigMap) -> serde_yaml::Mapping {
+fn settings(file: &str, configmap: &ConfigMap) -> yaml_serde::Mapping {
     let text = configmap
         .data
         .as_ref()
         .and_then(|d| d.get("config.yaml"))
         .unwrap_or_else(|| panic!("{file}: no config.yaml key"));
-    match serde_yaml::from_str(text) {
+    match yaml_serde::from_str(text) {
         Ok(Value::Mapping(mapping)) => mapping,
         Ok(other) => panic!("{file}: config.yaml is not a mapping: {other:?}"),
         Err(e) => panic!("{file}: config.yaml is not YAML: {e}"),
@@ -268,7 +268,7 @@ fn kustomizations_list_every_manifest_beside_them() {
         let file = relative(&path);
         let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
         let kustomization: Value =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: not YAML: {e}"));
+            yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{file}: not YAML: {e}"));
         let listed: BTreeSet<String> = kustomization
             .get(field)
             .and_then(Value::as_sequence)

@@ -20,14 +20,17 @@
 //! Control-plane figures come from `bench-control`.
 
 use std::{
+    collections::BTreeSet,
     fmt::Write as _,
     fs,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
+use aya::programs::links::{FdLink, PinnedLink};
 use clap::Parser;
 use integration::{
     Agent, Cgroup, ChildGuard, Netns,
@@ -644,44 +647,38 @@ fn control_plane(services: usize, changes: usize, iptables: bool) -> anyhow::Res
     })
 }
 
-/// The kernel's BPF run-time statistics (`kernel.bpf_stats_enabled`), on for the run and
-/// put back as they were.
+/// The kernel's BPF run-time statistics, on for the run: the kernel counts each program's
+/// run time and runs while a `BPF_ENABLE_STATS` descriptor is open (this one, held until
+/// the bench ends), whatever `kernel.bpf_stats_enabled` says.
 struct BpfStats {
-    was: String,
+    _enabled: OwnedFd,
 }
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
     fn enable() -> anyhow::Result<Self> {
-        let was = fs::read_to_string(BPF_STATS)
-            .with_context(|| format!("reading {BPF_STATS}"))?
-            .trim()
-            .to_owned();
-        fs::write(BPF_STATS, "1").with_context(|| format!("enabling {BPF_STATS}"))?;
-        Ok(Self { was })
+        let enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling the kernel's BPF run-time statistics (BPF_ENABLE_STATS)")?;
+        Ok(Self { _enabled: enabled })
     }
 
-    /// (run_time_ns, run_cnt) of the tc programs whose links are pinned in `bpffs`, summed.
+    /// (run_time_ns, run_cnt) of the tc programs whose links are pinned in `bpffs`, summed
+    /// over the programs (one program may serve several links).
     fn tc(&self, bpffs: &Path) -> anyhow::Result<(u64, u64)> {
-        let mut total = (0, 0);
+        let mut ids = BTreeSet::new();
         for entry in fs::read_dir(bpffs).context("reading the pin directory")? {
             let path = entry?.path();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
             if !name.is_some_and(|n| n.starts_with("link_epx_tc_")) {
                 continue;
             }
-            let out = std::process::Command::new("bpftool")
-                .args(["-j", "link", "show", "pinned"])
-                .arg(&path)
-                .output()
-                .context("bpftool link show")?;
-            let link: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-            let id = link["prog_id"].as_u64().context("link without prog_id")?;
-            let (ns, cnt) = prog_stats(id)?;
-            total = (total.0 + ns, total.1 + cnt);
+            let link = PinnedLink::from_pin(&path)
+                .with_context(|| format!("opening the link pinned at {}", path.display()))?;
+            let info = FdLink::from(link)
+                .info()
+                .with_context(|| format!("reading the link pinned at {}", path.display()))?;
+            ids.insert(info.program_id());
         }
-        Ok(total)
+        run_stats(&ids)
     }
 
     /// (run_time_ns, run_cnt) of the connect4 program attached to `cgroup`.
@@ -692,27 +689,36 @@ impl BpfStats {
         else {
             bail!("no connect4 program attached to {}", cgroup.display());
         };
-        prog_stats(id)
+        let id = u32::try_from(id).context("program id out of range")?;
+        run_stats(&BTreeSet::from([id]))
     }
 }
 
-/// (run_time_ns, run_cnt) of one program, from bpftool.
-fn prog_stats(id: u64) -> anyhow::Result<(u64, u64)> {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "prog", "show", "id", &id.to_string()])
-        .output()
-        .context("bpftool prog show")?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok((
-        v["run_time_ns"].as_u64().unwrap_or(0),
-        v["run_cnt"].as_u64().unwrap_or(0),
-    ))
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = fs::write(BPF_STATS, &self.was);
+/// (run_time_ns, run_cnt) summed over the loaded programs with these ids, from the
+/// kernel's program info.
+fn run_stats(ids: &BTreeSet<u32>) -> anyhow::Result<(u64, u64)> {
+    let (mut total, mut found, mut skipped) = ((0, 0), 0, None);
+    for program in aya::programs::loaded_programs() {
+        // Other programs on the machine come and go while the list is walked; one that
+        // cannot be read is not one of ours unless ours go missing.
+        let program = match program {
+            Ok(program) => program,
+            Err(e) => {
+                skipped = Some(e);
+                continue;
+            }
+        };
+        if ids.contains(&program.id()) {
+            let ns = u64::try_from(program.run_time().as_nanos()).unwrap_or(u64::MAX);
+            total = (total.0 + ns, total.1 + program.run_count());
+            found += 1;
+        }
     }
+    if found < ids.len() {
+        let why = skipped.map_or_else(String::new, |e| format!(" (listing failed: {e})"));
+        bail!("BPF programs {ids:?}: only {found} found among the loaded programs{why}");
+    }
+    Ok(total)
 }
 
 fn environment(args: &Args) -> anyhow::Result<Environment> {

@@ -5,11 +5,15 @@
 //! with CLOCK_MONOTONIC. iptables mode keeps kube-proxy's `recent` lists, one per endpoint
 //! chain, keyed by source IP and stamped in jiffies (/proc/net/xt_recent/KUBE-SEP-*).
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{chains::InstalledRules, services::ServiceRow};
+use super::{
+    chains::InstalledRules,
+    services::ServiceRow,
+    table::{Align, Table},
+};
 use crate::dataplane::ebpf::{convert, maps::Maps};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -169,29 +173,26 @@ pub fn render_table(rows: &[AffinityRow]) -> String {
     if rows.is_empty() {
         return "no affinity entries\n".into();
     }
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<24} {:<24} {:<22} {:<22} {:>8} {:>8}",
-        "SERVICE", "FRONTEND", "CLIENT", "BACKEND", "AGE", "TIMEOUT"
-    );
+    let mut table = Table::new(&[
+        ("SERVICE", Align::Left),
+        ("FRONTEND", Align::Left),
+        ("CLIENT", Align::Left),
+        ("BACKEND", Align::Left),
+        ("AGE", Align::Right),
+        ("TIMEOUT", Align::Right),
+    ]);
     for r in rows {
-        let age = if r.live {
-            format!("{:.1}s", r.age_seconds)
-        } else {
-            format!("{:.1}s*", r.age_seconds)
-        };
-        let _ = writeln!(
-            out,
-            "{:<24} {:<24} {:<22} {:<22} {:>8} {:>7}s",
-            r.service,
+        let expired = if r.live { "" } else { "*" };
+        table.row([
+            r.service.clone(),
             format!("{}/{}", r.frontend, r.protocol),
-            r.client,
-            r.backend,
-            age,
-            r.timeout_seconds
-        );
+            r.client.clone(),
+            r.backend.clone(),
+            format!("{:.1}s{expired}", r.age_seconds),
+            format!("{}s", r.timeout_seconds),
+        ]);
     }
+    let mut out = table.render();
     if rows.iter().any(|r| !r.live) {
         out.push_str("* expired: the next connection chooses afresh\n");
     }

@@ -2,11 +2,14 @@
 //! connections, and what share of each. The inverse of `proxyctl services`, for "what
 //! points at this pod?".
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::services::ServiceRow;
+use super::{
+    services::ServiceRow,
+    table::{Align, Table},
+};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct BackendUse {
@@ -58,26 +61,25 @@ pub fn render_table(rows: &[BackendRow]) -> String {
     if rows.is_empty() {
         return "no backends installed\n".into();
     }
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<24} {:<28} {:<24} {:>6}",
-        "BACKEND", "SERVICE", "FRONTEND", "SHARE"
-    );
+    let mut table = Table::new(&[
+        ("BACKEND", Align::Left),
+        ("SERVICE", Align::Left),
+        ("FRONTEND", Align::Left),
+        ("SHARE", Align::Right),
+    ]);
     for row in rows {
         for (i, u) in row.used_by.iter().enumerate() {
+            // The address once, on its first frontend's line.
             let address = if i == 0 { row.address.as_str() } else { "" };
-            let _ = writeln!(
-                out,
-                "{:<24} {:<28} {:<24} {:>5.1}%",
-                address,
-                u.service,
+            table.row([
+                address.to_owned(),
+                u.service.clone(),
                 format!("{}/{}", u.frontend, u.protocol),
-                u.share_percent
-            );
+                format!("{:.1}%", u.share_percent),
+            ]);
         }
     }
-    out
+    table.render()
 }
 
 #[cfg(test)]
@@ -124,10 +126,10 @@ mod tests {
         assert_eq!(rows[0].used_by.len(), 2);
         let table = render_table(&rows);
         let expected = "\
-BACKEND                  SERVICE                      FRONTEND                  SHARE
-198.18.1.2:8080          demo/web:http                198.19.0.10:80/TCP        50.0%
-                         demo/api                     198.19.0.20:80/TCP       100.0%
-198.18.10.2:8080         demo/web:http                198.19.0.10:80/TCP        50.0%
+BACKEND           SERVICE        FRONTEND             SHARE
+198.18.1.2:8080   demo/web:http  198.19.0.10:80/TCP   50.0%
+                  demo/api       198.19.0.20:80/TCP  100.0%
+198.18.10.2:8080  demo/web:http  198.19.0.10:80/TCP   50.0%
 ";
         assert_eq!(table, expected);
         let json = serde_json::to_value(&rows).expect("json");

@@ -2,13 +2,15 @@
 //! entry): client, frontend, backend, the source-NAT address when the backend is on
 //! another node, the TCP state, and how long ago the last packet passed.
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use proxy_common::{
     IPPROTO_TCP, NAT_REVERSE, NAT_SNAT, NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS,
     NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatEntry, NatKey, TCP_CLOSING, TCP_ESTABLISHED,
 };
 use serde::Serialize;
+
+use super::table::{Align, Table};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct FlowRow {
@@ -67,24 +69,28 @@ pub fn rows(entries: impl IntoIterator<Item = (NatKey, NatEntry)>, now_ns: u64) 
 }
 
 pub fn render_table(rows: &[FlowRow]) -> String {
-    let mut out = format!(
-        "{:<5} {:<21} {:<21} {:<21} {:<21} {:<12} {:>7}\n",
-        "PROTO", "CLIENT", "FRONTEND", "BACKEND", "SOURCE-NAT", "STATE", "IDLE"
-    );
+    let mut table = Table::new(&[
+        ("PROTO", Align::Left),
+        ("CLIENT", Align::Left),
+        ("FRONTEND", Align::Left),
+        ("BACKEND", Align::Left),
+        ("SOURCE-NAT", Align::Left),
+        ("STATE", Align::Left),
+        ("IDLE", Align::Right),
+    ]);
     for r in rows {
         let idle = format!("{:.1}s{}", r.idle_seconds, if r.expired { "*" } else { "" });
-        let _ = writeln!(
-            out,
-            "{:<5} {:<21} {:<21} {:<21} {:<21} {:<12} {:>7}",
-            r.protocol,
-            r.client,
-            r.frontend,
-            r.backend,
-            r.source_nat.as_deref().unwrap_or("-"),
-            r.state,
-            idle
-        );
+        table.row([
+            r.protocol.to_owned(),
+            r.client.clone(),
+            r.frontend.clone(),
+            r.backend.clone(),
+            r.source_nat.clone().unwrap_or_else(|| "-".into()),
+            r.state.to_owned(),
+            idle,
+        ]);
     }
+    let mut out = table.render();
     if rows.iter().any(|r| r.expired) {
         out.push_str("* expired: the next packet of this connection starts a new flow\n");
     }
@@ -140,7 +146,7 @@ mod tests {
         let table = render_table(&rows);
         assert!(
             table.lines().nth(1).is_some_and(|l| l.starts_with(
-                "TCP   198.18.100.2:40000    198.18.100.1:30080    198.18.120.2:8080     198.18.101.1:40000    established     2.5s"
+                "TCP    198.18.100.2:40000  198.18.100.1:30080  198.18.120.2:8080  198.18.101.1:40000  established  2.5s"
             )),
             "{table}"
         );

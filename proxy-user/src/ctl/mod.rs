@@ -9,6 +9,7 @@ pub mod flows;
 pub mod services;
 pub mod stats;
 pub mod status;
+pub mod table;
 
 use std::{io::ErrorKind, path::Path};
 

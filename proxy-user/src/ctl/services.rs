@@ -15,7 +15,10 @@ use crate::{
     model::{DesiredState, FrontendKind, Protocol},
 };
 
-use super::chains::{InstalledRules, Table};
+use super::{
+    chains::{InstalledRules, Table as RulesTable},
+    table::{Align, Table},
+};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ServiceRow {
@@ -104,7 +107,7 @@ pub fn rows_from_rules(rules: &InstalledRules) -> Vec<ServiceRow> {
             let affinity_hits = f
                 .chain
                 .iter()
-                .flat_map(|chain| rules.rules_in(Table::Nat, chain))
+                .flat_map(|chain| rules.rules_in(RulesTable::Nat, chain))
                 .filter(|r| r.has("--rcheck"))
                 .map(|r| r.packets())
                 .sum();
@@ -182,40 +185,53 @@ pub fn render_table(rows: &[ServiceRow]) -> String {
     if rows.is_empty() {
         return "no services installed\n".into();
     }
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<28} {:<24} {:<9} {:>11} {:>11}",
-        "SERVICE", "FRONTEND", "AFFINITY", "TRANSLATED", "NO-ENDPOINT"
-    );
+    let mut services = Table::new(&[
+        ("SERVICE", Align::Left),
+        ("FRONTEND", Align::Left),
+        ("AFFINITY", Align::Left),
+        ("TRANSLATED", Align::Right),
+        ("NO-ENDPOINT", Align::Right),
+    ]);
+    // Every frontend's backends line up with each other, under their frontend's row.
+    let mut backends = Table::headless(&[Align::Left, Align::Left, Align::Right, Align::Left]);
     for row in rows {
         let affinity = match row.affinity_timeout_seconds {
             0 => "-".to_string(),
             t => format!("{t}s"),
         };
-        let _ = writeln!(
-            out,
-            "{:<28} {:<24} {:<9} {:>11} {:>11}",
-            row.service,
+        services.row([
+            row.service.clone(),
             format!("{}/{}", row.frontend, row.protocol),
             affinity,
-            row.counters.translated,
-            row.counters.no_endpoint
-        );
+            row.counters.translated.to_string(),
+            row.counters.no_endpoint.to_string(),
+        ]);
+        for b in &row.backends {
+            let weight = b.weight.map_or("-".to_string(), |w| w.to_string());
+            backends.row([
+                format!("-> {}", b.address),
+                format!("weight {weight}"),
+                format!("{:.1}%", b.share_percent),
+                b.chain.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    let mut services = services.lines().into_iter();
+    let mut backends = backends.lines().into_iter();
+    let mut out = String::new();
+    if let Some(header) = services.next() {
+        let _ = writeln!(out, "{header}");
+    }
+    for (row, line) in rows.iter().zip(services) {
+        let _ = writeln!(out, "{line}");
         if row.backends.is_empty() {
             let _ = writeln!(out, "  (no endpoints: connections are refused)");
         }
         if let Some(chain) = &row.chain {
             let _ = writeln!(out, "  via {chain}");
         }
-        for b in &row.backends {
-            let weight = b.weight.map_or("-".to_string(), |w| w.to_string());
-            let chain = b.chain.as_deref().unwrap_or("");
-            let line = format!(
-                "  -> {:<22} weight {:<5} {:>5.1}% {chain}",
-                b.address, weight, b.share_percent
-            );
-            let _ = writeln!(out, "{}", line.trim_end());
+        for line in backends.by_ref().take(row.backends.len()) {
+            let _ = writeln!(out, "  {line}");
         }
     }
     out
@@ -288,13 +304,13 @@ mod tests {
         });
         let table = render_table(&rows);
         let expected = "\
-SERVICE                      FRONTEND                 AFFINITY   TRANSLATED NO-ENDPOINT
-demo/empty                   198.19.0.11:53/UDP       30s                 7           0
+SERVICE        FRONTEND            AFFINITY  TRANSLATED  NO-ENDPOINT
+demo/empty     198.19.0.11:53/UDP  30s                7            0
   (no endpoints: connections are refused)
-demo/web:http                198.19.0.10:80/TCP       -                   7           0
-  -> 198.18.1.2:8080        weight 3      75.0%
-  -> 198.18.1.3:8080        weight 1      25.0%
-  -> 198.18.1.4:8080        weight 0       0.0%
+demo/web:http  198.19.0.10:80/TCP  -                  7            0
+  -> 198.18.1.2:8080  weight 3  75.0%
+  -> 198.18.1.3:8080  weight 1  25.0%
+  -> 198.18.1.4:8080  weight 0   0.0%
 ";
         assert_eq!(table, expected);
     }

@@ -3,13 +3,12 @@
 //! iptables mode the rules' own packet counters play both parts (nat rules count the first
 //! packet of each connection, the filter REJECT/DROP rules each packet they stop).
 
-use std::fmt::Write as _;
-
 use serde::Serialize;
 
 use super::{
     chains::{InstalledRules, Verdict},
     services::ServiceRow,
+    table::{Align, Table},
 };
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -63,33 +62,28 @@ pub fn iptables_reasons(rules: &InstalledRules) -> Vec<(&'static str, u64)> {
 }
 
 pub fn render_table(stats: &Stats) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<28} {:<24} {:>11} {:>11} {:>13}",
-        "SERVICE", "FRONTEND", "TRANSLATED", "NO-ENDPOINT", "AFFINITY-HITS"
-    );
+    let mut frontends = Table::new(&[
+        ("SERVICE", Align::Left),
+        ("FRONTEND", Align::Left),
+        ("TRANSLATED", Align::Right),
+        ("NO-ENDPOINT", Align::Right),
+        ("AFFINITY-HITS", Align::Right),
+    ]);
     for f in &stats.frontends {
-        let _ = writeln!(
-            out,
-            "{:<28} {:<24} {:>11} {:>11} {:>13}",
-            f.service,
+        frontends.row([
+            f.service.clone(),
             format!("{}/{}", f.frontend, f.protocol),
-            f.translated,
-            f.no_endpoint,
-            f.affinity_hits
-        );
+            f.translated.to_string(),
+            f.no_endpoint.to_string(),
+            f.affinity_hits.to_string(),
+        ]);
     }
-    let _ = writeln!(
-        out,
-        "\n{:<28} {:>11}",
-        format!("EVENT ({} mode)", stats.mode),
-        "COUNT"
-    );
+    let event = format!("EVENT ({} mode)", stats.mode);
+    let mut events = Table::new(&[(&event, Align::Left), ("COUNT", Align::Right)]);
     for (name, count) in &stats.reasons {
-        let _ = writeln!(out, "{name:<28} {count:>11}");
+        events.row([(*name).to_owned(), count.to_string()]);
     }
-    out
+    format!("{}\n{}", frontends.render(), events.render())
 }
 
 #[cfg(test)]
@@ -108,15 +102,20 @@ mod tests {
                 no_endpoint: 3,
                 affinity_hits: 0,
             }],
-            reasons: vec![("translated", 600), ("rejected_no_endpoint", 3)],
+            reasons: vec![
+                ("translated", 600),
+                ("rejected_no_endpoint", 3),
+                ("external_dropped_no_local_endpoint", 12),
+            ],
         };
         let expected = "\
-SERVICE                      FRONTEND                  TRANSLATED NO-ENDPOINT AFFINITY-HITS
-demo/web:http                198.19.0.10:80/TCP               600           3             0
+SERVICE        FRONTEND            TRANSLATED  NO-ENDPOINT  AFFINITY-HITS
+demo/web:http  198.19.0.10:80/TCP         600            3              0
 
-EVENT (ebpf mode)                  COUNT
-translated                           600
-rejected_no_endpoint                   3
+EVENT (ebpf mode)                   COUNT
+translated                            600
+rejected_no_endpoint                    3
+external_dropped_no_local_endpoint     12
 ";
         assert_eq!(render_table(&stats), expected);
         let json = serde_json::to_value(&stats).expect("json");

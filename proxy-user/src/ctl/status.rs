@@ -11,7 +11,10 @@ use aya::programs::links::{FdLink, PinnedLink};
 use proxy_common::{AgentInfo, names};
 use serde::Serialize;
 
-use super::chains::InstalledRules;
+use super::{
+    chains::InstalledRules,
+    table::{Align, Table},
+};
 use crate::dataplane::ebpf::{
     loader::{link_pin, tc_link_pin},
     maps::Maps,
@@ -370,58 +373,66 @@ pub fn render(status: &Status, now_unix: u64) -> String {
         render_kernel(&mut out, kernel);
     }
     if !status.attachments.is_empty() {
-        let target = |a: &Attachment| {
-            if a.attached {
+        let mut table = Table::new(&[
+            ("PROGRAM", Align::Left),
+            ("HOOK", Align::Left),
+            ("TARGET", Align::Left),
+            ("LINK", Align::Left),
+            ("PROGRAM-ID", Align::Left),
+        ]);
+        let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+        for a in &status.attachments {
+            let target = if a.attached {
                 a.target.clone()
             } else {
                 "NOT ATTACHED (no link pin)".to_string()
-            }
-        };
-        let width = status
-            .attachments
-            .iter()
-            .map(|a| target(a).len())
-            .max()
-            .unwrap_or(0)
-            .max(31);
-        let _ = writeln!(
-            out,
-            "\n{:<22} {:<10} {:<width$} {:<6} PROGRAM-ID",
-            "PROGRAM", "HOOK", "TARGET", "LINK"
-        );
-        for a in &status.attachments {
-            let id = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
-            let _ = writeln!(
-                out,
-                "{:<22} {:<10} {:<width$} {:<6} {}",
-                a.program,
-                a.hook,
-                target(a),
+            };
+            table.row([
+                a.program.clone(),
+                a.hook.to_owned(),
+                target,
                 id(a.link_id),
-                id(a.program_id)
-            );
+                id(a.program_id),
+            ]);
         }
+        let _ = write!(out, "\n{}", table.render());
     }
     if !status.maps.is_empty() {
-        let _ = writeln!(out, "\nMAP              ENTRIES   CAPACITY   FILL");
+        let mut table = Table::new(&[
+            ("MAP", Align::Left),
+            ("ENTRIES", Align::Right),
+            ("CAPACITY", Align::Right),
+            ("FILL", Align::Right),
+        ]);
         for m in &status.maps {
             let percent = if m.capacity == 0 {
                 0.0
             } else {
                 m.entries as f64 * 100.0 / m.capacity as f64
             };
-            let _ = writeln!(
-                out,
-                "{:<16} {:>7} {:>10} {:>6.1} %",
-                m.map, m.entries, m.capacity, percent
-            );
+            table.row([
+                m.map.to_owned(),
+                m.entries.to_string(),
+                m.capacity.to_string(),
+                format!("{percent:.1} %"),
+            ]);
         }
+        let _ = write!(out, "\n{}", table.render());
     }
     if !status.chains.is_empty() {
-        let _ = writeln!(out, "\nTABLE    CHAINS   RULES");
+        let mut table = Table::new(&[
+            ("TABLE", Align::Left),
+            ("CHAINS", Align::Right),
+            ("RULES", Align::Right),
+        ]);
         for c in &status.chains {
-            let _ = writeln!(out, "{:<8} {:>6} {:>7}", c.table, c.chains, c.rules);
+            table.row([
+                c.table.to_owned(),
+                c.chains.to_string(),
+                c.rules.to_string(),
+            ]);
         }
+        let _ = write!(out, "\n{}", table.render());
     }
     out
 }
@@ -521,12 +532,12 @@ mod tests {
              pin directory   /sys/fs/bpf/ebpf-proxy (map layout V1)\n\
              agent           0.1.0, pid 42 (not running), started 5 min ago, last programmed 10 s ago\n\
              \n\
-             PROGRAM                HOOK       TARGET                          LINK   PROGRAM-ID\n\
-             epx_connect4           cgroup     /sys/fs/cgroup                  7      31\n\
-             epx_sendmsg4           cgroup     NOT ATTACHED (no link pin)      -      -\n\
+             PROGRAM       HOOK    TARGET                      LINK  PROGRAM-ID\n\
+             epx_connect4  cgroup  /sys/fs/cgroup              7     31\n\
+             epx_sendmsg4  cgroup  NOT ATTACHED (no link pin)  -     -\n\
              \n\
-             MAP              ENTRIES   CAPACITY   FILL\n\
-             EPX_SVC_V1             3      65536    0.0 %\n"
+             MAP         ENTRIES  CAPACITY   FILL\n\
+             EPX_SVC_V1        3     65536  0.0 %\n"
         );
     }
 

@@ -64,9 +64,9 @@ pub enum Parsed {
 /// Parses the text of one file into the objects it holds.
 pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Parsed>, ManifestError> {
     let mut out = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let value =
-            serde_yaml::Value::deserialize(document).map_err(|e| ManifestError::Syntax {
+            yaml_serde::Value::deserialize(document).map_err(|e| ManifestError::Syntax {
                 path: path.to_owned(),
                 document: index + 1,
                 message: e.to_string(),
@@ -76,7 +76,7 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Parsed>, ManifestE
     Ok(out)
 }
 
-fn collect(value: serde_yaml::Value, out: &mut Vec<Parsed>) {
+fn collect(value: yaml_serde::Value, out: &mut Vec<Parsed>) {
     if value.is_null() {
         return; // an empty document, e.g. a trailing `---`
     }
@@ -87,13 +87,13 @@ fn collect(value: serde_yaml::Value, out: &mut Vec<Parsed>) {
         .to_owned();
     match kind.as_str() {
         "List" | "ServiceList" | "EndpointSliceList" => {
-            if let Some(serde_yaml::Value::Sequence(items)) = value.get("items") {
+            if let Some(yaml_serde::Value::Sequence(items)) = value.get("items") {
                 for item in items {
                     collect(item.clone(), out);
                 }
             }
         }
-        "Service" => out.push(match serde_yaml::from_value::<Service>(value.clone()) {
+        "Service" => out.push(match yaml_serde::from_value::<Service>(value.clone()) {
             Ok(s) => match admission::check_service(&s) {
                 Ok(()) => Parsed::Service(Box::new(s)),
                 Err(refusal) => invalid("Service", &value, refusal),
@@ -101,7 +101,7 @@ fn collect(value: serde_yaml::Value, out: &mut Vec<Parsed>) {
             Err(e) => invalid("Service", &value, e),
         }),
         "EndpointSlice" => out.push(
-            match serde_yaml::from_value::<EndpointSlice>(value.clone()) {
+            match yaml_serde::from_value::<EndpointSlice>(value.clone()) {
                 Ok(s) => match admission::check_slice(&s) {
                     Ok(()) => Parsed::EndpointSlice(Box::new(s)),
                     Err(refusal) => invalid("EndpointSlice", &value, refusal),
@@ -109,7 +109,7 @@ fn collect(value: serde_yaml::Value, out: &mut Vec<Parsed>) {
                 Err(e) => invalid("EndpointSlice", &value, e),
             },
         ),
-        "Node" => out.push(match serde_yaml::from_value::<Node>(value.clone()) {
+        "Node" => out.push(match yaml_serde::from_value::<Node>(value.clone()) {
             Ok(n) => Parsed::Node(Box::new(n)),
             Err(e) => invalid("Node", &value, e),
         }),
@@ -119,7 +119,7 @@ fn collect(value: serde_yaml::Value, out: &mut Vec<Parsed>) {
 
 /// An object that does not parse, or that the API server would have refused, named as
 /// well as it can be (its name escaped: it may be what is wrong).
-fn invalid(kind: &str, value: &serde_yaml::Value, error: impl std::fmt::Display) -> Parsed {
+fn invalid(kind: &str, value: &yaml_serde::Value, error: impl std::fmt::Display) -> Parsed {
     let meta = value.get("metadata");
     let field = |f: &str| {
         meta.and_then(|m| m.get(f))
