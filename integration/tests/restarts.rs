@@ -201,3 +201,147 @@ fn source_ranges_changed_while_the_agent_was_down_converge() {
     agent.start();
     wait_entries(&agent, 0);
 }
+
+/// Removes a pin directory the test's dataplane pinned maps in (nothing attached: the
+/// dataplane is never activated, so there are no links or tc filters to remove).
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Entries no installed frontend owns, planted through the pinned maps while a dataplane
+/// serves a frontend (the source range, name, counters, slot and member of a frontend that
+/// does not exist, and a slot of the live frontend's unused generation), are removed by one
+/// `prune_orphans`, which leaves every entry of the live frontend where it was.
+#[test]
+fn prune_orphans_removes_entries_planted_while_the_dataplane_runs() {
+    use std::net::Ipv4Addr;
+
+    use aya::maps::lpm_trie::Key as LpmKey;
+    use proxy_common::{FrontendStats, Member, ServiceName};
+    use proxy_user::{
+        dataplane::{
+            Change, Dataplane as _,
+            ebpf::{EbpfDataplane, convert, entries, loader::LoadOptions, maps::Maps},
+        },
+        model::{
+            BackendAddr, FrontendAddr, FrontendKind, FrontendSpec, Protocol, SourceRanges,
+            WeightedBackend,
+        },
+    };
+
+    require_privileges!();
+    let id = integration::unique("epxprune");
+    let cgroup = integration::Cgroup::new(&id);
+    let pins = PinDir(std::path::PathBuf::from("/sys/fs/bpf").join(&id));
+    let mut dataplane =
+        EbpfDataplane::open(&pins.0, &cgroup.path, LoadOptions::default(), Some(&[]))
+            .expect("open the dataplane");
+    let frontend_at = |last: u8| FrontendAddr {
+        ip: Ipv4Addr::new(198, 19, 7, last),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let backend = WeightedBackend {
+        addr: BackendAddr {
+            ip: Ipv4Addr::new(198, 18, 1, 2),
+            port: 8080,
+        },
+        weight: 1,
+    };
+    let range = (Ipv4Addr::new(198, 18, 100, 0), 24);
+    let spec = FrontendSpec {
+        service: "demo/web:http".into(),
+        kind: FrontendKind::LoadBalancer,
+        affinity_timeout_s: 0,
+        local_only: false,
+        backends: vec![backend],
+        serving_anywhere: true,
+        external_local: None,
+        source_ranges: Some(SourceRanges {
+            cidrs: vec![range],
+            allow_node: false,
+        }),
+        health_check_node_port: None,
+    };
+    let report = dataplane.apply(vec![Change::Upsert(frontend_at(7), spec)]);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(
+        dataplane.prune_orphans().expect("prune"),
+        0,
+        "nothing to prune"
+    );
+
+    // A second handle on the pinned maps, as any other process would open them.
+    let mut maps = Maps::from_pins(&pins.0).expect("open the pinned maps");
+    let counts = |maps: &Maps| {
+        [
+            maps.services.keys().count(),
+            maps.slots.keys().count(),
+            maps.members.keys().count(),
+            maps.names.keys().count(),
+            maps.stats.keys().count(),
+            maps.source_ranges.keys().count(),
+        ]
+    };
+    let live = convert::frontend(&frontend_at(7));
+    // The datapath creates counters on a frontend's first connection; as if it had.
+    maps.stats
+        .insert(live, FrontendStats::default(), 0)
+        .expect("live counters");
+    let before = counts(&maps);
+    assert_eq!(before, [1, 1, 1, 1, 1, 1]);
+
+    let ghost = convert::frontend(&frontend_at(8));
+    let (prefix_len, ghost_range) = entries::source_range_key(ghost, range.0, range.1);
+    let b = convert::backend(&backend.addr);
+    let generation = maps.services.get(&live, 0).expect("live value").generation;
+    maps.source_ranges
+        .insert(&LpmKey::new(prefix_len, ghost_range), 1, 0)
+        .expect("plant a source range");
+    maps.names
+        .insert(ghost, ServiceName::new("demo/ghost:http"), 0)
+        .expect("plant a name");
+    maps.stats
+        .insert(ghost, FrontendStats::default(), 0)
+        .expect("plant counters");
+    maps.slots
+        .insert(entries::slot_key(ghost, 0, 0), b, 0)
+        .expect("plant a slot");
+    maps.members
+        .insert(
+            entries::member_key(ghost, &backend),
+            Member {
+                weight: 1,
+                flags: 0,
+            },
+            0,
+        )
+        .expect("plant a member");
+    maps.slots
+        .insert(entries::slot_key(live, 0, generation ^ 1), b, 0)
+        .expect("plant a slot in the unused generation");
+    assert_eq!(counts(&maps), [1, 3, 2, 2, 2, 2]);
+
+    assert_eq!(dataplane.prune_orphans().expect("prune"), 6);
+    assert_eq!(
+        counts(&maps),
+        before,
+        "exactly the planted entries are gone"
+    );
+    assert!(
+        maps.names.get(&live, 0).is_ok(),
+        "the live frontend keeps its name"
+    );
+    assert!(
+        maps.slots
+            .get(&entries::slot_key(live, 0, generation), 0)
+            .is_ok(),
+        "the live frontend keeps its active slot"
+    );
+    assert_eq!(dataplane.prune_orphans().expect("prune"), 0);
+    drop(dataplane);
+}

@@ -384,10 +384,13 @@ pub enum Event {
     /// tc: the TCP reset or ICMP port unreachable answering a packet for a frontend
     /// without endpoints could not be built: the packet was dropped unanswered.
     ReplyFailed = 16,
+    /// tc: the kernel refused to redirect a packet (a redirect helper returned
+    /// TC_ACT_SHOT): dropped.
+    RedirectFailed = 17,
 }
 
 impl Event {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     /// Size of the events map: room for events added later without a layout change.
     pub const MAP_SLOTS: u32 = 32;
     pub const ALL: [Event; Event::COUNT as usize] = [
@@ -408,6 +411,7 @@ impl Event {
         Event::SourceRangeDropped,
         Event::RewriteFailed,
         Event::ReplyFailed,
+        Event::RedirectFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -429,6 +433,7 @@ impl Event {
             Event::SourceRangeDropped => "external_dropped_source_range",
             Event::RewriteFailed => "external_dropped_rewrite_failed",
             Event::ReplyFailed => "external_dropped_reply_failed",
+            Event::RedirectFailed => "external_dropped_redirect_failed",
         }
     }
 }

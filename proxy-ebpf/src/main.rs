@@ -5,6 +5,9 @@
 //! arriving from outside the node (`tc_nat`).
 //!
 //! Entry points only call functions in `sock_lb` and `tc_nat`; the maps are in `maps`.
+//! The tc side: `tc_nat` (flow logic), `tc_packet` (reading and rewriting headers and
+//! checksums), `tc_forward` (routing, redirects, counted drops), `tc_reply` (answers
+//! for frontends without endpoints).
 #![no_std]
 #![no_main]
 // atomic_xadd: the BPF target has no atomic read-modify-write in core::sync::atomic.
@@ -14,7 +17,9 @@
 mod maps;
 mod select;
 mod sock_lb;
+mod tc_forward;
 mod tc_nat;
+mod tc_packet;
 mod tc_reply;
 
 use aya_ebpf::{

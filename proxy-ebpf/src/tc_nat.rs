@@ -12,13 +12,13 @@
 //!
 //! Both directions of each flow live in the NAT map, with TCP-state-aware timeouts, so a
 //! change to any Service leaves established flows where they are.
+//!
+//! This file is the flow logic; packets are read and rewritten by `tc_packet`, sent on
+//! or dropped (counted) by `tc_forward`, and answered by `tc_reply`.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams,
-    },
-    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect_neigh},
+    bindings::TC_ACT_OK,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     programs::TcContext,
 };
 use proxy_common::{
@@ -30,186 +30,19 @@ use proxy_common::{
 };
 
 use crate::{
-    maps::{IFACES, NAT, SERVICES, SOURCE_RANGES, bump, count, scratch, stats},
+    maps::{IFACES, NAT, SERVICES, SOURCE_RANGES, bump, count, stats},
     select::choose,
+    tc_forward::{dropped, forward, route},
+    tc_packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse, set_destination, set_source},
     tc_reply,
 };
-
-pub const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-pub const IP_CSUM: usize = ETH_HLEN + 10;
-pub const IP_SADDR: usize = ETH_HLEN + 12;
-pub const IP_DADDR: usize = ETH_HLEN + 16;
-const AF_INET: u8 = 2;
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
 
 /// Tries at a free source port when the client's own is taken for this backend.
 const SNAT_PORT_TRIES: u32 = 8;
 const SNAT_PORT_BASE: u32 = 32_768;
 const SNAT_PORT_SPAN: u32 = 28_232;
 
-/// What the programs read of a packet: IPv4, TCP or UDP, not a fragment.
-pub struct Packet {
-    pub l4: usize,
-    pub proto: u8,
-    pub saddr: u32,
-    pub daddr: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub tcp_flags: u8,
-}
-
-impl Packet {
-    #[inline(always)]
-    fn key(&self) -> NatKey {
-        NatKey {
-            saddr: self.saddr,
-            daddr: self.daddr,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            _pad: [0; 3],
-        }
-    }
-
-    #[inline(always)]
-    fn l4_csum(&self) -> usize {
-        self.l4 + if self.proto == IPPROTO_TCP { 16 } else { 6 }
-    }
-
-    #[inline(always)]
-    fn l4_flags(&self) -> u64 {
-        if self.proto == IPPROTO_UDP {
-            BPF_F_MARK_MANGLED_0 as u64
-        } else {
-            0
-        }
-    }
-}
-
-#[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
-    let eth_proto: u16 = ctx.load(12).ok()?;
-    if u16::from_be(eth_proto) != ETH_P_IP {
-        return None;
-    }
-    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
-    let ihl = ((version_ihl & 0x0f) as usize) * 4;
-    if version_ihl >> 4 != 4 || ihl < 20 {
-        return None;
-    }
-    let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
-    if u16::from_be(frag) & 0x3fff != 0 {
-        return None;
-    }
-    let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return None;
-    }
-    let l4 = ETH_HLEN + ihl;
-    Some(Packet {
-        l4,
-        proto,
-        saddr: ctx.load(IP_SADDR).ok()?,
-        daddr: ctx.load(IP_DADDR).ok()?,
-        sport: ctx.load(l4).ok()?,
-        dport: ctx.load(l4 + 2).ok()?,
-        tcp_flags: if proto == IPPROTO_TCP {
-            ctx.load(l4 + 13).ok()?
-        } else {
-            0
-        },
-    })
-}
-
-/// Replaces an address (at `offset`) and fixes both checksums.
-#[inline(always)]
-fn set_addr(ctx: &TcContext, p: &Packet, offset: usize, old: u32, new: u32) -> Option<()> {
-    ctx.store(offset, &new, 0).ok()?;
-    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)
-        .ok()?;
-    ctx.l4_csum_replace(
-        p.l4_csum(),
-        old as u64,
-        new as u64,
-        BPF_F_PSEUDO_HDR as u64 | p.l4_flags() | 4,
-    )
-    .ok()
-}
-
-#[inline(always)]
-fn set_port(ctx: &TcContext, p: &Packet, offset: usize, old: u16, new: u16) -> Option<()> {
-    ctx.store(offset, &new, 0).ok()?;
-    ctx.l4_csum_replace(p.l4_csum(), old as u64, new as u64, p.l4_flags() | 2)
-        .ok()
-}
-
-#[inline(always)]
-fn set_destination(ctx: &TcContext, p: &Packet, addr: u32, port: u16) -> Option<()> {
-    set_addr(ctx, p, IP_DADDR, p.daddr, addr)?;
-    set_port(ctx, p, p.l4 + 2, p.dport, port)
-}
-
-#[inline(always)]
-fn set_source(ctx: &TcContext, p: &Packet, addr: u32, port: u16) -> Option<()> {
-    set_addr(ctx, p, IP_SADDR, p.saddr, addr)?;
-    set_port(ctx, p, p.l4, p.sport, port)
-}
-
-/// The interface a packet from `saddr` to `daddr` leaves by, from the kernel's routes.
-/// The lookup's 64 bytes of parameters live in the per-CPU scratch space, not the stack.
-#[inline(always)]
-fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<u32> {
-    let params: *mut FibParams = unsafe { &raw mut (*scratch()?).fib };
-    // SAFETY: a value pointer from a successful lookup, valid for this run and written
-    // only by this CPU. Zeroed word by word: what the last run left must not leak in.
-    unsafe {
-        let words = params as *mut u64;
-        for i in 0..size_of::<FibParams>() / 8 {
-            words.add(i).write(0);
-        }
-        (*params).family = AF_INET;
-        // SAFETY: the kernel's skb is valid for the program run.
-        (*params).ifindex = (*ctx.skb.skb).ifindex;
-        (*params).__bindgen_anon_3.ipv4_src = saddr;
-        (*params).__bindgen_anon_4.ipv4_dst = daddr;
-    }
-    let ret = unsafe {
-        bpf_fib_lookup(
-            ctx.skb.skb as *mut _,
-            params,
-            size_of::<FibParams>() as i32,
-            0,
-        )
-    };
-    if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 || ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        Some(unsafe { (*params).ifindex })
-    } else {
-        None
-    }
-}
-
-/// Drops the packet, counted under `event`: no drop goes uncounted.
-#[inline(always)]
-pub fn dropped(event: Event) -> i32 {
-    count(event);
-    TC_ACT_SHOT
-}
-
-/// Sends the (rewritten) packet out of the interface its new destination is routed
-/// through, resolving the next hop's MAC as the kernel would.
-#[inline(always)]
-fn forward(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
-    match route(ctx, saddr, daddr) {
-        Some(ifindex) => unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 },
-        None => dropped(Event::FibLookupFailed),
-    }
-}
-
+/// Whether a flow entry has outlived its protocol's (and TCP state's) timeout.
 #[inline(always)]
 fn expired(entry: &NatEntry, proto: u8, now: u64) -> bool {
     let timeout = if proto == IPPROTO_UDP {

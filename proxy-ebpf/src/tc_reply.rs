@@ -8,14 +8,15 @@
 
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
+    helpers::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use proxy_common::{Event, IPPROTO_TCP};
 
 use crate::{
     maps::{SCRATCH_WORDS, scratch},
-    tc_nat::{ETH_HLEN, IP_CSUM, IP_DADDR, IP_SADDR, Packet, TCP_ACK, TCP_RST, dropped},
+    tc_forward::{back, dropped},
+    tc_packet::{ETH_HLEN, IP_CSUM, IP_DADDR, IP_SADDR, Packet, TCP_ACK, TCP_RST},
 };
 
 /// Answers `p` and sends the answer back; a packet that cannot be answered is dropped.
@@ -30,8 +31,7 @@ pub fn refuse(ctx: &TcContext, p: &Packet) -> i32 {
     if answered.is_none() {
         return dropped(Event::ReplyFailed);
     }
-    // SAFETY: the kernel's skb is valid for the program run.
-    unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 }
+    back(ctx)
 }
 
 /// `N` words of this CPU's scratch space, from word `at`.

@@ -187,10 +187,12 @@ impl Worker {
     }
 
     fn prune(&mut self) {
-        match self.dataplane.prune() {
-            Ok(0) => {}
-            Ok(removed) => info!(removed, "removed entries no frontend owns"),
-            Err(e) => warn!("looking for entries no frontend owns: {e}"),
+        // What was removed, the dataplane logs itself.
+        if let Err(e) = self.dataplane.prune() {
+            warn!(
+                "looking for entries no frontend owns: {}",
+                crate::logging::error_chain(&e)
+            );
         }
     }
 

@@ -1,19 +1,23 @@
-//! A frontend's map entries, both ways: the builders the writers (`maps.rs`) use, and
-//! what the entries say is installed, as the model's frontends. Pure functions over
-//! entries, so that "what the agent believes is installed is exactly what the kernel
-//! holds" is checked by a round trip (spec -> entries -> spec) without a kernel.
+//! A frontend's map entries, both ways: the one builder of each entry the writers
+//! (`maps::write`, `maps::write_batch`) use, and what the entries say is installed, as
+//! the model's frontends. Pure functions over entries, so that "what the agent believes
+//! is installed is exactly what the kernel holds" is checked by a round trip (spec ->
+//! entries -> spec) without a kernel.
 //!
 //! A few fields of a [`FrontendSpec`] are not in the maps because no program reads them;
 //! [`unchanged`] leaves them out of the diff, each with its reason.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use proxy_common::{
-    Frontend, Member, MemberKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET, SERVICE_SOURCE_RANGES,
-    Service, SourceRangeKey,
+    Backend, Frontend, Member, MemberKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET,
+    SERVICE_EXTERNAL_LOCAL, SERVICE_SOURCE_RANGES, Service, SlotKey, SourceRangeKey,
 };
 
-use super::convert::{backend, backend_addr, from_service_flags, frontend_addr, service_flags};
+use super::{
+    convert::{backend, backend_addr, from_service_flags, frontend_addr, service_flags},
+    slots::slot_table,
+};
 use crate::model::{DesiredState, FrontendSpec, SourceRanges, WeightedBackend};
 
 /// The entries of the maps that describe frontends (slots aside: they follow from the
@@ -27,9 +31,39 @@ pub struct Entries {
     pub source_ranges: Vec<(u32, SourceRangeKey)>,
 }
 
+/// Everything one slot table is made of: its members, its slots (in one generation)
+/// and the service value that makes them live.
+#[derive(Debug, PartialEq)]
+pub struct Table {
+    pub members: Vec<(MemberKey, Member)>,
+    pub slots: Vec<(SlotKey, Backend)>,
+    pub value: Service,
+}
+
+/// The table of `backends` under key `fe`, in `generation`, with `extra_flags` (what
+/// [`extra_flags`] says for a frontend's own table, 0 for its external-local one).
+pub fn table(
+    fe: Frontend,
+    spec: &FrontendSpec,
+    backends: &[WeightedBackend],
+    generation: u8,
+    extra_flags: u8,
+) -> Table {
+    let slots: Vec<(SlotKey, Backend)> = slot_table(backends)
+        .iter()
+        .enumerate()
+        .map(|(index, b)| (slot_key(fe, index as u32, generation), backend(b)))
+        .collect();
+    Table {
+        members: members(fe, backends),
+        value: service_value(spec, backends, slots.len(), generation, extra_flags),
+        slots,
+    }
+}
+
 /// The service value of a frontend's table of `backends` (slot table of `slots`
 /// entries) in `generation`, with `extra_flags` (external policy, source ranges).
-pub fn service_value(
+fn service_value(
     spec: &FrontendSpec,
     backends: &[WeightedBackend],
     slots: usize,
@@ -46,16 +80,39 @@ pub fn service_value(
     }
 }
 
+/// The flags of a frontend's own service value that say which other entries it has:
+/// an external-local table, source ranges.
+pub fn extra_flags(spec: &FrontendSpec) -> u8 {
+    let local = if spec.external_local.is_some() {
+        SERVICE_EXTERNAL_LOCAL
+    } else {
+        0
+    };
+    let ranges = if spec.source_ranges.is_some() {
+        SERVICE_SOURCE_RANGES
+    } else {
+        0
+    };
+    local | ranges
+}
+
+/// Slot `index` of the table under key `fe` in `generation`.
+pub fn slot_key(fe: Frontend, index: u32, generation: u8) -> SlotKey {
+    SlotKey {
+        frontend: fe,
+        index,
+        generation,
+        _pad: [0; 3],
+    }
+}
+
 /// The member entries of a frontend's table under key `fe`.
 pub fn members(fe: Frontend, backends: &[WeightedBackend]) -> Vec<(MemberKey, Member)> {
     backends
         .iter()
         .map(|b| {
             (
-                MemberKey {
-                    frontend: fe,
-                    backend: backend(&b.addr),
-                },
+                member_key(fe, b),
                 Member {
                     weight: b.weight,
                     flags: 0,
@@ -65,20 +122,40 @@ pub fn members(fe: Frontend, backends: &[WeightedBackend]) -> Vec<(MemberKey, Me
         .collect()
 }
 
+/// The member key of `b` in the table under key `fe`.
+pub fn member_key(fe: Frontend, b: &WeightedBackend) -> MemberKey {
+    MemberKey {
+        frontend: fe,
+        backend: backend(&b.addr),
+    }
+}
+
+/// The key of a frontend's external-local table (this node's endpoints, for the tc
+/// programs under externalTrafficPolicy Local).
+pub fn external_local_key(fe: Frontend) -> Frontend {
+    Frontend {
+        scope: SCOPE_EXTERNAL_LOCAL,
+        ..fe
+    }
+}
+
+/// The source range key of `net/bits` for `fe`, as (LPM prefix length, key).
+pub fn source_range_key(fe: Frontend, net: Ipv4Addr, bits: u8) -> (u32, SourceRangeKey) {
+    (
+        proxy_common::source_range_prefix(bits),
+        SourceRangeKey {
+            frontend: fe,
+            addr: u32::from_ne_bytes(net.octets()),
+        },
+    )
+}
+
 /// The source range keys of a LoadBalancer frontend, as (prefix length, key).
 pub fn source_range_keys(fe: Frontend, ranges: &SourceRanges) -> Vec<(u32, SourceRangeKey)> {
     ranges
         .cidrs
         .iter()
-        .map(|(net, bits)| {
-            (
-                proxy_common::source_range_prefix(*bits),
-                SourceRangeKey {
-                    frontend: fe,
-                    addr: u32::from_ne_bytes(net.octets()),
-                },
-            )
-        })
+        .map(|(net, bits)| source_range_key(fe, *net, *bits))
         .collect()
 }
 
@@ -94,13 +171,13 @@ pub fn desired_state(entries: Entries) -> DesiredState {
                 weight: member.weight,
             });
     }
-    let mut ranges: BTreeMap<Frontend, Vec<(std::net::Ipv4Addr, u8)>> = BTreeMap::new();
+    let mut ranges: BTreeMap<Frontend, Vec<(Ipv4Addr, u8)>> = BTreeMap::new();
     for (prefix_len, key) in entries.source_ranges {
         let bits = prefix_len.saturating_sub(proxy_common::source_range_prefix(0)) as u8;
         ranges
             .entry(key.frontend)
             .or_default()
-            .push((std::net::Ipv4Addr::from(key.addr.to_ne_bytes()), bits));
+            .push((Ipv4Addr::from(key.addr.to_ne_bytes()), bits));
     }
     let mut state = DesiredState::new();
     let mut local_views = Vec::new();
@@ -177,29 +254,11 @@ pub fn unchanged(installed: &FrontendSpec, wanted: &FrontendSpec) -> bool {
     comparable(installed) == comparable(wanted)
 }
 
-/// The source range keys no frontend asks for: of a frontend that is gone, or whose
-/// value no longer says it has source ranges (what a change made while no agent ran,
-/// or an interrupted write, leaves in the trie).
-pub fn orphaned_source_ranges(
-    services: &BTreeMap<Frontend, Service>,
-    keys: impl IntoIterator<Item = (u32, SourceRangeKey)>,
-) -> Vec<(u32, SourceRangeKey)> {
-    keys.into_iter()
-        .filter(|(_, key)| {
-            services
-                .get(&key.frontend)
-                .is_none_or(|s| s.flags & SERVICE_SOURCE_RANGES == 0)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
     use crate::{
-        dataplane::ebpf::{convert::frontend, slots::slot_table},
+        dataplane::ebpf::convert::frontend,
         model::{BackendAddr, FrontendAddr, FrontendKind, Protocol},
     };
 
@@ -213,32 +272,23 @@ mod tests {
         }
     }
 
-    /// What the writers put in the maps for one frontend, built from the same helpers.
+    /// What the writers put in the maps for one frontend, built from the same builders
+    /// (the frontend's own table in generation 1, its external-local one in 0).
     fn entries_of(addr: &FrontendAddr, spec: &FrontendSpec) -> Entries {
         let fe = frontend(addr);
         let mut entries = Entries::default();
-        let mut flags = 0;
         if let Some(ranges) = &spec.source_ranges {
-            flags |= SERVICE_SOURCE_RANGES;
             entries.source_ranges = source_range_keys(fe, ranges);
         }
         if let Some(local) = &spec.external_local {
-            flags |= proxy_common::SERVICE_EXTERNAL_LOCAL;
-            let scoped = Frontend {
-                scope: SCOPE_EXTERNAL_LOCAL,
-                ..fe
-            };
-            entries.members.extend(members(scoped, local));
-            let slots = slot_table(local).len();
-            entries
-                .services
-                .push((scoped, service_value(spec, local, slots, 0, 0)));
+            let scoped = external_local_key(fe);
+            let t = table(scoped, spec, local, 0, 0);
+            entries.members.extend(t.members);
+            entries.services.push((scoped, t.value));
         }
-        entries.members.extend(members(fe, &spec.backends));
-        let slots = slot_table(&spec.backends).len();
-        entries
-            .services
-            .push((fe, service_value(spec, &spec.backends, slots, 1, flags)));
+        let t = table(fe, spec, &spec.backends, 1, extra_flags(spec));
+        entries.members.extend(t.members);
+        entries.services.push((fe, t.value));
         entries.names.insert(fe, spec.service.clone());
         entries
     }
@@ -385,18 +435,20 @@ mod tests {
     }
 
     #[test]
-    fn ranges_of_a_gone_frontend_or_one_without_ranges_are_orphans() {
+    fn a_tables_slots_are_keyed_in_its_generation_and_counted_by_its_value() {
         let spec = full_spec();
-        let entries = entries_of(&addr(), &spec);
-        let keys = entries.source_ranges.clone();
-        let mut services: BTreeMap<Frontend, Service> = entries.services.into_iter().collect();
-        assert!(orphaned_source_ranges(&services, keys.clone()).is_empty());
         let fe = frontend(&addr());
-        if let Some(s) = services.get_mut(&fe) {
-            s.flags &= !SERVICE_SOURCE_RANGES;
+        for generation in [0, 1] {
+            let t = table(fe, &spec, &spec.backends, generation, extra_flags(&spec));
+            assert_eq!(t.value.slots as usize, t.slots.len());
+            assert_eq!(t.value.generation, generation);
+            for (index, (key, _)) in t.slots.iter().enumerate() {
+                assert_eq!(*key, slot_key(fe, index as u32, generation));
+            }
+            assert_eq!(
+                t.value.flags & (SERVICE_EXTERNAL_LOCAL | SERVICE_SOURCE_RANGES),
+                SERVICE_EXTERNAL_LOCAL | SERVICE_SOURCE_RANGES
+            );
         }
-        assert_eq!(orphaned_source_ranges(&services, keys.clone()), keys);
-        services.clear();
-        assert_eq!(orphaned_source_ranges(&services, keys.clone()), keys);
     }
 }

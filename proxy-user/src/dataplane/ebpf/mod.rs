@@ -7,6 +7,7 @@ pub mod features;
 pub mod interfaces;
 pub mod loader;
 pub mod maps;
+pub mod orphans;
 pub mod slots;
 pub mod tc_attach;
 pub mod tc_filters;
@@ -17,7 +18,7 @@ use tracing::{info, warn};
 
 use self::{
     loader::{LoadError, LoadOptions, Loaded},
-    maps::{BatchMaps, Maps},
+    maps::{BatchMaps, Maps, MapsError},
 };
 use proxy_common::names;
 
@@ -74,13 +75,7 @@ impl EbpfDataplane {
         let (loaded, mut maps) = loader::load(pin_dir, cgroup, options.clone(), &names)?;
         let report = loaded.report.clone();
         maps.set_interfaces(given)?;
-        let orphans = maps.remove_orphans()?;
-        if orphans > 0 {
-            warn!(
-                orphans,
-                "removed map entries left behind by an interrupted write"
-            );
-        }
+        prune(&mut maps)?;
         let installed = maps.installed()?;
         let batch = BatchMaps::open(pin_dir)?;
         let slots_in_use = maps.slots_in_use();
@@ -110,6 +105,29 @@ impl EbpfDataplane {
             },
         })
     }
+}
+
+impl EbpfDataplane {
+    /// Removes the map entries no installed frontend owns: slots and members of no
+    /// active table, names and counters of no frontend, source ranges no frontend asks
+    /// for. What an interrupted write, a change made while no agent ran, or a counter the
+    /// datapath created for a frontend being removed leaves behind. Run at start, and
+    /// cheap enough to run periodically: one read of the service values and one pass
+    /// over each other map's keys (`Maps::remove_orphans`). Returns the entries removed.
+    pub fn prune_orphans(&mut self) -> Result<usize, MapsError> {
+        prune(&mut self.maps)
+    }
+}
+
+fn prune(maps: &mut Maps) -> Result<usize, MapsError> {
+    let orphans = maps.remove_orphans()?;
+    if orphans > 0 {
+        warn!(
+            orphans,
+            "removed map entries no installed frontend owns (left by an interrupted write, a change while no agent ran, or a counter of a removed frontend)"
+        );
+    }
+    Ok(orphans)
 }
 
 impl Dataplane for EbpfDataplane {
@@ -203,7 +221,7 @@ impl Dataplane for EbpfDataplane {
     /// The maps' own entries are what they own: an entry of a table no service value
     /// points to, or a name, counter or source range of no frontend, goes.
     fn prune(&mut self) -> Result<usize, PruneError> {
-        Ok(self.maps.remove_orphans()?)
+        Ok(self.prune_orphans()?)
     }
 
     fn usage(&self) -> Vec<MapUsage> {

@@ -1,0 +1,234 @@
+//! Installing and removing one frontend. A frontend's table is written in the generation
+//! not in use, then its service value is replaced in one update: a connecting client sees
+//! the old or the new slot set, never a mix.
+
+use std::net::Ipv4Addr;
+
+use aya::maps::lpm_trie::Key as LpmKey;
+use proxy_common::{Frontend, MemberKey, SCOPE_SOCKET, Service, ServiceName, SlotKey, names};
+
+use super::{Maps, MapsError};
+use crate::{
+    dataplane::ebpf::{
+        convert::frontend,
+        entries::{self, external_local_key},
+    },
+    model::{FrontendAddr, FrontendSpec, SourceRanges},
+};
+
+/// Slots of a frontend's table before and after a write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotDelta {
+    pub before: u32,
+    pub after: u32,
+}
+
+/// What a failed table write takes back.
+#[derive(Default)]
+struct Undo {
+    slots: Vec<SlotKey>,
+    members: Vec<MemberKey>,
+}
+
+/// The spec of a frontend's external-local table (this node's endpoints), if it has one.
+fn local_view(spec: &FrontendSpec) -> Option<FrontendSpec> {
+    spec.external_local.as_ref().map(|local| FrontendSpec {
+        backends: local.clone(),
+        external_local: None,
+        ..spec.clone()
+    })
+}
+
+fn source_range_key(fe: Frontend, net: Ipv4Addr, bits: u8) -> LpmKey<proxy_common::SourceRangeKey> {
+    let (prefix_len, key) = entries::source_range_key(fe, net, bits);
+    LpmKey::new(prefix_len, key)
+}
+
+impl Maps {
+    /// Installs or replaces one frontend. `previous` is what is installed for it now.
+    ///
+    /// Order matters: members and the new slot table (in the generation not in use) are
+    /// written first, then the service value is replaced in one update, which is the moment
+    /// connects switch over; only then is the old table removed. If a map is full, what was
+    /// written is taken back and the frontend keeps serving its old backends.
+    ///
+    /// A frontend with externalTrafficPolicy Local gets a second table, this node's
+    /// endpoints under the same address with scope `SCOPE_EXTERNAL_LOCAL`, which the tc
+    /// programs use for traffic from outside; it is written before the frontend's value
+    /// says it exists, and removed after the value stops saying so. Source ranges, the
+    /// same: added before the value says the frontend has them, removed after.
+    pub fn write_frontend(
+        &mut self,
+        addr: &FrontendAddr,
+        spec: &FrontendSpec,
+        previous: Option<&FrontendSpec>,
+    ) -> Result<SlotDelta, MapsError> {
+        let fe = frontend(addr);
+        let scoped = external_local_key(fe);
+        let previous_local = previous.and_then(local_view);
+        let mut local_delta = SlotDelta {
+            before: 0,
+            after: 0,
+        };
+        if let Some(local) = local_view(spec) {
+            local_delta = self.write_table(scoped, &local, previous_local.as_ref(), 0)?;
+        }
+        let old_ranges = previous.and_then(|p| p.source_ranges.as_ref());
+        if let Some(ranges) = &spec.source_ranges {
+            self.write_source_ranges(fe, ranges, old_ranges)?;
+        }
+        let mut delta = self.write_table(fe, spec, previous, entries::extra_flags(spec))?;
+        if let (None, Some(old)) = (&spec.source_ranges, old_ranges) {
+            self.remove_source_ranges(fe, &old.cidrs);
+        }
+        if let (None, Some(old_local)) = (&spec.external_local, &previous_local) {
+            local_delta.before = self.remove_table_of(scoped, old_local);
+        }
+        delta.before += local_delta.before;
+        delta.after += local_delta.after;
+        Ok(delta)
+    }
+
+    /// Removes a frontend: from then on its address passes through untouched. Returns the
+    /// number of slots freed.
+    pub fn remove_frontend(&mut self, addr: &FrontendAddr, previous: &FrontendSpec) -> u32 {
+        let fe = frontend(addr);
+        if let Some(ranges) = &previous.source_ranges {
+            self.remove_source_ranges(fe, &ranges.cidrs);
+        }
+        let mut freed = self.remove_table_of(fe, previous);
+        if let Some(local) = local_view(previous) {
+            freed += self.remove_table_of(external_local_key(fe), &local);
+        }
+        freed
+    }
+
+    /// The loadBalancerSourceRanges of `fe`: new ones added, dropped ones removed.
+    fn write_source_ranges(
+        &mut self,
+        fe: Frontend,
+        ranges: &SourceRanges,
+        old: Option<&SourceRanges>,
+    ) -> Result<(), MapsError> {
+        for (net, bits) in &ranges.cidrs {
+            let key = source_range_key(fe, *net, *bits);
+            self.insert(names::MAP_SOURCE_RANGES, |m| {
+                m.source_ranges.insert(&key, 1, 0)
+            })?;
+        }
+        let gone: Vec<(Ipv4Addr, u8)> = old
+            .map(|o| {
+                o.cidrs
+                    .iter()
+                    .filter(|c| !ranges.cidrs.contains(c))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.remove_source_ranges(fe, &gone);
+        Ok(())
+    }
+
+    fn remove_source_ranges(&mut self, fe: Frontend, cidrs: &[(Ipv4Addr, u8)]) {
+        for (net, bits) in cidrs {
+            let _ = self
+                .source_ranges
+                .remove(&source_range_key(fe, *net, *bits));
+        }
+    }
+
+    /// One frontend's members, slot table and value, under the key `fe`.
+    fn write_table(
+        &mut self,
+        fe: Frontend,
+        spec: &FrontendSpec,
+        previous: Option<&FrontendSpec>,
+        extra_flags: u8,
+    ) -> Result<SlotDelta, MapsError> {
+        let old = self.services.get(&fe, 0).ok();
+        let generation = old.map_or(0, |s| s.generation ^ 1);
+        let table = entries::table(fe, spec, &spec.backends, generation, extra_flags);
+        let old_members: Vec<MemberKey> = previous
+            .iter()
+            .flat_map(|p| &p.backends)
+            .map(|b| entries::member_key(fe, b))
+            .collect();
+
+        let mut undo = Undo::default();
+        let result = (|| {
+            if fe.scope == SCOPE_SOCKET {
+                self.insert_name(&fe, &spec.service)?;
+            }
+            for (key, member) in &table.members {
+                self.insert(names::MAP_MEMBERS, |m| m.members.insert(key, member, 0))?;
+                if !old_members.contains(key) {
+                    undo.members.push(*key);
+                }
+            }
+            for (key, backend) in &table.slots {
+                self.insert(names::MAP_SLOTS, |m| m.slots.insert(key, backend, 0))?;
+                undo.slots.push(*key);
+            }
+            self.insert(names::MAP_SERVICES, |m| {
+                m.services.insert(fe, table.value, 0)
+            })
+        })();
+        if let Err(error) = result {
+            for key in &undo.slots {
+                let _ = self.slots.remove(key);
+            }
+            for key in &undo.members {
+                let _ = self.members.remove(key);
+            }
+            if old.is_none() {
+                let _ = self.names.remove(&fe);
+                let _ = self.stats.remove(&fe);
+            }
+            return Err(error);
+        }
+
+        if let Some(old) = old {
+            self.remove_table(&fe, &old);
+        }
+        let delta = SlotDelta {
+            before: old.map_or(0, |o| o.slots),
+            after: table.value.slots,
+        };
+        for gone in old_members
+            .iter()
+            .filter(|k| !table.members.iter().any(|(new, _)| new == *k))
+        {
+            let _ = self.members.remove(gone);
+        }
+        Ok(delta)
+    }
+
+    /// Removes the value, slot table, members, counters and name under the key `fe`.
+    fn remove_table_of(&mut self, fe: Frontend, previous: &FrontendSpec) -> u32 {
+        let old = self.services.get(&fe, 0).ok();
+        let _ = self.services.remove(&fe);
+        if let Some(old) = old {
+            self.remove_table(&fe, &old);
+        }
+        for b in &previous.backends {
+            let _ = self.members.remove(&entries::member_key(fe, b));
+        }
+        let _ = self.stats.remove(&fe);
+        let _ = self.names.remove(&fe);
+        old.map_or(0, |o| o.slots)
+    }
+
+    /// The slots of the table `service` says is active under `fe`.
+    fn remove_table(&mut self, fe: &Frontend, service: &Service) {
+        for index in 0..service.slots {
+            let _ = self
+                .slots
+                .remove(&entries::slot_key(*fe, index, service.generation));
+        }
+    }
+
+    fn insert_name(&mut self, fe: &Frontend, name: &str) -> Result<(), MapsError> {
+        let value = ServiceName::new(name);
+        self.insert(names::MAP_NAMES, |m| m.names.insert(fe, value, 0))
+    }
+}

@@ -1,0 +1,137 @@
+//! The cold path: many frontends that are not installed at all, written a map at a time
+//! with BPF_MAP_UPDATE_BATCH (`batch`), each still switched on by one service value.
+
+use std::path::Path;
+
+use aya::maps::MapError;
+use proxy_common::{Backend, Member, Service, ServiceName, names};
+
+use super::{Maps, MapsError, is_full};
+use crate::{
+    dataplane::ebpf::{batch::BatchMap, convert::frontend, entries},
+    model::{FrontendAddr, FrontendSpec},
+};
+
+/// Second handles on the maps a frontend write touches, for batch writes.
+pub struct BatchMaps {
+    services: BatchMap,
+    slots: BatchMap,
+    members: BatchMap,
+    names: BatchMap,
+}
+
+impl BatchMaps {
+    pub fn open(dir: &Path) -> Result<Self, MapsError> {
+        let open = |name: &'static str, value_size: usize| {
+            BatchMap::open(&dir.join(name), value_size)
+                .map_err(|source| MapsError::Open { name, source })
+        };
+        Ok(Self {
+            services: open(names::MAP_SERVICES, size_of::<Service>())?,
+            slots: open(names::MAP_SLOTS, size_of::<Backend>())?,
+            members: open(names::MAP_MEMBERS, size_of::<Member>())?,
+            names: open(names::MAP_NAMES, size_of::<ServiceName>())?,
+        })
+    }
+}
+
+impl Maps {
+    /// Writes frontends that are not installed at all, a whole map at a time: names,
+    /// members, slot tables and counters first, the service values last (one element each,
+    /// so each frontend still switches on atomically). On failure everything written here
+    /// is removed again and the error returned; the caller then writes the frontends one by
+    /// one, which finds and names the one that does not fit. Returns the slots written.
+    ///
+    /// For frontends with one table and no source ranges (the caller's choice): those
+    /// with more are written one by one (`write_frontend`).
+    pub fn write_fresh(
+        &mut self,
+        batch: &BatchMaps,
+        fresh: &[(FrontendAddr, FrontendSpec)],
+    ) -> Result<u64, MapsError> {
+        let mut service_keys = Vec::with_capacity(fresh.len());
+        let mut service_values: Vec<Service> = Vec::with_capacity(fresh.len());
+        let mut name_values: Vec<ServiceName> = Vec::with_capacity(fresh.len());
+        let (mut member_keys, mut member_values) = (Vec::new(), Vec::<Member>::new());
+        let (mut slot_keys, mut slot_values) = (Vec::new(), Vec::<Backend>::new());
+        for (addr, spec) in fresh {
+            let fe = frontend(addr);
+            // Nothing is installed for it: generation 0, as `write_table` would pick.
+            let table = entries::table(fe, spec, &spec.backends, 0, entries::extra_flags(spec));
+            for (key, member) in table.members {
+                member_keys.push(key);
+                member_values.push(member);
+            }
+            for (key, backend) in table.slots {
+                slot_keys.push(key);
+                slot_values.push(backend);
+            }
+            service_keys.push(fe);
+            name_values.push(ServiceName::new(&spec.service));
+            service_values.push(table.value);
+        }
+        let full_or = |map: &'static str, capacity: u32, e: std::io::Error| {
+            if is_full(&e) {
+                MapsError::Full { map, capacity }
+            } else {
+                MapsError::Write {
+                    map,
+                    source: MapError::SyscallError(aya::sys::SyscallError {
+                        call: "BPF_MAP_UPDATE_BATCH",
+                        io_error: e,
+                    }),
+                }
+            }
+        };
+        // Names, members and slot tables first; the service values, which make each
+        // frontend live, last.
+        let result = [
+            (
+                names::MAP_NAMES,
+                batch
+                    .names
+                    .update(&service_keys, bytemuck::cast_slice(&name_values)),
+            ),
+            (
+                names::MAP_MEMBERS,
+                batch
+                    .members
+                    .update(&member_keys, bytemuck::cast_slice(&member_values)),
+            ),
+            (
+                names::MAP_SLOTS,
+                batch
+                    .slots
+                    .update(&slot_keys, bytemuck::cast_slice(&slot_values)),
+            ),
+        ]
+        .into_iter()
+        .try_for_each(|(map, r)| r.map_err(|(_, e)| full_or(map, self.capacity(map), e)))
+        .and_then(|()| {
+            batch
+                .services
+                .update(&service_keys, bytemuck::cast_slice(&service_values))
+                .map_err(|(_, e)| {
+                    full_or(names::MAP_SERVICES, self.capacity(names::MAP_SERVICES), e)
+                })
+        });
+        if let Err(error) = result {
+            // Services first, so no connect ever sees a frontend whose table is going away.
+            for k in &service_keys {
+                let _ = self.services.remove(k);
+            }
+            for k in &slot_keys {
+                let _ = self.slots.remove(k);
+            }
+            for k in &member_keys {
+                let _ = self.members.remove(k);
+            }
+            for k in &service_keys {
+                let _ = self.stats.remove(k);
+                let _ = self.names.remove(k);
+            }
+            return Err(error);
+        }
+        Ok(slot_keys.len() as u64)
+    }
+}

@@ -1,0 +1,128 @@
+//! Which map entries no installed frontend owns: what an agent killed in the middle of
+//! a write, a change made while no agent ran, or a datapath counter created for a
+//! frontend as it was being removed, leaves behind. Decided from the service values
+//! alone (read once), so pruning costs one pass over each map and no lookup per entry.
+
+use std::collections::BTreeMap;
+
+use proxy_common::{Frontend, MemberKey, SERVICE_SOURCE_RANGES, Service, SlotKey, SourceRangeKey};
+
+/// The installed service values, by key: what owns the other maps' entries.
+pub struct Owners<'a> {
+    pub services: &'a BTreeMap<Frontend, Service>,
+}
+
+impl Owners<'_> {
+    /// A slot of a frontend's active table: its generation, below its slot count.
+    /// (The other generation's slots exist only while a write is under way.)
+    pub fn own_slot(&self, key: &SlotKey) -> bool {
+        self.services
+            .get(&key.frontend)
+            .is_some_and(|s| s.generation == key.generation && key.index < s.slots)
+    }
+
+    /// A member of an installed table.
+    pub fn own_member(&self, key: &MemberKey) -> bool {
+        self.services.contains_key(&key.frontend)
+    }
+
+    /// A name or counters of an installed frontend.
+    pub fn own_frontend(&self, fe: &Frontend) -> bool {
+        self.services.contains_key(fe)
+    }
+
+    /// A source range of a frontend whose value says it has source ranges.
+    pub fn own_source_range(&self, key: &SourceRangeKey) -> bool {
+        self.services
+            .get(&key.frontend)
+            .is_some_and(|s| s.flags & SERVICE_SOURCE_RANGES != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use proxy_common::SCOPE_SOCKET;
+
+    use super::*;
+    use crate::{
+        dataplane::ebpf::entries::{extra_flags, slot_key, source_range_key, table},
+        model::{BackendAddr, FrontendKind, FrontendSpec, SourceRanges, WeightedBackend},
+    };
+
+    fn fe(last: u8) -> Frontend {
+        Frontend {
+            addr: u32::from_ne_bytes([198, 19, 0, last]),
+            port: 80u16.to_be(),
+            proto: proxy_common::IPPROTO_TCP,
+            scope: SCOPE_SOCKET,
+        }
+    }
+
+    fn spec(source_ranges: bool) -> FrontendSpec {
+        FrontendSpec {
+            service: "demo/web:http".into(),
+            kind: FrontendKind::LoadBalancer,
+            affinity_timeout_s: 0,
+            local_only: false,
+            backends: vec![WeightedBackend {
+                addr: BackendAddr {
+                    ip: Ipv4Addr::new(198, 18, 1, 2),
+                    port: 8080,
+                },
+                weight: 3,
+            }],
+            serving_anywhere: true,
+            external_local: None,
+            source_ranges: source_ranges.then(|| SourceRanges {
+                cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0), 24)],
+                allow_node: false,
+            }),
+            health_check_node_port: None,
+        }
+    }
+
+    #[test]
+    fn what_an_installed_table_holds_is_owned_and_nothing_else() {
+        let live = spec(true);
+        let t = table(fe(1), &live, &live.backends, 1, extra_flags(&live));
+        let services = BTreeMap::from([(fe(1), t.value)]);
+        let owners = Owners {
+            services: &services,
+        };
+        for (key, _) in &t.slots {
+            assert!(owners.own_slot(key));
+        }
+        for (key, _) in &t.members {
+            assert!(owners.own_member(key));
+        }
+        assert!(owners.own_frontend(&fe(1)));
+        let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0), 24);
+        assert!(owners.own_source_range(&range));
+
+        // The other generation's table (an interrupted write), slots past the end, and
+        // anything of a frontend that is not installed.
+        assert!(!owners.own_slot(&slot_key(fe(1), 0, 0)));
+        assert!(!owners.own_slot(&slot_key(fe(1), t.value.slots, 1)));
+        assert!(!owners.own_slot(&slot_key(fe(2), 0, 1)));
+        let gone = table(fe(2), &live, &live.backends, 0, 0);
+        assert!(!owners.own_member(&gone.members[0].0));
+        assert!(!owners.own_frontend(&fe(2)));
+        let (_, gone_range) = source_range_key(fe(2), Ipv4Addr::new(198, 18, 100, 0), 24);
+        assert!(!owners.own_source_range(&gone_range));
+    }
+
+    #[test]
+    fn ranges_of_a_frontend_whose_value_no_longer_says_so_are_orphans() {
+        let without = spec(false);
+        let t = table(fe(1), &without, &without.backends, 0, extra_flags(&without));
+        let services = BTreeMap::from([(fe(1), t.value)]);
+        let owners = Owners {
+            services: &services,
+        };
+        let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0), 24);
+        assert!(!owners.own_source_range(&range));
+        assert!(owners.own_frontend(&fe(1)));
+    }
+}
