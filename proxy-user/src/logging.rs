@@ -12,21 +12,25 @@ pub fn init(json: bool, verbose: bool) {
     }
 }
 
-/// An error and its causes as one line, `outer: inner: root`, skipping a cause whose text
-/// the line already holds (many errors, ours and aya's, print their cause in their own
-/// message as well as returning it from `source()`).
+/// An error and its causes as one line, `outer: inner: root`. Our errors' messages never
+/// repeat their cause (it is their `source()`), so each level is printed once.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
+    Chain(error).to_string()
+}
+
+/// Displays an error with its causes, `outer: inner: root`, for use in format strings.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
         }
-        cause = e.source();
+        Ok(())
     }
-    line
 }
 
 #[cfg(test)]
@@ -34,13 +38,13 @@ mod tests {
     use super::error_chain;
 
     #[derive(Debug, thiserror::Error)]
-    #[error("cgroup /x cannot be opened: {source}")]
+    #[error("cgroup /x cannot be opened")]
     struct Outer {
         source: std::io::Error,
     }
 
     #[test]
-    fn causes_already_in_the_message_are_not_repeated() {
+    fn every_cause_is_printed_once() {
         let e = anyhow::Error::new(Outer {
             source: std::io::Error::from_raw_os_error(2),
         })

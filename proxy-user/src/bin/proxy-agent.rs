@@ -178,7 +178,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                     info!(backend = name, "no iptables chains installed")
                 }
                 Ok(chains) => info!(backend = name, ?chains, "iptables chains removed"),
-                Err(e) => tracing::warn!(backend = name, "iptables chains not removed: {e}"),
+                Err(e) => tracing::warn!(
+                    backend = name,
+                    "iptables chains not removed: {}",
+                    logging::Chain(&e)
+                ),
             }
         }
         return Ok(());
@@ -359,7 +363,8 @@ fn cleanup_kube_proxy() -> anyhow::Result<()> {
                     tracing::error!(
                         backend = name,
                         family,
-                        "kube-proxy's chains not removed: {e}"
+                        "kube-proxy's chains not removed: {}",
+                        logging::Chain(&e)
                     );
                     failed.push(format!("{name} {family}"));
                 }
@@ -466,7 +471,7 @@ fn retire_other_datapath(ebpf_active: bool, bpffs: &std::path::Path) {
                     "switched from iptables mode: its chains were removed"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::debug!("no iptables state to remove: {e}"),
+                Err(e) => tracing::debug!("no iptables state to remove: {}", logging::Chain(&e)),
             }
         }
     } else {
@@ -477,7 +482,11 @@ fn retire_other_datapath(ebpf_active: bool, bpffs: &std::path::Path) {
                 "switched from eBPF mode: its programs and maps were removed"
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!("eBPF state in {} not removed: {e}", bpffs.display()),
+            Err(e) => tracing::warn!(
+                "eBPF state in {} not removed: {}",
+                bpffs.display(),
+                logging::Chain(&e)
+            ),
         }
     }
 }

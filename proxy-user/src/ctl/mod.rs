@@ -51,9 +51,9 @@ pub enum CtlError {
         ours: String,
         expected: &'static str,
     },
-    #[error("reading the maps in {dir}: {source}")]
+    #[error("reading the maps in {dir}")]
     Maps { dir: String, source: Box<MapsError> },
-    #[error("reading the iptables rules: {0}")]
+    #[error("reading the iptables rules")]
     Iptables(#[from] InstallError),
     #[error("{0}")]
     Usage(String),

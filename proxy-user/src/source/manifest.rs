@@ -21,16 +21,17 @@ use serde::Deserialize as _;
 use tracing::{debug, warn};
 
 use super::{ObjectSet, admission, shared::Shared};
+use crate::logging::Chain;
 use crate::model::ObjectRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read manifest directory {dir}: {source}")]
+    #[error("cannot read manifest directory {dir}")]
     ReadDir {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     ReadFile {
         path: PathBuf,
         source: std::io::Error,
@@ -199,7 +200,12 @@ impl ManifestDir {
                 }
                 Err(error) => {
                     let kept = self.files.contains_key(&path);
-                    warn!(%error, "{}", if kept { "keeping the file's last good contents" } else { "file skipped" });
+                    let what = if kept {
+                        "keeping the file's last good contents"
+                    } else {
+                        "file skipped"
+                    };
+                    warn!("{}; {what}", Chain(&error));
                     // Remember the stamp so the same broken file is not reported every poll.
                     let objects = self
                         .files
@@ -358,7 +364,7 @@ pub async fn watch(
             }
             Ok(_) => {}
             // The directory vanished or is unreadable: keep serving what is installed.
-            Err(e) => warn!("{e}; keeping the installed state"),
+            Err(e) => warn!("{}; keeping the installed state", Chain(&e)),
         }
     }
 }

@@ -18,8 +18,8 @@ pub enum InterfaceError {
         "--interfaces {0}: the interface has no IPv4 address, so flows leaving through it cannot be source-NATed"
     )]
     NoAddress(String),
-    #[error("listing the network interfaces: {0}")]
-    List(std::io::Error),
+    #[error("listing the network interfaces")]
+    List(#[source] std::io::Error),
 }
 
 /// Every IPv4 address of every interface: (name, index, address), in the kernel's order.

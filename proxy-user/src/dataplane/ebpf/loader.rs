@@ -53,19 +53,19 @@ pub enum LoadError {
         "{path} is not on a BPF filesystem: mount one with `mount -t bpf bpf {mount}` or pass --bpffs"
     )]
     NotBpffs { path: PathBuf, mount: String },
-    #[error("pin directory {path}: {source}")]
+    #[error("pin directory {path}")]
     PinDir {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cgroup {path} cannot be opened: {source}")]
+    #[error("cgroup {path} cannot be opened")]
     Cgroup {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("loading the BPF object failed: {0}")]
+    #[error("loading the BPF object failed")]
     Object(#[source] EbpfError),
-    #[error("program {program}: {source}")]
+    #[error("program {program}")]
     Program {
         program: &'static str,
         source: ProgramError,
@@ -535,10 +535,10 @@ impl Loaded {
     ) -> Result<(), LoadError> {
         let err = |source| LoadError::Program { program, source };
         let pin = link_pin(&self.dir, program);
-        let pin_error = |e: &dyn std::fmt::Display| LoadError::Pin {
+        let pin_error = |e: &(dyn std::error::Error + 'static)| LoadError::Pin {
             program,
             path: pin.clone(),
-            message: e.to_string(),
+            message: crate::logging::error_chain(e),
         };
         let prog: &mut CgroupSockAddr = self
             .ebpf
@@ -564,10 +564,10 @@ impl Loaded {
         // bpffs refuses names with a dot in them.
         let staging = self.dir.join(format!("staging_{program}"));
         let _ = fs::remove_file(&staging);
-        let staging_error = |e: &dyn std::fmt::Display| LoadError::Pin {
+        let staging_error = |e: &(dyn std::error::Error + 'static)| LoadError::Pin {
             program,
             path: staging.clone(),
-            message: e.to_string(),
+            message: crate::logging::error_chain(e),
         };
         link.pin(&staging).map_err(|e| staging_error(&e))?;
         fs::rename(&staging, &pin).map_err(|e| pin_error(&e))

@@ -20,6 +20,7 @@ use self::{
     loader::{LoadError, LoadOptions, Loaded},
     maps::{BatchMaps, Maps, MapsError},
 };
+use crate::logging::Chain;
 use proxy_common::names;
 
 use super::{ActivateError, ApplyReport, Change, Dataplane, MapUsage, PruneError, WriteFailure};
@@ -198,14 +199,17 @@ impl Dataplane for EbpfDataplane {
             ),
             Ok(chosen) => {
                 if let Err(e) = self.maps.set_interfaces(&chosen) {
-                    warn!("recording the tc interfaces: {e}");
+                    warn!("recording the tc interfaces: {}", Chain(&e));
                     return;
                 }
                 let names: Vec<String> = chosen.iter().map(|i| i.name.clone()).collect();
                 info!(interfaces = ?names, "the tc programs attach to the interfaces carrying the node's addresses");
                 loaded.set_interfaces(names);
             }
-            Err(e) => warn!("choosing the tc interfaces from the node's addresses: {e}"),
+            Err(e) => warn!(
+                "choosing the tc interfaces from the node's addresses: {}",
+                Chain(&e)
+            ),
         }
     }
 
@@ -245,7 +249,7 @@ impl EbpfDataplane {
     fn record_agent(&mut self) {
         self.agent.synced_unix = unix_now();
         if let Err(e) = self.maps.write_agent_info(&self.agent) {
-            warn!("recording the agent for proxyctl status: {e}");
+            warn!("recording the agent for proxyctl status: {}", Chain(&e));
         }
     }
 }
@@ -292,8 +296,9 @@ impl EbpfDataplane {
             }
             Err(error) => {
                 warn!(
-                    "writing {} new frontends at once failed ({error}); writing them one by one",
-                    specs.len()
+                    "writing {} new frontends at once failed ({}); writing them one by one",
+                    specs.len(),
+                    Chain(&error)
                 );
                 specs
                     .into_iter()

@@ -9,6 +9,7 @@
 //! Netlink filters have no pin: the kernel's own list (`tc_filters`) is the record of
 //! where they are, for status, for interfaces no longer given, and for `--cleanup`.
 
+use crate::logging::Chain;
 use std::path::Path;
 
 use aya::programs::{
@@ -77,10 +78,10 @@ fn attach_tcx(
 ) -> Result<Attachment, LoadError> {
     let err = |source| LoadError::Program { program, source };
     let pin = tc_link_pin(pin_dir, program, interface);
-    let pin_error = |e: &dyn std::fmt::Display| LoadError::Pin {
+    let pin_error = |e: &(dyn std::error::Error + 'static)| LoadError::Pin {
         program,
         path: pin.clone(),
-        message: format!("interface {interface}: {e}"),
+        message: format!("interface {interface}: {}", Chain(e)),
     };
     if let Ok(pinned) = PinnedLink::from_pin(&pin) {
         let link =
@@ -128,12 +129,16 @@ fn attach_netlink(
         let exists = matches!(&e, tc::TcError::NetlinkError(n)
             if n.raw_os_error() == Some(libc::EEXIST));
         if !exists {
-            return Err(netlink_error(format!("adding a clsact qdisc: {e}")));
+            return Err(netlink_error(format!(
+                "adding a clsact qdisc: {}",
+                Chain(&e)
+            )));
         }
     }
-    let ifindex = interfaces::index_of(interface).map_err(|e| netlink_error(e.to_string()))?;
+    let ifindex =
+        interfaces::index_of(interface).map_err(|e| netlink_error(Chain(&e).to_string()))?;
     let present = tc_filters::list(ifindex, direction(attach_type))
-        .map_err(|e| netlink_error(format!("listing its tc filters: {e}")))?
+        .map_err(|e| netlink_error(format!("listing its tc filters: {}", Chain(&e))))?
         .into_iter()
         .find(|f| f.priority == PRIORITY && f.handle == HANDLE);
     let handle = TcHandle::from(HANDLE);
@@ -142,7 +147,7 @@ fn attach_netlink(
             // Replaced in place: the kernel swaps the program of this very filter.
             let link =
                 SchedClassifierLink::attached(interface, attach_type, PRIORITY, handle, None)
-                    .map_err(|e| netlink_error(e.to_string()))?;
+                    .map_err(|e| netlink_error(Chain(&e).to_string()))?;
             (
                 prog.attach_to_link(link).map_err(err)?,
                 Attachment::Replaced,
@@ -276,7 +281,12 @@ pub fn detach_netlink_except(keep: &[String]) -> Vec<String> {
                 info!(interface, ?direction, "tc filter removed");
                 removed.push(format!("{interface} ({direction:?})"));
             }
-            Err(e) => tracing::warn!(interface, ?direction, "tc filter not removed: {e}"),
+            Err(e) => tracing::warn!(
+                interface,
+                ?direction,
+                "tc filter not removed: {}",
+                Chain(&e)
+            ),
         }
     }
     removed

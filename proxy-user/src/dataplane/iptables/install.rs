@@ -12,9 +12,10 @@ use super::saved::SavedTable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
-    #[error("{command} could not be run: {error} (is iptables installed?)")]
+    #[error("{command} could not be run (is iptables installed?)")]
     Spawn {
         command: String,
+        #[source]
         error: std::io::Error,
     },
     #[error("{command} failed: {stderr}")]

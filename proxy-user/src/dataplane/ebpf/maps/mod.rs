@@ -33,16 +33,16 @@ pub use self::{counters::Counters, write::SlotDelta, write_batch::BatchMaps};
 pub enum MapsError {
     #[error("map {name} is missing from the BPF object")]
     Missing { name: &'static str },
-    #[error("map {name}: {source}")]
+    #[error("map {name} cannot be opened")]
     Open {
         name: &'static str,
         source: MapError,
     },
     #[error("the {map} map is full ({capacity} entries): raise its capacity")]
     Full { map: &'static str, capacity: u32 },
-    #[error("writing the {map} map failed: {source}")]
+    #[error("writing the {map} map failed")]
     Write { map: &'static str, source: MapError },
-    #[error("reading the {map} map failed: {source}")]
+    #[error("reading the {map} map failed")]
     Read { map: &'static str, source: MapError },
 }
 
