@@ -7,7 +7,10 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use super::{service::SERVICE_PROXY_NAME_LABEL, weights::ANNOTATION as WEIGHTS_ANNOTATION};
+use super::weights::ANNOTATION as WEIGHTS_ANNOTATION;
+
+/// Services with this label belong to another proxy (kube-proxy ignores them too).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceInput {

@@ -23,9 +23,6 @@ use super::{
     weights::{ANNOTATION, Weights},
 };
 
-/// Services with this label belong to another proxy (kube-proxy ignores them too).
-pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
 

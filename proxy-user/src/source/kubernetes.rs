@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::shared::Shared;
-use super::{manifest::object_ref, store::ObjectStore};
+use super::{object_ref, store::ObjectStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubernetesError {

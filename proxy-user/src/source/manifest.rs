@@ -20,7 +20,7 @@ use k8s_openapi::api::{
 use serde::Deserialize as _;
 use tracing::{debug, warn};
 
-use super::{ObjectSet, admission, shared::Shared};
+use super::{ObjectSet, admission, object_ref, shared::Shared};
 use crate::logging::Chain;
 use crate::model::ObjectRef;
 
@@ -311,14 +311,6 @@ fn report_invalid(path: &Path, objects: &[Parsed]) {
             _ => {}
         }
     }
-}
-
-/// `namespace/name`, with the namespace defaulted as kubectl does.
-pub fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
-    ObjectRef::new(
-        meta.namespace.as_deref().unwrap_or("default"),
-        meta.name.as_deref().unwrap_or(""),
-    )
 }
 
 /// Every object in `text` (one manifest file's contents), for tests of what comes after

@@ -26,3 +26,11 @@ pub struct ObjectSet {
 }
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// `namespace/name`, with the namespace defaulted as kubectl does.
+pub fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
+    ObjectRef::new(
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or(""),
+    )
+}

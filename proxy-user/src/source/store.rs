@@ -12,7 +12,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
-use super::{ObjectSet, SERVICE_NAME_LABEL, manifest::object_ref};
+use super::{ObjectSet, SERVICE_NAME_LABEL, object_ref};
 use crate::model::ObjectRef;
 use crate::model::{
     NodeContext,
