@@ -22,7 +22,6 @@ use tracing::{debug, warn};
 
 use super::{ObjectSet, admission, object_ref, shared::Shared};
 use crate::logging::Chain;
-use crate::model::ObjectRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
