@@ -34,10 +34,19 @@ fn redirected(ret: i64) -> i32 {
     ret as i32
 }
 
-/// The interface a packet from `saddr` to `daddr` leaves by, from the kernel's routes.
-/// The lookup's 64 bytes of parameters live in the per-CPU scratch space, not the stack.
+/// Where the kernel's routes send a packet: the interface, and whether the next hop's
+/// MAC is known (then it and the interface's own MAC are in the scratch space's lookup
+/// parameters, for [`forward_routed`]).
+#[derive(Clone, Copy)]
+pub struct Route {
+    pub ifindex: u32,
+    resolved: bool,
+}
+
+/// The route of a packet from `saddr` to `daddr`: one `bpf_fib_lookup`, whose 64 bytes of
+/// parameters live in the per-CPU scratch space, not the stack.
 #[inline(always)]
-pub fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<u32> {
+pub fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<Route> {
     let params: *mut FibParams = unsafe { &raw mut (*scratch()?).fib };
     // SAFETY: a value pointer from a successful lookup, valid for this run and written
     // only by this CPU. Zeroed word by word: what the last run left must not leak in.
@@ -60,23 +69,49 @@ pub fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<u32> {
             0,
         )
     };
-    if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 || ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        Some(unsafe { (*params).ifindex })
+    let resolved = ret == BPF_FIB_LKUP_RET_SUCCESS as i64;
+    if resolved || ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        Some(Route {
+            ifindex: unsafe { (*params).ifindex },
+            resolved,
+        })
     } else {
         None
     }
 }
 
 /// Sends the (rewritten) packet out of the interface its new destination is routed
-/// through, resolving the next hop's MAC as the kernel would.
+/// through: one route lookup per packet.
 #[inline(always)]
 pub fn forward(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
     match route(ctx, saddr, daddr) {
-        Some(ifindex) => {
-            redirected(unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) })
-        }
+        Some(route) => forward_routed(ctx, route),
         None => dropped(Event::FibLookupFailed),
     }
+}
+
+/// Sends the packet along `route`, the last [`route`] of this program run. With the next
+/// hop's MAC known, the Ethernet header is rewritten from the lookup and the packet
+/// redirected as it is; without (no neighbour entry yet), `bpf_redirect_neigh` resolves it
+/// as the kernel would, which routes a second time: the first packets to a new next hop
+/// only.
+#[inline(always)]
+pub fn forward_routed(ctx: &TcContext, route: Route) -> i32 {
+    if route.resolved {
+        let Some(scratch) = scratch() else {
+            return dropped(Event::FibLookupFailed);
+        };
+        // SAFETY: as in `route`; the lookup filled both MACs when it succeeded.
+        let (dmac, smac) = unsafe { ((*scratch).fib.dmac, (*scratch).fib.smac) };
+        let mut header = [0u8; 12];
+        header[..6].copy_from_slice(&dmac);
+        header[6..].copy_from_slice(&smac);
+        if ctx.store(0, &header, 0).is_err() {
+            return dropped(Event::RewriteFailed);
+        }
+        return redirected(unsafe { bpf_redirect(route.ifindex, 0) });
+    }
+    redirected(unsafe { bpf_redirect_neigh(route.ifindex, core::ptr::null_mut(), 0, 0) })
 }
 
 /// Sends the packet (turned into an answer) back out of the interface it came in by.

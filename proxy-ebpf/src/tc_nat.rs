@@ -32,7 +32,7 @@ use proxy_common::{
 use crate::{
     maps::{IFACES, NAT, SERVICES, SOURCE_RANGES, bump, count, stats},
     select::choose,
-    tc_forward::{dropped, forward, route},
+    tc_forward::{Route, dropped, forward, forward_routed, route},
     tc_packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse, set_destination, set_source},
     tc_reply,
 };
@@ -88,7 +88,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
             touch(entry, p.tcp_flags, now);
             count(Event::ExternalFlowPacket);
             if e.flags & NAT_REVERSE == 0 {
-                return translate_forward(ctx, &p, &e);
+                return translate_forward(ctx, &p, &e, None);
             }
             if e.flags & NAT_ON_EGRESS != 0 {
                 return TC_ACT_OK;
@@ -107,8 +107,11 @@ pub fn ingress(ctx: &TcContext) -> i32 {
     new_flow(ctx, &p, &key, now)
 }
 
+/// Rewrites a client's packet as its flow says and sends it on. `route`: where the flow's
+/// first packet was just routed (its source, the client's or the egress interface's own
+/// address, leaves by that interface either way), so it is not routed twice.
 #[inline(always)]
-fn translate_forward(ctx: &TcContext, p: &Packet, e: &NatEntry) -> i32 {
+fn translate_forward(ctx: &TcContext, p: &Packet, e: &NatEntry, route: Option<Route>) -> i32 {
     if set_destination(ctx, p, e.to_addr, e.to_port).is_none() {
         return dropped(Event::RewriteFailed);
     }
@@ -120,7 +123,10 @@ fn translate_forward(ctx: &TcContext, p: &Packet, e: &NatEntry) -> i32 {
     } else {
         p.saddr
     };
-    forward(ctx, source, e.to_addr)
+    match route {
+        Some(route) => forward_routed(ctx, route),
+        None => forward(ctx, source, e.to_addr),
+    }
 }
 
 // A function of its own (a BPF-to-BPF call), not inlined: its stack frame then does not
@@ -196,9 +202,10 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         return tc_reply::refuse(ctx, p);
     };
     let backend = choice.backend;
-    let Some(out_ifindex) = route(ctx, p.saddr, backend.addr) else {
+    let Some(out) = route(ctx, p.saddr, backend.addr) else {
         return dropped(Event::FibLookupFailed);
     };
+    let out_ifindex = out.ifindex;
     // A backend behind one of our interfaces is on another node: its replies must come
     // back here, so the flow takes that interface's address (Cluster policy only).
     let snat_addr = if local_policy {
@@ -265,7 +272,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
             bump(unsafe { &raw mut (*s).affinity_hits });
         }
     }
-    translate_forward(ctx, p, &forward_entry)
+    translate_forward(ctx, p, &forward_entry, Some(out))
 }
 
 /// A source port on `addr` no other flow to this backend uses: the client's own if
