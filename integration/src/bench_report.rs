@@ -58,6 +58,12 @@ pub struct ControlPlane {
     pub cold_ms: f64,
     pub change_p50_ms: f64,
     pub change_p99_ms: f64,
+    /// The cold sync by phase, where `bench-control` reports it (`cold_phases_ms`).
+    #[serde(default)]
+    pub cold_phases_ms: std::collections::BTreeMap<String, f64>,
+    /// Why there are no figures: `bench-control` failed (its first line).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -150,6 +156,10 @@ pub struct Scale {
     pub control: Modes<ControlPlane>,
     /// The agent's resident memory once it has synced the N Services, per mode.
     pub agent_rss_mib: Modes<f64>,
+    /// The agent's own first full sync (`synced` elapsed_us in its log), per mode: the
+    /// real agent's cold sync, beside `bench-control`'s.
+    #[serde(default)]
+    pub agent_first_sync_ms: Modes<f64>,
     pub ratios: Ratios,
     /// NodePort traffic from outside the node.
     #[serde(default)]
@@ -217,12 +227,17 @@ impl Scale {
             self.connect4_passthrough.ns_per_run,
         );
         need("eBPF cold programming", self.control.ebpf.cold_ms);
+        need("agent's first sync (eBPF)", self.agent_first_sync_ms.ebpf);
         need("eBPF change", self.control.ebpf.change_p50_ms);
         need("agent RSS (eBPF)", self.agent_rss_mib.ebpf);
         if iptables {
             need("iptables cold programming", self.control.iptables.cold_ms);
             need("iptables change", self.control.iptables.change_p50_ms);
             need("agent RSS (iptables)", self.agent_rss_mib.iptables);
+            need(
+                "agent's first sync (iptables)",
+                self.agent_first_sync_ms.iptables,
+            );
         }
         match &self.nodeport {
             Some(np) => {
@@ -260,7 +275,8 @@ fn or_skipped(skipped: bool, text: String) -> String {
     if skipped { "skipped".into() } else { text }
 }
 
-fn fmt_ms(ms: f64) -> String {
+/// 0.504 ms, 12.7 ms, 10.43 s.
+pub fn fmt_ms(ms: f64) -> String {
     if ms >= 1000.0 {
         format!("{:.2} s", ms / 1000.0)
     } else if ms >= 1.0 {
@@ -322,14 +338,14 @@ impl Report {
             );
         }
         out.push_str("\n**Control plane**: programming N Services with their endpoints from scratch, and one endpoint change at size N; the agent's resident memory once synced.\n\n");
-        out.push_str("| Services | eBPF cold | iptables cold | ratio | eBPF change p50 / p99 | iptables change p50 / p99 | ratio | agent RSS eBPF | agent RSS iptables |\n");
-        out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        out.push_str("| Services | eBPF cold | iptables cold | ratio | eBPF change p50 / p99 | iptables change p50 / p99 | ratio | agent RSS eBPF | agent RSS iptables | agent's first sync eBPF / iptables |\n");
+        out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for s in &self.scales {
             let (b, i) = (&s.control.ebpf, &s.control.iptables);
             let skip = s.iptables_skipped.is_some();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} / {} | {} | {} | {:.0} MiB | {} |",
+                "| {} | {} | {} | {} | {} / {} | {} | {} | {:.0} MiB | {} | {} / {} |",
                 s.services,
                 fmt_ms(b.cold_ms),
                 or_skipped(skip, fmt_ms(i.cold_ms)),
@@ -342,8 +358,34 @@ impl Report {
                 ),
                 or_skipped(skip, format!("{:.0}x", s.ratios.iptables_vs_ebpf_change)),
                 s.agent_rss_mib.ebpf,
-                or_skipped(skip, format!("{:.0} MiB", s.agent_rss_mib.iptables))
+                or_skipped(skip, format!("{:.0} MiB", s.agent_rss_mib.iptables)),
+                fmt_ms(s.agent_first_sync_ms.ebpf),
+                or_skipped(skip, fmt_ms(s.agent_first_sync_ms.iptables))
             );
+        }
+        for s in &self.scales {
+            for (mode, c) in [("eBPF", &s.control.ebpf), ("iptables", &s.control.iptables)] {
+                if let Some(error) = &c.error {
+                    let _ = writeln!(
+                        out,
+                        "\n{mode} control plane at {} Services not measured: bench-control failed: {error}",
+                        s.services
+                    );
+                }
+                if !c.cold_phases_ms.is_empty() {
+                    let phases: Vec<String> = c
+                        .cold_phases_ms
+                        .iter()
+                        .map(|(phase, ms)| format!("{phase} {}", fmt_ms(*ms)))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "\n{mode} cold sync at {} Services by phase (bench-control): {}.",
+                        s.services,
+                        phases.join(", ")
+                    );
+                }
+            }
         }
         if self.scales.iter().any(|s| s.nodeport.is_some()) {
             out.push_str("\n**Traffic from outside the node**: new connections per second from a client in another namespace to NodePorts on the node (a NodePort chosen at random among the NodePorts column: the first Services have one, 30000 up, at most 20,000; Kubernetes' default range 30000-32767 would hold 2,768), through the tc programs (eBPF mode) or kube-proxy's chains (iptables mode), every backend on another node (source NAT in both); direct is the same client reaching the backends through the node without a proxy. tc ns/run: the tc programs' run time per run (one packet at one hook; a forwarded packet meets two, ingress on one of the node's links and egress on the other), over the NodePort runs (translated) and over the direct runs (forwarded untouched).\n\n");
@@ -415,6 +457,7 @@ mod tests {
             cold_ms: cold,
             change_p50_ms: cold / 1000.0,
             change_p99_ms: cold / 500.0,
+            ..Default::default()
         };
         let cost = |ns: f64| ProgramCost {
             ns_per_run: ns,
@@ -439,6 +482,11 @@ mod tests {
                 direct: None,
                 ebpf: 20.0,
                 iptables: 30.0,
+            },
+            agent_first_sync_ms: Modes {
+                direct: None,
+                ebpf: 12.0,
+                iptables: 900.0,
             },
             ratios: Ratios::default(),
             nodeport: Some(NodePortCase {
@@ -533,6 +581,7 @@ mod tests {
         s.iptables_skipped = Some("above --iptables-max-services 30000".into());
         s.control.iptables = ControlPlane::default();
         s.agent_rss_mib.iptables = 0.0;
+        s.agent_first_sync_ms.iptables = 0.0;
         if let Some(np) = &mut s.nodeport {
             np.datapath.iptables = Datapath::default();
         }

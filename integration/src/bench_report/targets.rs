@@ -146,12 +146,15 @@ impl Report {
             let rss_target = format!("≤ {rss_mib:.0} MiB");
             match self.scales.iter().find(|s| s.services == services) {
                 Some(s) => {
-                    out.push(measured(
-                        cold,
-                        Some(s.control.ebpf.cold_ms),
-                        cold_target,
-                        |v| (super::fmt_ms(v), v <= cold_ms),
-                    ));
+                    let mut t = measured(cold, Some(s.control.ebpf.cold_ms), cold_target, |v| {
+                        (super::fmt_ms(v), v <= cold_ms)
+                    });
+                    if let (Verdict::NotMeasured(_), Some(error)) =
+                        (&t.verdict, &s.control.ebpf.error)
+                    {
+                        t.verdict = Verdict::NotMeasured(format!("bench-control failed: {error}"));
+                    }
+                    out.push(t);
                     out.push(measured(rss, Some(s.agent_rss_mib.ebpf), rss_target, |v| {
                         (format!("{v:.0} MiB"), v <= rss_mib)
                     }));

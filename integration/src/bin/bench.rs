@@ -206,6 +206,8 @@ struct Bench {
 struct AgentRun {
     datapath: Datapath,
     rss_mib: f64,
+    /// Its first full sync, as it logged it.
+    first_sync_ms: f64,
     profile: Option<Profile>,
 }
 
@@ -371,13 +373,14 @@ impl Bench {
         let AgentRun {
             datapath: ebpf,
             rss_mib: ebpf_rss,
+            first_sync_ms: ebpf_sync_ms,
             profile,
         } = ebpf_run;
         profiles.extend(profile);
-        let (iptables, iptables_rss, np_iptables) = match &iptables_skipped {
+        let (iptables, iptables_rss, iptables_sync_ms, np_iptables) = match &iptables_skipped {
             Some(why) => {
                 eprintln!("bench: iptables mode skipped: {why}");
-                (Datapath::default(), 0.0, Datapath::default())
+                (Datapath::default(), 0.0, 0.0, Datapath::default())
             }
             None => {
                 let (run, nodeport) =
@@ -403,7 +406,7 @@ impl Bench {
                         Ok((iptables, nodeport))
                     })?;
                 profiles.extend(run.profile);
-                (run.datapath, run.rss_mib, nodeport)
+                (run.datapath, run.rss_mib, run.first_sync_ms, nodeport)
             }
         };
         let (np_direct, np_tc, tc_nodeport, tc_passthrough) = np_ebpf;
@@ -422,7 +425,7 @@ impl Bench {
         let _ = fs::remove_dir_all(&work);
         let control_iptables = match iptables_skipped {
             Some(_) => ControlPlane::default(),
-            None => control_plane(services, args.changes, true)?,
+            None => control_plane(services, args.changes, true),
         };
         let scale = Scale {
             services,
@@ -436,13 +439,18 @@ impl Bench {
             iptables_skipped,
             control: Modes {
                 direct: None,
-                ebpf: control_plane(services, args.changes, false)?,
+                ebpf: control_plane(services, args.changes, false),
                 iptables: control_iptables,
             },
             agent_rss_mib: Modes {
                 direct: None,
                 ebpf: ebpf_rss,
                 iptables: iptables_rss,
+            },
+            agent_first_sync_ms: Modes {
+                direct: None,
+                ebpf: ebpf_sync_ms,
+                iptables: iptables_sync_ms,
             },
             ratios: Default::default(),
             nodeport: Some(nodeport),
@@ -480,6 +488,7 @@ impl Bench {
             agent.extra_args.extend(capacities(services));
         }
         agent.write("services.json", &manifests(services, port));
+        let started = Instant::now();
         agent.start();
         let recorder = match (args.profile, agent.pid()) {
             (true, Some(pid)) => Some(Recorder::attach(
@@ -489,6 +498,12 @@ impl Bench {
             _ => None,
         };
         self.wait_serving(&agent, services)?;
+        let first_sync_ms = synced_ms(&agent.log()).unwrap_or_default();
+        eprintln!(
+            "bench: the agent ({mode}) served {services} Services {:.1} s after its start (its first sync: {})",
+            started.elapsed().as_secs_f64(),
+            integration::bench_report::fmt_ms(first_sync_ms)
+        );
         let profile = match recorder {
             Some(recorder) => {
                 let samples = recorder.finish()?;
@@ -496,7 +511,7 @@ impl Bench {
                 profile.folded = args.out.join(format!("profile-{mode}-{services}.folded"));
                 fs::write(&profile.folded, bench_profile::fold(&samples))
                     .with_context(|| format!("writing {}", profile.folded.display()))?;
-                profile.synced_ms = synced_ms(&agent.log());
+                profile.synced_ms = Some(first_sync_ms);
                 Some(profile)
             }
             None => None,
@@ -508,6 +523,7 @@ impl Bench {
             AgentRun {
                 datapath,
                 rss_mib: rss,
+                first_sync_ms,
                 profile,
             },
             extra,
@@ -777,12 +793,42 @@ fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
-/// `bench-control` at `services`, for the maps or for iptables-restore.
-fn control_plane(services: usize, changes: usize, iptables: bool) -> anyhow::Result<ControlPlane> {
+/// `bench-control` at `services`, for the maps or for iptables-restore. A failure is kept
+/// in the figures (and named in the report) rather than ending the run: the data path
+/// figures of a long scale are not lost to it.
+fn control_plane(services: usize, changes: usize, iptables: bool) -> ControlPlane {
+    let started = Instant::now();
+    let result = run_control_plane(services, changes, iptables);
+    eprintln!(
+        "bench: bench-control{} at {services} Services took {:.1} s",
+        if iptables { " --iptables" } else { "" },
+        started.elapsed().as_secs_f64()
+    );
+    result.unwrap_or_else(|e| {
+        eprintln!("bench: {e:#}");
+        let first = format!("{e:#}")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        ControlPlane {
+            error: Some(first),
+            ..ControlPlane::default()
+        }
+    })
+}
+
+fn run_control_plane(
+    services: usize,
+    changes: usize,
+    iptables: bool,
+) -> anyhow::Result<ControlPlane> {
     let mut cmd = std::process::Command::new(bin_dir().join("bench-control"));
     cmd.args(["--services", &services.to_string()])
         .args(["--changes", &changes.to_string()])
-        .args(["--connect-samples", "0"]);
+        .args(["--connect-samples", "0"])
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
     if iptables {
         cmd.args(["--iptables", "--iptables-backend", "nft"]);
     }
@@ -805,6 +851,16 @@ fn control_plane(services: usize, changes: usize, iptables: bool) -> anyhow::Res
         cold_ms: v["cold_sync_ms"].as_f64().unwrap_or(0.0),
         change_p50_ms: v["change_ms"]["p50"].as_f64().unwrap_or(0.0),
         change_p99_ms: v["change_ms"]["p99"].as_f64().unwrap_or(0.0),
+        cold_phases_ms: v["cold_phases_ms"]
+            .as_object()
+            .map(|phases| {
+                phases
+                    .iter()
+                    .filter_map(|(k, ms)| Some((k.clone(), ms.as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        error: None,
     })
 }
 
