@@ -134,7 +134,27 @@ pub struct Profile {
     pub synced_ms: Option<f64>,
 }
 
-/// The `n` functions with the most self time and the `n` with the most total time.
+/// Frames every stack of a thread shares (thread start, the async runtime, the standard
+/// library's plumbing): left out of the total-time list, where they would fill the top
+/// with 100 % rows that say nothing. They stay in the folded stacks.
+fn plumbing(function: &str) -> bool {
+    const PREFIXES: [&str; 10] = [
+        "std::",
+        "<std::",
+        "core::ops::function::",
+        "tokio::runtime::",
+        "<tokio::runtime::",
+        "__libc_start",
+        "start_thread",
+        "clone3",
+        "_start",
+        "[unknown]",
+    ];
+    function == "main" || PREFIXES.iter().any(|p| function.starts_with(p))
+}
+
+/// The `n` functions with the most self time and the `n` with the most total time (the
+/// runtime's plumbing left out of the latter).
 pub fn top_functions(samples: &[Sample], n: usize) -> (Vec<FunctionTime>, Vec<FunctionTime>) {
     let mut table: BTreeMap<&str, FunctionTime> = BTreeMap::new();
     for s in samples {
@@ -156,13 +176,17 @@ pub fn top_functions(samples: &[Sample], n: usize) -> (Vec<FunctionTime>, Vec<Fu
             ..t
         })
         .collect();
-    let top = |key: fn(&FunctionTime) -> u64| {
-        let mut sorted = all.clone();
+    let top = |key: fn(&FunctionTime) -> u64, keep: fn(&str) -> bool| {
+        let mut sorted: Vec<FunctionTime> =
+            all.iter().filter(|t| keep(&t.function)).cloned().collect();
         sorted.sort_by(|a, b| key(b).cmp(&key(a)).then(a.function.cmp(&b.function)));
         sorted.truncate(n);
         sorted
     };
-    (top(|t| t.self_samples), top(|t| t.total_samples))
+    (
+        top(|t| t.self_samples, |_| true),
+        top(|t| t.total_samples, |f| !plumbing(f)),
+    )
 }
 
 impl Profile {
@@ -204,7 +228,17 @@ impl Profile {
             .iter()
             .map(|(c, n)| format!("{c} {:.1} %", pct(*n)))
             .collect();
-        let _ = writeln!(out, "Samples per command: {}.\n", commands.join(", "));
+        if self.samples < 20 {
+            let _ = writeln!(
+                out,
+                "Too few samples to say where the time goes: the sync was shorter than a few sampling periods (perf samples at 499 Hz).\n"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "Samples per command (`:PID` is a thread perf saw before its name): {}.\n",
+            commands.join(", ")
+        );
         out.push_str("| self | total | function |\n|---:|---:|---|\n");
         for t in &self.top_self {
             let _ = writeln!(
@@ -306,6 +340,8 @@ impl Recorder {
         if !out.status.success() {
             bail!("perf script failed ({})", out.status);
         }
+        let _ = std::fs::remove_file(&self.data);
+        let _ = std::fs::remove_file(self.data.with_extension("log"));
         Ok(parse_perf_script(&String::from_utf8_lossy(&out.stdout)))
     }
 }
@@ -353,11 +389,18 @@ iptables-nft-re 4300
         assert_eq!(top_self.len(), 2);
         assert!(top_self.iter().all(|t| t.self_samples == 1));
         assert_eq!(top_total[0].total_samples, 2);
-        assert_eq!(top_total[0].function, "main");
+        assert_eq!(
+            top_total[0].function, "proxy_user::sync::Syncer::sync",
+            "main is plumbing, left out"
+        );
         let profile = Profile::from_samples("ebpf", 10, &samples, 5);
         assert_eq!(profile.by_command["proxy-agent"], 2);
         let md = profile.markdown();
         assert!(md.contains("iptables-nft-re 33.3 %"), "{md}");
-        assert!(md.contains("| 66.7 % | 0.0 % | `main` |"), "{md}");
+        assert!(
+            md.contains("| 66.7 % | 0.0 % | `proxy_user::sync::Syncer::sync` |"),
+            "{md}"
+        );
+        assert!(md.contains("Too few samples"), "{md}");
     }
 }

@@ -506,19 +506,32 @@ impl Bench {
         );
         let profile = match recorder {
             Some(recorder) => {
+                let reading = Instant::now();
                 let samples = recorder.finish()?;
                 let mut profile = Profile::from_samples(mode, services, &samples, args.profile_top);
                 profile.folded = args.out.join(format!("profile-{mode}-{services}.folded"));
                 fs::write(&profile.folded, bench_profile::fold(&samples))
                     .with_context(|| format!("writing {}", profile.folded.display()))?;
                 profile.synced_ms = Some(first_sync_ms);
+                eprintln!(
+                    "bench: the profile of the agent ({mode}) read in {:.1} s",
+                    reading.elapsed().as_secs_f64()
+                );
                 Some(profile)
             }
             None => None,
         };
         let rss = agent.pid().map(rss_mib).transpose()?.unwrap_or_default();
+        let measuring = Instant::now();
         let (datapath, extra) = measure(&agent)?;
+        let stopping = Instant::now();
         agent.stop();
+        drop(agent);
+        eprintln!(
+            "bench: the agent ({mode}) at {services} Services: measured in {:.1} s, stopped and cleaned up in {:.1} s",
+            stopping.duration_since(measuring).as_secs_f64(),
+            stopping.elapsed().as_secs_f64()
+        );
         Ok((
             AgentRun {
                 datapath,
@@ -806,11 +819,11 @@ fn control_plane(services: usize, changes: usize, iptables: bool) -> ControlPlan
     );
     result.unwrap_or_else(|e| {
         eprintln!("bench: {e:#}");
-        let first = format!("{e:#}")
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        // The report's cells want a line, not a debug dump.
+        let mut first: String = format!("{e:#}").lines().next().unwrap_or_default().into();
+        if first.chars().count() > 160 {
+            first = first.chars().take(160).collect::<String>() + "…";
+        }
         ControlPlane {
             error: Some(first),
             ..ControlPlane::default()
