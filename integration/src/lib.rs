@@ -8,7 +8,10 @@
 //! route to the service range, so a connect the programs do not translate fails with
 //! ENETUNREACH instead of leaving the machine.
 
+pub mod bench_addresses;
+pub mod bench_profile;
 pub mod bench_report;
+pub mod bench_stats;
 pub mod daemonset;
 pub mod manifests;
 pub mod two_nodes;

@@ -94,6 +94,13 @@ enum Cmd {
         /// Length of one data path run, in ms.
         #[arg(long)]
         duration_ms: Option<u64>,
+        /// Skip the iptables mode above this many Services (a cold iptables-restore of
+        /// 100,000 takes minutes); the report says which scales were skipped.
+        #[arg(long, value_name = "N")]
+        iptables_max_services: Option<usize>,
+        /// Profile each agent's cold sync with perf and report the top functions.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -165,6 +172,8 @@ fn main() -> anyhow::Result<()> {
             scales,
             runs,
             duration_ms,
+            iptables_max_services,
+            profile,
         } => {
             setup::run()?;
             build(true)?;
@@ -173,10 +182,17 @@ fn main() -> anyhow::Result<()> {
             if quick {
                 args.push("--quick".into());
             }
+            if profile {
+                args.push("--profile".into());
+            }
             for (flag, value) in [
                 ("--scales", scales),
                 ("--runs", runs.map(|r| r.to_string())),
                 ("--duration-ms", duration_ms.map(|d| d.to_string())),
+                (
+                    "--iptables-max-services",
+                    iptables_max_services.map(|n| n.to_string()),
+                ),
             ] {
                 if let Some(value) = value {
                     args.extend([flag.to_string(), value]);

@@ -18,8 +18,8 @@ const BUILD_PACKAGES: &[&str] = &[
     "zlib1g-dev",
 ];
 
-/// Debian packages the agent, tests and demo drive (iptables, conntrack, socat, bpftool,
-/// ip, curl).
+/// Debian packages the agent, tests, demo and benchmark drive (iptables, conntrack, socat,
+/// bpftool, ip, curl; perf for `bench --profile`).
 const TOOL_PACKAGES: &[&str] = &[
     "iproute2",
     "iptables",
@@ -27,6 +27,7 @@ const TOOL_PACKAGES: &[&str] = &[
     "socat",
     "bpftool",
     "curl",
+    "linux-perf",
 ];
 
 /// Debian packages the kernel tier drives: qemu (software emulation); busybox-static

@@ -18,23 +18,37 @@
 //! with a timestamp from another ClusterIP's clock offset, and PAWS drops the SYN (a one
 //! second retransmission). The agent runs unpinned and idle during the runs.
 //! Control-plane figures come from `bench-control`.
+//!
+//! Scale: up to 106,490 Services, their ClusterIPs from three blocks of 198.18.0.0/15
+//! (`bench_addresses`); the first 20,000 have a NodePort. Above `--iptables-max-services`
+//! the iptables mode is skipped, and the report says so.
+//!
+//! Program cost: the kernel's BPF run-time statistics, read around each run of each arm,
+//! so a figure covers only the calls of its own arm: connect4 per translated connect (the
+//! eBPF arm), per pass-through connect (a run to the backends from inside the cgroup), the
+//! tc programs per run during the NodePort runs and during the forwarded direct runs.
+//!
+//! `--profile`: `perf record` of each agent from its start to its first `synced`
+//! (`bench_profile`).
 
 use std::{
-    collections::BTreeSet,
     fmt::Write as _,
     fs,
-    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use aya::programs::links::{FdLink, PinnedLink};
 use clap::Parser;
 use integration::{
     Agent, Cgroup, ChildGuard, Netns,
-    bench_report::{ControlPlane, Datapath, Environment, Modes, NodePortCase, Report, Scale},
+    bench_addresses::{self, MAX_SERVICES, SERVICE_BLOCKS},
+    bench_profile::{self, Profile, Recorder},
+    bench_report::{
+        ControlPlane, Datapath, Environment, Modes, NodePortCase, ProgramCost, Report, Scale,
+    },
+    bench_stats::BpfStats,
     bin_dir, command_in, unique,
 };
 
@@ -59,18 +73,26 @@ struct Args {
     /// The CPU the load generator and the server share.
     #[arg(long, default_value_t = 1)]
     cpu: usize,
+    /// Skip the iptables mode (its agent, its data path and its control plane) at scales
+    /// above this many Services: at 100,000 a cold iptables-restore takes minutes. The
+    /// report says which scales were skipped.
+    #[arg(long, value_name = "N")]
+    iptables_max_services: Option<usize>,
+    /// Profile each agent's cold sync with `perf record` (DWARF call graphs) and report the
+    /// functions with the most samples; folded stacks go to the output directory.
+    #[arg(long)]
+    profile: bool,
+    /// Functions listed per profile.
+    #[arg(long, default_value_t = 15)]
+    profile_top: usize,
     /// Where the report goes.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
 }
 
 const ENDPOINTS: usize = 5;
-/// NodePorts are 30000 + i: scales above this have no NodePort case.
-const NODEPORT_MAX: usize = 20_000;
 /// The node's address toward the outside namespace (its Node object's).
 const NODE_IP: &str = "198.18.9.1";
-/// ClusterIPs come from 198.19.0.0/16.
-const MAX_SERVICES: usize = 65_000;
 const BACKENDS: [&str; ENDPOINTS] = [
     "198.18.1.2",
     "198.18.1.3",
@@ -111,7 +133,13 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         bail!("the benchmark needs root (network namespaces, BPF programs, iptables)");
     }
     if let Some(n) = args.scales.iter().find(|n| **n == 0 || **n > MAX_SERVICES) {
-        bail!("--scales: {n} is outside 1..={MAX_SERVICES} (the ClusterIPs are one /16)");
+        bail!(
+            "--scales: {n} is outside 1..={MAX_SERVICES} (the ClusterIP blocks: {})",
+            SERVICE_BLOCKS.map(|b| b.cidr()).join(", ")
+        );
+    }
+    if args.profile {
+        bench_profile::perf_available()?;
     }
     if args.quick {
         args.scales = vec![10, 100];
@@ -124,17 +152,24 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     let mut report = Report {
         environment: environment(&args)?,
         scales: Vec::new(),
+        profiles: Vec::new(),
     };
+    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     for (index, &services) in args.scales.iter().enumerate() {
         eprintln!("bench: {services} Services");
-        let mut scale = bench.scale(services, index, &args, &stats)?;
+        let started = Instant::now();
+        let (mut scale, profiles) = bench.scale(services, index, &args, &stats)?;
         scale.compute_ratios();
         report.scales.push(scale);
+        report.profiles.extend(profiles);
+        eprintln!(
+            "bench: {services} Services took {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     drop(bench);
     drop(stats);
 
-    fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let write = |name: &str, text: &str| -> anyhow::Result<()> {
         let path = args.out.join(name);
         fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
@@ -166,6 +201,16 @@ struct Bench {
     outside: Netns,
 }
 
+/// What one agent's run measured besides its arms: the first arm's data path, the
+/// agent's resident memory once synced, and with `--profile` its cold sync's profile.
+struct AgentRun {
+    datapath: Datapath,
+    rss_mib: f64,
+    /// Its first full sync, as it logged it.
+    first_sync_ms: f64,
+    profile: Option<Profile>,
+}
+
 /// Where a load generator runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -192,7 +237,9 @@ impl Bench {
         client.link_to("vs", "198.18.0.1", &server_ns, "eth0", "198.18.0.2");
         client.ip(&["route", "add", "198.18.1.0/24", "via", "198.18.0.2"]);
         // iptables DNATs after the route lookup: the service range needs a route.
-        client.ip(&["route", "add", "198.19.0.0/16", "via", "198.18.0.2"]);
+        for block in SERVICE_BLOCKS {
+            client.ip(&["route", "add", &block.cidr(), "via", "198.18.0.2"]);
+        }
         for ip in BACKENDS {
             server_ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
         }
@@ -233,10 +280,11 @@ impl Bench {
         index: usize,
         args: &Args,
         stats: &BpfStats,
-    ) -> anyhow::Result<Scale> {
+    ) -> anyhow::Result<(Scale, Vec<Profile>)> {
         let [direct_port, ebpf_port, iptables_port] = ports(index);
         let work = std::env::temp_dir().join(format!("{}-{services}", self.id));
         fs::create_dir_all(&work)?;
+        let mut profiles = Vec::new();
 
         let direct_targets = work.join("direct");
         fs::write(
@@ -253,125 +301,176 @@ impl Bench {
                 .map(|i| format!("{}:80\n", vip(i)))
                 .collect::<String>(),
         )?;
+        let node_port_count = bench_addresses::node_ports(services);
         let node_ports = work.join("nodeports");
         fs::write(
             &node_ports,
-            (0..services.min(NODEPORT_MAX))
-                .map(|i| format!("{NODE_IP}:{}\n", 30_000 + i))
+            (0..services)
+                .filter_map(bench_addresses::node_port)
+                .map(|port| format!("{NODE_IP}:{port}\n"))
                 .collect::<String>(),
         )?;
-        let with_nodeports = services <= NODEPORT_MAX;
+        let iptables_skipped = args
+            .iptables_max_services
+            .filter(|max| services > *max)
+            .map(|max| format!("{services} Services is above --iptables-max-services {max}"));
         // Direct runs alternate with the eBPF runs, with the client outside the cgroup (no
         // program runs for it) and no iptables rules in the namespace: drift on this
         // machine hits both alike.
-        let (ebpf, ebpf_rss, (direct, ns_per_connect, ns_floor, np_ebpf)) =
-            self.with_agent("ebpf", services, ebpf_port, index, |agent| {
-                let before = stats.connect4(&agent.cgroup)?;
+        let (ebpf_run, (direct, connect4, np_ebpf)) =
+            self.with_agent("ebpf", services, ebpf_port, index, args, |agent| {
+                let connect4 = || stats.connect4(&agent.cgroup);
                 let mut arms = self.datapath(
                     &[(&direct_targets, Origin::Node), (&vips, Origin::NodeSocket)],
-                    args,
+                    args.runs,
+                    args.duration_ms,
+                    Some(&connect4),
                 )?;
-                let after = stats.connect4(&agent.cgroup)?;
-                let calls = after.1.saturating_sub(before.1).max(1);
-                let ns = after.0.saturating_sub(before.0) as f64 / calls as f64;
-                // Calibration: the same program on connections to addresses that are no
-                // Service (one map lookup that misses), the floor of any connect4 program
-                // on this machine with the statistics on.
-                let before = stats.connect4(&agent.cgroup)?;
-                self.loadgen(
-                    &direct_targets,
-                    Origin::NodeSocket,
-                    args.duration_ms / 2,
-                    100,
-                    99,
-                )?;
-                let after = stats.connect4(&agent.cgroup)?;
-                let calls = after.1.saturating_sub(before.1).max(1);
-                let floor = after.0.saturating_sub(before.0) as f64 / calls as f64;
-                let ebpf = arms.pop().context("eBPF runs")?;
-                let direct = arms.pop().context("direct runs")?;
+                let (ebpf, translated) = arms.pop().context("eBPF runs")?;
+                let (direct, outside_cgroup) = arms.pop().context("direct runs")?;
+                if outside_cgroup.runs > 0 {
+                    eprintln!(
+                        "bench: warning: connect4 ran {} times during the direct runs (outside its cgroup): another process in the cgroup?",
+                        outside_cgroup.runs
+                    );
+                }
+                // The same program on connections to addresses that are no Service (one
+                // map lookup that misses, nothing rewritten): the floor of any connect4
+                // program on this machine with the statistics on.
+                let (_, passthrough) = self
+                    .datapath(
+                        &[(&direct_targets, Origin::NodeSocket)],
+                        1,
+                        args.duration_ms / 2,
+                        Some(&connect4),
+                    )?
+                    .pop()
+                    .context("pass-through run")?;
                 // NodePorts from outside, through the tc programs, alternating with the
-                // same client reaching the backends directly.
-                let nodeport = if with_nodeports {
-                    let before = stats.tc(&agent.bpffs)?;
-                    let mut arms = self.datapath(
-                        &[
-                            (&direct_targets, Origin::Outside),
-                            (&node_ports, Origin::Outside),
-                        ],
-                        args,
-                    )?;
-                    let after = stats.tc(&agent.bpffs)?;
-                    let packets = after.1.saturating_sub(before.1).max(1);
-                    let tc_ns = after.0.saturating_sub(before.0) as f64 / packets as f64;
-                    let tc = arms.pop().context("NodePort eBPF runs")?;
-                    let direct = arms.pop().context("NodePort direct runs")?;
-                    Some((direct, tc, tc_ns))
-                } else {
-                    None
-                };
-                Ok((ebpf, (direct, ns, floor, nodeport)))
-            })?;
-        let (iptables, iptables_rss, np_iptables) =
-            self.with_agent("iptables", services, iptables_port, index, |_| {
-                let mut arms = self.datapath(&[(&vips, Origin::NodeSocket)], args)?;
-                let nodeport = if with_nodeports {
-                    let mut np = self.datapath(&[(&node_ports, Origin::Outside)], args)?;
-                    Some(np.pop().context("NodePort iptables runs")?)
-                } else {
-                    None
-                };
-                Ok((arms.pop().context("iptables runs")?, nodeport))
-            })?;
-        let nodeport = match (np_ebpf, np_iptables) {
-            (Some((direct, ebpf, tc_ns_per_packet)), Some(iptables)) => Some(NodePortCase {
-                datapath: Modes {
-                    direct: Some(direct),
+                // same client reaching the backends directly (forwarded by the node, the
+                // tc programs passing the packets through).
+                let tc = || stats.tc(&agent.bpffs);
+                let mut arms = self.datapath(
+                    &[
+                        (&direct_targets, Origin::Outside),
+                        (&node_ports, Origin::Outside),
+                    ],
+                    args.runs,
+                    args.duration_ms,
+                    Some(&tc),
+                )?;
+                let (np_tc, tc_nodeport) = arms.pop().context("NodePort eBPF runs")?;
+                let (np_direct, tc_passthrough) = arms.pop().context("NodePort direct runs")?;
+                Ok((
                     ebpf,
-                    iptables,
-                },
-                tc_ns_per_packet,
-                ..NodePortCase::default()
-            }),
-            _ => None,
+                    (
+                        direct,
+                        (translated, passthrough),
+                        (np_direct, np_tc, tc_nodeport, tc_passthrough),
+                    ),
+                ))
+            })?;
+        let AgentRun {
+            datapath: ebpf,
+            rss_mib: ebpf_rss,
+            first_sync_ms: ebpf_sync_ms,
+            profile,
+        } = ebpf_run;
+        profiles.extend(profile);
+        let (iptables, iptables_rss, iptables_sync_ms, np_iptables) = match &iptables_skipped {
+            Some(why) => {
+                eprintln!("bench: iptables mode skipped: {why}");
+                (Datapath::default(), 0.0, 0.0, Datapath::default())
+            }
+            None => {
+                let (run, nodeport) =
+                    self.with_agent("iptables", services, iptables_port, index, args, |_| {
+                        let (iptables, _) = self
+                            .datapath(
+                                &[(&vips, Origin::NodeSocket)],
+                                args.runs,
+                                args.duration_ms,
+                                None,
+                            )?
+                            .pop()
+                            .context("iptables runs")?;
+                        let (nodeport, _) = self
+                            .datapath(
+                                &[(&node_ports, Origin::Outside)],
+                                args.runs,
+                                args.duration_ms,
+                                None,
+                            )?
+                            .pop()
+                            .context("NodePort iptables runs")?;
+                        Ok((iptables, nodeport))
+                    })?;
+                profiles.extend(run.profile);
+                (run.datapath, run.rss_mib, run.first_sync_ms, nodeport)
+            }
+        };
+        let (np_direct, np_tc, tc_nodeport, tc_passthrough) = np_ebpf;
+        let nodeport = NodePortCase {
+            datapath: Modes {
+                direct: Some(np_direct),
+                ebpf: np_tc,
+                iptables: np_iptables,
+            },
+            node_ports: node_port_count,
+            tc_nodeport,
+            tc_passthrough,
+            ..NodePortCase::default()
         };
 
         let _ = fs::remove_dir_all(&work);
-        Ok(Scale {
+        let control_iptables = match iptables_skipped {
+            Some(_) => ControlPlane::default(),
+            None => control_plane(services, args.changes, true),
+        };
+        let scale = Scale {
             services,
             datapath: Modes {
                 direct: Some(direct),
                 ebpf,
                 iptables,
             },
-            bpf_ns_per_connect: ns_per_connect,
-            bpf_ns_per_passthrough: ns_floor,
+            connect4_translated: connect4.0,
+            connect4_passthrough: connect4.1,
+            iptables_skipped,
             control: Modes {
                 direct: None,
-                ebpf: control_plane(services, args.changes, false)?,
-                iptables: control_plane(services, args.changes, true)?,
+                ebpf: control_plane(services, args.changes, false),
+                iptables: control_iptables,
             },
             agent_rss_mib: Modes {
                 direct: None,
                 ebpf: ebpf_rss,
                 iptables: iptables_rss,
             },
+            agent_first_sync_ms: Modes {
+                direct: None,
+                ebpf: ebpf_sync_ms,
+                iptables: iptables_sync_ms,
+            },
             ratios: Default::default(),
-            nodeport,
-        })
+            nodeport: Some(nodeport),
+        };
+        Ok((scale, profiles))
     }
 
     /// Starts the agent in `mode` on `services` Services whose endpoints listen on `port`,
     /// waits until a connection goes through, runs `measure`, and stops it (its cleanup
-    /// runs in the client namespace).
+    /// runs in the client namespace). With `--profile`, perf records the agent from its
+    /// start until it has synced and served.
     fn with_agent<T>(
         &self,
         mode: &'static str,
         services: usize,
         port: u16,
         index: usize,
+        args: &Args,
         measure: impl FnOnce(&Agent) -> anyhow::Result<(Datapath, T)>,
-    ) -> anyhow::Result<(Datapath, f64, T)> {
+    ) -> anyhow::Result<(AgentRun, T)> {
         let mut agent = Agent::in_namespace(
             &format!("{}-{mode}-{index}", self.id),
             &self.client,
@@ -386,14 +485,62 @@ impl Bench {
             agent
                 .extra_args
                 .extend(["--interfaces".into(), "vx,vs".into()]);
+            agent.extra_args.extend(capacities(services));
         }
         agent.write("services.json", &manifests(services, port));
+        let started = Instant::now();
         agent.start();
+        let recorder = match (args.profile, agent.pid()) {
+            (true, Some(pid)) => Some(Recorder::attach(
+                pid,
+                &std::env::temp_dir().join(format!("{}-{mode}-{services}.perf", self.id)),
+            )?),
+            _ => None,
+        };
         self.wait_serving(&agent, services)?;
+        let first_sync_ms = synced_ms(&agent.log()).unwrap_or_default();
+        eprintln!(
+            "bench: the agent ({mode}) served {services} Services {:.1} s after its start (its first sync: {})",
+            started.elapsed().as_secs_f64(),
+            integration::bench_report::fmt_ms(first_sync_ms)
+        );
+        let profile = match recorder {
+            Some(recorder) => {
+                let reading = Instant::now();
+                let samples = recorder.finish()?;
+                let mut profile = Profile::from_samples(mode, services, &samples, args.profile_top);
+                profile.folded = args.out.join(format!("profile-{mode}-{services}.folded"));
+                fs::write(&profile.folded, bench_profile::fold(&samples))
+                    .with_context(|| format!("writing {}", profile.folded.display()))?;
+                profile.synced_ms = Some(first_sync_ms);
+                eprintln!(
+                    "bench: the profile of the agent ({mode}) read in {:.1} s",
+                    reading.elapsed().as_secs_f64()
+                );
+                Some(profile)
+            }
+            None => None,
+        };
         let rss = agent.pid().map(rss_mib).transpose()?.unwrap_or_default();
+        let measuring = Instant::now();
         let (datapath, extra) = measure(&agent)?;
+        let stopping = Instant::now();
         agent.stop();
-        Ok((datapath, rss, extra))
+        drop(agent);
+        eprintln!(
+            "bench: the agent ({mode}) at {services} Services: measured in {:.1} s, stopped and cleaned up in {:.1} s",
+            stopping.duration_since(measuring).as_secs_f64(),
+            stopping.elapsed().as_secs_f64()
+        );
+        Ok((
+            AgentRun {
+                datapath,
+                rss_mib: rss,
+                first_sync_ms,
+                profile,
+            },
+            extra,
+        ))
     }
 
     /// Until the agent has synced and the last Service answers.
@@ -401,7 +548,10 @@ impl Bench {
         let last = std::env::temp_dir().join(format!("{}-last", self.id));
         fs::write(&last, format!("{}:80\n", vip(services - 1)))?;
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(120) {
+        // A cold iptables-restore of 100,000 Services takes minutes.
+        let limit = Duration::from_secs(120) + Duration::from_millis(10) * services as u32;
+        while start.elapsed() < limit {
+            stop_requested()?;
             if agent.log().contains("\"synced\"") {
                 let probe = self.loadgen(&last, Origin::NodeSocket, 50, 0, 0)?;
                 if probe.connections > 0 && probe.errors == 0 {
@@ -411,49 +561,68 @@ impl Bench {
             std::thread::sleep(Duration::from_millis(100));
         }
         bail!(
-            "the agent ({}) never served {services} Services; its log:\n{}",
+            "the agent ({}) never served {services} Services in {limit:?}; its log:\n{}",
             agent.mode,
             agent.log()
         )
     }
 
-    /// `runs` rounds, each running every arm (targets, and whether the client is in the
-    /// agent's cgroup) once; per arm, the median run by rate and the SYN retransmissions
-    /// counted during its runs.
-    fn datapath(&self, arms: &[(&Path, Origin)], args: &Args) -> anyhow::Result<Vec<Datapath>> {
-        let mut runs: Vec<Vec<Datapath>> = vec![Vec::new(); arms.len()];
+    /// `runs` rounds, each running every arm (targets, and where the client runs) once;
+    /// per arm, the median run by rate, the SYN retransmissions counted during its runs,
+    /// and, with `programs` (run_time_ns, run_cnt of the programs that serve the arms),
+    /// the programs' cost over that arm's runs alone.
+    fn datapath(
+        &self,
+        arms: &[(&Path, Origin)],
+        runs: usize,
+        duration_ms: u64,
+        programs: Option<&dyn Fn() -> anyhow::Result<(u64, u64)>>,
+    ) -> anyhow::Result<Vec<(Datapath, ProgramCost)>> {
+        let mut results: Vec<Vec<Datapath>> = vec![Vec::new(); arms.len()];
         let mut retransmits = vec![0u64; arms.len()];
-        for seed in 0..args.runs {
+        let mut program_runs = vec![(0u64, 0u64); arms.len()];
+        for seed in 0..runs {
             for (arm, (targets, origin)) in arms.iter().enumerate() {
                 stop_requested()?;
                 self.flush_conntrack();
                 let before = self.syn_retransmits(*origin)?;
-                runs[arm].push(self.loadgen(
+                let programs_before = programs.map(|p| p()).transpose()?;
+                results[arm].push(self.loadgen(
                     targets,
                     *origin,
-                    args.duration_ms,
+                    duration_ms,
                     200,
                     seed as u64 + 1,
                 )?);
+                if let (Some(p), Some(before)) = (programs, programs_before) {
+                    let after = p()?;
+                    program_runs[arm].0 += after.0.saturating_sub(before.0);
+                    program_runs[arm].1 += after.1.saturating_sub(before.1);
+                }
                 retransmits[arm] += self.syn_retransmits(*origin)?.saturating_sub(before);
             }
         }
         let conntrack_entries = self.conntrack_entries();
-        runs.into_iter()
+        results
+            .into_iter()
             .zip(retransmits)
-            .map(|(mut runs, syn_retransmits)| {
+            .zip(program_runs)
+            .map(|((mut runs, syn_retransmits), program_runs)| {
                 let rates: Vec<f64> = runs.iter().map(|r| r.rate_per_s).collect();
                 runs.sort_by(|a, b| a.rate_per_s.total_cmp(&b.rate_per_s));
                 let median = runs
                     .get(runs.len() / 2)
                     .cloned()
                     .context("no data path run")?;
-                Ok(Datapath {
-                    syn_retransmits,
-                    run_rates: rates,
-                    conntrack_entries,
-                    ..median
-                })
+                Ok((
+                    Datapath {
+                        syn_retransmits,
+                        run_rates: rates,
+                        conntrack_entries,
+                        ..median
+                    },
+                    ProgramCost::between((0, 0), program_runs),
+                ))
             })
             .collect()
     }
@@ -562,14 +731,41 @@ fn spawn_ready(cmd: &mut std::process::Command) -> anyhow::Result<ChildGuard> {
     Ok(child)
 }
 
-/// The ClusterIP of Service `i`.
+/// The ClusterIP of Service `i` (the scales are checked against MAX_SERVICES first).
 fn vip(i: usize) -> String {
-    let n = i + 1;
-    format!("198.19.{}.{}", (n >> 8) & 0xff, n & 0xff)
+    bench_addresses::vip(i)
+        .expect("--scales is checked against MAX_SERVICES")
+        .to_string()
 }
 
-/// `services` Services, each with the five backends on `port` (NodePort 30000 + i for
-/// the first NODEPORT_MAX), and the node's Node object, as one JSON List.
+/// Map capacities for `services` Services in eBPF mode: the defaults hold 65,536
+/// frontends and 524,288 members; a Service is one frontend, two with a NodePort, each with
+/// ENDPOINTS members and slots. Twice that, never below the defaults.
+fn capacities(services: usize) -> Vec<String> {
+    use proxy_common::names::{DEFAULT_MAX_MEMBERS, DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS};
+    let frontends = 2 * (services + bench_addresses::node_ports(services));
+    let at_least = |default: u32, n: usize| u32::try_from(n).unwrap_or(u32::MAX).max(default);
+    vec![
+        "--max-services".into(),
+        at_least(DEFAULT_MAX_SERVICES, frontends).to_string(),
+        "--max-members".into(),
+        at_least(DEFAULT_MAX_MEMBERS, frontends * ENDPOINTS).to_string(),
+        "--max-backend-slots".into(),
+        at_least(DEFAULT_MAX_SLOTS, frontends * ENDPOINTS).to_string(),
+    ]
+}
+
+/// The elapsed_us of the first `synced` line of the agent's JSON log, in ms.
+fn synced_ms(log: &str) -> Option<f64> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "synced")
+        .and_then(|v| v["fields"]["elapsed_us"].as_f64())
+        .map(|us| us / 1000.0)
+}
+
+/// `services` Services, each with the five backends on `port` (a NodePort for the first
+/// NODEPORT_MAX), and the node's Node object, as one JSON List.
 fn manifests(services: usize, port: u16) -> String {
     let endpoints: Vec<String> = BACKENDS
         .iter()
@@ -581,15 +777,9 @@ fn manifests(services: usize, port: u16) -> String {
         r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"bench-node"}},"status":{{"addresses":[{{"type":"InternalIP","address":"{NODE_IP}"}}]}}}}"#
     ));
     for i in 0..services {
-        let node_port = if i < NODEPORT_MAX {
-            format!(r#","nodePort":{}"#, 30_000 + i)
-        } else {
-            String::new()
-        };
-        let type_ = if i < NODEPORT_MAX {
-            "NodePort"
-        } else {
-            "ClusterIP"
+        let (type_, node_port) = match bench_addresses::node_port(i) {
+            Some(p) => ("NodePort", format!(r#","nodePort":{p}"#)),
+            None => ("ClusterIP", String::new()),
         };
         items.push(format!(
             r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"svc-{i}","namespace":"bench"}},"spec":{{"type":"{type_}","clusterIP":"{}","ports":[{{"name":"http","port":80,"targetPort":{port},"protocol":"TCP"{node_port}}}]}}}}"#,
@@ -616,12 +806,42 @@ fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     Ok(kib / 1024.0)
 }
 
-/// `bench-control` at `services`, for the maps or for iptables-restore.
-fn control_plane(services: usize, changes: usize, iptables: bool) -> anyhow::Result<ControlPlane> {
+/// `bench-control` at `services`, for the maps or for iptables-restore. A failure is kept
+/// in the figures (and named in the report) rather than ending the run: the data path
+/// figures of a long scale are not lost to it.
+fn control_plane(services: usize, changes: usize, iptables: bool) -> ControlPlane {
+    let started = Instant::now();
+    let result = run_control_plane(services, changes, iptables);
+    eprintln!(
+        "bench: bench-control{} at {services} Services took {:.1} s",
+        if iptables { " --iptables" } else { "" },
+        started.elapsed().as_secs_f64()
+    );
+    result.unwrap_or_else(|e| {
+        eprintln!("bench: {e:#}");
+        // The report's cells want a line, not a debug dump.
+        let mut first: String = format!("{e:#}").lines().next().unwrap_or_default().into();
+        if first.chars().count() > 160 {
+            first = first.chars().take(160).collect::<String>() + "…";
+        }
+        ControlPlane {
+            error: Some(first),
+            ..ControlPlane::default()
+        }
+    })
+}
+
+fn run_control_plane(
+    services: usize,
+    changes: usize,
+    iptables: bool,
+) -> anyhow::Result<ControlPlane> {
     let mut cmd = std::process::Command::new(bin_dir().join("bench-control"));
     cmd.args(["--services", &services.to_string()])
         .args(["--changes", &changes.to_string()])
-        .args(["--connect-samples", "0"]);
+        .args(["--connect-samples", "0"])
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE");
     if iptables {
         cmd.args(["--iptables", "--iptables-backend", "nft"]);
     }
@@ -644,81 +864,17 @@ fn control_plane(services: usize, changes: usize, iptables: bool) -> anyhow::Res
         cold_ms: v["cold_sync_ms"].as_f64().unwrap_or(0.0),
         change_p50_ms: v["change_ms"]["p50"].as_f64().unwrap_or(0.0),
         change_p99_ms: v["change_ms"]["p99"].as_f64().unwrap_or(0.0),
+        cold_phases_ms: v["cold_phases_ms"]
+            .as_object()
+            .map(|phases| {
+                phases
+                    .iter()
+                    .filter_map(|(k, ms)| Some((k.clone(), ms.as_f64()?)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        error: None,
     })
-}
-
-/// The kernel's BPF run-time statistics, on for the run: the kernel counts each program's
-/// run time and runs while a `BPF_ENABLE_STATS` descriptor is open (this one, held until
-/// the bench ends), whatever `kernel.bpf_stats_enabled` says.
-struct BpfStats {
-    _enabled: OwnedFd,
-}
-
-impl BpfStats {
-    fn enable() -> anyhow::Result<Self> {
-        let enabled = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .context("enabling the kernel's BPF run-time statistics (BPF_ENABLE_STATS)")?;
-        Ok(Self { _enabled: enabled })
-    }
-
-    /// (run_time_ns, run_cnt) of the tc programs whose links are pinned in `bpffs`, summed
-    /// over the programs (one program may serve several links).
-    fn tc(&self, bpffs: &Path) -> anyhow::Result<(u64, u64)> {
-        let mut ids = BTreeSet::new();
-        for entry in fs::read_dir(bpffs).context("reading the pin directory")? {
-            let path = entry?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            if !name.is_some_and(|n| n.starts_with("link_epx_tc_")) {
-                continue;
-            }
-            let link = PinnedLink::from_pin(&path)
-                .with_context(|| format!("opening the link pinned at {}", path.display()))?;
-            let info = FdLink::from(link)
-                .info()
-                .with_context(|| format!("reading the link pinned at {}", path.display()))?;
-            ids.insert(info.program_id());
-        }
-        run_stats(&ids)
-    }
-
-    /// (run_time_ns, run_cnt) of the connect4 program attached to `cgroup`.
-    fn connect4(&self, cgroup: &Path) -> anyhow::Result<(u64, u64)> {
-        let Some((id, _)) = integration::attached_programs(cgroup)
-            .into_iter()
-            .find(|(_, name)| name == proxy_common::names::PROG_CONNECT4)
-        else {
-            bail!("no connect4 program attached to {}", cgroup.display());
-        };
-        let id = u32::try_from(id).context("program id out of range")?;
-        run_stats(&BTreeSet::from([id]))
-    }
-}
-
-/// (run_time_ns, run_cnt) summed over the loaded programs with these ids, from the
-/// kernel's program info.
-fn run_stats(ids: &BTreeSet<u32>) -> anyhow::Result<(u64, u64)> {
-    let (mut total, mut found, mut skipped) = ((0, 0), 0, None);
-    for program in aya::programs::loaded_programs() {
-        // Other programs on the machine come and go while the list is walked; one that
-        // cannot be read is not one of ours unless ours go missing.
-        let program = match program {
-            Ok(program) => program,
-            Err(e) => {
-                skipped = Some(e);
-                continue;
-            }
-        };
-        if ids.contains(&program.id()) {
-            let ns = u64::try_from(program.run_time().as_nanos()).unwrap_or(u64::MAX);
-            total = (total.0 + ns, total.1 + program.run_count());
-            found += 1;
-        }
-    }
-    if found < ids.len() {
-        let why = skipped.map_or_else(String::new, |e| format!(" (listing failed: {e})"));
-        bail!("BPF programs {ids:?}: only {found} found among the loaded programs{why}");
-    }
-    Ok(total)
 }
 
 fn environment(args: &Args) -> anyhow::Result<Environment> {
