@@ -269,7 +269,7 @@ fn node(zone: Option<&str>) -> NodeContext {
     let Some(Parsed::Node(n)) = parsed.into_iter().next() else {
         panic!("a Node")
     };
-    NodeContext::new(Some("node-a"), Some(&n))
+    NodeContext::new(Some("node-a"), Some(&n.input))
 }
 
 /// Two endpoints on node-a (one terminating), one on node-b.
