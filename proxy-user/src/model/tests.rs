@@ -73,7 +73,7 @@ fn ports_named_target_ports_and_ready_endpoints() {
             protocol: Protocol::Tcp
         }
     );
-    assert_eq!(spec.service, "shop/web:http");
+    assert_eq!(&*spec.service, "shop/web:http");
     // The named targetPort `web` is resolved by the slice port of the same name: 8080.
     let backends: Vec<String> = spec.backends.iter().map(|b| b.addr.to_string()).collect();
     assert_eq!(

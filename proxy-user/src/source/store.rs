@@ -212,6 +212,9 @@ impl ObjectStore {
 
     /// The pending trigger time of a Service's endpoint change, taken once.
     pub fn take_trigger(&mut self, service: &ObjectRef) -> Option<SystemTime> {
+        if self.triggers.is_empty() {
+            return None; // no key to hash
+        }
         self.triggers.remove(service)
     }
 
