@@ -130,8 +130,8 @@ pub fn respond(health: &ServiceHealth, proxy_healthy: bool) -> Response<Full<Byt
 pub fn body(health: &ServiceHealth, proxy_healthy: bool) -> String {
     serde_json::json!({
         "service": {
-            "namespace": health.service.namespace,
-            "name": health.service.name,
+            "namespace": &*health.service.namespace,
+            "name": &*health.service.name,
         },
         "localEndpoints": health.local_endpoints,
         "serviceProxyHealthy": proxy_healthy,

@@ -17,7 +17,7 @@ use crate::{
     dataplane::{ApplyReport, Change, Dataplane, MapUsage},
     model::{
         FrontendAddr, FrontendSpec, HealthCheck, NodeContext, ObjectRef, Rejection,
-        ServiceFrontends, translate_service,
+        translate_service,
     },
     source::store::{ChangeCounts, ObjectStore},
 };
@@ -73,7 +73,8 @@ impl Plan {
 
 #[derive(Default)]
 pub struct Syncer {
-    last_good: HashMap<ObjectRef, ServiceFrontends>,
+    /// The frontends of each Service's last valid version, served while it is invalid.
+    last_good: HashMap<ObjectRef, Vec<(FrontendAddr, FrontendSpec)>>,
     owned: HashMap<ObjectRef, BTreeSet<FrontendAddr>>,
     owners: BTreeMap<FrontendAddr, ObjectRef>,
     waiting: BTreeMap<FrontendAddr, BTreeSet<ObjectRef>>,
@@ -82,7 +83,7 @@ pub struct Syncer {
     /// Whether a full sync has reconciled the dataplane with the store yet.
     reconciled: bool,
     /// Installed frontends with a Local policy and no endpoint, and their Service.
-    no_local: BTreeMap<FrontendAddr, String>,
+    no_local: BTreeMap<FrontendAddr, std::sync::Arc<str>>,
     /// Services with a health check node port, and whether that set changed this sync.
     health: BTreeMap<ObjectRef, HealthCheck>,
     health_changed: bool,
@@ -353,7 +354,7 @@ impl Syncer {
                     summary.rejections.push(warning.code);
                 }
                 let wanted = frontends.frontends.clone();
-                self.last_good.insert(key.clone(), frontends);
+                self.last_good.insert(key.clone(), frontends.frontends);
                 wanted
             }
             Some(Err(rejection)) => {
@@ -361,7 +362,7 @@ impl Syncer {
                 match self.last_good.get(key) {
                     Some(previous) => {
                         warn!("{rejection}; keeping its last valid version");
-                        previous.frontends.clone()
+                        previous.clone()
                     }
                     None => {
                         warn!("{rejection}; skipped");

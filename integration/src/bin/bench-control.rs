@@ -46,14 +46,34 @@ struct Args {
     connect_samples: usize,
 }
 
-fn addr(n: usize, base: [u8; 2]) -> String {
-    Ipv4Addr::new(
-        base[0],
-        base[1] + (n / (254 * 256)) as u8,
-        (n / 254 % 256) as u8,
-        (n % 254 + 1) as u8,
-    )
-    .to_string()
+/// Addresses per /16 as they are handed out here (x.y.z.1 to x.y.z.254).
+const PER_16: usize = 254 * 256;
+/// Services past the first /16 take 198.18.64.0-198.18.255.255, every address of it.
+const SECOND_RANGE: usize = 192 * 256;
+/// Endpoint addresses: 198.18.0.0/18, reused past its 16,256 (harmless: nothing connects
+/// to them, and a backend is keyed with its frontend).
+const ENDPOINT_ADDRESSES: usize = 254 * 64;
+
+/// The ClusterIP of Service `i`: 198.19.0.0/16 for the first 65,024, then the rest of
+/// 198.18.0.0/15 above the endpoints' range, so up to 114,176 Services stay in the
+/// benchmark range (198.18.0.0/15).
+fn service_ip(i: usize) -> anyhow::Result<String> {
+    if i < PER_16 {
+        return Ok(Ipv4Addr::new(198, 19, (i / 254) as u8, (i % 254 + 1) as u8).to_string());
+    }
+    let n = i - PER_16;
+    anyhow::ensure!(
+        n < SECOND_RANGE,
+        "at most {} Services fit the benchmark range",
+        PER_16 + SECOND_RANGE
+    );
+    Ok(Ipv4Addr::new(198, 18, (64 + n / 256) as u8, (n % 256) as u8).to_string())
+}
+
+/// Endpoint address number `n`, in 198.18.0.0/18.
+fn endpoint_ip(n: usize) -> String {
+    let n = n % ENDPOINT_ADDRESSES;
+    Ipv4Addr::new(198, 18, (n / 254) as u8, (n % 254 + 1) as u8).to_string()
 }
 
 fn service(i: usize) -> Service {
@@ -64,7 +84,7 @@ fn service(i: usize) -> Service {
             ..Default::default()
         },
         spec: Some(ServiceSpec {
-            cluster_ip: Some(addr(i, [198, 19])),
+            cluster_ip: Some(service_ip(i).unwrap_or_default()),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: 80,
@@ -94,9 +114,8 @@ fn slice(i: usize, endpoints: usize, generation: usize) -> EndpointSlice {
             (0..endpoints)
                 .map(|j| Endpoint {
                     // Endpoint 0 moves with every change (a pod replaced).
-                    addresses: vec![addr(
+                    addresses: vec![endpoint_ip(
                         i * endpoints + j + if j == 0 { generation * 7 } else { 0 },
-                        [198, 18],
                     )],
                     conditions: Some(EndpointConditions {
                         ready: Some(true),
@@ -106,6 +125,53 @@ fn slice(i: usize, endpoints: usize, generation: usize) -> EndpointSlice {
                 })
                 .collect(),
         ),
+    }
+}
+
+/// Counts allocations, to see what each phase costs besides its time.
+struct Counting;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One phase's wall time and allocations.
+struct Phase {
+    ms: f64,
+    allocations: u64,
+}
+
+impl Phase {
+    fn since(started: Instant, allocations_before: u64) -> Self {
+        Self {
+            ms: started.elapsed().as_secs_f64() * 1e3,
+            allocations: allocations() - allocations_before,
+        }
     }
 }
 
@@ -131,6 +197,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    service_ip(args.services.saturating_sub(1))?;
     if !privileged() {
         anyhow::bail!("bench-control needs root and bpffs");
     }
@@ -257,13 +324,25 @@ fn run(args: &Args, pins: &std::path::Path, cgroup: &Cgroup) -> anyhow::Result<(
             &mut proxy_user::dataplane::memory::MemoryDataplane::default(),
         );
     }
-    let mut dataplane = EbpfDataplane::open(
-        pins,
-        &cgroup.path,
-        loader::LoadOptions::default(),
-        Some(&[]),
-    )?;
+    let mut dataplane = EbpfDataplane::open(pins, &cgroup.path, load_options(args), Some(&[]))?;
     measure(args, &mut dataplane)
+}
+
+/// Maps big enough for the run: the defaults, or room for every frontend and endpoint
+/// (and the members of the changes, which move an endpoint) with a quarter to spare.
+fn load_options(args: &Args) -> loader::LoadOptions {
+    let room = |n: usize| u32::try_from(n + n / 4).unwrap_or(u32::MAX);
+    let defaults = loader::Capacities::default();
+    let entries = args.services * args.endpoints + args.changes;
+    loader::LoadOptions {
+        capacities: loader::Capacities {
+            services: defaults.services.max(room(args.services)),
+            slots: defaults.slots.max(room(entries)),
+            members: defaults.members.max(room(entries)),
+            ..defaults
+        },
+        ..loader::LoadOptions::default()
+    }
 }
 
 fn measure<D: proxy_user::dataplane::Dataplane>(
@@ -272,20 +351,32 @@ fn measure<D: proxy_user::dataplane::Dataplane>(
 ) -> anyhow::Result<()> {
     let rss_empty = rss_kib();
     let mut store = ObjectStore::new(None);
+    let (allocs, started) = (allocations(), Instant::now());
     store.replace_services((0..args.services).map(service));
     store.replace_slices((0..args.services).map(|i| slice(i, args.endpoints, 0)));
+    let load = Phase::since(started, allocs);
     let rss_before = rss_kib();
 
+    // The cold sync, phase by phase as the agent's sync thread runs it.
     let mut syncer = Syncer::default();
-    let started = Instant::now();
-    let cold = syncer.sync(&mut store, dataplane);
+    let (allocs, started) = (allocations(), Instant::now());
+    let mut plan = syncer.plan(&mut store, &*dataplane);
+    let planned = Phase::since(started, allocs);
+    let (allocs, applied_at) = (allocations(), Instant::now());
+    let report = dataplane.apply(std::mem::take(&mut plan.changes));
+    let applied = Phase::since(applied_at, allocs);
+    let (allocs, finished_at) = (allocations(), Instant::now());
+    let cold = syncer.finish(plan, report, &*dataplane);
+    let finished = Phase::since(finished_at, allocs);
     let cold_ms = started.elapsed().as_secs_f64() * 1e3;
     anyhow::ensure!(
         cold.failed == 0 && cold.frontends == args.services,
         "cold sync incomplete: {cold:?}"
     );
+    let rss_synced = rss_kib();
 
     let mut latencies = Vec::with_capacity(args.changes);
+    let change_allocs = allocations();
     for k in 0..args.changes {
         let i = k * 7919 % args.services;
         store.upsert_slice(slice(i, args.endpoints, k + 1));
@@ -297,6 +388,7 @@ fn measure<D: proxy_user::dataplane::Dataplane>(
             "one frontend rewritten per change: {summary:?}"
         );
     }
+    let change_allocs = (allocations() - change_allocs) / args.changes.max(1) as u64;
     latencies.sort_by(f64::total_cmp);
     let rss_after = rss_kib();
 
@@ -314,7 +406,21 @@ fn measure<D: proxy_user::dataplane::Dataplane>(
         "control plane, {} Services x {} endpoints, {target}",
         args.services, args.endpoints
     );
+    println!(
+        "  objects into the store (not part of the sync): {:.1} ms, {} allocations",
+        load.ms, load.allocations
+    );
     println!("  cold sync (translate + write every entry): {cold_ms:.1} ms");
+    for (name, phase) in [
+        ("plan (translate + diff)", &planned),
+        ("apply (dataplane writes)", &applied),
+        ("finish", &finished),
+    ] {
+        println!(
+            "    {name}: {:.1} ms, {} allocations",
+            phase.ms, phase.allocations
+        );
+    }
     println!(
         "  one endpoint change, {} samples: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         args.changes,
@@ -322,17 +428,23 @@ fn measure<D: proxy_user::dataplane::Dataplane>(
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0)
     );
+    println!("    allocations per change (store update + sync): {change_allocs}");
     println!(
-        "  resident memory: {} MiB before any object, {} MiB with the objects loaded, {} MiB after syncing",
+        "  resident memory: {} MiB before any object, {} MiB with the objects loaded, {} MiB after the cold sync, {} MiB after the changes",
         rss_empty / 1024,
         rss_before / 1024,
+        rss_synced / 1024,
         rss_after / 1024
     );
     let json = serde_json::json!({
         "services": args.services, "endpoints_per_service": args.endpoints,
         "cold_sync_ms": cold_ms,
+        "cold_phases_ms": {"plan": planned.ms, "apply": applied.ms, "finish": finished.ms},
+        "cold_allocations": planned.allocations + applied.allocations + finished.allocations,
+        "store_load_ms": load.ms,
+        "change_allocations": change_allocs,
         "change_ms": {"p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99), "max": percentile(&latencies, 1.0)},
-        "rss_kib": {"empty": rss_empty, "objects_loaded": rss_before, "after_sync": rss_after},
+        "rss_kib": {"empty": rss_empty, "objects_loaded": rss_before, "after_sync": rss_synced, "after_changes": rss_after},
     });
     println!("{json}");
     Ok(())

@@ -70,7 +70,7 @@ pub fn rows_from(
         .map(|(addr, spec)| {
             let total: u64 = spec.usable().map(|b| u64::from(b.weight)).sum();
             ServiceRow {
-                service: spec.service.clone(),
+                service: spec.service.to_string(),
                 frontend: format!("{}:{}", addr.ip, addr.port),
                 protocol: addr.protocol.as_str(),
                 kind: spec.kind.as_str(),

@@ -25,7 +25,7 @@ impl Dataplane for MemoryDataplane {
         let mut report = ApplyReport::default();
         for change in changes {
             match change {
-                Change::Upsert(addr, spec) if self.refuse.contains(&spec.service) => {
+                Change::Upsert(addr, spec) if self.refuse.contains(&*spec.service) => {
                     report.failed.push(WriteFailure {
                         frontend: addr,
                         service: spec.service,

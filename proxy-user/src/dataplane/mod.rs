@@ -66,7 +66,7 @@ pub struct ApplyReport {
 pub struct WriteFailure {
     pub frontend: FrontendAddr,
     /// `namespace/name:port`, as the frontend's spec names it.
-    pub service: String,
+    pub service: std::sync::Arc<str>,
     #[source]
     pub cause: WriteError,
 }

@@ -6,8 +6,6 @@
 //! - local traffic (internalTrafficPolicy Local): the ready endpoints on this node; if none,
 //!   the serving and terminating ones on this node; if none, nothing (the traffic is dropped).
 
-use std::collections::BTreeMap;
-
 use super::{
     BackendAddr, Protocol, Rejection,
     input::{EndpointInput, SliceInput},
@@ -44,7 +42,7 @@ pub fn port_endpoints<'a>(
     protocol: Protocol,
     skipped: &mut Vec<Rejection>,
 ) -> Vec<PortEndpoint<'a>> {
-    let mut by_addr: BTreeMap<BackendAddr, PortEndpoint> = BTreeMap::new();
+    let mut found: Vec<PortEndpoint> = Vec::new();
     for slice in slices {
         if !slice.ipv4 {
             // IPv6 and FQDN slices are normal in dual-stack clusters; nothing to report.
@@ -82,19 +80,14 @@ pub fn port_endpoints<'a>(
                 }
             };
             let addr = BackendAddr { ip, port: number };
-            let candidate = PortEndpoint { addr, endpoint };
-            // The same address in two slices (during a slice split): prefer the ready copy.
-            by_addr
-                .entry(addr)
-                .and_modify(|e| {
-                    if candidate.endpoint.ready && !e.endpoint.ready {
-                        *e = candidate.clone();
-                    }
-                })
-                .or_insert(candidate);
+            found.push(PortEndpoint { addr, endpoint });
         }
     }
-    by_addr.into_values().collect()
+    // The same address in two slices (during a slice split): the ready copy is kept,
+    // else the first. (A stable sort keeps the order of the slices among equals.)
+    found.sort_by_key(|e| (e.addr, !e.endpoint.ready));
+    found.dedup_by_key(|e| e.addr);
+    found
 }
 
 /// Endpoints for cluster-wide traffic: the ready ones (narrowed by topology hints when

@@ -113,7 +113,8 @@ impl FrontendKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrontendSpec {
     /// `namespace/name:port` (`:port` only for a named port), as kube-proxy names it.
-    pub service: String,
+    /// Shared by the port's frontends and every copy of them.
+    pub service: std::sync::Arc<str>,
     pub kind: FrontendKind,
     /// ClientIP affinity timeout; 0 for none.
     pub affinity_timeout_s: u32,

@@ -15,15 +15,26 @@ pub struct NodeContext {
     pub addresses: Vec<Ipv4Addr>,
 }
 
-impl NodeContext {
-    /// The context of `name`, from its Node object when there is one.
-    pub fn new(name: Option<&str>, node: Option<&Node>) -> Self {
+/// What the model reads of a Node object (a Node's status alone, its images listed, runs
+/// to tens of kilobytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInput {
+    pub zone: Option<String>,
+    /// InternalIP and ExternalIP addresses, sorted, without duplicates.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+impl From<&Node> for NodeInput {
+    fn from(node: &Node) -> Self {
         let zone = node
-            .and_then(|n| n.metadata.labels.as_ref())
+            .metadata
+            .labels
+            .as_ref()
             .and_then(|l| l.get(ZONE_LABEL))
             .cloned();
         let mut addresses: Vec<Ipv4Addr> = node
-            .and_then(|n| n.status.as_ref())
+            .status
+            .as_ref()
             .and_then(|s| s.addresses.as_ref())
             .into_iter()
             .flatten()
@@ -32,10 +43,17 @@ impl NodeContext {
             .collect();
         addresses.sort();
         addresses.dedup();
+        Self { zone, addresses }
+    }
+}
+
+impl NodeContext {
+    /// The context of `name`, from its Node object when there is one.
+    pub fn new(name: Option<&str>, node: Option<&NodeInput>) -> Self {
         Self {
             name: name.map(str::to_owned),
-            zone,
-            addresses,
+            zone: node.and_then(|n| n.zone.clone()),
+            addresses: node.map(|n| n.addresses.clone()).unwrap_or_default(),
         }
     }
 

@@ -1,17 +1,20 @@
 //! Which object a frontend, a rejection or a slice belongs to.
 
-/// `namespace/name` of an object.
+use std::sync::Arc;
+
+/// `namespace/name` of an object. Shared, not copied: the store, the syncer's ownership
+/// maps and every sync's queue hold the same key, so a clone is a reference count.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectRef {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ObjectRef {
     pub fn new(namespace: &str, name: &str) -> Self {
         Self {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
+            namespace: namespace.into(),
+            name: name.into(),
         }
     }
 }

@@ -11,6 +11,7 @@
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use super::ObjectRef;
@@ -75,11 +76,13 @@ pub fn translate_service(
             continue;
         };
         let all = port_endpoints(slices, &port.name, protocol, &mut out.warnings);
-        local_ready.extend(
-            all.iter()
-                .filter(|e| e.endpoint.ready && node.is_local(e.endpoint.node_name.as_deref()))
-                .map(|e| e.addr.ip),
-        );
+        if health_check_node_port.is_some() {
+            local_ready.extend(
+                all.iter()
+                    .filter(|e| e.endpoint.ready && node.is_local(e.endpoint.node_name.as_deref()))
+                    .map(|e| e.addr.ip),
+            );
+        }
         let weigh = |chosen: Vec<PortEndpoint>| -> Vec<WeightedBackend> {
             let mut backends: Vec<WeightedBackend> = chosen
                 .iter()
@@ -91,11 +94,13 @@ pub fn translate_service(
             backends.sort();
             backends
         };
-        let cluster_backends = weigh(endpoints::cluster(&all, node));
-        let name = if port.name.is_empty() {
-            key.to_string()
+        let mut cluster_backends = weigh(endpoints::cluster(&all, node));
+        let serving_anywhere = cluster_backends.iter().any(|b| b.weight > 0);
+        // One name for all of the port's frontends (and every copy of them).
+        let name: Arc<str> = if port.name.is_empty() {
+            key.to_string().into()
         } else {
-            format!("{key}:{}", port.name)
+            format!("{key}:{}", port.name).into()
         };
         let external_local = service
             .external_traffic_local
@@ -106,7 +111,7 @@ pub fn translate_service(
             affinity_timeout_s,
             local_only,
             backends,
-            serving_anywhere: cluster_backends.iter().any(|b| b.weight > 0),
+            serving_anywhere,
             external_local: if kind == FrontendKind::ClusterIp {
                 None
             } else {
@@ -120,8 +125,13 @@ pub fn translate_service(
             health_check_node_port,
         };
 
+        let node_port = port.node_port.filter(|p| node_ports && *p != 0);
+        // The cluster endpoints go to the ClusterIP itself only when no other frontend
+        // needs them: then they are moved, not copied.
         let clusterip_backends = if service.internal_traffic_local {
             weigh(endpoints::local(&all, node))
+        } else if external.is_empty() && (node_port.is_none() || node.addresses.is_empty()) {
+            std::mem::take(&mut cluster_backends)
         } else {
             cluster_backends.clone()
         };
@@ -147,27 +157,24 @@ pub fn translate_service(
                 frontend(*kind, cluster_backends.clone(), false),
             ));
         }
-        match port.node_port {
-            Some(node_port) if node_ports && node_port != 0 => {
-                let Some(node_port) = u16::try_from(node_port).ok() else {
-                    out.warnings.push(reject(
-                        "port_out_of_range",
-                        format!("nodePort {node_port} is out of range; skipped"),
-                    ));
-                    continue;
-                };
-                for ip in &node.addresses {
-                    out.frontends.push((
-                        FrontendAddr {
-                            ip: *ip,
-                            port: node_port,
-                            protocol,
-                        },
-                        frontend(FrontendKind::NodePort, cluster_backends.clone(), false),
-                    ));
-                }
+        if let Some(node_port) = node_port {
+            let Some(node_port) = u16::try_from(node_port).ok() else {
+                out.warnings.push(reject(
+                    "port_out_of_range",
+                    format!("nodePort {node_port} is out of range; skipped"),
+                ));
+                continue;
+            };
+            for ip in &node.addresses {
+                out.frontends.push((
+                    FrontendAddr {
+                        ip: *ip,
+                        port: node_port,
+                        protocol,
+                    },
+                    frontend(FrontendKind::NodePort, cluster_backends.clone(), false),
+                ));
             }
-            _ => {}
         }
     }
     out.health_check = health_check_node_port.map(|node_port| HealthCheck {
@@ -325,14 +332,17 @@ fn checked_port(
     port: &PortInput,
     warnings: &mut Vec<Rejection>,
 ) -> Option<(Protocol, u16)> {
-    let label = if port.name.is_empty() {
-        port.port.to_string()
-    } else {
-        port.name.to_string()
+    // Named only when something is wrong with it.
+    let label = || {
+        if port.name.is_empty() {
+            port.port.to_string()
+        } else {
+            port.name.to_string()
+        }
     };
     let mut skip = |code: &'static str, reason: String| {
         warnings.push(Rejection {
-            object: format!("Service {key} port {label}"),
+            object: format!("Service {key} port {}", label()),
             code,
             reason,
         });

@@ -73,7 +73,7 @@ fn ports_named_target_ports_and_ready_endpoints() {
             protocol: Protocol::Tcp
         }
     );
-    assert_eq!(spec.service, "shop/web:http");
+    assert_eq!(&*spec.service, "shop/web:http");
     // The named targetPort `web` is resolved by the slice port of the same name: 8080.
     let backends: Vec<String> = spec.backends.iter().map(|b| b.addr.to_string()).collect();
     assert_eq!(
@@ -269,7 +269,7 @@ fn node(zone: Option<&str>) -> NodeContext {
     let Some(Parsed::Node(n)) = parsed.into_iter().next() else {
         panic!("a Node")
     };
-    NodeContext::new(Some("node-a"), Some(&n))
+    NodeContext::new(Some("node-a"), Some(&n.input))
 }
 
 /// Two endpoints on node-a (one terminating), one on node-b.

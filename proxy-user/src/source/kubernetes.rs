@@ -6,6 +6,9 @@
 //! disconnected disappears on the relist that follows (410 Gone, or a restart). While the
 //! API server cannot be reached the store, and so the kernel, stays as it is; the watcher
 //! retries with backoff.
+//!
+//! Each object is reduced to what the agent uses of it ([`super::reduced`]) the moment it
+//! arrives, so a relist buffers reduced objects, not API objects.
 
 use std::{fmt::Debug, path::Path, sync::Arc};
 
@@ -27,7 +30,12 @@ use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use super::shared::Shared;
-use super::{object_ref, store::ObjectStore};
+use super::{
+    object_ref,
+    reduced::{ServiceObject, SliceObject},
+    store::ObjectStore,
+};
+use crate::model::node::NodeInput;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubernetesError {
@@ -76,6 +84,7 @@ pub fn watch(client: Client, shared: Arc<Shared>, node_name: Option<String>) {
         Api::<Service>::all(client.clone()),
         watcher::Config::default(),
         shared.clone(),
+        |s: Service| ServiceObject::from(&s),
         |store: &mut ObjectStore, all| store.replace_services(all),
         |store, s| store.upsert_service(s),
         |store, meta| store.delete_service(&object_ref(meta)),
@@ -85,6 +94,7 @@ pub fn watch(client: Client, shared: Arc<Shared>, node_name: Option<String>) {
         Api::<EndpointSlice>::all(client.clone()),
         watcher::Config::default(),
         shared.clone(),
+        |s: EndpointSlice| SliceObject::from(&s),
         |store: &mut ObjectStore, all| store.replace_slices(all),
         |store, s| store.upsert_slice(s),
         |store, meta| store.delete_slice(&object_ref(meta)),
@@ -95,27 +105,31 @@ pub fn watch(client: Client, shared: Arc<Shared>, node_name: Option<String>) {
             Api::<Node>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={name}")),
             shared,
-            |store: &mut ObjectStore, mut all: Vec<Node>| store.set_node(all.pop()),
+            |n: Node| NodeInput::from(&n),
+            |store: &mut ObjectStore, mut all: Vec<NodeInput>| store.set_node(all.pop()),
             |store, n| store.set_node(Some(n)),
             |store, _| store.set_node(None),
         ));
     }
 }
 
-/// Runs one kind's watcher forever, applying its events to the store.
-async fn mirror<K>(
+/// Runs one kind's watcher forever, applying its events to the store, each object
+/// `reduce`d as it arrives.
+#[allow(clippy::too_many_arguments)]
+async fn mirror<K, R>(
     kind: &'static str,
     api: Api<K>,
     config: watcher::Config,
     shared: Arc<Shared>,
-    replace: impl Fn(&mut ObjectStore, Vec<K>),
-    apply: impl Fn(&mut ObjectStore, K),
+    reduce: impl Fn(K) -> R,
+    replace: impl Fn(&mut ObjectStore, Vec<R>),
+    apply: impl Fn(&mut ObjectStore, R),
     delete: impl Fn(&mut ObjectStore, &ObjectMeta),
 ) where
     K: Resource + Metadata<Ty = ObjectMeta> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     let mut stream = watcher(api, config).default_backoff().boxed();
-    let mut buffer: Vec<K> = Vec::new();
+    let mut buffer: Vec<R> = Vec::new();
     let mut listed_once = false;
     let mut failing = false;
     loop {
@@ -127,7 +141,7 @@ async fn mirror<K>(
                 }
                 match event {
                     watcher::Event::Init => buffer.clear(),
-                    watcher::Event::InitApply(object) => buffer.push(object),
+                    watcher::Event::InitApply(object) => buffer.push(reduce(object)),
                     watcher::Event::InitDone => {
                         let all = std::mem::take(&mut buffer);
                         info!(kind, objects = all.len(), "listed");
@@ -137,7 +151,10 @@ async fn mirror<K>(
                             shared.listed();
                         }
                     }
-                    watcher::Event::Apply(object) => shared.update(|store| apply(store, object)),
+                    watcher::Event::Apply(object) => {
+                        let object = reduce(object);
+                        shared.update(|store| apply(store, object))
+                    }
                     watcher::Event::Delete(object) => {
                         shared.update(|store| delete(store, object.metadata()))
                     }

@@ -17,10 +17,16 @@ use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
 };
-use serde::Deserialize as _;
+use serde::de::DeserializeSeed as _;
 use tracing::{debug, warn};
 
-use super::{ObjectSet, admission, object_ref, shared::Shared};
+mod document;
+
+use super::{
+    ObjectSet, admission,
+    reduced::{NodeObject, ServiceObject, SliceObject},
+    shared::Shared,
+};
 use crate::logging::Chain;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +49,13 @@ pub enum ManifestError {
     },
 }
 
-/// One object found in a file, or why it could not be used.
+/// One object found in a file, reduced to what the agent uses of it, or why it could not
+/// be used.
 #[derive(Debug)]
 pub enum Parsed {
-    Service(Box<Service>),
-    EndpointSlice(Box<EndpointSlice>),
-    Node(Box<Node>),
+    Service(Box<ServiceObject>),
+    EndpointSlice(Box<SliceObject>),
+    Node(Box<NodeObject>),
     /// Another kind (a Deployment in the same file, say): not ours, ignored.
     Other {
         kind: String,
@@ -61,21 +68,36 @@ pub enum Parsed {
     },
 }
 
-/// Parses the text of one file into the objects it holds.
+/// Parses the text of one file into the objects it holds. A list's items are parsed and
+/// reduced one at a time as they stream past ([`document`]): a list can hold a whole
+/// cluster, and is never held whole. A `.json` file is read as JSON, without the YAML
+/// parser's buffering of every token (as YAML if it is not JSON).
 pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Parsed>, ManifestError> {
+    if path.extension().is_some_and(|e| e == "json") {
+        let mut out = Vec::new();
+        let mut json = serde_json::Deserializer::from_str(text);
+        if document::Seed(&mut out)
+            .deserialize(&mut json)
+            .and_then(|()| json.end())
+            .is_ok()
+        {
+            return Ok(out);
+        }
+    }
     let mut out = Vec::new();
     for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
-        let value =
-            yaml_serde::Value::deserialize(document).map_err(|e| ManifestError::Syntax {
+        document::Seed(&mut out)
+            .deserialize(document)
+            .map_err(|e| ManifestError::Syntax {
                 path: path.to_owned(),
                 document: index + 1,
                 message: e.to_string(),
             })?;
-        collect(value, &mut out);
     }
     Ok(out)
 }
 
+/// The objects of one document (or list item) held as a value.
 fn collect(value: yaml_serde::Value, out: &mut Vec<Parsed>) {
     if value.is_null() {
         return; // an empty document, e.g. a trailing `---`
@@ -87,50 +109,73 @@ fn collect(value: yaml_serde::Value, out: &mut Vec<Parsed>) {
         .to_owned();
     match kind.as_str() {
         "List" | "ServiceList" | "EndpointSliceList" => {
-            if let Some(yaml_serde::Value::Sequence(items)) = value.get("items") {
+            // Taken apart rather than cloned: a list can hold a whole cluster.
+            if let yaml_serde::Value::Mapping(mut list) = value
+                && let Some(yaml_serde::Value::Sequence(items)) = list.remove("items")
+            {
                 for item in items {
-                    collect(item.clone(), out);
+                    collect(item, out);
                 }
             }
         }
-        "Service" => out.push(match yaml_serde::from_value::<Service>(value.clone()) {
-            Ok(s) => match admission::check_service(&s) {
-                Ok(()) => Parsed::Service(Box::new(s)),
-                Err(refusal) => invalid("Service", &value, refusal),
-            },
-            Err(e) => invalid("Service", &value, e),
-        }),
-        "EndpointSlice" => out.push(
-            match yaml_serde::from_value::<EndpointSlice>(value.clone()) {
-                Ok(s) => match admission::check_slice(&s) {
-                    Ok(()) => Parsed::EndpointSlice(Box::new(s)),
-                    Err(refusal) => invalid("EndpointSlice", &value, refusal),
-                },
-                Err(e) => invalid("EndpointSlice", &value, e),
-            },
-        ),
-        "Node" => out.push(match yaml_serde::from_value::<Node>(value.clone()) {
-            Ok(n) => Parsed::Node(Box::new(n)),
-            Err(e) => invalid("Node", &value, e),
-        }),
+        "Service" => out.push(typed(
+            "Service",
+            value,
+            admission::check_service,
+            |s: Service| Parsed::Service(Box::new(ServiceObject::from(s))),
+        )),
+        "EndpointSlice" => out.push(typed(
+            "EndpointSlice",
+            value,
+            admission::check_slice,
+            |s: EndpointSlice| Parsed::EndpointSlice(Box::new(SliceObject::from(s))),
+        )),
+        "Node" => out.push(typed(
+            "Node",
+            value,
+            |_| Ok::<(), std::convert::Infallible>(()),
+            |n: Node| Parsed::Node(Box::new(NodeObject::from(&n))),
+        )),
         _ => out.push(Parsed::Other { kind }),
     }
 }
 
-/// An object that does not parse, or that the API server would have refused, named as
-/// well as it can be (its name escaped: it may be what is wrong).
-fn invalid(kind: &str, value: &yaml_serde::Value, error: impl std::fmt::Display) -> Parsed {
+/// One object of `kind`: deserialized, checked as the API server would, and reduced; or
+/// named with what is wrong with it.
+fn typed<K: serde::de::DeserializeOwned, E: std::fmt::Display>(
+    kind: &str,
+    value: yaml_serde::Value,
+    check: impl FnOnce(&K) -> Result<(), E>,
+    reduce: impl FnOnce(K) -> Parsed,
+) -> Parsed {
+    // Named before the value is consumed, in case it turns out not to parse.
+    let object = describe(kind, &value);
+    match yaml_serde::from_value::<K>(value) {
+        Ok(k) => match check(&k) {
+            Ok(()) => reduce(k),
+            Err(refusal) => invalid(object, refusal),
+        },
+        Err(e) => invalid(object, e),
+    }
+}
+
+/// An object named as well as it can be (its name escaped: it may be what is wrong), for
+/// when it does not parse or the API server would have refused it.
+fn describe(kind: &str, value: &yaml_serde::Value) -> String {
     let meta = value.get("metadata");
     let field = |f: &str| {
         meta.and_then(|m| m.get(f))
             .and_then(|v| v.as_str())
             .map(admission::escape)
     };
-    let object = format!(
+    format!(
         "{kind} {}/{}",
         field("namespace").unwrap_or_else(|| "default".into()),
         field("name").unwrap_or_else(|| "<unnamed>".into())
-    );
+    )
+}
+
+fn invalid(object: String, error: impl std::fmt::Display) -> Parsed {
     Parsed::Invalid {
         object,
         reason: error.to_string(),
@@ -154,11 +199,14 @@ struct CachedFile {
 pub struct ManifestDir {
     dir: PathBuf,
     files: BTreeMap<PathBuf, CachedFile>,
+    polled: bool,
 }
 
-/// Result of a poll: the objects now known, and whether anything changed since the last poll.
+/// Result of a poll: whether anything changed since the last poll, and if so (or on the
+/// first poll) the objects now known. Merging every file's objects costs as much as the
+/// objects are many, so an unchanged directory is not merged again.
 pub struct Snapshot {
-    pub objects: ObjectSet,
+    pub objects: Option<ObjectSet>,
     pub changed: bool,
 }
 
@@ -167,6 +215,7 @@ impl ManifestDir {
         Self {
             dir: dir.into(),
             files: BTreeMap::new(),
+            polled: false,
         }
     }
 
@@ -215,8 +264,9 @@ impl ManifestDir {
                 }
             }
         }
+        let first = !std::mem::replace(&mut self.polled, true);
         Ok(Snapshot {
-            objects: self.merged(),
+            objects: (changed || first).then(|| self.merged()),
             changed,
         })
     }
@@ -263,13 +313,13 @@ impl ManifestDir {
             for object in &file.objects {
                 match object {
                     Parsed::Service(s) => {
-                        let key = object_ref(&s.metadata);
+                        let key = s.key.clone();
                         if set.services.insert(key.clone(), (**s).clone()).is_some() {
                             warn!(service = %key, file = %path.display(), "Service defined twice; the later file wins");
                         }
                     }
                     Parsed::EndpointSlice(s) => {
-                        let key = object_ref(&s.metadata);
+                        let key = s.key.clone();
                         if set
                             .endpoint_slices
                             .insert(key.clone(), (**s).clone())
@@ -279,8 +329,7 @@ impl ManifestDir {
                         }
                     }
                     Parsed::Node(n) => {
-                        let name = n.metadata.name.clone().unwrap_or_default();
-                        set.nodes.insert(name, (**n).clone());
+                        set.nodes.insert(n.name.clone(), n.input.clone());
                     }
                     Parsed::Other { .. } | Parsed::Invalid { .. } => {}
                 }
@@ -320,14 +369,13 @@ pub(crate) fn object_set(text: &str) -> ObjectSet {
     for parsed in parse_documents(Path::new("test.yaml"), text).expect("test manifests parse") {
         match parsed {
             Parsed::Service(s) => {
-                set.services.insert(object_ref(&s.metadata), *s);
+                set.services.insert(s.key.clone(), *s);
             }
             Parsed::EndpointSlice(s) => {
-                set.endpoint_slices.insert(object_ref(&s.metadata), *s);
+                set.endpoint_slices.insert(s.key.clone(), *s);
             }
             Parsed::Node(n) => {
-                set.nodes
-                    .insert(n.metadata.name.clone().unwrap_or_default(), *n);
+                set.nodes.insert(n.name, n.input);
             }
             other => panic!("unexpected object in a test manifest: {other:?}"),
         }
@@ -346,8 +394,11 @@ pub async fn watch(
     loop {
         tick.tick().await;
         match dir.poll() {
-            Ok(snapshot) if snapshot.changed || first => {
-                shared.update(|store| store.replace_all(snapshot.objects));
+            Ok(Snapshot {
+                objects: Some(objects),
+                ..
+            }) => {
+                shared.update(|store| store.replace_all(objects));
                 if first {
                     shared.listed();
                     first = false;
@@ -475,13 +526,26 @@ mod tests {
         let mut source = ManifestDir::new(&dir);
         let first = source.poll().expect("poll");
         assert!(first.changed);
-        assert_eq!(first.objects.services.len(), 1);
-        assert!(!source.poll().expect("poll").changed, "nothing changed");
+        assert_eq!(first.objects.expect("first poll").services.len(), 1);
+        let again = source.poll().expect("poll");
+        assert!(!again.changed && again.objects.is_none(), "nothing changed");
         fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: {name: a\n").expect("write");
         let broken = source.poll().expect("poll");
-        assert_eq!(broken.objects.services.len(), 1, "last good contents kept");
+        assert_eq!(
+            broken.objects.expect("changed").services.len(),
+            1,
+            "last good contents kept"
+        );
         fs::remove_file(&file).expect("rm");
-        assert!(source.poll().expect("poll").objects.services.is_empty());
+        assert!(
+            source
+                .poll()
+                .expect("poll")
+                .objects
+                .expect("changed")
+                .services
+                .is_empty()
+        );
         fs::remove_dir_all(&dir).expect("rmdir");
     }
 }

@@ -4,25 +4,23 @@
 pub mod admission;
 pub mod kubernetes;
 pub mod manifest;
+pub mod reduced;
 pub mod shared;
 pub mod store;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
+use crate::model::{ObjectRef, node::NodeInput};
+use reduced::{ServiceObject, SliceObject};
 
-use crate::model::ObjectRef;
-
-/// Everything a source currently knows, keyed by `namespace/name`.
+/// Everything a source currently knows, keyed by `namespace/name`, reduced to what the
+/// model reads ([`reduced`]).
 #[derive(Clone, Debug, Default)]
 pub struct ObjectSet {
-    pub services: BTreeMap<ObjectRef, Service>,
-    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
+    pub services: BTreeMap<ObjectRef, ServiceObject>,
+    pub endpoint_slices: BTreeMap<ObjectRef, SliceObject>,
     /// Nodes by name (the agent only needs its own).
-    pub nodes: BTreeMap<String, Node>,
+    pub nodes: BTreeMap<String, NodeInput>,
 }
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

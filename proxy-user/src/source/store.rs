@@ -3,20 +3,19 @@
 //! frontends must be recomputed. Sources write here; the syncer reads and drains `dirty`.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     time::SystemTime,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
+use super::{
+    ObjectSet,
+    reduced::{ServiceObject, SliceObject},
 };
-
-use super::{ObjectSet, SERVICE_NAME_LABEL, object_ref};
 use crate::model::ObjectRef;
 use crate::model::{
     NodeContext,
     input::{ServiceInput, SliceInput},
+    node::NodeInput,
 };
 
 /// Services to recompute.
@@ -43,7 +42,7 @@ pub struct ObjectStore {
     /// Slice -> the Service it belongs to (its `kubernetes.io/service-name` label).
     slice_owner: HashMap<ObjectRef, ObjectRef>,
     slices_of: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
-    node: Option<Node>,
+    node: Option<NodeInput>,
     /// The node's addresses when its Node object gives none: those of `--interfaces`.
     fallback_addresses: Vec<std::net::Ipv4Addr>,
     dirty: Dirty,
@@ -53,8 +52,7 @@ pub struct ObjectStore {
     triggers: HashMap<ObjectRef, SystemTime>,
 }
 
-/// Set by the EndpointSlice controller to the time of the change that caused the update.
-pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+pub use super::reduced::TRIGGER_TIME_ANNOTATION;
 
 impl ObjectStore {
     pub fn new(node_name: Option<String>) -> Self {
@@ -68,9 +66,12 @@ impl ObjectStore {
         }
     }
 
-    pub fn upsert_service(&mut self, service: Service) {
-        let key = object_ref(&service.metadata);
-        let service = ServiceInput::from(&service);
+    /// A Service, whole or already reduced (see [`super::reduced`]).
+    pub fn upsert_service(&mut self, service: impl Into<ServiceObject>) {
+        let ServiceObject {
+            key,
+            input: service,
+        } = service.into();
         if self.services.get(&key) == Some(&service) {
             return;
         }
@@ -86,11 +87,14 @@ impl ObjectStore {
         }
     }
 
-    pub fn upsert_slice(&mut self, slice: EndpointSlice) {
-        let key = object_ref(&slice.metadata);
-        let owner = slice_owner(&slice);
-        let trigger = trigger_time(&slice);
-        let slice = SliceInput::from(&slice);
+    /// An EndpointSlice, whole or already reduced.
+    pub fn upsert_slice(&mut self, slice: impl Into<SliceObject>) {
+        let SliceObject {
+            key,
+            owner,
+            trigger,
+            input: slice,
+        } = slice.into();
         if self.slices.get(&key) == Some(&slice) && self.slice_owner.get(&key) == owner.as_ref() {
             return;
         }
@@ -131,7 +135,7 @@ impl ObjectStore {
     }
 
     /// This node's Node object (or its absence); any change recomputes everything.
-    pub fn set_node(&mut self, node: Option<Node>) {
+    pub fn set_node(&mut self, node: Option<NodeInput>) {
         if self.node != node {
             self.node = node;
             self.dirty.all = true;
@@ -139,41 +143,27 @@ impl ObjectStore {
     }
 
     /// A relist of Services: objects absent from it were deleted while we were not looking.
-    pub fn replace_services(&mut self, services: impl IntoIterator<Item = Service>) {
-        let fresh: BTreeMap<ObjectRef, Service> = services
-            .into_iter()
-            .map(|s| (object_ref(&s.metadata), s))
-            .collect();
-        let gone: Vec<ObjectRef> = self
-            .services
-            .keys()
-            .filter(|k| !fresh.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in &gone {
-            self.delete_service(key);
+    /// Later objects of one key replace earlier ones, as in a map.
+    pub fn replace_services(
+        &mut self,
+        services: impl IntoIterator<Item = impl Into<ServiceObject>>,
+    ) {
+        let fresh: Vec<ServiceObject> = services.into_iter().map(Into::into).collect();
+        for key in gone(self.services.keys(), fresh.iter().map(|s| &s.key)) {
+            self.delete_service(&key);
         }
-        for service in fresh.into_values() {
+        for service in fresh {
             self.upsert_service(service);
         }
     }
 
     /// A relist of EndpointSlices.
-    pub fn replace_slices(&mut self, slices: impl IntoIterator<Item = EndpointSlice>) {
-        let fresh: BTreeMap<ObjectRef, EndpointSlice> = slices
-            .into_iter()
-            .map(|s| (object_ref(&s.metadata), s))
-            .collect();
-        let gone: Vec<ObjectRef> = self
-            .slices
-            .keys()
-            .filter(|k| !fresh.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in &gone {
-            self.delete_slice(key);
+    pub fn replace_slices(&mut self, slices: impl IntoIterator<Item = impl Into<SliceObject>>) {
+        let fresh: Vec<SliceObject> = slices.into_iter().map(Into::into).collect();
+        for key in gone(self.slices.keys(), fresh.iter().map(|s| &s.key)) {
+            self.delete_slice(&key);
         }
-        for slice in fresh.into_values() {
+        for slice in fresh {
             self.upsert_slice(slice);
         }
     }
@@ -222,6 +212,9 @@ impl ObjectStore {
 
     /// The pending trigger time of a Service's endpoint change, taken once.
     pub fn take_trigger(&mut self, service: &ObjectRef) -> Option<SystemTime> {
+        if self.triggers.is_empty() {
+            return None; // no key to hash
+        }
         self.triggers.remove(service)
     }
 
@@ -241,29 +234,24 @@ impl ObjectStore {
     }
 }
 
-fn trigger_time(slice: &EndpointSlice) -> Option<SystemTime> {
-    let text = slice
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(TRIGGER_TIME_ANNOTATION)?;
-    let timestamp: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
-    Some(SystemTime::from(timestamp))
-}
-
-fn slice_owner(slice: &EndpointSlice) -> Option<ObjectRef> {
-    let name = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(ObjectRef::new(
-        slice.metadata.namespace.as_deref().unwrap_or("default"),
-        name,
-    ))
+/// The keys of `known` that `fresh` no longer has.
+fn gone<'a>(
+    known: impl Iterator<Item = &'a ObjectRef>,
+    fresh: impl Iterator<Item = &'a ObjectRef>,
+) -> Vec<ObjectRef> {
+    let fresh: HashSet<&ObjectRef> = fresh.collect();
+    known.filter(|k| !fresh.contains(k)).cloned().collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::{
+        api::{core::v1::Service, discovery::v1::EndpointSlice},
+        apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    };
 
     use super::*;
+    use crate::source::SERVICE_NAME_LABEL;
 
     fn service(name: &str, ip: &str) -> Service {
         Service {

@@ -36,11 +36,7 @@ impl Harness {
     }
 
     fn installed_services(&self) -> Vec<&str> {
-        self.dp
-            .installed()
-            .values()
-            .map(|s| s.service.as_str())
-            .collect()
+        self.dp.installed().values().map(|s| &*s.service).collect()
     }
 }
 

@@ -203,7 +203,10 @@ pub fn desired_state(entries: Entries) -> DesiredState {
         state.insert(
             addr,
             FrontendSpec {
-                service: entries.names.get(&fe).cloned().unwrap_or_default(),
+                service: entries
+                    .names
+                    .get(&fe)
+                    .map_or_else(Default::default, |n| n.as_str().into()),
                 kind,
                 local_only,
                 affinity_timeout_s: service.affinity_timeout_s,
@@ -289,7 +292,7 @@ mod tests {
         let t = table(fe, spec, &spec.backends, 1, extra_flags(spec));
         entries.members.extend(t.members);
         entries.services.push((fe, t.value));
-        entries.names.insert(fe, spec.service.clone());
+        entries.names.insert(fe, spec.service.to_string());
         entries
     }
 

@@ -53,7 +53,7 @@ pub fn desired_state(rules: &InstalledRules) -> DesiredState {
 /// A spec with what every frontend has, from its view.
 fn base_spec(view: &FrontendView) -> FrontendSpec {
     FrontendSpec {
-        service: view.service.clone(),
+        service: view.service.as_str().into(),
         kind: view.kind,
         affinity_timeout_s: view.affinity_timeout_s,
         local_only: false,
@@ -310,7 +310,7 @@ pub fn unchanged(installed: &FrontendSpec, wanted: &FrontendSpec) -> bool {
 pub fn service_ports(state: &DesiredState) -> usize {
     let mut ports: Vec<(&str, Protocol)> = state
         .iter()
-        .map(|(addr, spec)| (spec.service.as_str(), addr.protocol))
+        .map(|(addr, spec)| (&*spec.service, addr.protocol))
         .collect();
     ports.sort();
     ports.dedup();

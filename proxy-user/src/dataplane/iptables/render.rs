@@ -45,7 +45,7 @@ pub struct RenderOptions {
 }
 
 /// A service port: `namespace/name[:port]` and protocol. Its chains share one hash.
-pub type PortKey = (String, Protocol);
+pub type PortKey = (std::sync::Arc<str>, Protocol);
 
 /// Every frontend of `state`, grouped by service port.
 pub fn by_port(state: &DesiredState) -> BTreeMap<PortKey, Vec<(&FrontendAddr, &FrontendSpec)>> {

@@ -329,7 +329,7 @@ fn every_field_round_trips_or_is_left_out_on_purpose() {
         .flat_map(|c| &c.frontends)
         .flat_map(|f| {
             let blank = FrontendSpec {
-                service: String::new(),
+                service: "".into(),
                 kind: FrontendKind::ClusterIp,
                 ..spec("", FrontendKind::ClusterIp, Vec::new())
             };
