@@ -39,7 +39,10 @@ fn a_full_map_refuses_only_the_overflowing_service() {
     });
     let log = agent.log();
     assert!(
-        log.contains("the EPX_SLOT_V1 map is full (7 entries)"),
+        log.contains(&format!(
+            "the {} map is full (7 entries)",
+            proxy_common::names::MAP_SLOTS
+        )),
         "{log}"
     );
     for vip in ["198.19.0.1:80", "198.19.0.2:80"] {

@@ -594,3 +594,94 @@ fn switching_between_netlink_filters_and_tcx_leaves_one_attachment() {
     ]);
     assert_eq!(report.count("pod-b"), 10, "{report:?}");
 }
+
+/// Entries of the reverse-translation LRU, as `proxyctl status` counts them.
+fn revnat_entries(agent: &Agent) -> u64 {
+    let status = status(agent);
+    status["maps"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["map"] == proxy_common::names::MAP_REVNAT)
+        })
+        .and_then(|m| m["entries"].as_u64())
+        .unwrap_or_else(|| panic!("no {} in {status}", proxy_common::names::MAP_REVNAT))
+}
+
+/// TCP, connected UDP and unconnected UDP through the Service: every peer and reply
+/// source is the Service address.
+fn the_service_address_is_shown(t: &Topology, n: usize) {
+    for (port, mode) in [
+        ("80", None),
+        ("53", Some("--udp")),
+        ("53", Some("--unconnected")),
+    ] {
+        let to = format!("{VIP}:{port}");
+        let count = n.to_string();
+        let timeout = timeout_ms();
+        let mut args = vec!["--to", &to, "--count", &count, "--timeout-ms", &timeout];
+        args.extend(mode);
+        let report = t.probe(&args);
+        assert!(report.errors.is_empty(), "{mode:?}: {report:?}");
+        if mode != Some("--unconnected") {
+            assert_eq!(
+                report.peers.keys().collect::<Vec<_>>(),
+                [&to],
+                "{mode:?}: {report:?}"
+            );
+        }
+        if mode.is_some() {
+            assert_eq!(
+                report.reply_sources.keys().collect::<Vec<_>>(),
+                [&to],
+                "{mode:?}: {report:?}"
+            );
+        }
+    }
+}
+
+/// connect4 keeps its translation on the socket: connected sockets add nothing to the
+/// shared LRU, which only unconnected sends fill (once per socket and backend). Where the
+/// kernel lacks socket-local storage (shown with `--assume-missing bpf_sk_storage_get`),
+/// the `_lru` variants keep every translation there, as layout 1 did, and status says so.
+#[test]
+fn connected_sockets_keep_their_translation_on_the_socket_or_in_the_lru_without_it() {
+    require_privileges!();
+    let n = 30;
+    let (t, agent) = start(2, &ServiceOpts::default(), "ebpf");
+    assert!(feature_present(&status(&agent), "bpf_sk_storage_get"));
+    the_service_address_is_shown(&t, n);
+    // Only the unconnected exchanges (one socket each) are in the LRU.
+    assert_eq!(revnat_entries(&agent), n as u64);
+    drop(agent);
+    drop(t);
+
+    let t = Topology::new(2);
+    let mut agent = Agent::new(&t);
+    agent
+        .extra_args
+        .extend(["--assume-missing".into(), "bpf_sk_storage_get".into()]);
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints(
+            "web",
+            VIP,
+            &[HTTP, DNS],
+            &ServiceOpts::default(),
+            &t.ready_endpoints(),
+        ),
+    );
+    agent.start();
+    agent.wait_backends("demo/web:http", 2);
+    wait_attached(&agent);
+    let status = status(&agent);
+    assert!(!feature_present(&status, "bpf_sk_storage_get"), "{status}");
+    the_service_address_is_shown(&t, n);
+    assert_eq!(revnat_entries(&agent), 3 * n as u64);
+    let text = agent.proxyctl(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("bpf_sk_storage_get (Linux 5.3) missing"),
+        "{text}"
+    );
+}

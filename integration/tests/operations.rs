@@ -78,11 +78,17 @@ fn metrics_and_health_report_what_the_node_does() {
         Some(3.0)
     );
     assert_eq!(
-        agent.metric("ebpf_proxy_map_entries{map=\"EPX_SVC_V1\"}"),
+        agent.metric(&format!(
+            "ebpf_proxy_map_entries{{map=\"{}\"}}",
+            proxy_common::names::MAP_SERVICES
+        )),
         Some(2.0)
     );
     assert_eq!(
-        agent.metric("ebpf_proxy_map_capacity{map=\"EPX_SVC_V1\"}"),
+        agent.metric(&format!(
+            "ebpf_proxy_map_capacity{{map=\"{}\"}}",
+            proxy_common::names::MAP_SERVICES
+        )),
         Some(65536.0)
     );
     assert_eq!(
@@ -112,7 +118,10 @@ fn metrics_and_health_report_what_the_node_does() {
     // A change is a partial sync.
     agent.remove("empty.yaml");
     agent.wait_for("the removal in the metrics", Duration::from_secs(5), |_| {
-        agent.metric("ebpf_proxy_map_entries{map=\"EPX_SVC_V1\"}") == Some(1.0)
+        agent.metric(&format!(
+            "ebpf_proxy_map_entries{{map=\"{}\"}}",
+            proxy_common::names::MAP_SERVICES
+        )) == Some(1.0)
     });
     assert_eq!(
         agent.metric("kubeproxy_sync_full_proxy_rules_duration_seconds_count"),

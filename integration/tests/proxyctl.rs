@@ -148,7 +148,10 @@ fn status_names_attachments_fill_and_whether_the_agent_runs() {
     let (_t, mut agent) = start("ebpf");
     let status = json(&agent.proxyctl(&["status", "--json"]));
     assert_eq!(status["pin_dir"], agent.bpffs.display().to_string());
-    assert_eq!(status["layout"], "V1");
+    assert_eq!(
+        status["layout"],
+        format!("V{}", proxy_common::LAYOUT_VERSION)
+    );
     assert_eq!(status["agent"]["running"], true, "{status}");
     assert_eq!(
         status["agent"]["pid"],
@@ -176,7 +179,10 @@ fn status_names_attachments_fill_and_whether_the_agent_runs() {
     // The services map holds exactly the two frontends (http and dns).
     let services = status["maps"]
         .as_array()
-        .and_then(|m| m.iter().find(|m| m["map"] == "EPX_SVC_V1"))
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["map"] == proxy_common::names::MAP_SERVICES)
+        })
         .expect("services map");
     assert_eq!(services["entries"], 2, "{status}");
     assert_eq!(services["capacity"], 65_536, "{status}");
@@ -250,12 +256,14 @@ fn errors_say_what_is_wrong() {
     );
     // Another map layout pinned.
     std::fs::create_dir_all(&empty).expect("dir");
-    std::fs::write(empty.join("EPX_SVC_V2"), "").expect("file");
+    std::fs::write(empty.join("EPX_SVC_V9"), "").expect("file");
     let out = proxyctl(&empty).output().expect("run proxyctl");
     let _ = std::fs::remove_dir_all(&empty);
     assert!(
-        stderr(&out)
-            .contains("holds map layout V2 (EPX_SVC_V2), and this proxyctl reads layout V1"),
+        stderr(&out).contains(&format!(
+            "holds map layout V9 (EPX_SVC_V9), and this proxyctl reads layout V{}",
+            proxy_common::LAYOUT_VERSION
+        )),
         "{}",
         stderr(&out)
     );

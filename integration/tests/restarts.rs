@@ -9,12 +9,13 @@ use integration::{
     require_privileges,
 };
 
-/// The maps of layout V1 (the agent record is versioned on its own, `EPX_AGENT_V2`).
-fn layout_maps() -> usize {
+/// The maps the programs read (the agent record is versioned on its own, `EPX_AGENT_V2`).
+fn layout_maps() -> Vec<&'static str> {
     proxy_common::names::ALL_MAPS
         .iter()
-        .filter(|m| m.ends_with("_V1"))
-        .count()
+        .copied()
+        .filter(|m| *m != proxy_common::names::MAP_AGENT)
+        .collect()
 }
 
 /// 50 connections to the Service, 2 ms apart, from the client namespace.
@@ -67,13 +68,15 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
     let mut renamed = 0;
     for entry in std::fs::read_dir(&agent.bpffs).expect("pins").flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(base) = name.strip_suffix("_V1") {
+        if layout_maps().contains(&name.as_str())
+            && let Some((base, _)) = name.rsplit_once("_V")
+        {
             std::fs::rename(entry.path(), agent.bpffs.join(format!("{base}_V0")))
                 .expect("rename pin");
             renamed += 1;
         }
     }
-    assert_eq!(renamed, layout_maps());
+    assert_eq!(renamed, layout_maps().len());
     std::thread::sleep(Duration::from_millis(200));
     agent.start();
     agent.wait_for(
@@ -95,7 +98,7 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
     let log = agent.log();
     assert_eq!(
         log.matches("removed a pin no program of ours uses").count(),
-        layout_maps(),
+        layout_maps().len(),
         "old layout's maps unpinned:\n{log}"
     );
     let pins: Vec<String> = std::fs::read_dir(&agent.bpffs)
@@ -213,15 +216,15 @@ impl Drop for PinDir {
 }
 
 /// Entries no installed frontend owns, planted through the pinned maps while a dataplane
-/// serves a frontend (the source range, name, counters, slot and member of a frontend that
-/// does not exist, and a slot of the live frontend's unused generation), are removed by one
-/// `prune_orphans`, which leaves every entry of the live frontend where it was.
+/// serves a frontend (the source range, name and member of a frontend that does not
+/// exist), are removed by one `prune_orphans`, which leaves every entry of the live
+/// frontend where it was, its slots and counters included.
 #[test]
 fn prune_orphans_removes_entries_planted_while_the_dataplane_runs() {
     use std::net::Ipv4Addr;
 
     use aya::maps::lpm_trie::Key as LpmKey;
-    use proxy_common::{FrontendStats, Member, ServiceName};
+    use proxy_common::{Member, ServiceName};
     use proxy_user::{
         dataplane::{
             Change, Dataplane as _,
@@ -280,37 +283,26 @@ fn prune_orphans_removes_entries_planted_while_the_dataplane_runs() {
     let counts = |maps: &Maps| {
         [
             maps.services.keys().count(),
-            maps.slots.keys().count(),
             maps.members.keys().count(),
             maps.names.keys().count(),
-            maps.stats.keys().count(),
             maps.source_ranges.keys().count(),
         ]
     };
     let live = convert::frontend(&frontend_at(7));
-    // The datapath creates counters on a frontend's first connection; as if it had.
-    maps.stats
-        .insert(live, FrontendStats::default(), 0)
-        .expect("live counters");
     let before = counts(&maps);
-    assert_eq!(before, [1, 1, 1, 1, 1, 1]);
+    assert_eq!(before, [1, 1, 1, 1]);
+    let value = maps.services.get(&live, 0).expect("live value");
+    let live_slot = maps.slots.get(&value.slot_base, 0).expect("live slot");
+    assert_eq!(live_slot, convert::backend(&backend.addr));
 
     let ghost = convert::frontend(&frontend_at(8));
     let (prefix_len, ghost_range) = entries::source_range_key(ghost, range.0, range.1);
-    let b = convert::backend(&backend.addr);
-    let generation = maps.services.get(&live, 0).expect("live value").generation;
     maps.source_ranges
         .insert(&LpmKey::new(prefix_len, ghost_range), 1, 0)
         .expect("plant a source range");
     maps.names
         .insert(ghost, ServiceName::new("demo/ghost:http"), 0)
         .expect("plant a name");
-    maps.stats
-        .insert(ghost, FrontendStats::default(), 0)
-        .expect("plant counters");
-    maps.slots
-        .insert(entries::slot_key(ghost, 0, 0), b, 0)
-        .expect("plant a slot");
     maps.members
         .insert(
             entries::member_key(ghost, &backend),
@@ -321,12 +313,9 @@ fn prune_orphans_removes_entries_planted_while_the_dataplane_runs() {
             0,
         )
         .expect("plant a member");
-    maps.slots
-        .insert(entries::slot_key(live, 0, generation ^ 1), b, 0)
-        .expect("plant a slot in the unused generation");
-    assert_eq!(counts(&maps), [1, 3, 2, 2, 2, 2]);
+    assert_eq!(counts(&maps), [1, 2, 2, 2]);
 
-    assert_eq!(dataplane.prune_orphans().expect("prune"), 6);
+    assert_eq!(dataplane.prune_orphans().expect("prune"), 3);
     assert_eq!(
         counts(&maps),
         before,
@@ -336,11 +325,15 @@ fn prune_orphans_removes_entries_planted_while_the_dataplane_runs() {
         maps.names.get(&live, 0).is_ok(),
         "the live frontend keeps its name"
     );
-    assert!(
-        maps.slots
-            .get(&entries::slot_key(live, 0, generation), 0)
-            .is_ok(),
-        "the live frontend keeps its active slot"
+    assert_eq!(
+        maps.slots.get(&value.slot_base, 0).ok(),
+        Some(live_slot),
+        "the live frontend keeps its slots"
+    );
+    assert_eq!(
+        maps.services.get(&live, 0).ok(),
+        Some(value),
+        "and its value, region and id"
     );
     assert_eq!(dataplane.prune_orphans().expect("prune"), 0);
     drop(dataplane);

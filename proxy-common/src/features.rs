@@ -27,6 +27,8 @@ pub enum KernelFeature {
     SkbAdjustRoom = 7,
     /// TCX links for tc programs.
     Tcx = 8,
+    /// `bpf_sk_storage_get` in cgroup sock_addr programs (socket-local storage).
+    SocketStorage = 9,
 }
 
 /// What a missing feature costs.
@@ -57,7 +59,7 @@ impl Datapath {
 }
 
 impl KernelFeature {
-    pub const ALL: [KernelFeature; 9] = [
+    pub const ALL: [KernelFeature; 10] = [
         KernelFeature::SetRetval,
         KernelFeature::NetnsCookie,
         KernelFeature::SocketCookie,
@@ -67,6 +69,7 @@ impl KernelFeature {
         KernelFeature::SkbChangeTail,
         KernelFeature::SkbAdjustRoom,
         KernelFeature::Tcx,
+        KernelFeature::SocketStorage,
     ];
 
     pub const fn bit(self) -> u32 {
@@ -85,6 +88,7 @@ impl KernelFeature {
             KernelFeature::SkbChangeTail => "bpf_skb_change_tail",
             KernelFeature::SkbAdjustRoom => "bpf_skb_adjust_room",
             KernelFeature::Tcx => "tcx_links",
+            KernelFeature::SocketStorage => "bpf_sk_storage_get",
         }
     }
 
@@ -100,6 +104,9 @@ impl KernelFeature {
             KernelFeature::SkbChangeTail => "4.9",
             KernelFeature::SkbAdjustRoom => "5.2",
             KernelFeature::Tcx => "6.6",
+            // Commit fb85c4a730af ("bpf: export bpf_sock for BPF_PROG_TYPE_CGROUP_SOCK_ADDR
+            // prog type"), merged for 5.3; the map type itself is 5.2.
+            KernelFeature::SocketStorage => "5.3",
         }
     }
 
@@ -111,6 +118,9 @@ impl KernelFeature {
             ),
             KernelFeature::Tcx => Without::Fallback(
                 "the tc programs are attached as clsact filters through netlink, replaced in place on restart",
+            ),
+            KernelFeature::SocketStorage => Without::Fallback(
+                "connect4 records each translation in the shared reverse-translation LRU map (EPX_RNAT_V1) instead of on the socket: a slower connect, and a full map forgets the oldest sockets' frontends",
             ),
             KernelFeature::NetnsCookie | KernelFeature::SocketCookie => {
                 Without::Loses(Datapath::Socket)

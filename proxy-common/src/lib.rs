@@ -5,8 +5,16 @@
 //! byte for byte. Addresses and ports are kept in network byte order, exactly as the kernel
 //! hands them to a `cgroup/connect4` program, so the datapath never swaps bytes.
 //!
-//! Map names carry the layout version (`_V1`). Any change to a type in this file that changes
-//! its size or meaning must bump [`LAYOUT_VERSION`] and every map name.
+//! Map names carry the layout version of their key and value (`_V1`, `_V2`). A change to a
+//! type in this file that changes its size or meaning bumps [`LAYOUT_VERSION`] and the
+//! names of the maps that hold it; the other maps keep their names (and their entries)
+//! through an upgrade.
+//!
+//! Layout 2 (this one) indexes what the hot path reads by number rather than by key: a
+//! frontend's slots are a region of one array (`Service::slot_base`, `Service::slots`) and its
+//! counters an element of a per-CPU array (`Service::frontend_id`). Both arrays are
+//! family-agnostic, so IPv6 frontends (a map of their own beside [`Frontend`]'s) can share
+//! them without another layout change.
 #![no_std]
 
 use bytemuck::{Pod, Zeroable};
@@ -15,7 +23,7 @@ pub mod features;
 pub mod names;
 
 /// Version of the map layout. Part of every map name and of the pin directory layout.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// IP protocol numbers as the socket reports them.
 pub const IPPROTO_TCP: u8 = 6;
@@ -64,25 +72,29 @@ const _: () = assert!(size_of::<Backend>() == 8);
 
 /// Value of the frontends map: what a connect to a [`Frontend`] needs to pick a backend.
 ///
-/// The backend slots live in two tables (generations 0 and 1). The agent writes the new
-/// slots into the table not in use, then replaces this value in one map update, so a
-/// concurrent connect sees either the old or the new backend set, never a mix.
+/// The slots are the region `[slot_base, slot_base + slots)` of the slots array. The agent
+/// writes a new table into a free region, then replaces this value in one map update, so a
+/// concurrent connect sees either the old or the new backend set, never a mix; the old
+/// region is reused only after a quarantine that outlasts any program still reading it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Service {
-    /// Number of slots in the active table; 0 means "no usable endpoint": refuse.
+    /// First slot of the table in the slots array.
+    pub slot_base: u32,
+    /// Number of slots in the table; 0 means "no usable endpoint": refuse.
     pub slots: u32,
     /// ClientIP affinity timeout in seconds; 0 means no affinity.
     pub affinity_timeout_s: u32,
     /// Number of backends (members), weight 0 included. For display only.
     pub backends: u32,
-    /// Which slot table is active, 0 or 1.
-    pub generation: u8,
+    /// Index of the frontend's counters in the per-CPU counters array (the same for a
+    /// frontend's [`SCOPE_EXTERNAL_LOCAL`] table, which counts under its frontend).
+    pub frontend_id: u32,
     /// [`SERVICE_KIND_MASK`] bits: how clients reach the frontend; [`SERVICE_LOCAL_ONLY`].
     pub flags: u8,
-    pub _pad: u16,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<Service>() == 16);
+const _: () = assert!(size_of::<Service>() == 24);
 
 /// `Service::flags`: the frontend kind (0 ClusterIP, 1 NodePort, 2 ExternalIP,
 /// 3 LoadBalancer), for display.
@@ -173,17 +185,6 @@ pub struct IfaceInfo {
 }
 const _: () = assert!(size_of::<IfaceInfo>() == 4);
 
-/// Key of the slots map: slot `index` of a frontend's table `generation`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
-pub struct SlotKey {
-    pub frontend: Frontend,
-    pub index: u32,
-    pub generation: u8,
-    pub _pad: [u8; 3],
-}
-const _: () = assert!(size_of::<SlotKey>() == 16);
-
 /// Key of the members map: is `backend` (still) a backend of `frontend`?
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
@@ -229,8 +230,10 @@ pub struct Affinity {
 }
 const _: () = assert!(size_of::<Affinity>() == 16);
 
-/// Key of the reverse-translation map: which frontend did this socket ask for, when it is
-/// now talking to `backend`? Read by recvmsg4 and getpeername4.
+/// Key of the reverse-translation LRU map: which frontend did this socket ask for, when it
+/// is now talking to `backend`? Written by sendmsg4 (an unconnected UDP socket may reach
+/// several backends), and by connect4 only on kernels without socket-local storage. Read
+/// by recvmsg4 and getpeername4 when the socket's own storage does not answer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct RevNatKey {
@@ -240,7 +243,23 @@ pub struct RevNatKey {
 }
 const _: () = assert!(size_of::<RevNatKey>() == 16);
 
-/// Per-frontend counters, created by the datapath on first use and counted atomically.
+/// What connect4 stores on the socket itself (socket-local storage): the frontend the
+/// socket asked for and the backend it was given. recvmsg4 and getpeername4 show the
+/// frontend where the socket's peer is that backend. Freed by the kernel with the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct SocketRevNat {
+    /// The frontend's address and port, network byte order.
+    pub frontend_addr: u32,
+    /// The backend's address and port, network byte order.
+    pub backend_addr: u32,
+    pub frontend_port: u16,
+    pub backend_port: u16,
+}
+const _: () = assert!(size_of::<SocketRevNat>() == 12);
+
+/// Per-frontend counters: one element per frontend id in a per-CPU array, so a CPU adds to
+/// its own copy (no atomics, no shared cache line); readers sum over CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FrontendStats {
@@ -352,7 +371,8 @@ pub enum Event {
     Translated = 0,
     /// Refused with ECONNREFUSED: the frontend has no usable endpoint.
     NoEndpoint = 1,
-    /// A slot the frontend said existed was missing (a table replaced mid-connect); retried.
+    /// A slot the frontend said existed was out of the slots array or empty; retried once
+    /// with the frontend's value read again.
     SlotMissing = 2,
     /// An affinity entry was found but its backend is no longer a member, or it expired.
     AffinityStale = 3,
@@ -445,7 +465,7 @@ mod user {
     unsafe impl aya::Pod for Frontend {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for Service {}
-    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for SocketRevNat {}
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for Member {}
     unsafe impl aya::Pod for AffinityKey {}

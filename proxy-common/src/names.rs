@@ -1,18 +1,24 @@
 //! Names of maps and programs, shared by the BPF object and the loader. Map names are at
-//! most 15 bytes (the kernel's limit) and end in the layout version.
+//! most 15 bytes (the kernel's limit) and end in the layout version of their key and value:
+//! layout 2 renamed the maps it changed (`_V2`); the others kept their names, and so their
+//! entries, through the upgrade.
 
-/// Frontend -> Service.
-pub const MAP_SERVICES: &str = "EPX_SVC_V1";
-/// SlotKey -> Backend.
-pub const MAP_SLOTS: &str = "EPX_SLOT_V1";
+/// Frontend -> Service (slot region and frontend id).
+pub const MAP_SERVICES: &str = "EPX_SVC_V2";
+/// Slot number -> Backend (array): every frontend's table is a region of it.
+pub const MAP_SLOTS: &str = "EPX_SLOT_V2";
 /// MemberKey -> Member.
 pub const MAP_MEMBERS: &str = "EPX_MEMB_V1";
 /// AffinityKey -> Affinity (LRU).
 pub const MAP_AFFINITY: &str = "EPX_AFF_V1";
-/// RevNatKey -> Frontend (LRU).
+/// RevNatKey -> Frontend (LRU): sendmsg4's translations, and connect4's where the kernel
+/// has no socket-local storage for it.
 pub const MAP_REVNAT: &str = "EPX_RNAT_V1";
-/// Frontend -> FrontendStats (created by the datapath, atomic counters).
-pub const MAP_STATS: &str = "EPX_STAT_V1";
+/// Socket -> SocketRevNat (socket-local storage): connect4's translation, kept on the
+/// socket and freed with it. Holds no entries of its own to count or list.
+pub const MAP_SOCKET_REVNAT: &str = "EPX_SKRN_V2";
+/// Frontend id -> FrontendStats (per-CPU array, one element per frontend id).
+pub const MAP_STATS: &str = "EPX_STAT_V2";
 /// Event index -> u64 (per-CPU array).
 pub const MAP_EVENTS: &str = "EPX_EVT_V1";
 /// Frontend -> ServiceName.
@@ -29,12 +35,13 @@ pub const MAP_IFACES: &str = "EPX_IFACE_V1";
 pub const MAP_SOURCE_RANGES: &str = "EPX_SRCR_V1";
 
 /// Every map, for cleanup and status.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_MEMBERS,
     MAP_AFFINITY,
     MAP_REVNAT,
+    MAP_SOCKET_REVNAT,
     MAP_STATS,
     MAP_EVENTS,
     MAP_NAMES,
@@ -71,6 +78,15 @@ pub const ALL_SOCK_PROGRAMS: [&str; 4] = [
 pub const PROG_CONNECT4_EPERM: &str = "epx_connect4_eperm";
 pub const PROG_SENDMSG4_EPERM: &str = "epx_sendmsg4_eperm";
 
+/// The variants for kernels without `bpf_sk_storage_get` in cgroup sock_addr programs:
+/// connect4 records its translation in the reverse-translation LRU (as layout 1 did), and
+/// recvmsg4 and getpeername4 read only that. Loaded under the name and link pin of the
+/// program they stand in for.
+pub const PROG_CONNECT4_LRU: &str = "epx_connect4_lru";
+pub const PROG_CONNECT4_EPERM_LRU: &str = "epx_connect4_eperm_lru";
+pub const PROG_RECVMSG4_LRU: &str = "epx_recvmsg4_lru";
+pub const PROG_GETPEERNAME4_LRU: &str = "epx_getpeername4_lru";
+
 /// Every program, in the order of `AgentInfo::programs_failed`'s bits.
 pub const ALL_PROGRAMS: [&str; 6] = [
     PROG_CONNECT4,
@@ -81,9 +97,10 @@ pub const ALL_PROGRAMS: [&str; 6] = [
     PROG_TC_EGRESS,
 ];
 
-/// Default capacities. The LRU maps are preallocated by the kernel; the hash maps are
-/// created with `BPF_F_NO_PREALLOC` so that an update never recycles an element a reader
-/// may still hold, and cost memory only for what is used.
+/// Default capacities. The LRU maps and the arrays are preallocated by the kernel (the
+/// counters array once per CPU: 24 bytes x services x CPUs); the hash maps are created with
+/// `BPF_F_NO_PREALLOC` so that an update never recycles an element a reader may still hold,
+/// and cost memory only for what is used.
 pub const DEFAULT_MAX_SERVICES: u32 = 65_536;
 pub const DEFAULT_MAX_SLOTS: u32 = 1 << 20;
 pub const DEFAULT_MAX_MEMBERS: u32 = 1 << 19;

@@ -10,9 +10,6 @@
 //! for frontends without endpoints).
 #![no_std]
 #![no_main]
-// atomic_xadd: the BPF target has no atomic read-modify-write in core::sync::atomic.
-#![allow(internal_features)]
-#![feature(core_intrinsics)]
 
 mod maps;
 mod select;
@@ -30,38 +27,70 @@ use aya_ebpf::{
 /// Let the syscall proceed.
 const ALLOW: i32 = 1;
 
+use sock_lb::{
+    LOOK_IN_LRU_ONLY, LOOK_ON_SOCKET, REFUSE_WITH_ECONNREFUSED, REFUSE_WITH_EPERM, REMEMBER_IN_LRU,
+    REMEMBER_ON_SOCKET, REMEMBER_PER_DESTINATION,
+};
+
 #[cgroup_sock_addr(connect4)]
 pub fn epx_connect4(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward::<{ sock_lb::REFUSE_WITH_ECONNREFUSED }>(&ctx)
+    sock_lb::try_forward::<REFUSE_WITH_ECONNREFUSED, REMEMBER_ON_SOCKET>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn epx_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward::<{ sock_lb::REFUSE_WITH_ECONNREFUSED }>(&ctx)
+    sock_lb::try_forward::<REFUSE_WITH_ECONNREFUSED, REMEMBER_PER_DESTINATION>(&ctx)
 }
 
 /// connect4 for kernels without `bpf_set_retval` (before Linux 5.18), which the agent
 /// loads in its place: a connect to a frontend without endpoints fails with EPERM.
 #[cgroup_sock_addr(connect4)]
 pub fn epx_connect4_eperm(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward::<{ sock_lb::REFUSE_WITH_EPERM }>(&ctx)
+    sock_lb::try_forward::<REFUSE_WITH_EPERM, REMEMBER_ON_SOCKET>(&ctx)
 }
 
 /// sendmsg4 for kernels without `bpf_set_retval`, as [`epx_connect4_eperm`].
 #[cgroup_sock_addr(sendmsg4)]
 pub fn epx_sendmsg4_eperm(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward::<{ sock_lb::REFUSE_WITH_EPERM }>(&ctx)
+    sock_lb::try_forward::<REFUSE_WITH_EPERM, REMEMBER_PER_DESTINATION>(&ctx)
+}
+
+/// connect4 for kernels without `bpf_sk_storage_get` in these programs: the translation
+/// goes to the shared LRU, as layout 1 did.
+#[cgroup_sock_addr(connect4)]
+pub fn epx_connect4_lru(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward::<REFUSE_WITH_ECONNREFUSED, REMEMBER_IN_LRU>(&ctx)
+}
+
+/// connect4 for kernels with neither `bpf_set_retval` nor `bpf_sk_storage_get`.
+#[cgroup_sock_addr(connect4)]
+pub fn epx_connect4_eperm_lru(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward::<REFUSE_WITH_EPERM, REMEMBER_IN_LRU>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn epx_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_reverse(&ctx);
+    sock_lb::try_reverse::<LOOK_ON_SOCKET>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn epx_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_reverse(&ctx);
+    sock_lb::try_reverse::<LOOK_ON_SOCKET>(&ctx);
+    ALLOW
+}
+
+/// recvmsg4 for kernels without `bpf_sk_storage_get` in these programs.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn epx_recvmsg4_lru(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_reverse::<LOOK_IN_LRU_ONLY>(&ctx);
+    ALLOW
+}
+
+/// getpeername4 for kernels without `bpf_sk_storage_get` in these programs.
+#[cgroup_sock_addr(getpeername4)]
+pub fn epx_getpeername4_lru(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_reverse::<LOOK_IN_LRU_ONLY>(&ctx);
     ALLOW
 }
 

@@ -3,12 +3,13 @@
 //! agent checks when it loads the object.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
     Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, IfaceInfo, Member,
-    MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SlotKey, SourceRangeKey,
+    MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SocketRevNat, SourceRangeKey,
     names::{
         DEFAULT_MAX_AFFINITY, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_NAT, DEFAULT_MAX_REVNAT,
         DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
@@ -19,12 +20,14 @@ use proxy_common::{
 /// program holding a value pointer never sees it overwritten by an unrelated update.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "EPX_SVC_V1")]
+#[map(name = "EPX_SVC_V2")]
 pub static SERVICES: HashMap<Frontend, Service> =
     HashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
 
-#[map(name = "EPX_SLOT_V1")]
-pub static SLOTS: HashMap<SlotKey, Backend> = HashMap::pinned(DEFAULT_MAX_SLOTS, BPF_F_NO_PREALLOC);
+/// Every frontend's slot table, each a region `[slot_base, slot_base + slots)` named by its
+/// service value: one array lookup per connect, whatever the number of frontends.
+#[map(name = "EPX_SLOT_V2")]
+pub static SLOTS: Array<Backend> = Array::pinned(DEFAULT_MAX_SLOTS, 0);
 
 #[map(name = "EPX_MEMB_V1")]
 pub static MEMBERS: HashMap<MemberKey, Member> =
@@ -37,13 +40,17 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
 #[map(name = "EPX_RNAT_V1")]
 pub static REVNAT: LruHashMap<RevNatKey, Frontend> = LruHashMap::pinned(DEFAULT_MAX_REVNAT, 0);
 
-/// Created by the datapath on a frontend's first connection and counted with atomic adds:
-/// the agent never writes it, so programming 10,000 frontends does not pay for 10,000
-/// counter allocations (per-CPU hash elements are slow to allocate without preallocation,
-/// and preallocating costs capacity x CPUs of memory).
-#[map(name = "EPX_STAT_V1")]
-pub static STATS: HashMap<Frontend, FrontendStats> =
-    HashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
+/// connect4's translation, stored on the socket (socket-local storage, freed with the
+/// socket): nothing shared is written per connect. A BTF map (the kernel requires BTF for
+/// this map type); the agent pins it by name like the others.
+#[btf_map(name = "EPX_SKRN_V2")]
+pub static SOCKET_REVNAT: SkStorage<SocketRevNat> = SkStorage::new();
+
+/// Per-frontend counters, one element per frontend id (`Service::frontend_id`), one copy
+/// per CPU: a program adds to its own CPU's copy, no atomics, no cache line shared between
+/// CPUs. The agent allocates the ids and zeroes an element before handing its id out.
+#[map(name = "EPX_STAT_V2")]
+pub static STATS: PerCpuArray<FrontendStats> = PerCpuArray::pinned(DEFAULT_MAX_SERVICES, 0);
 
 #[map(name = "EPX_EVT_V1")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::MAP_SLOTS, 0);
@@ -103,25 +110,18 @@ pub fn count(event: Event) {
     }
 }
 
-/// Only create the entry if it is not there (another CPU may have just done so).
-const BPF_NOEXIST: u64 = 1;
-
-/// The counters of `frontend`, created on first use.
+/// This CPU's counters of the frontend whose value is `service`.
 #[inline(always)]
-pub fn stats(frontend: &Frontend) -> Option<*mut FrontendStats> {
-    if let Some(stats) = STATS.get_ptr_mut(frontend) {
-        return Some(stats);
-    }
-    let _ = STATS.insert(frontend, FrontendStats::default(), BPF_NOEXIST);
-    STATS.get_ptr_mut(frontend)
+pub fn stats(service: &Service) -> Option<*mut FrontendStats> {
+    STATS.get_ptr_mut(service.frontend_id)
 }
 
-/// Adds one to a counter shared by all CPUs.
+/// Adds one to a counter of this CPU's copy.
 #[inline(always)]
 pub fn bump(counter: *mut u64) {
-    use core::intrinsics::{AtomicOrdering, atomic_xadd};
-    // SAFETY: `counter` points into a map value that stays valid for this program run. The
-    // BPF target offers no atomic read-modify-write types, but LLVM lowers this intrinsic
-    // to BPF's atomic add (what C gets from __sync_fetch_and_add), so CPUs lose no counts.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
+    // SAFETY: `counter` points into this CPU's copy of a per-CPU array element, valid for
+    // this program run; no other CPU writes it. (On a preemptible kernel a program
+    // preempted between the load and the store of this add, by another run on the same
+    // CPU, can lose one count: a statistic, never a translation.)
+    unsafe { *counter += 1 };
 }

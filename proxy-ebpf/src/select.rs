@@ -1,10 +1,11 @@
 //! Backend selection: a live ClientIP affinity entry if there is one, otherwise a uniform
 //! random slot of the frontend's slot table. The agent lays out the table so that each
-//! backend owns a number of slots proportional to its weight, which makes the choice one
-//! hash lookup whatever the number of services and backends.
+//! backend owns a number of slots proportional to its weight, in a region of the slots
+//! array the service value names, which makes the choice one array lookup whatever the
+//! number of services and backends.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use proxy_common::{Affinity, AffinityKey, Backend, Event, Frontend, MemberKey, Service, SlotKey};
+use proxy_common::{Affinity, AffinityKey, Backend, Event, Frontend, MemberKey, Service};
 
 use crate::maps::{AFFINITY, MEMBERS, SERVICES, SLOTS, count};
 
@@ -82,12 +83,13 @@ fn live_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<Backe
     Some(backend)
 }
 
-/// A uniformly random slot of the active table. If the slot is missing because the agent
-/// replaced the table between our two lookups, read the service again once: by then it
-/// points at the new table.
+/// A uniformly random slot of the frontend's table. A slot outside the array or empty
+/// cannot happen while the agent keeps its regions (a table is written before its value
+/// names it, and a region is reused only after a quarantine); should it happen anyway, read
+/// the service again once rather than connect to nowhere.
 #[inline(always)]
 fn random_slot(frontend: &Frontend, service: &Service) -> Option<Backend> {
-    if let Some(backend) = slot(frontend, service) {
+    if let Some(backend) = slot(service) {
         return Some(backend);
     }
     if service.slots == 0 {
@@ -96,21 +98,15 @@ fn random_slot(frontend: &Frontend, service: &Service) -> Option<Backend> {
     count(Event::SlotMissing);
     // SAFETY: value pointer from a successful lookup, read once.
     let fresh = unsafe { *SERVICES.get_ptr(frontend)? };
-    slot(frontend, &fresh)
+    slot(&fresh)
 }
 
 #[inline(always)]
-fn slot(frontend: &Frontend, service: &Service) -> Option<Backend> {
+fn slot(service: &Service) -> Option<Backend> {
     if service.slots == 0 {
         return None;
     }
     let index = unsafe { bpf_get_prandom_u32() } % service.slots;
-    let key = SlotKey {
-        frontend: *frontend,
-        index,
-        generation: service.generation,
-        _pad: [0; 3],
-    };
-    // SAFETY: value pointer from a successful lookup, copied out at once.
-    SLOTS.get_ptr(key).map(|b| unsafe { *b })
+    let backend = *SLOTS.get(service.slot_base.wrapping_add(index))?;
+    (backend.addr != 0).then_some(backend)
 }

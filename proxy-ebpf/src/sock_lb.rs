@@ -1,5 +1,12 @@
 //! Forward translation (connect4, sendmsg4) and reverse translation (recvmsg4,
 //! getpeername4) at the socket layer.
+//!
+//! Where the translation is remembered ([`Remember`]): connect4 keeps it on the socket
+//! (socket-local storage, freed with the socket), so a connect writes nothing shared.
+//! sendmsg4 (an unconnected UDP socket may reach several backends) keeps one entry per
+//! socket and backend in the shared LRU, looked up before it is written: a socket sending
+//! to one Service again and again writes it once. Kernels without socket-local storage in
+//! these programs get connect4 writing the LRU too (the `_lru` variants).
 
 use aya_ebpf::{
     EbpfContext,
@@ -8,11 +15,12 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Backend, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, RevNatKey, SERVICE_LOCAL_ONLY, Service,
+    SocketRevNat,
 };
 
 use crate::{
     ALLOW,
-    maps::{REVNAT, SERVICES, bump, count, stats},
+    maps::{REVNAT, SERVICES, SOCKET_REVNAT, bump, count, stats},
     select::choose,
 };
 
@@ -25,6 +33,22 @@ pub const REFUSE_WITH_ECONNREFUSED: bool = true;
 /// ... or the EPERM every cgroup program's refusal gives where that helper is missing
 /// (as Cilium's socket load balancer does there).
 pub const REFUSE_WITH_EPERM: bool = false;
+
+/// Where a forward translation is remembered for the reverse one (a const parameter of
+/// [`try_forward`], so each program carries only its own way).
+pub type Remember = u8;
+/// connect4: on the socket (socket-local storage).
+pub const REMEMBER_ON_SOCKET: Remember = 0;
+/// connect4 without socket-local storage: the shared LRU, written on every connect.
+pub const REMEMBER_IN_LRU: Remember = 1;
+/// sendmsg4: the shared LRU, written only when the entry is missing or different.
+pub const REMEMBER_PER_DESTINATION: Remember = 2;
+
+/// recvmsg4 and getpeername4 ask the socket's own storage first (a const parameter of
+/// [`try_reverse`]) ...
+pub const LOOK_ON_SOCKET: bool = true;
+/// ... or, without socket-local storage, only the LRU.
+pub const LOOK_IN_LRU_ONLY: bool = false;
 
 /// The frontend a socket address names, if the protocol is one we balance.
 #[inline(always)]
@@ -54,9 +78,9 @@ fn set_address(ctx: &SockAddrContext, addr: u32, port: u16) {
 
 /// connect4 and sendmsg4: rewrite a frontend to a backend, refuse a frontend without
 /// backends (with ECONNREFUSED when `SET_RETVAL`, else EPERM), let everything else
-/// through untouched.
+/// through untouched. `REMEMBER` says where the reverse translation is kept.
 #[inline(always)]
-pub fn try_forward<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
+pub fn try_forward<const SET_RETVAL: bool, const REMEMBER: Remember>(ctx: &SockAddrContext) -> i32 {
     let Some(frontend) = frontend_of(ctx) else {
         return ALLOW;
     };
@@ -66,7 +90,7 @@ pub fn try_forward<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
     // SAFETY: value pointer from a successful lookup; copied so a concurrent replace of
     // the element cannot tear what we read.
     let service: Service = unsafe { *service };
-    let stats = stats(&frontend);
+    let stats = stats(&service);
     let client_netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
 
     let Some(choice) = choose(&frontend, &service, client_netns) else {
@@ -87,7 +111,7 @@ pub fn try_forward<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
         return REJECT;
     };
 
-    remember_frontend(ctx, &choice.backend, &frontend);
+    remember::<REMEMBER>(ctx, &choice.backend, &frontend);
     set_address(ctx, choice.backend.addr, choice.backend.port);
     count(Event::Translated);
     if let Some(s) = stats {
@@ -102,28 +126,80 @@ pub fn try_forward<const SET_RETVAL: bool>(ctx: &SockAddrContext) -> i32 {
 
 /// Records which frontend this socket meant, for the reverse translation.
 #[inline(always)]
-fn remember_frontend(ctx: &SockAddrContext, backend: &Backend, frontend: &Frontend) {
+fn remember<const REMEMBER: Remember>(
+    ctx: &SockAddrContext,
+    backend: &Backend,
+    frontend: &Frontend,
+) {
+    if REMEMBER == REMEMBER_ON_SOCKET {
+        remember_on_socket(ctx, backend, frontend);
+        return;
+    }
     let key = RevNatKey {
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         backend: *backend,
     };
+    if REMEMBER == REMEMBER_PER_DESTINATION
+        && let Some(known) = REVNAT.get_ptr(key)
+        // SAFETY: value pointer from a successful lookup, read at once.
+        && unsafe { *known } == *frontend
+    {
+        return;
+    }
     if REVNAT.insert(key, frontend, 0).is_err() {
         count(Event::RevNatStoreFailed);
     }
 }
 
-/// recvmsg4 and getpeername4: show the frontend where the socket would show the backend.
+/// Stores the translation on the socket, creating its storage on the first connect.
 #[inline(always)]
-pub fn try_reverse(ctx: &SockAddrContext) {
+fn remember_on_socket(ctx: &SockAddrContext, backend: &Backend, frontend: &Frontend) {
+    // SAFETY: the helper takes the socket from the context the kernel passed us.
+    let stored = unsafe { SOCKET_REVNAT.get_or_insert_ptr_mut(ctx, None) };
+    if stored.is_null() {
+        count(Event::RevNatStoreFailed);
+        return;
+    }
+    // SAFETY: non-null storage of this socket, valid for this program run.
+    unsafe {
+        *stored = SocketRevNat {
+            frontend_addr: frontend.addr,
+            backend_addr: backend.addr,
+            frontend_port: frontend.port,
+            backend_port: backend.port,
+        };
+    }
+}
+
+/// recvmsg4 and getpeername4: show the frontend where the socket would show the backend.
+/// With `ON_SOCKET`, the socket's own storage answers first, if the peer is the backend
+/// it stores (a connected socket); otherwise the LRU (sendmsg4's translations, and
+/// connect4's on a kernel without socket-local storage or from before an upgrade).
+#[inline(always)]
+pub fn try_reverse<const ON_SOCKET: bool>(ctx: &SockAddrContext) {
     // SAFETY: as in frontend_of.
     let sa = unsafe { &*ctx.sock_addr };
+    let peer = Backend {
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        _pad: 0,
+    };
+    if ON_SOCKET {
+        // SAFETY: the helper takes the socket from the context the kernel passed us.
+        let stored = unsafe { SOCKET_REVNAT.get_ptr_mut(ctx) };
+        if !stored.is_null() {
+            // SAFETY: non-null storage of this socket, copied out at once.
+            let stored = unsafe { *stored };
+            if stored.backend_addr == peer.addr && stored.backend_port == peer.port {
+                set_address(ctx, stored.frontend_addr, stored.frontend_port);
+                count(Event::ReverseTranslated);
+                return;
+            }
+        }
+    }
     let key = RevNatKey {
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        backend: Backend {
-            addr: sa.user_ip4,
-            port: sa.user_port as u16,
-            _pad: 0,
-        },
+        backend: peer,
     };
     if let Some(frontend) = REVNAT.get_ptr(key) {
         // SAFETY: value pointer from a successful lookup, copied out at once.

@@ -188,7 +188,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
     } else {
         service
     };
-    let frontend_stats = stats(&frontend);
+    let frontend_stats = stats(&service);
     let client = AFFINITY_CLIENT_IP | p.saddr as u64;
     let Some(choice) = choose(&table, &table_service, || client) else {
         if let Some(s) = frontend_stats {

@@ -186,7 +186,11 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
             error.contains("holds map layout V9 (EPX_SVC_V9)")
-                && error.contains("reads layout V1 (EPX_SVC_V1)")
+                && error.contains(&format!(
+                    "reads layout V{} ({})",
+                    proxy_common::LAYOUT_VERSION,
+                    names::MAP_SERVICES
+                ))
                 && error.contains("use the proxyctl that ships with the running proxy-agent"),
             "{error}"
         );

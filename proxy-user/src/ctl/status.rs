@@ -307,20 +307,29 @@ fn is_agent(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "proxy-agent")
 }
 
-/// Entries against capacity for every map, counted by walking its keys.
+/// Entries against capacity for every map, counted by walking its keys; for the two
+/// arrays, what the service values use of them (slots in their regions, frontend ids).
+/// The socket-local storage map has no entries of its own to count.
 fn fill(maps: &Maps) -> Vec<MapFill> {
     let entry = |map: &'static str, entries: usize| MapFill {
         map,
         entries: entries as u64,
         capacity: u64::from(maps.capacity(map)),
     };
+    let services: Vec<(proxy_common::Frontend, proxy_common::Service)> =
+        maps.services.iter().filter_map(Result::ok).collect();
+    let slots: usize = services.iter().map(|(_, v)| v.slots as usize).sum();
+    let ids = services
+        .iter()
+        .filter(|(fe, _)| fe.scope == proxy_common::SCOPE_SOCKET)
+        .count();
     vec![
-        entry(names::MAP_SERVICES, maps.services.keys().count()),
-        entry(names::MAP_SLOTS, maps.slots.keys().count()),
+        entry(names::MAP_SERVICES, services.len()),
+        entry(names::MAP_SLOTS, slots),
         entry(names::MAP_MEMBERS, maps.members.keys().count()),
         entry(names::MAP_AFFINITY, maps.affinity.keys().count()),
         entry(names::MAP_REVNAT, maps.revnat.keys().count()),
-        entry(names::MAP_STATS, maps.stats.keys().count()),
+        entry(names::MAP_STATS, ids),
         entry(names::MAP_NAMES, maps.names.keys().count()),
         entry(names::MAP_NAT, maps.nat.keys().count()),
         entry(names::MAP_IFACES, maps.ifaces.keys().count()),

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use proxy_common::{
     Backend, Frontend, Member, MemberKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET,
-    SERVICE_EXTERNAL_LOCAL, SERVICE_SOURCE_RANGES, Service, SlotKey, SourceRangeKey,
+    SERVICE_EXTERNAL_LOCAL, SERVICE_SOURCE_RANGES, Service, SourceRangeKey,
 };
 
 use super::{
@@ -20,8 +20,10 @@ use super::{
 };
 use crate::model::{DesiredState, FrontendSpec, SourceRanges, WeightedBackend};
 
-/// The entries of the maps that describe frontends (slots aside: they follow from the
-/// members and weights, and `remove_orphans` keeps them consistent with the services).
+/// The entries of the maps that describe frontends. Left out: the slots (they follow from
+/// the members and weights; where they sit, `slot_base`, is the allocator's business, not
+/// the model's) and the frontend ids and their counters (the same: allocated, not
+/// configured).
 #[derive(Debug, Default, PartialEq)]
 pub struct Entries {
     pub services: Vec<(Frontend, Service)>,
@@ -31,52 +33,63 @@ pub struct Entries {
     pub source_ranges: Vec<(u32, SourceRangeKey)>,
 }
 
-/// Everything one slot table is made of: its members, its slots (in one generation)
-/// and the service value that makes them live.
+/// Everything one slot table is made of: its members, its slots and the service value
+/// that makes them live. Built unplaced (`slot_base` and `frontend_id` 0): the writer
+/// allocates a region of the table's size and the frontend's id, then [`Table::placed`].
 #[derive(Debug, PartialEq)]
 pub struct Table {
     pub members: Vec<(MemberKey, Member)>,
-    pub slots: Vec<(SlotKey, Backend)>,
+    pub slots: Vec<Backend>,
     pub value: Service,
 }
 
-/// The table of `backends` under key `fe`, in `generation`, with `extra_flags` (what
-/// [`extra_flags`] says for a frontend's own table, 0 for its external-local one).
+impl Table {
+    /// The table with its slots at `slot_base` of the slots array, counted under
+    /// `frontend_id`.
+    pub fn placed(mut self, slot_base: u32, frontend_id: u32) -> Self {
+        self.value.slot_base = slot_base;
+        self.value.frontend_id = frontend_id;
+        self
+    }
+
+    /// Slot numbers and backends, for writing the slots array.
+    pub fn slot_entries(&self) -> impl Iterator<Item = (u32, Backend)> + '_ {
+        (self.value.slot_base..).zip(self.slots.iter().copied())
+    }
+}
+
+/// The table of `backends` under key `fe`, with `extra_flags` (what [`extra_flags`] says
+/// for a frontend's own table, 0 for its external-local one), not yet placed.
 pub fn table(
     fe: Frontend,
     spec: &FrontendSpec,
     backends: &[WeightedBackend],
-    generation: u8,
     extra_flags: u8,
 ) -> Table {
-    let slots: Vec<(SlotKey, Backend)> = slot_table(backends)
-        .iter()
-        .enumerate()
-        .map(|(index, b)| (slot_key(fe, index as u32, generation), backend(b)))
-        .collect();
+    let slots: Vec<Backend> = slot_table(backends).iter().map(backend).collect();
     Table {
         members: members(fe, backends),
-        value: service_value(spec, backends, slots.len(), generation, extra_flags),
+        value: service_value(spec, backends, slots.len(), extra_flags),
         slots,
     }
 }
 
 /// The service value of a frontend's table of `backends` (slot table of `slots`
-/// entries) in `generation`, with `extra_flags` (external policy, source ranges).
+/// entries), with `extra_flags` (external policy, source ranges), not yet placed.
 fn service_value(
     spec: &FrontendSpec,
     backends: &[WeightedBackend],
     slots: usize,
-    generation: u8,
     extra_flags: u8,
 ) -> Service {
     Service {
+        slot_base: 0,
         slots: slots as u32,
         affinity_timeout_s: spec.affinity_timeout_s,
         backends: backends.len() as u32,
-        generation,
+        frontend_id: 0,
         flags: service_flags(spec.kind, spec.local_only) | extra_flags,
-        _pad: 0,
+        _pad: [0; 3],
     }
 }
 
@@ -94,16 +107,6 @@ pub fn extra_flags(spec: &FrontendSpec) -> u8 {
         0
     };
     local | ranges
-}
-
-/// Slot `index` of the table under key `fe` in `generation`.
-pub fn slot_key(fe: Frontend, index: u32, generation: u8) -> SlotKey {
-    SlotKey {
-        frontend: fe,
-        index,
-        generation,
-        _pad: [0; 3],
-    }
 }
 
 /// The member entries of a frontend's table under key `fe`.
@@ -276,7 +279,7 @@ mod tests {
     }
 
     /// What the writers put in the maps for one frontend, built from the same builders
-    /// (the frontend's own table in generation 1, its external-local one in 0).
+    /// (placed somewhere: where is not part of the model).
     fn entries_of(addr: &FrontendAddr, spec: &FrontendSpec) -> Entries {
         let fe = frontend(addr);
         let mut entries = Entries::default();
@@ -285,11 +288,11 @@ mod tests {
         }
         if let Some(local) = &spec.external_local {
             let scoped = external_local_key(fe);
-            let t = table(scoped, spec, local, 0, 0);
+            let t = table(scoped, spec, local, 0).placed(0, 7);
             entries.members.extend(t.members);
             entries.services.push((scoped, t.value));
         }
-        let t = table(fe, spec, &spec.backends, 1, extra_flags(spec));
+        let t = table(fe, spec, &spec.backends, extra_flags(spec)).placed(4096, 7);
         entries.members.extend(t.members);
         entries.services.push((fe, t.value));
         entries.names.insert(fe, spec.service.to_string());
@@ -438,20 +441,34 @@ mod tests {
     }
 
     #[test]
-    fn a_tables_slots_are_keyed_in_its_generation_and_counted_by_its_value() {
+    fn a_placed_table_names_its_region_and_id_and_its_value_counts_its_slots() {
         let spec = full_spec();
         let fe = frontend(&addr());
-        for generation in [0, 1] {
-            let t = table(fe, &spec, &spec.backends, generation, extra_flags(&spec));
-            assert_eq!(t.value.slots as usize, t.slots.len());
-            assert_eq!(t.value.generation, generation);
-            for (index, (key, _)) in t.slots.iter().enumerate() {
-                assert_eq!(*key, slot_key(fe, index as u32, generation));
-            }
-            assert_eq!(
-                t.value.flags & (SERVICE_EXTERNAL_LOCAL | SERVICE_SOURCE_RANGES),
-                SERVICE_EXTERNAL_LOCAL | SERVICE_SOURCE_RANGES
-            );
-        }
+        let t = table(fe, &spec, &spec.backends, extra_flags(&spec)).placed(100, 3);
+        assert_eq!(t.value.slots as usize, t.slots.len());
+        assert_eq!((t.value.slot_base, t.value.frontend_id), (100, 3));
+        let numbers: Vec<u32> = t.slot_entries().map(|(n, _)| n).collect();
+        assert_eq!(numbers, (100..100 + t.value.slots).collect::<Vec<_>>());
+        assert_eq!(
+            t.value.flags & (SERVICE_EXTERNAL_LOCAL | SERVICE_SOURCE_RANGES),
+            SERVICE_EXTERNAL_LOCAL | SERVICE_SOURCE_RANGES
+        );
+    }
+
+    #[test]
+    fn where_a_table_is_placed_is_not_a_change() {
+        let spec = full_spec();
+        let placed_at = |base: u32, id: u32| {
+            let fe = frontend(&addr());
+            let t = table(fe, &spec, &spec.backends, extra_flags(&spec)).placed(base, id);
+            let mut entries = Entries::default();
+            entries.members.extend(t.members);
+            entries.services.push((fe, t.value));
+            entries.names.insert(fe, spec.service.to_string());
+            entries.source_ranges =
+                source_range_keys(fe, spec.source_ranges.as_ref().expect("ranges"));
+            desired_state(entries)
+        };
+        assert_eq!(placed_at(0, 0), placed_at(5000, 9));
     }
 }

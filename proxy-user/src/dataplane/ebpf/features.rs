@@ -100,6 +100,7 @@ fn helper_of(feature: KernelFeature) -> Option<(ProgramType, BpfHelper)> {
         KernelFeature::SetRetval => (sock, H::BPF_FUNC_set_retval),
         KernelFeature::NetnsCookie => (sock, H::BPF_FUNC_get_netns_cookie),
         KernelFeature::SocketCookie => (sock, H::BPF_FUNC_get_socket_cookie),
+        KernelFeature::SocketStorage => (sock, H::BPF_FUNC_sk_storage_get),
         KernelFeature::FibLookup => (tc, H::BPF_FUNC_fib_lookup),
         KernelFeature::RedirectNeigh => (tc, H::BPF_FUNC_redirect_neigh),
         KernelFeature::CsumDiff => (tc, H::BPF_FUNC_csum_diff),

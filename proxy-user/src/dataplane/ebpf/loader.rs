@@ -179,6 +179,8 @@ pub struct Loaded {
     interfaces: Vec<String>,
     /// What the kernel offers, and what it cost.
     pub report: KernelReport,
+    /// Maps of another layout were pinned when this load began (an upgrade).
+    pub replaces_older_layout: bool,
 }
 
 /// What the kernel offered the datapath and what did not load, for the agent record
@@ -213,16 +215,41 @@ impl KernelReport {
     }
 }
 
-/// The variant of a socket program this kernel takes.
+/// The variant of a socket program this kernel takes: without `bpf_set_retval` a refusal
+/// is EPERM (`_eperm`); without `bpf_sk_storage_get` the reverse translation of a
+/// connected socket lives in the shared LRU (`_lru`).
 fn variant(program: &'static str, features: &Features) -> &'static str {
-    if features.has(KernelFeature::SetRetval) {
-        return program;
+    let retval = features.has(KernelFeature::SetRetval);
+    let on_socket = features.has(KernelFeature::SocketStorage);
+    match (program, retval, on_socket) {
+        (names::PROG_CONNECT4, false, true) => names::PROG_CONNECT4_EPERM,
+        (names::PROG_CONNECT4, true, false) => names::PROG_CONNECT4_LRU,
+        (names::PROG_CONNECT4, false, false) => names::PROG_CONNECT4_EPERM_LRU,
+        (names::PROG_SENDMSG4, false, _) => names::PROG_SENDMSG4_EPERM,
+        (names::PROG_RECVMSG4, _, false) => names::PROG_RECVMSG4_LRU,
+        (names::PROG_GETPEERNAME4, _, false) => names::PROG_GETPEERNAME4_LRU,
+        (other, _, _) => other,
     }
-    match program {
-        names::PROG_CONNECT4 => names::PROG_CONNECT4_EPERM,
-        names::PROG_SENDMSG4 => names::PROG_SENDMSG4_EPERM,
-        other => other,
-    }
+}
+
+/// Whether `dir` holds maps of another layout version (`EPX_SVC_V1` beside our
+/// `EPX_SVC_V2`): the programs attached now read those, and the maps both layouts share
+/// (members, names, source ranges, ...) hold what they need until the swap.
+fn older_layout_pinned(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let prefixes: Vec<&str> = names::ALL_MAPS
+        .iter()
+        .filter_map(|m| m.rsplit_once("_V").map(|(prefix, _)| prefix))
+        .collect();
+    entries.flatten().any(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        !names::ALL_MAPS.contains(&name.as_str())
+            && name
+                .rsplit_once("_V")
+                .is_some_and(|(prefix, _)| prefixes.contains(&prefix))
+    })
 }
 
 /// The verifier's verdict in a line: its last lines that are not statistics, or the
@@ -314,9 +341,15 @@ pub fn load(
         source,
     })?;
     prepare_pin_dir(dir)?;
+    let replaces_older_layout = older_layout_pinned(dir);
 
+    // The socket-local storage map is a BTF map, which carries no pinning attribute:
+    // pinned by name like the others through an explicit path, so a restart keeps the
+    // translations stored on open sockets.
+    let socket_revnat_pin = dir.join(names::MAP_SOCKET_REVNAT);
     let mut ebpf: Ebpf = EbpfLoader::new()
         .default_map_pin_directory(dir)
+        .map_pin_path(names::MAP_SOCKET_REVNAT, socket_revnat_pin.as_path())
         .map_max_entries(names::MAP_SERVICES, capacities.services)
         .map_max_entries(names::MAP_STATS, capacities.services)
         .map_max_entries(names::MAP_NAMES, capacities.services)
@@ -366,6 +399,7 @@ pub fn load(
         plan,
         interfaces: interfaces.to_vec(),
         report,
+        replaces_older_layout,
     };
     Ok((loaded, maps))
 }
@@ -702,4 +736,67 @@ fn file_name(path: &Path) -> String {
 /// A pinned link (or one being swapped in), as opposed to a map.
 fn is_link_pin(name: &str) -> bool {
     name.starts_with("link_") || name.starts_with("staging_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn features(missing: &[KernelFeature]) -> Features {
+        let mut f = Features::default();
+        for feature in KernelFeature::ALL {
+            f.record(feature, !missing.contains(&feature));
+        }
+        f
+    }
+
+    #[test]
+    fn each_kernel_gets_the_variant_of_each_socket_program_it_can_take() {
+        let all = features(&[]);
+        for program in ALL_SOCK_PROGRAMS {
+            assert_eq!(variant(program, &all), program);
+        }
+        let no_retval = features(&[KernelFeature::SetRetval]);
+        let no_storage = features(&[KernelFeature::SocketStorage]);
+        let neither = features(&[KernelFeature::SetRetval, KernelFeature::SocketStorage]);
+        let table = [
+            (&no_retval, names::PROG_CONNECT4, names::PROG_CONNECT4_EPERM),
+            (&no_retval, names::PROG_SENDMSG4, names::PROG_SENDMSG4_EPERM),
+            (&no_retval, names::PROG_RECVMSG4, names::PROG_RECVMSG4),
+            (&no_storage, names::PROG_CONNECT4, names::PROG_CONNECT4_LRU),
+            (&no_storage, names::PROG_SENDMSG4, names::PROG_SENDMSG4),
+            (&no_storage, names::PROG_RECVMSG4, names::PROG_RECVMSG4_LRU),
+            (
+                &no_storage,
+                names::PROG_GETPEERNAME4,
+                names::PROG_GETPEERNAME4_LRU,
+            ),
+            (
+                &neither,
+                names::PROG_CONNECT4,
+                names::PROG_CONNECT4_EPERM_LRU,
+            ),
+            (&neither, names::PROG_SENDMSG4, names::PROG_SENDMSG4_EPERM),
+            (&neither, names::PROG_RECVMSG4, names::PROG_RECVMSG4_LRU),
+        ];
+        for (features, program, want) in table {
+            assert_eq!(variant(program, features), want, "{program}");
+        }
+    }
+
+    #[test]
+    fn another_layouts_maps_are_told_from_ours_and_from_links() {
+        let dir = std::env::temp_dir().join(format!("epx-older-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        for ours in names::ALL_MAPS {
+            fs::write(dir.join(ours), "").expect("pin");
+        }
+        fs::write(dir.join("link_epx_connect4"), "").expect("link");
+        let without = older_layout_pinned(&dir);
+        fs::write(dir.join("EPX_SVC_V1"), "").expect("older pin");
+        let with = older_layout_pinned(&dir);
+        let _ = fs::remove_dir_all(&dir);
+        assert!(!without);
+        assert!(with);
+    }
 }

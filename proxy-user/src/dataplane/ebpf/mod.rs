@@ -8,6 +8,7 @@ pub mod interfaces;
 pub mod loader;
 pub mod maps;
 pub mod orphans;
+pub mod regions;
 pub mod slots;
 pub mod tc_attach;
 pub mod tc_filters;
@@ -76,7 +77,16 @@ impl EbpfDataplane {
         let (loaded, mut maps) = loader::load(pin_dir, cgroup, options.clone(), &names)?;
         let report = loaded.report.clone();
         maps.set_interfaces(given)?;
-        prune(&mut maps)?;
+        if loaded.replaces_older_layout {
+            // The maps both layouts share (members, names, source ranges) hold what the
+            // older programs, still attached, read; this layout's services map is empty
+            // until the first sync. Pruned after the swap, by the periodic prune.
+            info!(
+                "maps of an older layout are pinned: the programs reading them are replaced after the first full sync"
+            );
+        } else {
+            prune(&mut maps)?;
+        }
         let installed = maps.installed()?;
         let batch = BatchMaps::open(pin_dir)?;
         let slots_in_use = maps.slots_in_use();
@@ -143,6 +153,7 @@ impl Dataplane for EbpfDataplane {
 
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
         let mut report = ApplyReport::default();
+        self.maps.reclaim_space();
         let changes = self.write_fresh_in_batches(changes, &mut report);
         for change in changes {
             match change {

@@ -1,11 +1,12 @@
 //! Which map entries no installed frontend owns: what an agent killed in the middle of
-//! a write, a change made while no agent ran, or a datapath counter created for a
-//! frontend as it was being removed, leaves behind. Decided from the service values
-//! alone (read once), so pruning costs one pass over each map and no lookup per entry.
+//! a write, or a change made while no agent ran, leaves behind. Decided from the service
+//! values alone (read once), so pruning costs one pass over each map and no lookup per
+//! entry. The slots and counters arrays are not pruned: what no value names in them is
+//! free space (`regions`), not an entry.
 
 use std::collections::BTreeMap;
 
-use proxy_common::{Frontend, MemberKey, SERVICE_SOURCE_RANGES, Service, SlotKey, SourceRangeKey};
+use proxy_common::{Frontend, MemberKey, SERVICE_SOURCE_RANGES, Service, SourceRangeKey};
 
 /// The installed service values, by key: what owns the other maps' entries.
 pub struct Owners<'a> {
@@ -13,20 +14,12 @@ pub struct Owners<'a> {
 }
 
 impl Owners<'_> {
-    /// A slot of a frontend's active table: its generation, below its slot count.
-    /// (The other generation's slots exist only while a write is under way.)
-    pub fn own_slot(&self, key: &SlotKey) -> bool {
-        self.services
-            .get(&key.frontend)
-            .is_some_and(|s| s.generation == key.generation && key.index < s.slots)
-    }
-
     /// A member of an installed table.
     pub fn own_member(&self, key: &MemberKey) -> bool {
         self.services.contains_key(&key.frontend)
     }
 
-    /// A name or counters of an installed frontend.
+    /// A name of an installed frontend.
     pub fn own_frontend(&self, fe: &Frontend) -> bool {
         self.services.contains_key(fe)
     }
@@ -47,7 +40,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        dataplane::ebpf::entries::{extra_flags, slot_key, source_range_key, table},
+        dataplane::ebpf::entries::{extra_flags, source_range_key, table},
         model::{BackendAddr, FrontendKind, FrontendSpec, SourceRanges, WeightedBackend},
     };
 
@@ -86,14 +79,11 @@ mod tests {
     #[test]
     fn what_an_installed_table_holds_is_owned_and_nothing_else() {
         let live = spec(true);
-        let t = table(fe(1), &live, &live.backends, 1, extra_flags(&live));
+        let t = table(fe(1), &live, &live.backends, extra_flags(&live)).placed(0, 0);
         let services = BTreeMap::from([(fe(1), t.value)]);
         let owners = Owners {
             services: &services,
         };
-        for (key, _) in &t.slots {
-            assert!(owners.own_slot(key));
-        }
         for (key, _) in &t.members {
             assert!(owners.own_member(key));
         }
@@ -101,12 +91,8 @@ mod tests {
         let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0), 24);
         assert!(owners.own_source_range(&range));
 
-        // The other generation's table (an interrupted write), slots past the end, and
-        // anything of a frontend that is not installed.
-        assert!(!owners.own_slot(&slot_key(fe(1), 0, 0)));
-        assert!(!owners.own_slot(&slot_key(fe(1), t.value.slots, 1)));
-        assert!(!owners.own_slot(&slot_key(fe(2), 0, 1)));
-        let gone = table(fe(2), &live, &live.backends, 0, 0);
+        // Anything of a frontend that is not installed.
+        let gone = table(fe(2), &live, &live.backends, 0);
         assert!(!owners.own_member(&gone.members[0].0));
         assert!(!owners.own_frontend(&fe(2)));
         let (_, gone_range) = source_range_key(fe(2), Ipv4Addr::new(198, 18, 100, 0), 24);
@@ -116,7 +102,7 @@ mod tests {
     #[test]
     fn ranges_of_a_frontend_whose_value_no_longer_says_so_are_orphans() {
         let without = spec(false);
-        let t = table(fe(1), &without, &without.backends, 0, extra_flags(&without));
+        let t = table(fe(1), &without, &without.backends, extra_flags(&without));
         let services = BTreeMap::from([(fe(1), t.value)]);
         let owners = Owners {
             services: &services,

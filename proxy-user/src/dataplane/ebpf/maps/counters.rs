@@ -1,4 +1,5 @@
-//! What the datapath counts: per-frontend counters and events, summed over CPUs.
+//! What the datapath counts: per-frontend counters (by the frontend id in its service
+//! value) and events, summed over CPUs.
 
 use proxy_common::{Event, Frontend};
 
@@ -14,30 +15,42 @@ pub struct Counters {
 }
 
 impl Maps {
-    /// Counters of one frontend (zero until its first connection).
+    /// Counters of one frontend, summed over CPUs (zero for a frontend not installed).
     pub fn counters(&self, fe: &Frontend) -> Counters {
-        self.stats
+        self.services
             .get(fe, 0)
-            .map_or(Counters::default(), |v| Counters {
-                translated: v.translated,
-                no_endpoint: v.no_endpoint,
-                affinity_hits: v.affinity_hits,
+            .map_or(Counters::default(), |value| {
+                self.counters_of(value.frontend_id)
+            })
+    }
+
+    /// Counters under frontend id `id`, summed over CPUs.
+    pub fn counters_of(&self, id: u32) -> Counters {
+        self.stats
+            .get(&id, 0)
+            .map_or(Counters::default(), |per_cpu| {
+                per_cpu.iter().fold(Counters::default(), |sum, v| Counters {
+                    translated: sum.translated + v.translated,
+                    no_endpoint: sum.no_endpoint + v.no_endpoint,
+                    affinity_hits: sum.affinity_hits + v.affinity_hits,
+                })
             })
     }
 
     /// Every frontend with its service name and counters (what /metrics reports).
     pub fn frontend_counters(&self) -> Vec<(FrontendAddr, String, Counters)> {
         self.services
-            .keys()
+            .iter()
             .filter_map(Result::ok)
-            .filter_map(|fe| {
+            .filter(|(fe, _)| fe.scope == proxy_common::SCOPE_SOCKET)
+            .filter_map(|(fe, value)| {
                 let addr = frontend_addr(&fe)?;
                 let name = self
                     .names
                     .get(&fe, 0)
                     .map(|n| n.as_str().to_owned())
                     .unwrap_or_default();
-                Some((addr, name, self.counters(&fe)))
+                Some((addr, name, self.counters_of(value.frontend_id)))
             })
             .collect()
     }

@@ -4,6 +4,8 @@
 //! - `counters`: per-frontend counters and datapath events, summed over CPUs;
 //! - `agent_records`: what the agent records for the tc programs and for proxyctl;
 //! - `read_back`: what is installed, and pruning what no installed frontend owns;
+//! - `space`: where tables and counters sit: regions of the slots array and frontend ids
+//!   (`regions`), read back from the service values, handed out and taken back;
 //! - `write`: installing and removing one frontend, so that a connecting client sees
 //!   the old or the new backend set, never a mix;
 //! - `write_batch`: many new frontends a map at a time (the cold path).
@@ -13,6 +15,7 @@
 mod agent_records;
 mod counters;
 mod read_back;
+mod space;
 mod write;
 mod write_batch;
 
@@ -24,10 +27,10 @@ use aya::{
 };
 use proxy_common::{
     Affinity, AffinityKey, AgentInfo, Backend, Frontend, FrontendStats, IfaceInfo, Member,
-    MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SlotKey, SourceRangeKey, names,
+    MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SourceRangeKey, names,
 };
 
-pub use self::{counters::Counters, write::SlotDelta, write_batch::BatchMaps};
+pub use self::{counters::Counters, space::Space, write::SlotDelta, write_batch::BatchMaps};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -40,6 +43,16 @@ pub enum MapsError {
     },
     #[error("the {map} map is full ({capacity} entries): raise its capacity")]
     Full { map: &'static str, capacity: u32 },
+    #[error(
+        "the {map} map has {free} of {capacity} entries free but not {wanted} in a row (the longest free run is {largest}): raise its capacity"
+    )]
+    Fragmented {
+        map: &'static str,
+        capacity: u32,
+        free: u32,
+        wanted: u32,
+        largest: u32,
+    },
     #[error("writing the {map} map failed")]
     Write { map: &'static str, source: MapError },
     #[error("reading the {map} map failed")]
@@ -49,11 +62,11 @@ pub enum MapsError {
 /// One handle per map, with its capacity for error messages and status.
 pub struct Maps {
     pub services: HashMap<MapData, Frontend, Service>,
-    pub slots: HashMap<MapData, SlotKey, Backend>,
+    pub slots: Array<MapData, Backend>,
     pub members: HashMap<MapData, MemberKey, Member>,
     pub affinity: HashMap<MapData, AffinityKey, Affinity>,
     pub revnat: HashMap<MapData, RevNatKey, Frontend>,
-    pub stats: HashMap<MapData, Frontend, FrontendStats>,
+    pub stats: PerCpuArray<MapData, FrontendStats>,
     pub events: PerCpuArray<MapData, u64>,
     pub names: HashMap<MapData, Frontend, ServiceName>,
     pub agent: Array<MapData, AgentInfo>,
@@ -61,6 +74,8 @@ pub struct Maps {
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     capacity: BTreeMap<&'static str, u32>,
+    /// Free regions of the slots array and free frontend ids, as the service values say.
+    space: Space,
 }
 
 impl Maps {
@@ -105,7 +120,7 @@ impl Maps {
                     .map_err(|source| MapsError::Open { name, source })?
             }};
         }
-        Ok(Self {
+        let mut maps = Self {
             services: typed!(names::MAP_SERVICES),
             slots: typed!(names::MAP_SLOTS),
             members: typed!(names::MAP_MEMBERS),
@@ -119,7 +134,10 @@ impl Maps {
             ifaces: typed!(names::MAP_IFACES),
             source_ranges: typed!(names::MAP_SOURCE_RANGES),
             capacity,
-        })
+            space: Space::default(),
+        };
+        maps.space = Space::read_back(&maps)?;
+        Ok(maps)
     }
 
     pub fn capacity(&self, map: &str) -> u32 {
@@ -139,6 +157,26 @@ impl Maps {
             },
             _ => MapsError::Write { map, source },
         })
+    }
+}
+
+/// A region of `map` that could not be had, as a map error.
+fn no_room(map: &'static str, error: crate::dataplane::ebpf::regions::RegionError) -> MapsError {
+    use crate::dataplane::ebpf::regions::RegionError;
+    match error {
+        RegionError::Full { capacity, .. } => MapsError::Full { map, capacity },
+        RegionError::Fragmented {
+            wanted,
+            free,
+            largest,
+            capacity,
+        } => MapsError::Fragmented {
+            map,
+            capacity,
+            free,
+            wanted,
+            largest,
+        },
     }
 }
 

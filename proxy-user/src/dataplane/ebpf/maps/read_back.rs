@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{MapError, lpm_trie::Key as LpmKey};
-use proxy_common::{Frontend, MemberKey, Service, SlotKey, names};
+use proxy_common::{Frontend, MemberKey, Service, names};
 
 use super::{Maps, MapsError};
 use crate::{
@@ -57,9 +57,12 @@ impl Maps {
     }
 
     /// Removes what no installed frontend owns (`orphans::Owners` says what it owns):
-    /// slots outside a frontend's active table, members, names and counters of frontends
-    /// that no longer exist, and source ranges no frontend asks for. Returns how many
-    /// entries were removed.
+    /// members and names of frontends that no longer exist, and source ranges no frontend
+    /// asks for. Returns how many entries were removed.
+    ///
+    /// The two arrays have nothing to remove: a slot outside every table is free space
+    /// (the allocator rebuilt it from the same values), and the counters of an id no
+    /// frontend holds are zeroed when the id is handed out again.
     ///
     /// One read of the service values, then one pass over each other map's keys: about
     /// one syscall per entry, nothing per entry and frontend. Safe at any time between
@@ -74,12 +77,6 @@ impl Maps {
         let owners = Owners {
             services: &services,
         };
-        let slots: Vec<SlotKey> = self
-            .slots
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !owners.own_slot(k))
-            .collect();
         let members: Vec<MemberKey> = self
             .members
             .keys()
@@ -92,33 +89,21 @@ impl Maps {
             .filter_map(Result::ok)
             .filter(|k| !owners.own_frontend(k))
             .collect();
-        let stats: Vec<Frontend> = self
-            .stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !owners.own_frontend(k))
-            .collect();
         let ranges: Vec<LpmKey<_>> = self
             .source_ranges
             .keys()
             .filter_map(Result::ok)
             .filter(|k| !owners.own_source_range(&k.data()))
             .collect();
-        let removed = slots.len() + members.len() + names.len() + stats.len() + ranges.len();
+        let removed = members.len() + names.len() + ranges.len();
         for k in &ranges {
             let _ = self.source_ranges.remove(k);
-        }
-        for k in &slots {
-            let _ = self.slots.remove(k);
         }
         for k in &members {
             let _ = self.members.remove(k);
         }
         for k in &names {
             let _ = self.names.remove(k);
-        }
-        for k in &stats {
-            let _ = self.stats.remove(k);
         }
         Ok(removed)
     }

@@ -1,11 +1,13 @@
-//! Installing and removing one frontend. A frontend's table is written in the generation
-//! not in use, then its service value is replaced in one update: a connecting client sees
-//! the old or the new slot set, never a mix.
+//! Installing and removing one frontend. A frontend's table is written into a free region
+//! of the slots array, then its service value is replaced in one update: a connecting
+//! client sees the old or the new slot set, never a mix. The old region goes into
+//! quarantine (`regions`), so no program still holding the old value reads a slot that
+//! has been given to another table.
 
 use std::net::Ipv4Addr;
 
 use aya::maps::lpm_trie::Key as LpmKey;
-use proxy_common::{Frontend, MemberKey, SCOPE_SOCKET, Service, ServiceName, SlotKey, names};
+use proxy_common::{Frontend, MemberKey, SCOPE_SOCKET, ServiceName, names};
 
 use super::{Maps, MapsError};
 use crate::{
@@ -21,13 +23,6 @@ use crate::{
 pub struct SlotDelta {
     pub before: u32,
     pub after: u32,
-}
-
-/// What a failed table write takes back.
-#[derive(Default)]
-struct Undo {
-    slots: Vec<SlotKey>,
-    members: Vec<MemberKey>,
 }
 
 /// The spec of a frontend's external-local table (this node's endpoints), if it has one.
@@ -47,10 +42,14 @@ fn source_range_key(fe: Frontend, net: Ipv4Addr, bits: u8) -> LpmKey<proxy_commo
 impl Maps {
     /// Installs or replaces one frontend. `previous` is what is installed for it now.
     ///
-    /// Order matters: members and the new slot table (in the generation not in use) are
-    /// written first, then the service value is replaced in one update, which is the moment
-    /// connects switch over; only then is the old table removed. If a map is full, what was
-    /// written is taken back and the frontend keeps serving its old backends.
+    /// Order matters: members and the new slot table (in a free region) are written first,
+    /// then the service value is replaced in one update, which is the moment connects
+    /// switch over; only then is the old region released (into quarantine). If a map is
+    /// full, what was written is taken back and the frontend keeps serving its old
+    /// backends.
+    ///
+    /// A new frontend is given a frontend id (its counters, zeroed) first; its
+    /// external-local table counts under the same id.
     ///
     /// A frontend with externalTrafficPolicy Local gets a second table, this node's
     /// endpoints under the same address with scope `SCOPE_EXTERNAL_LOCAL`, which the tc
@@ -64,6 +63,25 @@ impl Maps {
         previous: Option<&FrontendSpec>,
     ) -> Result<SlotDelta, MapsError> {
         let fe = frontend(addr);
+        let (frontend_id, new_id) = match self.services.get(&fe, 0) {
+            Ok(value) => (value.frontend_id, false),
+            Err(_) => (self.allocate_frontend_id()?, true),
+        };
+        let written = self.write_tables(fe, frontend_id, spec, previous);
+        if written.is_err() && new_id {
+            self.release_frontend_id(frontend_id);
+        }
+        written
+    }
+
+    /// [`Maps::write_frontend`] with the frontend's id in hand.
+    fn write_tables(
+        &mut self,
+        fe: Frontend,
+        frontend_id: u32,
+        spec: &FrontendSpec,
+        previous: Option<&FrontendSpec>,
+    ) -> Result<SlotDelta, MapsError> {
         let scoped = external_local_key(fe);
         let previous_local = previous.and_then(local_view);
         let mut local_delta = SlotDelta {
@@ -71,13 +89,15 @@ impl Maps {
             after: 0,
         };
         if let Some(local) = local_view(spec) {
-            local_delta = self.write_table(scoped, &local, previous_local.as_ref(), 0)?;
+            local_delta =
+                self.write_table(scoped, frontend_id, &local, previous_local.as_ref(), 0)?;
         }
         let old_ranges = previous.and_then(|p| p.source_ranges.as_ref());
         if let Some(ranges) = &spec.source_ranges {
             self.write_source_ranges(fe, ranges, old_ranges)?;
         }
-        let mut delta = self.write_table(fe, spec, previous, entries::extra_flags(spec))?;
+        let mut delta =
+            self.write_table(fe, frontend_id, spec, previous, entries::extra_flags(spec))?;
         if let (None, Some(old)) = (&spec.source_ranges, old_ranges) {
             self.remove_source_ranges(fe, &old.cidrs);
         }
@@ -141,20 +161,23 @@ impl Maps {
     fn write_table(
         &mut self,
         fe: Frontend,
+        frontend_id: u32,
         spec: &FrontendSpec,
         previous: Option<&FrontendSpec>,
         extra_flags: u8,
     ) -> Result<SlotDelta, MapsError> {
         let old = self.services.get(&fe, 0).ok();
-        let generation = old.map_or(0, |s| s.generation ^ 1);
-        let table = entries::table(fe, spec, &spec.backends, generation, extra_flags);
+        let table = entries::table(fe, spec, &spec.backends, extra_flags);
+        let len = table.value.slots;
+        let base = self.allocate_slots(len)?;
+        let table = table.placed(base, frontend_id);
         let old_members: Vec<MemberKey> = previous
             .iter()
             .flat_map(|p| &p.backends)
             .map(|b| entries::member_key(fe, b))
             .collect();
 
-        let mut undo = Undo::default();
+        let mut new_members = Vec::new();
         let result = (|| {
             if fe.scope == SCOPE_SOCKET {
                 self.insert_name(&fe, &spec.service)?;
@@ -162,33 +185,30 @@ impl Maps {
             for (key, member) in &table.members {
                 self.insert(names::MAP_MEMBERS, |m| m.members.insert(key, member, 0))?;
                 if !old_members.contains(key) {
-                    undo.members.push(*key);
+                    new_members.push(*key);
                 }
             }
-            for (key, backend) in &table.slots {
-                self.insert(names::MAP_SLOTS, |m| m.slots.insert(key, backend, 0))?;
-                undo.slots.push(*key);
+            for (number, backend) in table.slot_entries() {
+                self.insert(names::MAP_SLOTS, |m| m.slots.set(number, backend, 0))?;
             }
             self.insert(names::MAP_SERVICES, |m| {
                 m.services.insert(fe, table.value, 0)
             })
         })();
         if let Err(error) = result {
-            for key in &undo.slots {
-                let _ = self.slots.remove(key);
-            }
-            for key in &undo.members {
+            // The value was not replaced: no program ever saw the new region.
+            self.release_unpublished_slots(base, len);
+            for key in &new_members {
                 let _ = self.members.remove(key);
             }
             if old.is_none() {
                 let _ = self.names.remove(&fe);
-                let _ = self.stats.remove(&fe);
             }
             return Err(error);
         }
 
         if let Some(old) = old {
-            self.remove_table(&fe, &old);
+            self.release_slots(old.slot_base, old.slots);
         }
         let delta = SlotDelta {
             before: old.map_or(0, |o| o.slots),
@@ -203,28 +223,22 @@ impl Maps {
         Ok(delta)
     }
 
-    /// Removes the value, slot table, members, counters and name under the key `fe`.
+    /// Removes the value, members and name under the key `fe`; its slot region (and, for
+    /// a frontend's own key, its id) go into quarantine.
     fn remove_table_of(&mut self, fe: Frontend, previous: &FrontendSpec) -> u32 {
         let old = self.services.get(&fe, 0).ok();
         let _ = self.services.remove(&fe);
         if let Some(old) = old {
-            self.remove_table(&fe, &old);
+            self.release_slots(old.slot_base, old.slots);
+            if fe.scope == SCOPE_SOCKET {
+                self.release_frontend_id(old.frontend_id);
+            }
         }
         for b in &previous.backends {
             let _ = self.members.remove(&entries::member_key(fe, b));
         }
-        let _ = self.stats.remove(&fe);
         let _ = self.names.remove(&fe);
         old.map_or(0, |o| o.slots)
-    }
-
-    /// The slots of the table `service` says is active under `fe`.
-    fn remove_table(&mut self, fe: &Frontend, service: &Service) {
-        for index in 0..service.slots {
-            let _ = self
-                .slots
-                .remove(&entries::slot_key(*fe, index, service.generation));
-        }
     }
 
     fn insert_name(&mut self, fe: &Frontend, name: &str) -> Result<(), MapsError> {

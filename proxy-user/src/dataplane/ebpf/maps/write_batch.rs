@@ -1,5 +1,6 @@
 //! The cold path: many frontends that are not installed at all, written a map at a time
-//! with BPF_MAP_UPDATE_BATCH (`batch`), each still switched on by one service value.
+//! with BPF_MAP_UPDATE_BATCH (`batch`; the slots array takes it too), each still switched
+//! on by one service value. A kernel that refuses a batch gets the frontends one by one.
 
 use std::path::Path;
 
@@ -36,11 +37,13 @@ impl BatchMaps {
 }
 
 impl Maps {
-    /// Writes frontends that are not installed at all, a whole map at a time: names,
-    /// members, slot tables and counters first, the service values last (one element each,
-    /// so each frontend still switches on atomically). On failure everything written here
-    /// is removed again and the error returned; the caller then writes the frontends one by
-    /// one, which finds and names the one that does not fit. Returns the slots written.
+    /// Writes frontends that are not installed at all, a whole map at a time: each is
+    /// given a frontend id (counters zeroed) and a slot region first, then names, members
+    /// and slot tables are written, the service values last (one element each, so each
+    /// frontend still switches on atomically). On failure everything written here is
+    /// removed again (regions and ids a value may have named go into quarantine) and the
+    /// error returned; the caller then writes the frontends one by one, which finds and
+    /// names the one that does not fit. Returns the slots written.
     ///
     /// For frontends with one table and no source ranges (the caller's choice): those
     /// with more are written one by one (`write_frontend`).
@@ -53,18 +56,33 @@ impl Maps {
         let mut service_values: Vec<Service> = Vec::with_capacity(fresh.len());
         let mut name_values: Vec<ServiceName> = Vec::with_capacity(fresh.len());
         let (mut member_keys, mut member_values) = (Vec::new(), Vec::<Member>::new());
-        let (mut slot_keys, mut slot_values) = (Vec::new(), Vec::<Backend>::new());
+        let (mut slot_numbers, mut slot_values) = (Vec::<u32>::new(), Vec::<Backend>::new());
         for (addr, spec) in fresh {
             let fe = frontend(addr);
-            // Nothing is installed for it: generation 0, as `write_table` would pick.
-            let table = entries::table(fe, spec, &spec.backends, 0, entries::extra_flags(spec));
+            let table = entries::table(fe, spec, &spec.backends, entries::extra_flags(spec));
+            let placed = self.allocate_slots(table.value.slots).and_then(|base| {
+                match self.allocate_frontend_id() {
+                    Ok(id) => Ok(table.placed(base, id)),
+                    Err(e) => {
+                        self.release_unpublished_slots(base, table.value.slots);
+                        Err(e)
+                    }
+                }
+            });
+            let table = match placed {
+                Ok(table) => table,
+                Err(error) => {
+                    self.release_unpublished(&service_values);
+                    return Err(error);
+                }
+            };
+            for (number, backend) in table.slot_entries() {
+                slot_numbers.push(number);
+                slot_values.push(backend);
+            }
             for (key, member) in table.members {
                 member_keys.push(key);
                 member_values.push(member);
-            }
-            for (key, backend) in table.slots {
-                slot_keys.push(key);
-                slot_values.push(backend);
             }
             service_keys.push(fe);
             name_values.push(ServiceName::new(&spec.service));
@@ -102,7 +120,7 @@ impl Maps {
                 names::MAP_SLOTS,
                 batch
                     .slots
-                    .update(&slot_keys, bytemuck::cast_slice(&slot_values)),
+                    .update(&slot_numbers, bytemuck::cast_slice(&slot_values)),
             ),
         ]
         .into_iter()
@@ -120,18 +138,27 @@ impl Maps {
             for k in &service_keys {
                 let _ = self.services.remove(k);
             }
-            for k in &slot_keys {
-                let _ = self.slots.remove(k);
-            }
             for k in &member_keys {
                 let _ = self.members.remove(k);
             }
             for k in &service_keys {
-                let _ = self.stats.remove(k);
                 let _ = self.names.remove(k);
+            }
+            // Some values may have gone in before the failure: quarantine, not reuse.
+            for value in &service_values {
+                self.release_slots(value.slot_base, value.slots);
+                self.release_frontend_id(value.frontend_id);
             }
             return Err(error);
         }
-        Ok(slot_keys.len() as u64)
+        Ok(slot_numbers.len() as u64)
+    }
+
+    /// Gives back the regions and ids of tables placed but never published.
+    fn release_unpublished(&mut self, values: &[Service]) {
+        for value in values {
+            self.release_unpublished_slots(value.slot_base, value.slots);
+            self.release_frontend_id(value.frontend_id);
+        }
     }
 }
