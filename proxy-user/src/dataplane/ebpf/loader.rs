@@ -25,7 +25,7 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
     loaded_programs,
 };
-use aya::{Ebpf, EbpfError, EbpfLoader};
+use aya::{Ebpf, EbpfLoader};
 use proxy_common::{
     features::{Datapath, KernelFeature, TC_ATTACH_NETLINK, TC_ATTACH_NONE, TC_ATTACH_TCX},
     names::{self, ALL_SOCK_PROGRAMS},
@@ -33,63 +33,17 @@ use proxy_common::{
 use std::os::fd::AsFd as _;
 use tracing::{debug, info, warn};
 
+pub use super::links::{Attachment, link_pin, tc_link_pin};
+pub use super::load_error::LoadError;
+use super::tc_attach::TC_PROGRAMS;
 use super::{
     features::{self, Features},
-    maps::{Maps, MapsError},
+    maps::Maps,
     tc_attach::{self, Mechanism},
 };
 
 /// The magic number statfs reports for a BPF filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(
-        "this proxy-agent was built without its BPF object (bpf-linker was missing at build time): \
-         run `cargo xtask setup` and rebuild"
-    )]
-    NoObject,
-    #[error(
-        "{path} is not on a BPF filesystem: mount one with `mount -t bpf bpf {mount}` or pass --bpffs"
-    )]
-    NotBpffs { path: PathBuf, mount: String },
-    #[error("pin directory {path}")]
-    PinDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cgroup {path} cannot be opened")]
-    Cgroup {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("loading the BPF object failed")]
-    Object(#[source] EbpfError),
-    #[error("program {program}")]
-    Program {
-        program: &'static str,
-        source: ProgramError,
-    },
-    #[error("the {} cannot load: this kernel lacks {}", .path.name(), features::describe(.missing))]
-    MissingFeatures {
-        path: Datapath,
-        missing: Vec<KernelFeature>,
-    },
-    #[error("program {program}: tc filter on {interface}: {message}")]
-    TcFilter {
-        program: &'static str,
-        interface: String,
-        message: String,
-    },
-    #[error("program {program}: pinning its link at {path} failed: {message}")]
-    Pin {
-        program: &'static str,
-        path: PathBuf,
-        message: String,
-    },
-    #[error(transparent)]
-    Maps(#[from] MapsError),
-}
 
 /// Capacities of the maps a fresh load creates (pinned maps keep their size).
 #[derive(Clone, Copy, Debug)]
@@ -133,35 +87,8 @@ pub struct LoadOptions {
     pub assume_missing: Vec<KernelFeature>,
 }
 
-/// What happened to one program's attachment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Attachment {
-    /// Nothing was pinned: attached now.
-    Attached,
-    /// The same program was already attached: kept as it was.
-    Adopted,
-    /// Another version was attached: replaced by this one.
-    Replaced,
-}
-
 /// Each socket program and what happened to its attachment.
 pub type Attachments = Vec<(&'static str, Attachment)>;
-
-pub fn link_pin(dir: &Path, program: &str) -> PathBuf {
-    dir.join(format!("link_{program}"))
-}
-
-/// The pin of a tc program's link on one interface: `link_epx_tc_ingress@eth0` (bpffs
-/// refuses dots in names: a VLAN's `eth0.100` is pinned as `eth0~100`).
-pub fn tc_link_pin(dir: &Path, program: &str, interface: &str) -> PathBuf {
-    dir.join(format!("link_{program}@{}", interface.replace('.', "~")))
-}
-
-/// The tc programs and the direction each one is attached in.
-pub const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
-    (names::PROG_TC_INGRESS, TcAttachType::Ingress),
-    (names::PROG_TC_EGRESS, TcAttachType::Egress),
-];
 
 /// The object loaded, its maps reused or created and pinned, and for each socket program
 /// what must happen to its attachment. Nothing is attached until [`Loaded::activate`], which

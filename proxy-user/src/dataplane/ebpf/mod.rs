@@ -5,6 +5,8 @@ pub mod convert;
 pub mod entries;
 pub mod features;
 pub mod interfaces;
+pub mod links;
+pub mod load_error;
 pub mod loader;
 pub mod maps;
 pub mod orphans;

@@ -19,11 +19,20 @@ use aya::programs::{
 };
 use tracing::info;
 
+use proxy_common::names;
+
 use super::{
     interfaces,
-    loader::{Attachment, LoadError, tc_link_pin},
+    links::{Attachment, tc_link_pin},
+    load_error::LoadError,
     tc_filters::{self, Direction, Filter},
 };
+
+/// The tc programs and the direction each one is attached in.
+pub const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (names::PROG_TC_INGRESS, TcAttachType::Ingress),
+    (names::PROG_TC_EGRESS, TcAttachType::Egress),
+];
 
 /// The clsact filter priority of our programs: first, so NodePort traffic is translated
 /// before another filter passes it on.
@@ -201,7 +210,7 @@ pub struct Attached {
 pub fn attached() -> Vec<Attached> {
     let mut found = Vec::new();
     for (_, interface) in interfaces::all() {
-        for (program, attach_type) in super::loader::TC_PROGRAMS {
+        for (program, attach_type) in TC_PROGRAMS {
             // Fails on kernels without TCX: nothing attached that way.
             let Ok((_, programs)) = SchedClassifier::query_tcx(&interface, attach_type) else {
                 continue;
@@ -242,7 +251,7 @@ fn kernel_name(program: &str) -> &str {
 pub fn netlink_filters() -> Vec<(String, Direction, Option<u32>)> {
     let mut found = Vec::new();
     for (ifindex, name) in interfaces::all() {
-        for (program, attach_type) in super::loader::TC_PROGRAMS {
+        for (program, attach_type) in TC_PROGRAMS {
             let direction = direction(attach_type);
             for filter in tc_filters::list(ifindex, direction).unwrap_or_default() {
                 if is_ours(&filter, program) {
