@@ -51,6 +51,15 @@ pub enum SyncEvent {
     Idle,
 }
 
+/// Why the sync thread ended other than by [`SyncThread::stop`].
+#[derive(Debug, thiserror::Error)]
+pub enum SyncThreadError {
+    #[error("a full sync could not be activated")]
+    Activate(#[from] ActivateError),
+    #[error("the sync thread panicked")]
+    Panicked,
+}
+
 /// The sync thread. Dropping the handle does not stop it: call [`SyncThread::stop`].
 pub struct SyncThread {
     shared: Arc<Shared>,
@@ -97,13 +106,13 @@ impl SyncThread {
     }
 
     /// Lets the current sync finish, then ends the thread; its outcome.
-    pub fn stop(self) -> Result<(), ActivateError> {
+    pub fn stop(self) -> Result<(), SyncThreadError> {
         self.shared.stop();
-        self.thread.join().unwrap_or_else(|panic| {
-            // The panic was already printed; nothing is left to clean up here.
-            let _ = panic;
-            Ok(())
-        })
+        match self.thread.join() {
+            Ok(outcome) => Ok(outcome?),
+            // The panic message was printed when it happened.
+            Err(_) => Err(SyncThreadError::Panicked),
+        }
     }
 }
 
@@ -119,22 +128,21 @@ impl Worker {
     fn run(mut self, on_activated: impl FnOnce()) -> Result<(), ActivateError> {
         let mut on_activated = Some(on_activated);
         let mut announced = false;
-        let mut pruned = Instant::now();
+        let mut retry_at = Instant::now() + self.periods.retry;
+        let mut prune_at = Instant::now() + self.periods.prune;
         loop {
-            match self.shared.wait(self.periods.retry) {
-                Wake::Stop => break,
-                Wake::Changed => {}
-                Wake::Timeout => {
-                    if self.syncer.retry_failed(&mut self.shared.lock()) {
-                        // Marked dirty again: sync them below.
-                    } else {
-                        if pruned.elapsed() >= self.periods.prune && on_activated.is_none() {
-                            self.prune();
-                            pruned = Instant::now();
-                        }
-                        self.report(SyncEvent::Idle);
-                        continue;
-                    }
+            let wait = retry_at.saturating_duration_since(Instant::now());
+            if self.shared.wait(wait) == Wake::Stop {
+                break;
+            }
+            // Periodic work goes by the clock, however often changes arrive.
+            if Instant::now() >= retry_at {
+                retry_at = Instant::now() + self.periods.retry;
+                // Services whose write failed are marked dirty again: synced below.
+                self.syncer.retry_failed(&mut self.shared.lock());
+                if on_activated.is_none() && Instant::now() >= prune_at {
+                    self.prune();
+                    prune_at = Instant::now() + self.periods.prune;
                 }
             }
             if !self.shared.is_listed() {
@@ -142,9 +150,12 @@ impl Worker {
                     info!("waiting for the first complete listing before programming anything");
                     announced = true;
                 }
+                self.report(SyncEvent::Idle);
                 continue;
             }
             let Some(summary) = self.sync_once()? else {
+                // Nothing to do: the thread is alive all the same (/livez).
+                self.report(SyncEvent::Idle);
                 continue;
             };
             let full = summary.full;

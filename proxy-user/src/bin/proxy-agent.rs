@@ -313,7 +313,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     }
                     Some(SyncEvent::Idle) => metrics.heartbeat(),
                     Some(SyncEvent::Activated) => {}
-                    // The thread ended by itself: an activation failed.
+                    // The thread ended by itself: an activation failed, or it panicked.
                     None => break,
                 },
             }
@@ -321,7 +321,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || sync.stop())
             .await
             .context("waiting for the sync thread")?
-            .context("activating the dataplane")?;
+            .context("the sync thread ended")?;
         anyhow::Ok(())
     })?;
     Ok(())

@@ -103,13 +103,7 @@ pub fn open(dir: &Path) -> Result<Installed, CtlError> {
                     rules.backend = Some(backend.name());
                     // What could not be read is left out of every answer: say so.
                     for skipped in rules.skipped() {
-                        eprintln!(
-                            "proxyctl: warning: iptables-save ({}) line {} not understood ({}): {}",
-                            skipped.table.as_str(),
-                            skipped.line,
-                            skipped.error,
-                            skipped.text
-                        );
+                        eprintln!("proxyctl: warning: {skipped}");
                     }
                     return Ok(Installed::Iptables(Box::new(rules)));
                 }

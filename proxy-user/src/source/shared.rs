@@ -56,10 +56,14 @@ impl Shared {
 
     /// Runs `f` on the store and wakes the sync thread.
     pub fn update<R>(&self, f: impl FnOnce(&mut ObjectStore) -> R) -> R {
-        let result = f(&mut self.lock());
+        let mut store = self.lock();
+        let result = f(&mut store);
+        // Rung before the store is released (lock order: store, then bell), so a sync
+        // cannot take this change in hand before it is counted as waiting.
         self.ring(|bell| {
             bell.oldest_unsynced.get_or_insert_with(Instant::now);
         });
+        drop(store);
         result
     }
 

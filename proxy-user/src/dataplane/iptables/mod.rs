@@ -97,13 +97,7 @@ impl IptablesDataplane {
             let filter = iptables.save("filter", false)?;
             let rules = InstalledRules::parse(&nat, &filter);
             for skipped in rules.skipped() {
-                warn!(
-                    table = skipped.table.as_str(),
-                    line = skipped.line,
-                    text = %skipped.text,
-                    "iptables-save line not understood ({}); left out of the read-back",
-                    skipped.error
-                );
+                warn!("{skipped}; left out of the read-back");
             }
             read_back::desired_state(&rules)
         } else {
@@ -116,22 +110,21 @@ impl IptablesDataplane {
             service_ports = read_back::service_ports(&installed),
             "iptables dataplane ready; read back what our chains hold; the first sync rewrites them"
         );
-        let mut ports: BTreeMap<PortKey, BTreeSet<FrontendAddr>> = BTreeMap::new();
-        for (addr, spec) in &installed {
-            ports
-                .entry((spec.service.clone(), addr.protocol))
-                .or_default()
-                .insert(*addr);
-        }
-        Ok(Self {
+        let mut dataplane = Self {
             iptables,
             options,
-            installed,
-            ports,
+            installed: DesiredState::new(),
+            ports: BTreeMap::new(),
             loaded: BTreeMap::new(),
             legacy,
             full_sync_needed: true,
-        })
+        };
+        // Through `set`, so the port index is built the one way it is kept.
+        let mut touched = BTreeSet::new();
+        for (addr, spec) in installed {
+            dataplane.set(addr, Some(spec), &mut touched);
+        }
+        Ok(dataplane)
     }
 
     /// Another NodePort frontend of the same service port and port number, if one is

@@ -63,6 +63,19 @@ pub struct SkippedLine {
     pub error: LineError,
 }
 
+impl std::fmt::Display for SkippedLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "iptables-save ({}) line {} not understood ({}): {}",
+            self.table.as_str(),
+            self.line,
+            self.error,
+            self.text
+        )
+    }
+}
+
 /// One option of a rule: `-d 198.19.0.10/32`, `! -s 198.18.0.0/15`, `--set`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Opt {
