@@ -16,6 +16,8 @@ use crate::dataplane::ebpf::regions::{QUARANTINE, RegionError, Regions};
 pub struct Space {
     slots: Regions,
     ids: Regions,
+    /// This sync already waited a quarantine out: it does not wait again.
+    waited: bool,
 }
 
 impl Default for Space {
@@ -23,6 +25,7 @@ impl Default for Space {
         Self {
             slots: Regions::new(0, []),
             ids: Regions::new(0, []),
+            waited: false,
         }
     }
 }
@@ -49,6 +52,7 @@ impl Space {
                 maps.capacity(names::MAP_STATS),
                 values.iter().map(|v| (v.frontend_id, 1)),
             ),
+            waited: false,
         })
     }
 }
@@ -56,13 +60,19 @@ impl Space {
 impl Maps {
     /// Frees what has waited out its quarantine. Called at the start of every sync.
     pub fn reclaim_space(&mut self) {
+        self.space.waited = false;
+        self.reclaim_now();
+    }
+
+    fn reclaim_now(&mut self) {
         let now = Instant::now();
         self.space.slots.reclaim(now);
         self.space.ids.reclaim(now);
     }
 
     /// A free region of `len` slots. When only regions still in quarantine would make
-    /// room, waits the quarantine out once (at most [`QUARANTINE`]) rather than refuse.
+    /// room, waits the quarantine out (at most [`QUARANTINE`], once per sync: a sync
+    /// that still finds no room refuses, and the write is retried by a later sync).
     pub(super) fn allocate_slots(&mut self, len: u32) -> Result<u32, MapsError> {
         match self.space.slots.allocate(len) {
             Err(RegionError::Full {
@@ -70,9 +80,10 @@ impl Maps {
                 free,
                 quarantined,
                 ..
-            }) if free + quarantined >= wanted => {
+            }) if free + quarantined >= wanted && !self.space.waited => {
                 std::thread::sleep(QUARANTINE);
-                self.reclaim_space();
+                self.space.waited = true;
+                self.reclaim_now();
                 self.space.slots.allocate(len)
             }
             other => other,
