@@ -54,11 +54,28 @@ fn as_the_kernel_prints(text: &str) -> String {
     for i in 1..words.len() {
         if words[i - 1] == "--probability" {
             let p: f64 = words[i].parse().expect("rendered probability");
-            let held = kernel_probability(p);
-            words[i] = format!("{:.11}", f64::from(held) / f64::from(1u32 << 31));
+            // Computed here, not with the code under test's `kernel_probability`.
+            let held = (p * 2_147_483_648.0).round();
+            words[i] = format!("{:.11}", held / 2_147_483_648.0);
         }
     }
     words.join(" ")
+}
+
+#[test]
+fn the_kernels_rounding_is_what_iptables_save_prints() {
+    // Real iptables-save output for kube-proxy's `--probability 0.3333333333`.
+    assert_eq!(
+        as_the_kernel_prints("--probability 0.3333333333"),
+        "--probability 0.33333333349"
+    );
+    assert_eq!(
+        format!(
+            "{:.11}",
+            f64::from(kernel_probability(0.3333333333)) / 2_147_483_648.0
+        ),
+        "0.33333333349"
+    );
 }
 
 /// Renders `state` as the agent writes it, parses it back and reads the frontends.
