@@ -258,6 +258,42 @@ pub struct SocketRevNat {
 }
 const _: () = assert!(size_of::<SocketRevNat>() == 12);
 
+/// A TCP connect's translation, in a ring indexed by the socket's cookie (the low
+/// [`TCP_REVNAT_RING_BITS`] bits): one plain store per connect, no allocation and no
+/// lock, where socket-local storage allocates twice and takes a lock shared by every CPU.
+/// getpeername4 reads it back for a socket whose cookie and peer match. A record is
+/// overwritten only by a later translated connect whose cookie lands on the same index,
+/// so it lasts at least [`TCP_REVNAT_RING`] socket cookies handed out on the node after
+/// its own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct TcpRevNat {
+    /// The cookie's bits above the index: the record is this socket's only if they match.
+    pub cookie_high: u32,
+    pub translation: SocketRevNat,
+}
+const _: () = assert!(size_of::<TcpRevNat>() == 16);
+
+/// log2 of the TCP reverse-translation ring's size.
+pub const TCP_REVNAT_RING_BITS: u32 = 20;
+/// Records in the TCP reverse-translation ring (16 MiB).
+pub const TCP_REVNAT_RING: u32 = 1 << TCP_REVNAT_RING_BITS;
+
+impl TcpRevNat {
+    /// The ring index of a socket cookie.
+    #[inline(always)]
+    pub fn index(cookie: u64) -> u32 {
+        (cookie & (TCP_REVNAT_RING as u64 - 1)) as u32
+    }
+
+    /// The part of a socket cookie a record keeps to tell its socket from the others that
+    /// share its index.
+    #[inline(always)]
+    pub fn cookie_high(cookie: u64) -> u32 {
+        (cookie >> TCP_REVNAT_RING_BITS) as u32
+    }
+}
+
 /// Per-frontend counters: one element per frontend id in a per-CPU array, so a CPU adds to
 /// its own copy (no atomics, no shared cache line); readers sum over CPUs.
 #[repr(C)]
@@ -466,6 +502,7 @@ mod user {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for SocketRevNat {}
+    unsafe impl aya::Pod for TcpRevNat {}
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for Member {}
     unsafe impl aya::Pod for AffinityKey {}
@@ -478,4 +515,22 @@ mod user {
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for ServiceName {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_sharing_a_ring_index_are_told_apart() {
+        let cookie = 0x1234_5678_9abc_u64;
+        let later = cookie + u64::from(TCP_REVNAT_RING);
+        assert_eq!(TcpRevNat::index(cookie), TcpRevNat::index(later));
+        assert_ne!(
+            TcpRevNat::cookie_high(cookie),
+            TcpRevNat::cookie_high(later)
+        );
+        assert_ne!(TcpRevNat::index(cookie), TcpRevNat::index(cookie + 1));
+        assert!(TcpRevNat::index(u64::MAX) < TCP_REVNAT_RING);
+    }
 }

@@ -17,6 +17,9 @@ pub const MAP_REVNAT: &str = "EPX_RNAT_V1";
 /// Socket -> SocketRevNat (socket-local storage): connect4's translation, kept on the
 /// socket and freed with it. Holds no entries of its own to count or list.
 pub const MAP_SOCKET_REVNAT: &str = "EPX_SKRN_V2";
+/// Index -> TcpRevNat (array, a ring indexed by socket cookie): connect4's translation of
+/// a TCP socket, for getpeername4.
+pub const MAP_TCP_REVNAT: &str = "EPX_TCPRN_V2";
 /// Frontend id -> FrontendStats (per-CPU array, one element per frontend id).
 pub const MAP_STATS: &str = "EPX_STAT_V2";
 /// Event index -> u64 (per-CPU array).
@@ -35,13 +38,14 @@ pub const MAP_IFACES: &str = "EPX_IFACE_V1";
 pub const MAP_SOURCE_RANGES: &str = "EPX_SRCR_V1";
 
 /// Every map, for cleanup and status.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_MEMBERS,
     MAP_AFFINITY,
     MAP_REVNAT,
     MAP_SOCKET_REVNAT,
+    MAP_TCP_REVNAT,
     MAP_STATS,
     MAP_EVENTS,
     MAP_NAMES,

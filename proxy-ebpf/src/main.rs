@@ -55,8 +55,9 @@ pub fn epx_sendmsg4_eperm(ctx: SockAddrContext) -> i32 {
     sock_lb::try_forward::<REFUSE_WITH_EPERM, REMEMBER_PER_DESTINATION>(&ctx)
 }
 
-/// connect4 for kernels without `bpf_sk_storage_get` in these programs: the translation
-/// goes to the shared LRU, as layout 1 did.
+/// connect4 for kernels without `bpf_sk_storage_get` in these programs: a UDP socket's
+/// translation goes to the shared LRU, as layout 1 did (a TCP socket's to the ring, as
+/// everywhere).
 #[cgroup_sock_addr(connect4)]
 pub fn epx_connect4_lru(ctx: SockAddrContext) -> i32 {
     sock_lb::try_forward::<REFUSE_WITH_ECONNREFUSED, REMEMBER_IN_LRU>(&ctx)

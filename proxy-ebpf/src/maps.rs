@@ -10,6 +10,7 @@ use aya_ebpf::{
 use proxy_common::{
     Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, IfaceInfo, Member,
     MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SocketRevNat, SourceRangeKey,
+    TCP_REVNAT_RING, TcpRevNat,
     names::{
         DEFAULT_MAX_AFFINITY, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_NAT, DEFAULT_MAX_REVNAT,
         DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
@@ -45,6 +46,11 @@ pub static REVNAT: LruHashMap<RevNatKey, Frontend> = LruHashMap::pinned(DEFAULT_
 /// this map type); the agent pins it by name like the others.
 #[btf_map(name = "EPX_SKRN_V2")]
 pub static SOCKET_REVNAT: SkStorage<SocketRevNat> = SkStorage::new();
+
+/// connect4's translation of a TCP socket, for getpeername4: a ring indexed by socket
+/// cookie (`TcpRevNat`). Preallocated; a connect writes one element in place.
+#[map(name = "EPX_TCPRN_V2")]
+pub static TCP_REVNAT: Array<TcpRevNat> = Array::pinned(TCP_REVNAT_RING, 0);
 
 /// Per-frontend counters, one element per frontend id (`Service::frontend_id`), one copy
 /// per CPU: a program adds to its own CPU's copy, no atomics, no cache line shared between

@@ -1,12 +1,15 @@
 //! Forward translation (connect4, sendmsg4) and reverse translation (recvmsg4,
 //! getpeername4) at the socket layer.
 //!
-//! Where the translation is remembered ([`Remember`]): connect4 keeps it on the socket
-//! (socket-local storage, freed with the socket), so a connect writes nothing shared.
-//! sendmsg4 (an unconnected UDP socket may reach several backends) keeps one entry per
-//! socket and backend in the shared LRU, looked up before it is written: a socket sending
-//! to one Service again and again writes it once. Kernels without socket-local storage in
-//! these programs get connect4 writing the LRU too (the `_lru` variants).
+//! Where the translation is remembered ([`Remember`]): a TCP connect writes one record of
+//! a ring indexed by its socket cookie (`TCP_REVNAT`: a plain store, no allocation, no
+//! lock), which getpeername4 reads back. A UDP connect keeps it on the socket
+//! (socket-local storage, freed with the socket): recvmsg4 asks on every datagram, for as
+//! long as the socket lives, so it must not be overwritten. sendmsg4 (an unconnected UDP
+//! socket may reach several backends) keeps one entry per socket and backend in the shared
+//! LRU, looked up before it is written: a socket sending to one Service again and again
+//! writes it once. Kernels without socket-local storage in these programs get a UDP
+//! connect4 writing the LRU too (the `_lru` variants).
 
 use aya_ebpf::{
     EbpfContext,
@@ -15,12 +18,12 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Backend, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, RevNatKey, SERVICE_LOCAL_ONLY, Service,
-    SocketRevNat,
+    SocketRevNat, TcpRevNat,
 };
 
 use crate::{
     ALLOW,
-    maps::{REVNAT, SERVICES, SOCKET_REVNAT, bump, count, stats},
+    maps::{REVNAT, SERVICES, SOCKET_REVNAT, TCP_REVNAT, bump, count, stats},
     select::choose,
 };
 
@@ -37,9 +40,10 @@ pub const REFUSE_WITH_EPERM: bool = false;
 /// Where a forward translation is remembered for the reverse one (a const parameter of
 /// [`try_forward`], so each program carries only its own way).
 pub type Remember = u8;
-/// connect4: on the socket (socket-local storage).
+/// connect4: TCP in the ring, UDP on the socket (socket-local storage).
 pub const REMEMBER_ON_SOCKET: Remember = 0;
-/// connect4 without socket-local storage: the shared LRU, written on every connect.
+/// connect4 without socket-local storage: TCP in the ring, UDP in the shared LRU, written
+/// on every connect.
 pub const REMEMBER_IN_LRU: Remember = 1;
 /// sendmsg4: the shared LRU, written only when the entry is missing or different.
 pub const REMEMBER_PER_DESTINATION: Remember = 2;
@@ -131,8 +135,18 @@ fn remember<const REMEMBER: Remember>(
     backend: &Backend,
     frontend: &Frontend,
 ) {
+    let translation = SocketRevNat {
+        frontend_addr: frontend.addr,
+        backend_addr: backend.addr,
+        frontend_port: frontend.port,
+        backend_port: backend.port,
+    };
+    if REMEMBER != REMEMBER_PER_DESTINATION && frontend.proto == IPPROTO_TCP {
+        remember_tcp(ctx, translation);
+        return;
+    }
     if REMEMBER == REMEMBER_ON_SOCKET {
-        remember_on_socket(ctx, backend, frontend);
+        remember_on_socket(ctx, translation);
         return;
     }
     let key = RevNatKey {
@@ -151,9 +165,44 @@ fn remember<const REMEMBER: Remember>(
     }
 }
 
+/// Writes a TCP socket's translation into its record of the ring.
+#[inline(always)]
+fn remember_tcp(ctx: &SockAddrContext, translation: SocketRevNat) {
+    // SAFETY: the helper takes the socket from the context the kernel passed us.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(record) = TCP_REVNAT.get_ptr_mut(TcpRevNat::index(cookie)) else {
+        count(Event::RevNatStoreFailed);
+        return;
+    };
+    // SAFETY: an element of a preallocated array, valid for this program run. A racing
+    // writer is a connect whose cookie shares the index; a reader checks the cookie.
+    unsafe {
+        *record = TcpRevNat {
+            cookie_high: TcpRevNat::cookie_high(cookie),
+            translation,
+        };
+    }
+}
+
+/// The frontend a TCP socket asked for, if its record is still in the ring and names
+/// `peer` as the backend it was given.
+#[inline(always)]
+fn recall_tcp(cookie: u64, peer: &Backend) -> Option<(u32, u16)> {
+    let record = TCP_REVNAT.get_ptr(TcpRevNat::index(cookie))?;
+    // SAFETY: an element of a preallocated array, copied out at once; the cookie is read
+    // again after the copy, so a record being overwritten meanwhile is not taken.
+    let (copy, high_after) = unsafe { (*record, core::ptr::read_volatile(&(*record).cookie_high)) };
+    let t = copy.translation;
+    let ours = copy.cookie_high == TcpRevNat::cookie_high(cookie)
+        && high_after == copy.cookie_high
+        && t.backend_addr == peer.addr
+        && t.backend_port == peer.port;
+    ours.then_some((t.frontend_addr, t.frontend_port))
+}
+
 /// Stores the translation on the socket, creating its storage on the first connect.
 #[inline(always)]
-fn remember_on_socket(ctx: &SockAddrContext, backend: &Backend, frontend: &Frontend) {
+fn remember_on_socket(ctx: &SockAddrContext, translation: SocketRevNat) {
     // SAFETY: the helper takes the socket from the context the kernel passed us.
     let stored = unsafe { SOCKET_REVNAT.get_or_insert_ptr_mut(ctx, None) };
     if stored.is_null() {
@@ -161,20 +210,14 @@ fn remember_on_socket(ctx: &SockAddrContext, backend: &Backend, frontend: &Front
         return;
     }
     // SAFETY: non-null storage of this socket, valid for this program run.
-    unsafe {
-        *stored = SocketRevNat {
-            frontend_addr: frontend.addr,
-            backend_addr: backend.addr,
-            frontend_port: frontend.port,
-            backend_port: backend.port,
-        };
-    }
+    unsafe { *stored = translation };
 }
 
 /// recvmsg4 and getpeername4: show the frontend where the socket would show the backend.
 /// With `ON_SOCKET`, the socket's own storage answers first, if the peer is the backend
-/// it stores (a connected socket); otherwise the LRU (sendmsg4's translations, and
-/// connect4's on a kernel without socket-local storage or from before an upgrade).
+/// it stores (a connected UDP socket, or a TCP socket connected before the ring existed);
+/// then, for TCP, the ring; then the LRU (sendmsg4's translations, and a UDP connect4's on
+/// a kernel without socket-local storage).
 #[inline(always)]
 pub fn try_reverse<const ON_SOCKET: bool>(ctx: &SockAddrContext) {
     // SAFETY: as in frontend_of.
@@ -197,8 +240,17 @@ pub fn try_reverse<const ON_SOCKET: bool>(ctx: &SockAddrContext) {
             }
         }
     }
+    // SAFETY: the helper takes the socket from the context the kernel passed us.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if sa.protocol as u8 == IPPROTO_TCP
+        && let Some((addr, port)) = recall_tcp(cookie, &peer)
+    {
+        set_address(ctx, addr, port);
+        count(Event::ReverseTranslated);
+        return;
+    }
     let key = RevNatKey {
-        socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        socket_cookie: cookie,
         backend: peer,
     };
     if let Some(frontend) = REVNAT.get_ptr(key) {

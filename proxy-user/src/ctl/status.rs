@@ -309,7 +309,8 @@ fn is_agent(pid: u32) -> bool {
 
 /// Entries against capacity for every map, counted by walking its keys; for the two
 /// arrays, what the service values use of them (slots in their regions, frontend ids).
-/// The socket-local storage map has no entries of its own to count.
+/// The socket-local storage map has no entries of its own to count, and the TCP ring is
+/// full by design (a record per index, overwritten in turn).
 fn fill(maps: &Maps) -> Vec<MapFill> {
     let entry = |map: &'static str, entries: usize| MapFill {
         map,
