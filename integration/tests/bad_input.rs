@@ -1,5 +1,6 @@
-//! Bad input never costs a working Service: a full map, an unparsable file, an IPv6
-//! Service. Each is reported naming the object and the cause; the agent keeps running.
+//! Bad input never costs a working Service: a full map (and nothing of a refused frontend
+//! is left behind), an unparsable file, an IPv6 Service. Each is reported naming the
+//! object and the cause; the agent keeps running.
 
 use std::time::Duration;
 
@@ -123,4 +124,75 @@ fn unusable_objects_are_named_and_the_rest_served() {
         &service_with_endpoints("good", "198.19.0.1", &[HTTP], &ServiceOpts::default(), &[]),
     );
     agent.wait_backends("demo/good:http", 0);
+}
+
+/// A frontend with externalTrafficPolicy Local writes this node's endpoints as a table of
+/// their own before its own value. When the value then does not fit, that table goes
+/// too: nothing of the refused frontend stays in the maps (its frontend id is handed out
+/// again, and a table left under it would count into another frontend's counters).
+#[test]
+fn a_refused_local_policy_frontend_leaves_nothing_behind() {
+    require_privileges!();
+    refused_local_policy_frontend(Arrives::AfterStart);
+}
+
+/// The same at a cold start, where new frontends are written in batches first.
+#[test]
+fn a_refused_local_policy_frontend_leaves_nothing_behind_at_a_cold_start() {
+    require_privileges!();
+    refused_local_policy_frontend(Arrives::BeforeStart);
+}
+
+#[derive(PartialEq)]
+enum Arrives {
+    BeforeStart,
+    AfterStart,
+}
+
+fn refused_local_policy_frontend(arrives: Arrives) {
+    let t = Topology::new(3);
+    let mut agent = Agent::new(&t);
+    // Room for 2 slots: the ExternalIP's local table (1, this node's endpoint) fits, its
+    // table of every endpoint (3) does not, nor does the ClusterIP's (3).
+    agent.extra_args = ["--max-backend-slots", "2", "--node-name", "node-a"]
+        .map(String::from)
+        .to_vec();
+    let mut eps = t.ready_endpoints();
+    eps[0].node = Some("node-a");
+    if arrives == Arrives::AfterStart {
+        agent.start();
+    }
+    agent.write(
+        "c.yaml",
+        &service_with_endpoints(
+            "c",
+            "198.19.0.3",
+            &[HTTP],
+            &ServiceOpts {
+                spec_extra: "  externalIPs: [198.19.0.2]\n  externalTrafficPolicy: Local\n",
+                ..Default::default()
+            },
+            &eps,
+        ),
+    );
+    if arrives == Arrives::BeforeStart {
+        agent.start();
+    }
+    agent.wait_for("the refusal of demo/c", Duration::from_secs(5), |_| {
+        agent
+            .log()
+            .contains("Service demo/c:http: frontend 198.19.0.2:80/TCP not programmed")
+    });
+    let status: serde_json::Value =
+        serde_json::from_slice(&agent.proxyctl(&["status", "--json"]).stdout).expect("status");
+    let services = status["maps"]
+        .as_array()
+        .and_then(|maps| {
+            maps.iter()
+                .find(|m| m["map"] == proxy_common::names::MAP_SERVICES)
+        })
+        .unwrap_or_else(|| panic!("no services map in {status}"));
+    assert_eq!(services["entries"], 0, "{status}\n{}", agent.log());
+    let report = t.probe(&["--to", "198.19.0.2:80", "--count", "1"]);
+    assert_eq!(report.errors.get("ENETUNREACH"), Some(&1), "{report:?}");
 }

@@ -34,6 +34,15 @@ fn local_view(spec: &FrontendSpec) -> Option<FrontendSpec> {
     })
 }
 
+/// The ranges of `cidrs` that `other` does not hold.
+fn not_in(cidrs: &[(Ipv4Addr, u8)], other: Option<&SourceRanges>) -> Vec<(Ipv4Addr, u8)> {
+    cidrs
+        .iter()
+        .filter(|c| !other.is_some_and(|o| o.cidrs.contains(c)))
+        .copied()
+        .collect()
+}
+
 fn source_range_key(fe: Frontend, net: Ipv4Addr, bits: u8) -> LpmKey<proxy_common::SourceRangeKey> {
     let (prefix_len, key) = entries::source_range_key(fe, net, bits);
     LpmKey::new(prefix_len, key)
@@ -88,18 +97,39 @@ impl Maps {
             before: 0,
             after: 0,
         };
-        if let Some(local) = local_view(spec) {
+        let local = local_view(spec);
+        if let Some(local) = &local {
             local_delta =
-                self.write_table(scoped, frontend_id, &local, previous_local.as_ref(), 0)?;
+                self.write_table(scoped, frontend_id, local, previous_local.as_ref(), 0)?;
         }
         let old_ranges = previous.and_then(|p| p.source_ranges.as_ref());
-        if let Some(ranges) = &spec.source_ranges {
-            self.write_source_ranges(fe, ranges, old_ranges)?;
+        let main = match &spec.source_ranges {
+            Some(ranges) => self.add_source_ranges(fe, ranges),
+            None => Ok(()),
         }
-        let mut delta =
-            self.write_table(fe, frontend_id, spec, previous, entries::extra_flags(spec))?;
-        if let (None, Some(old)) = (&spec.source_ranges, old_ranges) {
-            self.remove_source_ranges(fe, &old.cidrs);
+        .and_then(|()| {
+            self.write_table(fe, frontend_id, spec, previous, entries::extra_flags(spec))
+        });
+        let mut delta = match main {
+            Ok(delta) => delta,
+            Err(error) => {
+                // What this write added beside the frontend's own value goes again: a new
+                // external-local table would otherwise outlive its frontend's refusal
+                // under a frontend id that is handed out again, and new source ranges
+                // would wait for a frontend that does not exist.
+                if let (Some(local), None) = (&local, &previous_local) {
+                    self.remove_table_of(scoped, local);
+                }
+                if let Some(ranges) = &spec.source_ranges {
+                    let added = not_in(&ranges.cidrs, old_ranges);
+                    self.remove_source_ranges(fe, &added);
+                }
+                return Err(error);
+            }
+        };
+        if let Some(old) = old_ranges {
+            let gone = not_in(&old.cidrs, spec.source_ranges.as_ref());
+            self.remove_source_ranges(fe, &gone);
         }
         if let (None, Some(old_local)) = (&spec.external_local, &previous_local) {
             local_delta.before = self.remove_table_of(scoped, old_local);
@@ -123,29 +153,14 @@ impl Maps {
         freed
     }
 
-    /// The loadBalancerSourceRanges of `fe`: new ones added, dropped ones removed.
-    fn write_source_ranges(
-        &mut self,
-        fe: Frontend,
-        ranges: &SourceRanges,
-        old: Option<&SourceRanges>,
-    ) -> Result<(), MapsError> {
+    /// Adds the loadBalancerSourceRanges of `fe` (those already there are written again).
+    fn add_source_ranges(&mut self, fe: Frontend, ranges: &SourceRanges) -> Result<(), MapsError> {
         for (net, bits) in &ranges.cidrs {
             let key = source_range_key(fe, *net, *bits);
             self.insert(names::MAP_SOURCE_RANGES, |m| {
                 m.source_ranges.insert(&key, 1, 0)
             })?;
         }
-        let gone: Vec<(Ipv4Addr, u8)> = old
-            .map(|o| {
-                o.cidrs
-                    .iter()
-                    .filter(|c| !ranges.cidrs.contains(c))
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.remove_source_ranges(fe, &gone);
         Ok(())
     }
 
