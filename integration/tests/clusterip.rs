@@ -122,6 +122,60 @@ fn udp_replies_come_from_the_service_address() {
     }
 }
 
+/// A connected UDP socket that connects again, now straight to the backend it was given:
+/// its replies show the backend, not the Service it no longer talks to. With the
+/// translation on the socket, and in the LRU where a kernel has no socket-local storage.
+#[test]
+fn a_udp_socket_connected_again_past_the_service_sees_its_new_peer() {
+    require_privileges!();
+    for assume_missing in [None, Some("bpf_sk_storage_get")] {
+        let t = Topology::new(1);
+        let mut agent = Agent::new(&t);
+        if let Some(feature) = assume_missing {
+            agent.extra_args = vec!["--assume-missing".into(), feature.into()];
+        }
+        agent.write(
+            "web.yaml",
+            &service_with_endpoints(
+                "web",
+                VIP,
+                &[DNS],
+                &ServiceOpts::default(),
+                &t.ready_endpoints(),
+            ),
+        );
+        agent.start();
+        agent.wait_backends("demo/web:dns", 1);
+        let backend = format!("{}:5353", t.backends[0].ip);
+        let report = t.probe(&[
+            "--to",
+            &format!("{VIP}:53"),
+            "--udp",
+            "--then-to",
+            &backend,
+            "--count",
+            "3",
+        ]);
+        assert_eq!(
+            report.answers.get("web-0 then web-0"),
+            Some(&3),
+            "{assume_missing:?}: {report:?}"
+        );
+        for seen in [&report.peers, &report.reply_sources] {
+            assert_eq!(
+                seen.get(&format!("{VIP}:53")),
+                Some(&3),
+                "{assume_missing:?}: {report:?}"
+            );
+            assert_eq!(
+                seen.get(&backend),
+                Some(&3),
+                "{assume_missing:?}: {report:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn udp_through_socat() {
     require_privileges!();

@@ -247,7 +247,7 @@ const _: () = assert!(size_of::<RevNatKey>() == 16);
 /// socket asked for and the backend it was given. recvmsg4 and getpeername4 show the
 /// frontend where the socket's peer is that backend. Freed by the kernel with the socket.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SocketRevNat {
     /// The frontend's address and port, network byte order.
     pub frontend_addr: u32,

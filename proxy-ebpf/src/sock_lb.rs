@@ -89,6 +89,9 @@ pub fn try_forward<const SET_RETVAL: bool, const REMEMBER: Remember>(ctx: &SockA
         return ALLOW;
     };
     let Some(service) = SERVICES.get_ptr(frontend) else {
+        if frontend.proto == IPPROTO_UDP {
+            forget_connected::<REMEMBER>(ctx, &frontend);
+        }
         return ALLOW;
     };
     // SAFETY: value pointer from a successful lookup; copied so a concurrent replace of
@@ -211,6 +214,34 @@ fn remember_on_socket(ctx: &SockAddrContext, translation: SocketRevNat) {
     }
     // SAFETY: non-null storage of this socket, valid for this program run.
     unsafe { *stored = translation };
+}
+
+/// A UDP socket connecting again, now to an address that is no frontend: the translation
+/// of its earlier connect must not rewrite the source of what its new peer sends (that
+/// peer may be the backend it was given then). On the socket, one look at its storage
+/// (a socket that never connected to a Service has none); in the LRU, the one entry that
+/// would rewrite this peer.
+#[inline(always)]
+fn forget_connected<const REMEMBER: Remember>(ctx: &SockAddrContext, peer: &Frontend) {
+    if REMEMBER == REMEMBER_ON_SOCKET {
+        // SAFETY: the helper takes the socket from the context the kernel passed us.
+        let stored = unsafe { SOCKET_REVNAT.get_ptr_mut(ctx) };
+        if !stored.is_null() {
+            // SAFETY: non-null storage of this socket, valid for this program run.
+            unsafe { *stored = SocketRevNat::default() };
+        }
+    } else if REMEMBER == REMEMBER_IN_LRU {
+        let key = RevNatKey {
+            // SAFETY: the helper takes the socket from the context the kernel passed us.
+            socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+            backend: Backend {
+                addr: peer.addr,
+                port: peer.port,
+                _pad: 0,
+            },
+        };
+        let _ = REVNAT.remove(key);
+    }
 }
 
 /// recvmsg4 and getpeername4: show the frontend where the socket would show the backend.

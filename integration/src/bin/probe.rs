@@ -61,6 +61,10 @@ enum Command {
         /// conntrack entry for the whole run).
         #[arg(long)]
         one_socket: bool,
+        /// Connected UDP: after each exchange, connect the same socket to this address
+        /// and exchange again (both answers, peers and reply sources are reported).
+        #[arg(long)]
+        then_to: Option<SocketAddr>,
     },
 }
 
@@ -90,6 +94,7 @@ fn main() {
             sequence,
             ask_source,
             one_socket,
+            then_to,
         } => {
             let timeout = Duration::from_millis(timeout_ms);
             let mut report = Report::default();
@@ -109,7 +114,7 @@ fn main() {
                 let outcome = if let Some(socket) = &shared {
                     udp_on(socket, to, timeout, &mut report)
                 } else if udp || unconnected {
-                    udp_exchange(to, unconnected, timeout, &mut report)
+                    udp_exchange(to, unconnected, then_to, timeout, &mut report)
                 } else {
                     tcp_exchange(to, timeout, ask_source, &mut report)
                 };
@@ -166,23 +171,42 @@ fn tcp_exchange(
 fn udp_exchange(
     to: SocketAddr,
     unconnected: bool,
+    then_to: Option<SocketAddr>,
     timeout: Duration,
     report: &mut Report,
 ) -> std::io::Result<String> {
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     socket.set_read_timeout(Some(timeout))?;
-    let mut buf = [0u8; 512];
-    let (len, source) = if unconnected {
+    if unconnected {
+        let mut buf = [0u8; 512];
         socket.send_to(b"who", to)?;
-        socket.recv_from(&mut buf)?
-    } else {
-        socket.connect(to)?;
-        if let Ok(peer) = socket.peer_addr() {
-            *report.peers.entry(peer.to_string()).or_default() += 1;
-        }
-        socket.send(b"who")?;
-        socket.recv_from(&mut buf)?
-    };
+        let (len, source) = socket.recv_from(&mut buf)?;
+        *report.reply_sources.entry(source.to_string()).or_default() += 1;
+        return Ok(String::from_utf8_lossy(&buf[..len]).trim().to_owned());
+    }
+    let first = connected_exchange(&socket, to, report)?;
+    match then_to {
+        Some(next) => Ok(format!(
+            "{first} then {}",
+            connected_exchange(&socket, next, report)?
+        )),
+        None => Ok(first),
+    }
+}
+
+/// Connects `socket` to `to` and exchanges one datagram, recording peer and reply source.
+fn connected_exchange(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    report: &mut Report,
+) -> std::io::Result<String> {
+    let mut buf = [0u8; 512];
+    socket.connect(to)?;
+    if let Ok(peer) = socket.peer_addr() {
+        *report.peers.entry(peer.to_string()).or_default() += 1;
+    }
+    socket.send(b"who")?;
+    let (len, source) = socket.recv_from(&mut buf)?;
     *report.reply_sources.entry(source.to_string()).or_default() += 1;
     Ok(String::from_utf8_lossy(&buf[..len]).trim().to_owned())
 }
