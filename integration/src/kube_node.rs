@@ -4,9 +4,9 @@
 //! other. Every address is given by the caller (in 198.18.0.0/15).
 //!
 //! ```text
-//!  external client E ── x<i> ┐                       ┌ q<i> ── remote pod R
+//!  external client E ── x<i> ┐                       ┌ p<i> ── remote pod R
 //!                            node (agent) ── nb0 ── other node
-//!  local pod P ──────── p<i> ┘                       
+//!  local pod P ──────── p<i> ┘
 //! ```
 //!
 //! Links are point-to-point, as many CNIs make them: every link of the node carries the
@@ -235,10 +235,5 @@ impl KubeNode {
             .unwrap_or_else(|| panic!("no namespace holds source address {source}"));
         let out = run(command.arg("connect").args(args));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("probe output {out:?}: {e}"))
-    }
-
-    /// The pod with this label.
-    pub fn pod(&self, label: &str) -> Option<&Pod> {
-        self.pods.iter().find(|p| p.spec.label == label)
     }
 }
