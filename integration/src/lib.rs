@@ -13,6 +13,7 @@ pub mod bench_profile;
 pub mod bench_report;
 pub mod bench_stats;
 pub mod daemonset;
+pub mod kube_node;
 pub mod manifests;
 pub mod two_nodes;
 
