@@ -171,12 +171,15 @@ fn node_port_external_ip_and_load_balancer_frontends_then_a_type_change() {
         ),
     );
     agent.start();
-    agent.wait_for("four frontends", Duration::from_secs(5), |s| {
-        s.as_array().is_some_and(|r| r.len() == 4)
+    // The NodePort on the Node's address and, for the node's own sockets, on localhost.
+    agent.wait_for("five frontends", Duration::from_secs(5), |s| {
+        s.as_array().is_some_and(|r| r.len() == 5)
     });
     for to in [
         "198.19.0.10:80",
         "198.18.0.100:30080",
+        "127.0.0.1:30080",
+        "127.0.0.2:30080",
         "198.19.5.5:80",
         "198.19.6.6:80",
     ] {
@@ -203,6 +206,13 @@ fn node_port_external_ip_and_load_balancer_frontends_then_a_type_change() {
             "{to} removed"
         );
     }
+    assert_eq!(
+        t.probe(&["--to", "127.0.0.1:30080", "--count", "1"])
+            .errors
+            .get("ECONNREFUSED"),
+        Some(&1),
+        "the localhost NodePort removed: nothing listens on the client's loopback"
+    );
     assert_eq!(reached(&t, "198.19.0.10:80"), ["web-0", "web-1"]);
     assert_eq!(
         agent.metric(&format!(

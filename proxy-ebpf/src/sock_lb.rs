@@ -71,6 +71,28 @@ fn frontend_of(ctx: &SockAddrContext) -> Option<Frontend> {
     })
 }
 
+/// 127.0.0.1 in network byte order, as `user_ip4` holds it.
+const LOCALHOST: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+
+/// The key and service value of `frontend`. A connect to any other address of
+/// 127.0.0.0/8 is looked up as 127.0.0.1, where the agent writes the localhost NodePorts
+/// (kube-proxy serves them on every local address, the whole block included); the
+/// socket still shows the address it asked for.
+#[inline(always)]
+fn service_of(frontend: Frontend) -> Option<(Frontend, *const Service)> {
+    if let Some(service) = SERVICES.get_ptr(frontend) {
+        return Some((frontend, service));
+    }
+    if frontend.addr.to_ne_bytes()[0] != 127 || frontend.addr == LOCALHOST {
+        return None;
+    }
+    let key = Frontend {
+        addr: LOCALHOST,
+        ..frontend
+    };
+    SERVICES.get_ptr(key).map(|service| (key, service))
+}
+
 #[inline(always)]
 fn set_address(ctx: &SockAddrContext, addr: u32, port: u16) {
     // SAFETY: as above; user_ip4 and user_port are writable for every sock_addr hook we use.
@@ -88,7 +110,7 @@ pub fn try_forward<const SET_RETVAL: bool, const REMEMBER: Remember>(ctx: &SockA
     let Some(frontend) = frontend_of(ctx) else {
         return ALLOW;
     };
-    let Some(service) = SERVICES.get_ptr(frontend) else {
+    let Some((key, service)) = service_of(frontend) else {
         if frontend.proto == IPPROTO_UDP {
             forget_connected::<REMEMBER>(ctx, &frontend);
         }
@@ -100,7 +122,7 @@ pub fn try_forward<const SET_RETVAL: bool, const REMEMBER: Remember>(ctx: &SockA
     let stats = stats(&service);
     let client_netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
 
-    let Some(choice) = choose(&frontend, &service, client_netns) else {
+    let Some(choice) = choose(&key, &service, client_netns) else {
         count(if service.flags & SERVICE_LOCAL_ONLY != 0 {
             Event::NoLocalEndpoint
         } else {

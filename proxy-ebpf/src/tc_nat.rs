@@ -134,6 +134,12 @@ fn translate_forward(ctx: &TcContext, p: &Packet, e: &NatEntry, route: Option<Ro
 // stack Linux 6.1 and older allow.
 #[inline(never)]
 fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
+    // 127.0.0.0/8 from outside is no NodePort (the localhost NodePorts are for the node's
+    // own sockets): left to the kernel, which drops it as a martian, as kube-proxy's
+    // "block incoming localnet connections" rule does.
+    if p.daddr.to_ne_bytes()[0] == 127 {
+        return TC_ACT_OK;
+    }
     let frontend = Frontend {
         addr: p.daddr,
         port: p.dport,

