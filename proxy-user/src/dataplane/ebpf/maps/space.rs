@@ -105,7 +105,7 @@ impl Maps {
     pub(super) fn allocate_frontend_id(&mut self) -> Result<u32, MapsError> {
         let id = self.allocate_unzeroed_frontend_id()?;
         if let Err(error) = self.zero_counters(id) {
-            self.space.ids.release_unpublished(id, 1);
+            self.release_unpublished_frontend_id(id);
             return Err(error);
         }
         Ok(id)
@@ -123,6 +123,11 @@ impl Maps {
     /// program may still add to its counters meanwhile; the next owner starts from zero).
     pub(super) fn release_frontend_id(&mut self, id: u32) {
         self.space.ids.release(id, 1, Instant::now());
+    }
+
+    /// An id no value ever named: free at once.
+    pub(super) fn release_unpublished_frontend_id(&mut self, id: u32) {
+        self.space.ids.release_unpublished(id, 1);
     }
 
     fn zero_counters(&mut self, id: u32) -> Result<(), MapsError> {

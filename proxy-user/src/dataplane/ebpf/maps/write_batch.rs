@@ -138,6 +138,13 @@ impl Maps {
             }
         });
         if let Err(error) = result {
+            // Some values may have gone in before the failure: their regions and ids go
+            // into quarantine, not back to use; those of values that never went in are
+            // free at once (so the one-by-one writes that follow can have them).
+            let published: Vec<bool> = service_keys
+                .iter()
+                .map(|k| self.services.get(k, 0).is_ok())
+                .collect();
             // Services first, so no connect ever sees a frontend whose table is going away.
             for k in &service_keys {
                 let _ = self.services.remove(k);
@@ -148,10 +155,13 @@ impl Maps {
             for k in &service_keys {
                 let _ = self.names.remove(k);
             }
-            // Some values may have gone in before the failure: quarantine, not reuse.
-            for value in &service_values {
-                self.release_slots(value.slot_base, value.slots);
-                self.release_frontend_id(value.frontend_id);
+            for (value, published) in service_values.iter().zip(published) {
+                if published {
+                    self.release_slots(value.slot_base, value.slots);
+                    self.release_frontend_id(value.frontend_id);
+                } else {
+                    self.release_unpublished(std::slice::from_ref(value));
+                }
             }
             return Err(error);
         }
@@ -162,7 +172,7 @@ impl Maps {
     fn release_unpublished(&mut self, values: &[Service]) {
         for value in values {
             self.release_unpublished_slots(value.slot_base, value.slots);
-            self.release_frontend_id(value.frontend_id);
+            self.release_unpublished_frontend_id(value.frontend_id);
         }
     }
 }
