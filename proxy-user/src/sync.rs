@@ -15,11 +15,12 @@ use tracing::{error, info, warn};
 
 use crate::{
     dataplane::{ApplyReport, Change, Dataplane, MapUsage},
-    model::{FrontendAddr, FrontendSpec, HealthCheck, ObjectRef, Rejection},
+    model::{
+        FrontendAddr, FrontendSpec, HealthCheck, NodeContext, ObjectRef, Rejection,
+        translate_service,
+    },
     source::store::{ChangeCounts, ObjectStore},
 };
-
-mod translate;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SyncSummary {
@@ -125,27 +126,12 @@ impl Syncer {
         // What each touched frontend should become: Some(spec), or None for "remove".
         let mut pending: BTreeMap<FrontendAddr, Option<FrontendSpec>> = BTreeMap::new();
         let mut triggers: Vec<(ObjectRef, SystemTime)> = Vec::new();
-        // A full sync translates every Service: all of them first, in parallel. The
-        // results come in the queue's order; a Service queued again later (a frontend it
-        // waited for was released) is translated again when its turn comes.
-        let mut translated = if full {
-            self.last_good.reserve(queue.len());
-            translate::translate_all(&queue, store, &node)
-        } else {
-            Vec::new()
-        }
-        .into_iter()
-        .peekable();
 
         while let Some(key) = queue.pop_first() {
             if let Some(trigger) = store.take_trigger(&key) {
                 triggers.push((key.clone(), trigger));
             }
-            let done = translated
-                .next_if(|(next, _)| *next == key)
-                .map(|(_, done)| done);
-            let translation = done.unwrap_or_else(|| translate::translate(&key, store, &node));
-            let wanted = self.wanted(&key, translation, &mut summary);
+            let wanted = self.wanted(&key, store, &node, &mut summary);
             let owned = self.owned.remove(&key).unwrap_or_default();
             for addr in owned
                 .iter()
@@ -342,19 +328,20 @@ impl Syncer {
         true
     }
 
-    /// The frontends `key` should have now, given its translation.
+    /// The frontends `key` should have now.
     fn wanted(
         &mut self,
         key: &ObjectRef,
-        translation: translate::Translated,
+        store: &ObjectStore,
+        node: &NodeContext,
         summary: &mut SyncSummary,
     ) -> Vec<(FrontendAddr, FrontendSpec)> {
-        let Some(translation) = translation else {
+        let Some(service) = store.service(key) else {
             self.last_good.remove(key);
             self.set_health(key, None);
             return Vec::new();
         };
-        match translation {
+        match translate_service(key, service, &store.slices(key), node) {
             None => {
                 self.last_good.remove(key);
                 self.set_health(key, None);
