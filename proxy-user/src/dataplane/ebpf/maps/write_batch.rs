@@ -77,8 +77,14 @@ impl Maps {
         let mut service_values: Vec<Service> = Vec::with_capacity(fresh.len());
         let mut name_values: Vec<ServiceName> = Vec::with_capacity(fresh.len());
         let mut ids: Vec<u32> = Vec::with_capacity(fresh.len());
-        let (mut member_keys, mut member_values) = (Vec::new(), Vec::<Member>::new());
-        let (mut slot_numbers, mut slot_values) = (Vec::<u32>::new(), Vec::<Backend>::new());
+        let members: usize = fresh.iter().map(|(_, spec)| spec.backends.len()).sum();
+        let mut member_keys = Vec::with_capacity(members);
+        let mut member_values: Vec<Member> = Vec::with_capacity(members);
+        // A slot per member when the weights are equal, the common case.
+        let (mut slot_numbers, mut slot_values) = (
+            Vec::<u32>::with_capacity(members),
+            Vec::<Backend>::with_capacity(members),
+        );
         for (addr, spec) in fresh {
             let fe = frontend(addr);
             let table = entries::table(fe, spec, &spec.backends, entries::extra_flags(spec));
