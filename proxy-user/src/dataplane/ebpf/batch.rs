@@ -66,9 +66,17 @@ impl BatchMap {
         keys: &'a [K],
         values: &'a [V],
     ) -> Batch<'a> {
-        debug_assert_eq!(size_of::<K>(), self.key_size);
+        // The kernel reads `count` keys and values of the map's sizes from these
+        // buffers: a mismatch is a bug here, stopped before it reaches the syscall.
+        assert_eq!(size_of::<K>(), self.key_size, "{}: key size", self.name);
         let values: &[u8] = bytemuck::cast_slice(values);
-        debug_assert_eq!(values.len(), keys.len() * self.value_size);
+        assert_eq!(
+            values.len(),
+            keys.len() * self.value_size,
+            "{}: values for {} keys",
+            self.name,
+            keys.len()
+        );
         Batch {
             map: self,
             keys: bytemuck::cast_slice(keys),
