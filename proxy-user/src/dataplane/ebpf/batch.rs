@@ -169,7 +169,7 @@ pub fn write_parallel(batches: &[Batch<'_>]) -> Result<(), BatchError> {
     let total: usize = lens.iter().sum();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let lanes = cpus.min(MAX_LANES).min(total / ENTRIES_PER_LANE).max(1);
-    let mut lanes: Vec<Vec<Batch<'_>>> = deal(&lens, lanes)
+    let lanes: Vec<Vec<Batch<'_>>> = deal(&lens, lanes)
         .into_iter()
         .map(|lane| {
             lane.into_iter()
@@ -177,15 +177,25 @@ pub fn write_parallel(batches: &[Batch<'_>]) -> Result<(), BatchError> {
                 .collect()
         })
         .collect();
-    let mine = lanes.pop().unwrap_or_default();
+    let Some((mine, others)) = lanes.split_last() else {
+        return Ok(());
+    };
     std::thread::scope(|scope| {
-        let others: Vec<_> = lanes
-            .into_iter()
-            .map(|lane| scope.spawn(move || lane.iter().try_for_each(Batch::write)))
-            .collect();
-        let mut result = mine.iter().try_for_each(Batch::write);
-        for other in others {
-            let lane = other.join().unwrap_or_else(|_| {
+        let mut here: Vec<&[Batch<'_>]> = vec![mine];
+        let mut threads = Vec::new();
+        for lane in others {
+            match std::thread::Builder::new()
+                .name("epx-batch-write".into())
+                .spawn_scoped(scope, move || write_all(lane))
+            {
+                Ok(thread) => threads.push(thread),
+                // No thread to be had: this lane is written here too.
+                Err(_) => here.push(lane),
+            }
+        }
+        let mut result = here.into_iter().try_for_each(write_all);
+        for thread in threads {
+            let lane = thread.join().unwrap_or_else(|_| {
                 Err(BatchError {
                     map: "(unknown: a writer thread panicked)",
                     source: io::Error::other("writer thread panicked"),
@@ -195,6 +205,10 @@ pub fn write_parallel(batches: &[Batch<'_>]) -> Result<(), BatchError> {
         }
         result
     })
+}
+
+fn write_all(lane: &[Batch<'_>]) -> Result<(), BatchError> {
+    lane.iter().try_for_each(Batch::write)
 }
 
 /// Deals batches of `lens` entries into `lanes` lanes of about as many entries each,
