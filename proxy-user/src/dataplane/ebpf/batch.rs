@@ -160,7 +160,7 @@ const ENTRIES_PER_LANE: usize = 2_048;
 const MAX_LANES: usize = 4;
 
 /// Writes every batch, on as many threads as there are CPUs (up to [`MAX_LANES`]), each
-/// with about as many entries; returns when all are written or refused. Nothing says
+/// with an equal part of every batch; returns when all are written or refused. Nothing says
 /// which batch goes in first: what must be written before something else goes in an
 /// earlier call. On failure some entries may have been written; the first error is
 /// returned.
@@ -211,25 +211,16 @@ fn write_all(lane: &[Batch<'_>]) -> Result<(), BatchError> {
     lane.iter().try_for_each(Batch::write)
 }
 
-/// Deals batches of `lens` entries into `lanes` lanes of about as many entries each,
-/// cutting a batch where a lane fills up: each lane is a list of (batch, entries).
+/// Deals every batch of `lens` entries out to `lanes` lanes, each an equal part: the
+/// entries of different maps cost the kernel differently (a hash map allocates, an array
+/// does not), so each lane gets its share of each. A lane is a list of (batch, entries).
 fn deal(lens: &[usize], lanes: usize) -> Vec<Vec<(usize, Range<usize>)>> {
-    let share = lens.iter().sum::<usize>().div_ceil(lanes.max(1)).max(1);
-    let mut dealt: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new()];
-    let mut room = share;
+    let lanes = lanes.max(1);
+    let mut dealt: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new(); lanes];
     for (batch, &len) in lens.iter().enumerate() {
-        let mut start = 0;
-        while start < len {
-            if room == 0 {
-                dealt.push(Vec::new());
-                room = share;
-            }
-            let end = len.min(start + room);
-            room -= end - start;
-            if let Some(lane) = dealt.last_mut() {
-                lane.push((batch, start..end));
-            }
-            start = end;
+        let part = len.div_ceil(lanes).max(1);
+        for (lane, start) in dealt.iter_mut().zip((0..len).step_by(part)) {
+            lane.push((batch, start..len.min(start + part)));
         }
     }
     dealt
@@ -240,18 +231,23 @@ mod tests {
     use super::deal;
 
     #[test]
-    fn every_entry_is_dealt_once_in_even_lanes() {
+    fn each_lane_gets_an_equal_part_of_every_batch() {
         let lens = [5, 0, 12, 3];
-        let lanes = deal(&lens, 2);
         assert_eq!(
-            lanes,
-            vec![vec![(0, 0..5), (2, 0..5)], vec![(2, 5..12), (3, 0..3)],]
+            deal(&lens, 2),
+            vec![
+                vec![(0, 0..3), (2, 0..6), (3, 0..2)],
+                vec![(0, 3..5), (2, 6..12), (3, 2..3)],
+            ]
         );
         assert_eq!(deal(&lens, 1), vec![vec![(0, 0..5), (2, 0..12), (3, 0..3)]]);
     }
 
     #[test]
-    fn nothing_to_write_is_one_empty_lane() {
-        assert_eq!(deal(&[0, 0], 2), vec![Vec::new()]);
+    fn a_batch_smaller_than_the_lanes_goes_to_the_first_ones() {
+        assert_eq!(
+            deal(&[1, 0], 3),
+            vec![vec![(0, 0..1)], Vec::new(), Vec::new()]
+        );
     }
 }
