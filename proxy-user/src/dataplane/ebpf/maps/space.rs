@@ -103,22 +103,31 @@ impl Maps {
 
     /// A free frontend id, its counters zeroed on every CPU.
     pub(super) fn allocate_frontend_id(&mut self) -> Result<u32, MapsError> {
-        let id = self
-            .space
-            .ids
-            .allocate(1)
-            .map_err(|e| no_room(names::MAP_STATS, e))?;
+        let id = self.allocate_unzeroed_frontend_id()?;
         if let Err(error) = self.zero_counters(id) {
-            self.space.ids.release_unpublished(id, 1);
+            self.release_unpublished_frontend_id(id);
             return Err(error);
         }
         Ok(id)
+    }
+
+    /// A free frontend id whose counters the caller zeroes before a value names it.
+    pub(super) fn allocate_unzeroed_frontend_id(&mut self) -> Result<u32, MapsError> {
+        self.space
+            .ids
+            .allocate(1)
+            .map_err(|e| no_room(names::MAP_STATS, e))
     }
 
     /// The id of a frontend whose value is gone: reusable after the quarantine (a
     /// program may still add to its counters meanwhile; the next owner starts from zero).
     pub(super) fn release_frontend_id(&mut self, id: u32) {
         self.space.ids.release(id, 1, Instant::now());
+    }
+
+    /// An id no value ever named: free at once.
+    pub(super) fn release_unpublished_frontend_id(&mut self, id: u32) {
+        self.space.ids.release_unpublished(id, 1);
     }
 
     fn zero_counters(&mut self, id: u32) -> Result<(), MapsError> {
