@@ -3,11 +3,11 @@
 //! tenth of the size (no managedFields, no unused fields, addresses already parsed), which
 //! is what keeps the agent small at 10,000 Services.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Arc};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use super::weights::ANNOTATION as WEIGHTS_ANNOTATION;
+use super::{interned::interned, weights::ANNOTATION as WEIGHTS_ANNOTATION};
 
 /// Services with this label belong to another proxy (kube-proxy ignores them too).
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -16,8 +16,9 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 pub struct ServiceInput {
     /// Labelled `service.kubernetes.io/service-proxy-name`: another proxy's.
     pub other_proxy: bool,
-    /// `spec.type`, `ClusterIP` when unset.
-    pub type_: Box<str>,
+    /// `spec.type`, `ClusterIP` when unset. The repeated strings of these inputs (types,
+    /// protocols, port names, node names, zones) are shared ([`interned`]).
+    pub type_: Arc<str>,
     pub cluster_ip: Box<str>,
     pub cluster_ips: Box<[Box<str>]>,
     pub external_ips: Box<[Box<str>]>,
@@ -35,9 +36,9 @@ pub struct ServiceInput {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortInput {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub port: i32,
-    pub protocol: Box<str>,
+    pub protocol: Arc<str>,
     pub node_port: Option<i32>,
 }
 
@@ -57,7 +58,7 @@ impl From<&Service> for ServiceInput {
                 .labels
                 .as_ref()
                 .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)),
-            type_: spec.type_.unwrap_or_else(|| "ClusterIP".into()).into(),
+            type_: interned(spec.type_.as_deref().unwrap_or("ClusterIP")),
             cluster_ip: spec.cluster_ip.unwrap_or_default().into(),
             cluster_ips: boxed(spec.cluster_ips),
             external_ips: boxed(spec.external_ips),
@@ -72,9 +73,9 @@ impl From<&Service> for ServiceInput {
                 .unwrap_or_default()
                 .into_iter()
                 .map(|p| PortInput {
-                    name: p.name.unwrap_or_default().into(),
+                    name: interned(p.name.as_deref().unwrap_or_default()),
                     port: p.port,
-                    protocol: p.protocol.unwrap_or_else(|| "TCP".into()).into(),
+                    protocol: interned(p.protocol.as_deref().unwrap_or("TCP")),
                     node_port: p.node_port,
                 })
                 .collect(),
@@ -109,9 +110,9 @@ pub struct SliceInput {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlicePort {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub port: Option<i32>,
-    pub protocol: Box<str>,
+    pub protocol: Arc<str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,8 +120,8 @@ pub struct EndpointInput {
     /// The first address (the one kube-proxy uses), parsed; the text if it is not IPv4.
     pub address: Result<Ipv4Addr, Box<str>>,
     pub target_name: Option<Box<str>>,
-    pub node_name: Option<Box<str>>,
-    pub zone_hints: Box<[Box<str>]>,
+    pub node_name: Option<Arc<str>>,
+    pub zone_hints: Box<[Arc<str>]>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -142,9 +143,9 @@ impl From<&EndpointSlice> for SliceInput {
                 .iter()
                 .flatten()
                 .map(|p| SlicePort {
-                    name: p.name.as_deref().unwrap_or("").into(),
+                    name: interned(p.name.as_deref().unwrap_or("")),
                     port: p.port,
-                    protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                    protocol: interned(p.protocol.as_deref().unwrap_or("TCP")),
                 })
                 .collect(),
             endpoints: slice
@@ -163,14 +164,14 @@ impl From<&EndpointSlice> for SliceInput {
                             .as_ref()
                             .and_then(|r| r.name.as_deref())
                             .map(Into::into),
-                        node_name: e.node_name.as_deref().map(Into::into),
+                        node_name: e.node_name.as_deref().map(interned),
                         zone_hints: e
                             .hints
                             .as_ref()
                             .and_then(|h| h.for_zones.as_ref())
                             .into_iter()
                             .flatten()
-                            .map(|z| z.name.as_str().into())
+                            .map(|z| interned(&z.name))
                             .collect(),
                         ready,
                         serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
