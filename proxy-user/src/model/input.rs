@@ -21,17 +21,44 @@ pub struct ServiceInput {
     pub type_: Arc<str>,
     pub cluster_ip: Box<str>,
     pub cluster_ips: Box<[Box<str>]>,
-    pub external_ips: Box<[Box<str>]>,
-    /// LoadBalancer ingress IPs whose ipMode is not Proxy.
-    pub load_balancer_ips: Box<[Box<str>]>,
     pub ports: Box<[PortInput]>,
     pub client_ip_affinity: bool,
     pub affinity_timeout: Option<i32>,
     pub internal_traffic_local: bool,
     pub external_traffic_local: bool,
     pub health_check_node_port: Option<i32>,
+    /// What most Services leave empty, in a box of its own (`None` when all of it is
+    /// empty): 56 bytes less for each Service that does (5.6 MB at 100,000).
+    pub uncommon: Option<Box<UncommonServiceInput>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UncommonServiceInput {
+    pub external_ips: Box<[Box<str>]>,
+    /// LoadBalancer ingress IPs whose ipMode is not Proxy.
+    pub load_balancer_ips: Box<[Box<str>]>,
     pub load_balancer_source_ranges: Box<[Box<str>]>,
     pub weights: Option<Box<str>>,
+}
+
+impl ServiceInput {
+    pub fn external_ips(&self) -> &[Box<str>] {
+        self.uncommon.as_ref().map_or(&[], |u| &u.external_ips)
+    }
+
+    pub fn load_balancer_ips(&self) -> &[Box<str>] {
+        self.uncommon.as_ref().map_or(&[], |u| &u.load_balancer_ips)
+    }
+
+    pub fn load_balancer_source_ranges(&self) -> &[Box<str>] {
+        self.uncommon
+            .as_ref()
+            .map_or(&[], |u| &u.load_balancer_source_ranges)
+    }
+
+    pub fn weights(&self) -> Option<&str> {
+        self.uncommon.as_ref().and_then(|u| u.weights.as_deref())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +79,22 @@ impl From<&Service> for ServiceInput {
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref());
+        let uncommon = UncommonServiceInput {
+            external_ips: boxed(spec.external_ips),
+            load_balancer_ips: ingress
+                .into_iter()
+                .flatten()
+                .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+                .filter_map(|i| i.ip.as_deref().map(Into::into))
+                .collect(),
+            load_balancer_source_ranges: boxed(spec.load_balancer_source_ranges),
+            weights: service
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(WEIGHTS_ANNOTATION))
+                .map(|w| w.as_str().into()),
+        };
         Self {
             other_proxy: service
                 .metadata
@@ -61,13 +104,6 @@ impl From<&Service> for ServiceInput {
             type_: interned(spec.type_.as_deref().unwrap_or("ClusterIP")),
             cluster_ip: spec.cluster_ip.unwrap_or_default().into(),
             cluster_ips: boxed(spec.cluster_ips),
-            external_ips: boxed(spec.external_ips),
-            load_balancer_ips: ingress
-                .into_iter()
-                .flatten()
-                .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-                .filter_map(|i| i.ip.as_deref().map(Into::into))
-                .collect(),
             ports: spec
                 .ports
                 .unwrap_or_default()
@@ -87,13 +123,7 @@ impl From<&Service> for ServiceInput {
             internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             health_check_node_port: spec.health_check_node_port,
-            load_balancer_source_ranges: boxed(spec.load_balancer_source_ranges),
-            weights: service
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(WEIGHTS_ANNOTATION))
-                .map(|w| w.as_str().into()),
+            uncommon: (uncommon != UncommonServiceInput::default()).then(|| Box::new(uncommon)),
         }
     }
 }
