@@ -7,8 +7,9 @@
 //! manifest, a relist) stayed in its thread's arena, never reused by the next. Measured
 //! (eBPF mode, manifest source, VmRSS after the first sync): 10,000 Services 57.8 -> 43.5
 //! MiB, 100,000 Services 323 -> 290 MiB, with no slower first sync: the agent's
-//! allocating work runs one step at a time. (`malloc_trim(0)` after the first sync was
-//! measured too and returned nothing: the memory is held in fragments, not at the top.)
+//! allocating work runs one step at a time. (The `malloc_trim(0)` after each full sync,
+//! in [`crate::agent`], returns only whole free pages: with many arenas the freed memory
+//! was spread over pages still in use; called again by hand it freed nothing more.)
 
 /// Limits glibc malloc to one arena, unless the operator chose a number of arenas
 /// (`MALLOC_ARENA_MAX`, or `glibc.malloc.arena_max` in `GLIBC_TUNABLES`). Call before any
