@@ -8,6 +8,7 @@ pub mod ctl;
 pub mod dataplane;
 pub mod health_check;
 pub mod logging;
+pub mod malloc_arenas;
 pub mod metrics;
 pub mod model;
 pub mod source;

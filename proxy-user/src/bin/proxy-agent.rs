@@ -139,6 +139,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    proxy_user::malloc_arenas::limit_to_one();
     let argv = match config_file::expand(std::env::args_os().collect(), &Args::command()) {
         Ok(argv) => argv,
         Err(e) => {

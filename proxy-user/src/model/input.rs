@@ -3,11 +3,11 @@
 //! tenth of the size (no managedFields, no unused fields, addresses already parsed), which
 //! is what keeps the agent small at 10,000 Services.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Arc};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use super::weights::ANNOTATION as WEIGHTS_ANNOTATION;
+use super::{interned::interned, weights::ANNOTATION as WEIGHTS_ANNOTATION};
 
 /// Services with this label belong to another proxy (kube-proxy ignores them too).
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -16,28 +16,56 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 pub struct ServiceInput {
     /// Labelled `service.kubernetes.io/service-proxy-name`: another proxy's.
     pub other_proxy: bool,
-    /// `spec.type`, `ClusterIP` when unset.
-    pub type_: Box<str>,
+    /// `spec.type`, `ClusterIP` when unset. The repeated strings of these inputs (types,
+    /// protocols, port names, node names, zones) are shared ([`interned`]).
+    pub type_: Arc<str>,
     pub cluster_ip: Box<str>,
     pub cluster_ips: Box<[Box<str>]>,
-    pub external_ips: Box<[Box<str>]>,
-    /// LoadBalancer ingress IPs whose ipMode is not Proxy.
-    pub load_balancer_ips: Box<[Box<str>]>,
     pub ports: Box<[PortInput]>,
     pub client_ip_affinity: bool,
     pub affinity_timeout: Option<i32>,
     pub internal_traffic_local: bool,
     pub external_traffic_local: bool,
     pub health_check_node_port: Option<i32>,
+    /// What most Services leave empty, in a box of its own (`None` when all of it is
+    /// empty): 56 bytes less for each Service that does (5.6 MB at 100,000).
+    pub uncommon: Option<Box<UncommonServiceInput>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UncommonServiceInput {
+    pub external_ips: Box<[Box<str>]>,
+    /// LoadBalancer ingress IPs whose ipMode is not Proxy.
+    pub load_balancer_ips: Box<[Box<str>]>,
     pub load_balancer_source_ranges: Box<[Box<str>]>,
     pub weights: Option<Box<str>>,
 }
 
+impl ServiceInput {
+    pub fn external_ips(&self) -> &[Box<str>] {
+        self.uncommon.as_ref().map_or(&[], |u| &u.external_ips)
+    }
+
+    pub fn load_balancer_ips(&self) -> &[Box<str>] {
+        self.uncommon.as_ref().map_or(&[], |u| &u.load_balancer_ips)
+    }
+
+    pub fn load_balancer_source_ranges(&self) -> &[Box<str>] {
+        self.uncommon
+            .as_ref()
+            .map_or(&[], |u| &u.load_balancer_source_ranges)
+    }
+
+    pub fn weights(&self) -> Option<&str> {
+        self.uncommon.as_ref().and_then(|u| u.weights.as_deref())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortInput {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub port: i32,
-    pub protocol: Box<str>,
+    pub protocol: Arc<str>,
     pub node_port: Option<i32>,
 }
 
@@ -51,15 +79,7 @@ impl From<&Service> for ServiceInput {
             .as_ref()
             .and_then(|s| s.load_balancer.as_ref())
             .and_then(|lb| lb.ingress.as_ref());
-        Self {
-            other_proxy: service
-                .metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)),
-            type_: spec.type_.unwrap_or_else(|| "ClusterIP".into()).into(),
-            cluster_ip: spec.cluster_ip.unwrap_or_default().into(),
-            cluster_ips: boxed(spec.cluster_ips),
+        let uncommon = UncommonServiceInput {
             external_ips: boxed(spec.external_ips),
             load_balancer_ips: ingress
                 .into_iter()
@@ -67,14 +87,31 @@ impl From<&Service> for ServiceInput {
                 .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
                 .filter_map(|i| i.ip.as_deref().map(Into::into))
                 .collect(),
+            load_balancer_source_ranges: boxed(spec.load_balancer_source_ranges),
+            weights: service
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(WEIGHTS_ANNOTATION))
+                .map(|w| w.as_str().into()),
+        };
+        Self {
+            other_proxy: service
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)),
+            type_: interned(spec.type_.as_deref().unwrap_or("ClusterIP")),
+            cluster_ip: spec.cluster_ip.unwrap_or_default().into(),
+            cluster_ips: boxed(spec.cluster_ips),
             ports: spec
                 .ports
                 .unwrap_or_default()
                 .into_iter()
                 .map(|p| PortInput {
-                    name: p.name.unwrap_or_default().into(),
+                    name: interned(p.name.as_deref().unwrap_or_default()),
                     port: p.port,
-                    protocol: p.protocol.unwrap_or_else(|| "TCP".into()).into(),
+                    protocol: interned(p.protocol.as_deref().unwrap_or("TCP")),
                     node_port: p.node_port,
                 })
                 .collect(),
@@ -86,13 +123,7 @@ impl From<&Service> for ServiceInput {
             internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             health_check_node_port: spec.health_check_node_port,
-            load_balancer_source_ranges: boxed(spec.load_balancer_source_ranges),
-            weights: service
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(WEIGHTS_ANNOTATION))
-                .map(|w| w.as_str().into()),
+            uncommon: (uncommon != UncommonServiceInput::default()).then(|| Box::new(uncommon)),
         }
     }
 }
@@ -109,9 +140,9 @@ pub struct SliceInput {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlicePort {
-    pub name: Box<str>,
+    pub name: Arc<str>,
     pub port: Option<i32>,
-    pub protocol: Box<str>,
+    pub protocol: Arc<str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,8 +150,8 @@ pub struct EndpointInput {
     /// The first address (the one kube-proxy uses), parsed; the text if it is not IPv4.
     pub address: Result<Ipv4Addr, Box<str>>,
     pub target_name: Option<Box<str>>,
-    pub node_name: Option<Box<str>>,
-    pub zone_hints: Box<[Box<str>]>,
+    pub node_name: Option<Arc<str>>,
+    pub zone_hints: Box<[Arc<str>]>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -142,9 +173,9 @@ impl From<&EndpointSlice> for SliceInput {
                 .iter()
                 .flatten()
                 .map(|p| SlicePort {
-                    name: p.name.as_deref().unwrap_or("").into(),
+                    name: interned(p.name.as_deref().unwrap_or("")),
                     port: p.port,
-                    protocol: p.protocol.as_deref().unwrap_or("TCP").into(),
+                    protocol: interned(p.protocol.as_deref().unwrap_or("TCP")),
                 })
                 .collect(),
             endpoints: slice
@@ -163,14 +194,14 @@ impl From<&EndpointSlice> for SliceInput {
                             .as_ref()
                             .and_then(|r| r.name.as_deref())
                             .map(Into::into),
-                        node_name: e.node_name.as_deref().map(Into::into),
+                        node_name: e.node_name.as_deref().map(interned),
                         zone_hints: e
                             .hints
                             .as_ref()
                             .and_then(|h| h.for_zones.as_ref())
                             .into_iter()
                             .flatten()
-                            .map(|z| z.name.as_str().into())
+                            .map(|z| interned(&z.name))
                             .collect(),
                         ready,
                         serving: conditions.and_then(|c| c.serving).unwrap_or(ready),

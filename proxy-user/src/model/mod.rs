@@ -4,6 +4,7 @@
 
 mod endpoints;
 pub mod input;
+mod interned;
 pub mod node;
 mod object_ref;
 mod service;

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use super::interned::interned;
+
 /// `namespace/name` of an object. Shared, not copied: the store, the syncer's ownership
 /// maps and every sync's queue hold the same key, so a clone is a reference count.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -13,7 +15,8 @@ pub struct ObjectRef {
 impl ObjectRef {
     pub fn new(namespace: &str, name: &str) -> Self {
         Self {
-            namespace: namespace.into(),
+            // Namespaces are few; every object of one shares its name.
+            namespace: interned(namespace),
             name: name.into(),
         }
     }

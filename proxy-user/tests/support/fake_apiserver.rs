@@ -1,5 +1,6 @@
 //! An in-process API server that speaks the list/watch protocol the way kube-apiserver
-//! does, for Services, EndpointSlices and Nodes: lists carry a resourceVersion, watches
+//! does, for Services, EndpointSlices and Nodes: lists carry a resourceVersion and are
+//! paged (`limit`, `continue`), watches
 //! stream chunked JSON events from a resourceVersion, bookmarks are sent when asked for, a
 //! watch from a compacted resourceVersion gets a 410 Expired ERROR event, and tests can
 //! drop every open watch or take the whole server down and bring it back.
@@ -312,8 +313,25 @@ async fn handle(
                     .is_none_or(|n| o["metadata"]["name"].as_str() == Some(n))
             })
             .collect();
+        // Paged as kube-apiserver pages (kube's watcher asks for 500 at a time): the
+        // `continue` token is the offset of the next item.
+        let start: usize = query
+            .get("continue")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let limit: usize = query
+            .get("limit")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(usize::MAX);
+        let end = start.saturating_add(limit).min(items.len());
+        let more = end < items.len();
+        let items = &items[start.min(end)..end];
+        let mut metadata = json!({"resourceVersion": state.resource_version.to_string()});
+        if more {
+            metadata["continue"] = json!(end.to_string());
+        }
         let body = json!({"apiVersion": api_version, "kind": list_kind,
-            "metadata": {"resourceVersion": state.resource_version.to_string()}, "items": items});
+            "metadata": metadata, "items": items});
         return Ok(full(200, body));
     }
 

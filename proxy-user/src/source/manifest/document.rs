@@ -91,9 +91,7 @@ impl<'de> Visitor<'de> for Seed<'_> {
 
 impl Seed<'_> {
     fn other<E>(self) -> Result<(), E> {
-        self.0.push(Parsed::Other {
-            kind: String::new(),
-        });
+        self.0.push(Parsed::Other { kind: "".into() });
         Ok(())
     }
 }
