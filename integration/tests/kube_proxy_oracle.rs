@@ -112,6 +112,9 @@ fn world(mode: Mode, case: &Case) -> World {
         Mode::Iptables => "iptables",
     };
     let mut agent = node.agent(mode_name, &alt, addresses::CLUSTER_CIDR);
+    agent
+        .extra_args
+        .extend(case.agent_args.iter().map(|a| a.to_string()));
     agent.write("case.yaml", &addresses::map_text(case.manifests));
     node.start(&mut agent);
     World { agent, node }
@@ -391,18 +394,6 @@ mod open_bugs {
         integration::require_privileges!();
         run_case(
             Mode::Ebpf,
-            &vectors::INTERNAL_EXTERNAL_MASQUERADE,
-            Selection::OpenBugs,
-        );
-    }
-
-    #[test]
-    #[ignore = "iptables mode: 127.0.0.1:<NodePort> from the node is DNATed without \
-                route_localnet, so the connection hangs"]
-    fn iptables_localhost_node_ports() {
-        integration::require_privileges!();
-        run_case(
-            Mode::Iptables,
             &vectors::INTERNAL_EXTERNAL_MASQUERADE,
             Selection::OpenBugs,
         );

@@ -58,6 +58,10 @@ impl Vector {
         Self { ebpf, ..self }
     }
 
+    #[expect(
+        dead_code,
+        reason = "no open iptables-mode bug now; kept for the next one the oracle finds"
+    )]
     const fn iptables_bug(self, reason: &'static str) -> Self {
         Self {
             iptables_bug: Some(reason),
@@ -88,6 +92,8 @@ pub struct Case {
     pub pods: &'static [Pod],
     /// kube-proxy's secondary node IPs (`testNodeIPAlt`), when the case uses them.
     pub alt_node_ips: &'static [&'static str],
+    /// The agent flags standing for the kube-proxy options the case sets.
+    pub agent_args: &'static [&'static str],
     pub vectors: &'static [Vector],
     /// Changes applied in order, each followed by its vectors.
     pub then: &'static [Step],
@@ -207,6 +213,7 @@ ports:
         },
     ],
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "simple clusterIP",
@@ -330,6 +337,7 @@ ports:
         },
     ],
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to cluster IP",
@@ -426,8 +434,8 @@ ports:
 };
 
 /// TestNodePorts, subtest "ipv4, localhost-nodeports disabled" (no
-/// `--nodeport-addresses`): the agent has neither flag and serves NodePorts on the node's
-/// addresses, not on localhost. One endpoint names no node (on node2 here), one is local.
+/// `--nodeport-addresses`): the agent runs with `--localhost-nodeports false` and serves
+/// NodePorts on the node's addresses, not on localhost. One endpoint names no node (on node2 here), one is local.
 pub const NODE_PORTS: Case = Case {
     test: "TestNodePorts/ipv4, localhost-nodeports disabled",
     manifests: r#"
@@ -474,6 +482,7 @@ ports:
         },
     ],
     alt_node_ips: &["192.168.1.2"],
+    agent_args: &["--localhost-nodeports", "false"],
     vectors: &[
         tcp(
             "pod to cluster IP",
@@ -575,6 +584,7 @@ ports:
         },
     ],
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to cluster IP hits both endpoints, unmasqueraded",
@@ -671,6 +681,7 @@ ports:
 "#,
     pods: EXTERNAL_TRAFFIC_POLICY_LOCAL.pods,
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to cluster IP hits both endpoints, unmasqueraded",
@@ -818,6 +829,7 @@ pub const ITP_CLUSTER: Case = Case {
     ),
     pods: itp_pods!(true, false),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[tcp(
         "pod to ClusterIP hits all endpoints",
         "10.0.0.2",
@@ -844,6 +856,7 @@ pub const ITP_LOCAL_ONE: Case = Case {
     ),
     pods: itp_pods!(true, false),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[tcp(
         "pod to ClusterIP hits only local endpoint",
         "10.0.0.2",
@@ -867,6 +880,7 @@ pub const ITP_LOCAL_MANY: Case = Case {
     ),
     pods: itp_pods!(true, true),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[tcp(
         "pod to ClusterIP hits all local endpoints",
         "10.0.0.2",
@@ -890,6 +904,7 @@ pub const ITP_LOCAL_NONE: Case = Case {
     ),
     pods: itp_pods!(false, false),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp("no endpoints", "10.0.0.2", "172.30.1.1", 80, Drop, false)
             .ebpf(Ebpf::Differs(Reject, ITP_NO_LOCAL_ENDPOINTS_REFUSED)),
@@ -969,6 +984,7 @@ pub const TERMINATING_LOCAL_READY: Case = Case {
         ("10.0.1.5", false)
     ),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1008,6 +1024,7 @@ pub const TERMINATING_LOCAL_ONLY_TERMINATING: Case = Case {
         ("10.0.1.5", false)
     ),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1039,6 +1056,7 @@ pub const TERMINATING_LOCAL_REMOTE: Case = Case {
     ),
     pods: terminating_pods!(("10.0.1.5", false)),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1073,6 +1091,7 @@ pub const TERMINATING_LOCAL_NONE_USABLE: Case = Case {
     ),
     pods: terminating_pods!(("10.0.1.5", true)),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP, no usable endpoints",
@@ -1114,6 +1133,7 @@ pub const TERMINATING_CLUSTER_READY: Case = Case {
         ("10.0.1.5", false)
     ),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1153,6 +1173,7 @@ pub const TERMINATING_CLUSTER_ONLY_TERMINATING: Case = Case {
         ("10.0.1.5", false)
     ),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1184,6 +1205,7 @@ pub const TERMINATING_CLUSTER_REMOTE: Case = Case {
     ),
     pods: terminating_pods!(("10.0.1.5", false)),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1216,6 +1238,7 @@ pub const TERMINATING_CLUSTER_NONE_USABLE: Case = Case {
     ),
     pods: terminating_pods!(("10.0.1.5", true)),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1246,11 +1269,6 @@ pub const TERMINATING_CLUSTER_NONE_USABLE: Case = Case {
 const LOCALHOST_NODE_PORTS_EBPF: &str = "eBPF mode: a connection from the node to \
      127.0.0.1:<NodePort> is not translated (refused), where kube-proxy (default \
      --iptables-localhost-nodeports=true) serves it, masqueraded";
-const LOCALHOST_NODE_PORTS_IPTABLES: &str = "iptables mode: a connection from the node to \
-     127.0.0.1:<NodePort> hangs: KUBE-NODEPORTS DNATs it (the jump has no \
-     `! -d 127.0.0.0/8`), but the agent sets no net.ipv4.conf.all.route_localnet=1, so \
-     the kernel drops the translated packet; kube-proxy sets it (with KUBE-FIREWALL's \
-     anti-martian rule), or without localhost NodePorts excludes 127.0.0.0/8 (refused)";
 const EXTERNAL_TO_CLUSTER_IP_EBPF: &str = "eBPF mode: a packet from outside the node to a \
      ClusterIP is not translated by the tc programs (the client gets host unreachable), \
      where kube-proxy serves it, masqueraded; not listed as a difference in the README or \
@@ -1338,6 +1356,7 @@ ports:
         ("10.180.1.3", false)
     ),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to ClusterIP",
@@ -1387,8 +1406,7 @@ ports:
             Backends(&["10.180.0.1:80", "10.180.1.1:80"]),
             true,
         )
-        .ebpf(Ebpf::OpenBug(LOCALHOST_NODE_PORTS_EBPF))
-        .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
+        .ebpf(Ebpf::OpenBug(LOCALHOST_NODE_PORTS_EBPF)),
         tcp(
             "node to LB",
             NODE_IP,
@@ -1471,8 +1489,7 @@ ports:
             Backends(&["10.180.0.2:80", "10.180.1.2:80"]),
             true,
         )
-        .ebpf(Ebpf::OpenBug(LOCALHOST_NODE_PORTS_EBPF))
-        .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
+        .ebpf(Ebpf::OpenBug(LOCALHOST_NODE_PORTS_EBPF)),
         tcp(
             "node to LB with eTP:Local",
             NODE_IP,
@@ -1554,8 +1571,7 @@ ports:
             Backends(&["10.180.0.3:80", "10.180.1.3:80"]),
             true,
         )
-        .ebpf(Ebpf::OpenBug(LOCALHOST_NODE_PORTS_EBPF))
-        .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
+        .ebpf(Ebpf::OpenBug(LOCALHOST_NODE_PORTS_EBPF)),
         tcp(
             "node to LB with iTP:Local",
             NODE_IP,
