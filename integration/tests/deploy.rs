@@ -224,7 +224,8 @@ fn node_with_kube_proxy_rules(t: &Topology) -> Agent {
         ipt(&["-t", table, "-N", "KUBE-PROXY-CANARY"]);
     }
     ipt(&["-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]);
-    ipt(&["-t", "filter", "-N", "KUBE-FIREWALL"]);
+    // KUBE-FIREWALL with its INPUT and OUTPUT jumps is there already, as kube-proxy
+    // (and our rendering of its rules) writes it; an older kubelet's rule joins it.
     ipt(&[
         "-t",
         "filter",
@@ -237,7 +238,6 @@ fn node_with_kube_proxy_rules(t: &Topology) -> Agent {
         "-j",
         "DROP",
     ]);
-    ipt(&["-t", "filter", "-I", "INPUT", "-j", "KUBE-FIREWALL"]);
     ipt(&["-t", "filter", "-N", "SITE-FIREWALL"]);
     ipt(&[
         "-t",

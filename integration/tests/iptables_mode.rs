@@ -605,3 +605,66 @@ fn changes_made_while_the_agent_was_down_converge_from_the_read_back() {
     );
     assert_eq!(firewall_ranges(&agent), ["198.18.100.0/24"]);
 }
+
+const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+
+fn filter_rules(agent: &Agent) -> Vec<String> {
+    integration::run(
+        integration::command_in(&agent.netns, None, "iptables-save").args(["-t", "filter"]),
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// As kube-proxy with `--iptables-localhost-nodeports` (its default): route_localnet=1 in
+/// the agent's network namespace (and in no other), KUBE-FIREWALL's rule against what
+/// that lets in, with kubelet's jumps to it first in INPUT and OUTPUT; `--cleanup` leaves
+/// those three, as kube-proxy's does, since kubelet shares them.
+#[test]
+fn localhost_node_ports_set_route_localnet_in_the_agents_namespace_only() {
+    require_privileges!();
+    let root_before = std::fs::read_to_string(ROUTE_LOCALNET).expect("read route_localnet");
+    let t = Topology::new(1);
+    let mut agent = Agent::new(&t);
+    t.client.sysctl("net.ipv4.conf.all.route_localnet=0");
+    agent.mode = "iptables";
+    agent.write("web.yaml", &web_on_every_backend(&t));
+    agent.start();
+    agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
+        agent.log().contains("\"synced\"")
+    });
+    let in_agent =
+        integration::run(integration::command_in(&agent.netns, None, "cat").arg(ROUTE_LOCALNET));
+    assert_eq!(in_agent.trim(), "1", "set in the agent's namespace");
+    assert_eq!(
+        std::fs::read_to_string(ROUTE_LOCALNET).expect("read route_localnet"),
+        root_before,
+        "the test's own (root) namespace is left as it was"
+    );
+
+    let localnet_rule = "-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment \
+                         --comment \"block incoming localnet connections\" -m conntrack ! \
+                         --ctstate RELATED,ESTABLISHED,DNAT -j DROP";
+    let kubelets = |rules: &[String]| {
+        for hook in ["INPUT", "OUTPUT"] {
+            let first = rules.iter().find(|r| r.starts_with(&format!("-A {hook} ")));
+            assert_eq!(
+                first.map(String::as_str),
+                Some(format!("-A {hook} -j KUBE-FIREWALL").as_str()),
+                "{rules:#?}"
+            );
+        }
+        assert!(rules.iter().any(|r| r == localnet_rule), "{rules:#?}");
+    };
+    kubelets(&filter_rules(&agent));
+
+    agent.stop();
+    integration::run(&mut agent.cleanup_command());
+    let after = filter_rules(&agent);
+    kubelets(&after);
+    assert!(
+        !after.iter().any(|r| r.contains("KUBE-SERVICES")),
+        "--cleanup removed the rest: {after:#?}"
+    );
+}

@@ -123,6 +123,7 @@ fn rendered_rules_load_with_both_iptables_backends() {
     let options = RenderOptions {
         cluster_cidr: Some((Ipv4Addr::new(198, 18, 0, 0), 16)),
         random_fully: true,
+        ..RenderOptions::default()
     };
     let rules = filter_table(&state(), &options) + &nat_table(&state(), &options);
     for chain in [

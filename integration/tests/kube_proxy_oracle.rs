@@ -24,9 +24,8 @@
 //! - loadBalancerSourceRanges: not checked for the node's own sockets, pods on it included
 //!   (kube-proxy drops a pod outside the ranges).
 //!
-//! A vector a mode fails for a bug not fixed yet (`iptables_bug`; the eBPF mode has none
-//! open) is left out of that mode's test and run, unchanged, by an ignored test in
-//! `open_bugs`.
+//! Every vector runs in both modes (the bugs this oracle found are fixed: localhost
+//! NodePorts in both modes).
 //!
 //! kube-proxy's node name `testNodeName` is `node-a` here; addresses are mapped by
 //! `addresses`.
@@ -116,6 +115,9 @@ fn world(mode: Mode, case: &Case) -> World {
         Mode::Iptables => "iptables",
     };
     let mut agent = node.agent(mode_name, &alt, addresses::CLUSTER_CIDR);
+    agent
+        .extra_args
+        .extend(case.agent_args.iter().map(|a| a.to_string()));
     agent.write("case.yaml", &addresses::map_text(case.manifests));
     node.start(&mut agent);
     World { agent, node }
@@ -238,44 +240,10 @@ fn check(w: &World, mode: Mode, case: &Case, v: &Vector) -> Result<(), String> {
     }
 }
 
-/// Which vectors a run checks.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Selection {
-    /// All but the eBPF mode's open bugs (in eBPF mode).
-    Passing,
-    /// Only the eBPF mode's open bugs.
-    OpenBugs,
-}
-
-/// The open bug of this mode on `v`, if any.
-fn open_bug(mode: Mode, v: &Vector) -> Option<&'static str> {
-    match mode {
-        Mode::Iptables => v.iptables_bug,
-        Mode::Ebpf => None,
-    }
-}
-
-fn selected(mode: Mode, selection: Selection, v: &Vector) -> bool {
-    open_bug(mode, v).is_some() == (selection == Selection::OpenBugs)
-}
-
 /// Checks `vectors`, returning one line per failure.
-fn failures(
-    w: &World,
-    mode: Mode,
-    case: &Case,
-    vectors: &[Vector],
-    selection: Selection,
-) -> Vec<String> {
+fn failures(w: &World, mode: Mode, case: &Case, vectors: &[Vector]) -> Vec<String> {
     vectors
         .iter()
-        .filter(|v| {
-            let run = selected(mode, selection, v);
-            if let (false, Some(bug)) = (run, open_bug(mode, v)) {
-                eprintln!("{}: {:?} not run here (open bug: {bug})", case.test, v.name);
-            }
-            run
-        })
         .filter_map(|v| {
             check(w, mode, case, v).err().map(|e| {
                 let differs = match (mode, v.ebpf) {
@@ -302,9 +270,9 @@ fn wait_applied(w: &World, mode: Mode, case: &Case, v: &Vector) {
     }
 }
 
-fn run_case(mode: Mode, case: &Case, selection: Selection) {
+fn run_case(mode: Mode, case: &Case) {
     let w = world(mode, case);
-    let mut failed = failures(&w, mode, case, case.vectors, selection);
+    let mut failed = failures(&w, mode, case, case.vectors);
     for (i, step) in case.then.iter().enumerate() {
         w.agent
             .write("case.yaml", &addresses::map_text(step.manifests));
@@ -312,14 +280,12 @@ fn run_case(mode: Mode, case: &Case, selection: Selection) {
             wait_applied(&w, mode, case, first);
         }
         failed.extend(
-            failures(&w, mode, case, step.vectors, selection)
+            failures(&w, mode, case, step.vectors)
                 .into_iter()
                 .map(|f| format!("  after change {}:{f}", i + 1)),
         );
     }
-    let total = all_vectors(case)
-        .filter(|v| selected(mode, selection, v))
-        .count();
+    let total = all_vectors(case).count();
     assert!(
         failed.is_empty(),
         "{}: {} of {total} vectors failed:\n{}\nagent log:\n{}",
@@ -337,7 +303,7 @@ macro_rules! both_modes {
                 #[test]
                 fn $test() {
                     integration::require_privileges!();
-                    super::run_case(super::Mode::Ebpf, &super::vectors::$case, super::Selection::Passing);
+                    super::run_case(super::Mode::Ebpf, &super::vectors::$case);
                 }
             )*
         }
@@ -346,7 +312,7 @@ macro_rules! both_modes {
                 #[test]
                 fn $test() {
                     integration::require_privileges!();
-                    super::run_case(super::Mode::Iptables, &super::vectors::$case, super::Selection::Passing);
+                    super::run_case(super::Mode::Iptables, &super::vectors::$case);
                 }
             )*
         }
@@ -357,6 +323,7 @@ both_modes!(
     cluster_ip_general: CLUSTER_IP_GENERAL,
     load_balancer: LOAD_BALANCER,
     node_ports: NODE_PORTS,
+    node_ports_without_localhost: NODE_PORTS_WITHOUT_LOCALHOST,
     external_traffic_policy_local: EXTERNAL_TRAFFIC_POLICY_LOCAL,
     external_traffic_policy_cluster: EXTERNAL_TRAFFIC_POLICY_CLUSTER,
     internal_traffic_policy_cluster: ITP_CLUSTER,
@@ -373,18 +340,3 @@ both_modes!(
     terminating_cluster_no_usable_endpoints: TERMINATING_CLUSTER_NONE_USABLE,
     internal_external_masquerade: INTERNAL_EXTERNAL_MASQUERADE,
 );
-
-/// Each mode's open bugs, each vector asserting kube-proxy's outcome unchanged.
-mod open_bugs {
-    use super::{Mode, Selection, run_case, vectors};
-
-    #[test]
-    #[ignore = "iptables mode: 127.0.0.1:<NodePort> from the node is DNATed without \
-                route_localnet, so the connection hangs"]
-    fn iptables_localhost_node_ports() {
-        integration::require_privileges!();
-        for case in [&vectors::NODE_PORTS, &vectors::INTERNAL_EXTERNAL_MASQUERADE] {
-            run_case(Mode::Iptables, case, Selection::OpenBugs);
-        }
-    }
-}

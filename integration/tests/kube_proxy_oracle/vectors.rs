@@ -46,21 +46,11 @@ pub struct Vector {
     /// kube-proxy masquerades the flow (the backend sees the node's address).
     pub masq: bool,
     pub ebpf: Ebpf,
-    /// A bug of the iptables mode this oracle found, not fixed yet: the vector runs in an
-    /// ignored test.
-    pub iptables_bug: Option<&'static str>,
 }
 
 impl Vector {
     const fn ebpf(self, ebpf: Ebpf) -> Self {
         Self { ebpf, ..self }
-    }
-
-    const fn iptables_bug(self, reason: &'static str) -> Self {
-        Self {
-            iptables_bug: Some(reason),
-            ..self
-        }
     }
 }
 
@@ -86,6 +76,8 @@ pub struct Case {
     pub pods: &'static [Pod],
     /// kube-proxy's secondary node IPs (`testNodeIPAlt`), when the case uses them.
     pub alt_node_ips: &'static [&'static str],
+    /// The agent flags standing for the kube-proxy options the case sets.
+    pub agent_args: &'static [&'static str],
     pub vectors: &'static [Vector],
     /// Changes applied in order, each followed by its vectors.
     pub then: &'static [Step],
@@ -110,7 +102,6 @@ const fn tcp(
         output,
         masq,
         ebpf: Ebpf::Same,
-        iptables_bug: None,
     }
 }
 
@@ -205,6 +196,7 @@ ports:
         },
     ],
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "simple clusterIP",
@@ -328,6 +320,7 @@ ports:
         },
     ],
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to cluster IP",
@@ -478,6 +471,7 @@ ports:
         },
     ],
     alt_node_ips: &["192.168.1.2"],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to cluster IP",
@@ -510,8 +504,7 @@ ports:
             3001,
             Backends(&["10.180.0.1:80", "10.180.2.1:80"]),
             true,
-        )
-        .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
+        ),
         tcp(
             "external to nodePort on secondary IP",
             "203.0.113.2",
@@ -522,6 +515,22 @@ ports:
         ),
     ],
     then: &[],
+};
+
+/// TestNodePorts, subtest "ipv4, localhost-nodeports disabled": the same Service with
+/// `--localhost-nodeports false`; only the vector that differs from [`NODE_PORTS`].
+pub const NODE_PORTS_WITHOUT_LOCALHOST: Case = Case {
+    test: "TestNodePorts/ipv4, localhost-nodeports disabled",
+    agent_args: &["--localhost-nodeports", "false"],
+    vectors: &[tcp(
+        "localhost to nodePort is ignored",
+        "127.0.0.1",
+        "127.0.0.1",
+        3001,
+        Unhandled,
+        false,
+    )],
+    ..NODE_PORTS
 };
 
 /// TestExternalTrafficPolicyLocal: a LoadBalancer Service (ExternalIP, LoadBalancer IP,
@@ -580,6 +589,7 @@ ports:
         },
     ],
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to cluster IP hits both endpoints, unmasqueraded",
@@ -676,6 +686,7 @@ ports:
 "#,
     pods: EXTERNAL_TRAFFIC_POLICY_LOCAL.pods,
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to cluster IP hits both endpoints, unmasqueraded",
@@ -823,6 +834,7 @@ pub const ITP_CLUSTER: Case = Case {
     ),
     pods: itp_pods!(true, false),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[tcp(
         "pod to ClusterIP hits all endpoints",
         "10.0.0.2",
@@ -849,6 +861,7 @@ pub const ITP_LOCAL_ONE: Case = Case {
     ),
     pods: itp_pods!(true, false),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[tcp(
         "pod to ClusterIP hits only local endpoint",
         "10.0.0.2",
@@ -872,6 +885,7 @@ pub const ITP_LOCAL_MANY: Case = Case {
     ),
     pods: itp_pods!(true, true),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[tcp(
         "pod to ClusterIP hits all local endpoints",
         "10.0.0.2",
@@ -895,6 +909,7 @@ pub const ITP_LOCAL_NONE: Case = Case {
     ),
     pods: itp_pods!(false, false),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp("no endpoints", "10.0.0.2", "172.30.1.1", 80, Drop, false)
             .ebpf(Ebpf::Differs(Reject, ITP_NO_LOCAL_ENDPOINTS_REFUSED)),
@@ -974,6 +989,7 @@ pub const TERMINATING_LOCAL_READY: Case = Case {
         ("10.0.1.5", false)
     ),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1013,6 +1029,7 @@ pub const TERMINATING_LOCAL_ONLY_TERMINATING: Case = Case {
         ("10.0.1.5", false)
     ),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1044,6 +1061,7 @@ pub const TERMINATING_LOCAL_REMOTE: Case = Case {
     ),
     pods: terminating_pods!(("10.0.1.5", false)),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1078,6 +1096,7 @@ pub const TERMINATING_LOCAL_NONE_USABLE: Case = Case {
     ),
     pods: terminating_pods!(("10.0.1.5", true)),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP, no usable endpoints",
@@ -1119,6 +1138,7 @@ pub const TERMINATING_CLUSTER_READY: Case = Case {
         ("10.0.1.5", false)
     ),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1158,6 +1178,7 @@ pub const TERMINATING_CLUSTER_ONLY_TERMINATING: Case = Case {
         ("10.0.1.5", false)
     ),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1189,6 +1210,7 @@ pub const TERMINATING_CLUSTER_REMOTE: Case = Case {
     ),
     pods: terminating_pods!(("10.0.1.5", false)),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1221,6 +1243,7 @@ pub const TERMINATING_CLUSTER_NONE_USABLE: Case = Case {
     ),
     pods: terminating_pods!(("10.0.1.5", true)),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1248,15 +1271,11 @@ pub const TERMINATING_CLUSTER_NONE_USABLE: Case = Case {
 /// svc2 with externalTrafficPolicy Local, svc3 with internalTrafficPolicy Local.
 /// (kube-proxy's test gives svc1 and svc3 a healthCheckNodePort as well, which the API
 /// only accepts with externalTrafficPolicy Local; left out here.)
-const LOCALHOST_NODE_PORTS_IPTABLES: &str = "iptables mode: a connection from the node to \
-     127.0.0.1:<NodePort> hangs: KUBE-NODEPORTS DNATs it (the jump has no \
-     `! -d 127.0.0.0/8`), but the agent sets no net.ipv4.conf.all.route_localnet=1, so \
-     the kernel drops the translated packet; kube-proxy sets it (with KUBE-FIREWALL's \
-     anti-martian rule), or without localhost NodePorts excludes 127.0.0.0/8 (refused)";
 const EXTERNAL_TO_CLUSTER_IP: &str = "eBPF mode: a ClusterIP is served to the node's own \
      sockets (pods on the node included), not to packets from outside the node, which go on \
      untranslated (Cilium's default, bpf-lb-external-clusterip=false); kube-proxy serves them, \
      masqueraded";
+
 pub const INTERNAL_EXTERNAL_MASQUERADE: Case = Case {
     test: "TestInternalExternalMasquerade/base",
     manifests: r#"
@@ -1338,6 +1357,7 @@ ports:
         ("10.180.1.3", false)
     ),
     alt_node_ips: &[],
+    agent_args: &[],
     vectors: &[
         tcp(
             "pod to ClusterIP",
@@ -1386,8 +1406,7 @@ ports:
             3001,
             Backends(&["10.180.0.1:80", "10.180.1.1:80"]),
             true,
-        )
-        .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
+        ),
         tcp(
             "node to LB",
             NODE_IP,
@@ -1469,8 +1488,7 @@ ports:
             3002,
             Backends(&["10.180.0.2:80", "10.180.1.2:80"]),
             true,
-        )
-        .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
+        ),
         tcp(
             "node to LB with eTP:Local",
             NODE_IP,
@@ -1551,8 +1569,7 @@ ports:
             3003,
             Backends(&["10.180.0.3:80", "10.180.1.3:80"]),
             true,
-        )
-        .iptables_bug(LOCALHOST_NODE_PORTS_IPTABLES),
+        ),
         tcp(
             "node to LB with iTP:Local",
             NODE_IP,

@@ -60,6 +60,12 @@ struct Args {
     /// does.
     #[arg(long, value_enum, default_value = "auto")]
     iptables_backend: iptables::backend::BackendChoice,
+    /// Serve NodePorts on 127.0.0.1 too, to the node's own sockets, as kube-proxy's
+    /// --iptables-localhost-nodeports (default true) does. In iptables mode this sets
+    /// net.ipv4.conf.all.route_localnet=1 in the agent's network namespace; with false,
+    /// 127.0.0.0/8 is left out of the NodePort jump.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    localhost_nodeports: bool,
     /// Where Services and EndpointSlices come from: `kubernetes` (the API server), or a
     /// directory of manifests (YAML or JSON) watched for changes.
     #[arg(long, value_name = "kubernetes|DIR", default_value = "kubernetes")]
@@ -234,7 +240,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             true => Some(kubernetes::client(args.kubeconfig.as_deref()).await?),
             false => None,
         };
-        let iptables_options = iptables::render::RenderOptions { cluster_cidr, random_fully: true };
+        let iptables_options = iptables::render::RenderOptions {
+            cluster_cidr,
+            random_fully: true,
+            localhost_node_ports: args.localhost_nodeports,
+        };
         let mut ebpf_active = !matches!(args.mode, Mode::Iptables);
         let dataplane: Box<dyn Dataplane + Send> = match args.mode {
             Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, load_options, interfaces)?),
@@ -259,10 +269,12 @@ fn run(args: Args) -> anyhow::Result<()> {
                 args.node_name.clone(),
                 kubernetes::sources(args.node_name.as_deref()),
             );
+            shared.update(|store| store.set_localhost_node_ports(args.localhost_nodeports));
             kubernetes::watch(client, shared.clone(), args.node_name.clone());
             shared
         } else {
             let shared = Shared::new(args.node_name.clone(), 1);
+            shared.update(|store| store.set_localhost_node_ports(args.localhost_nodeports));
             let dir = ManifestDir::new(&args.source);
             info!(source = %dir.path().display(), "watching manifests");
             tokio::spawn(manifest::watch(
@@ -456,6 +468,14 @@ fn open_iptables(
     let (backend, why) =
         iptables::backend::resolve(choice).context("choosing the iptables backend")?;
     info!(backend = backend.name(), reason = %why, "iptables backend chosen");
+    if options.localhost_node_ports
+        && iptables::localnet::ensure_route_localnet(std::path::Path::new("/proc/sys"))?
+    {
+        info!(
+            sysctl = iptables::localnet::ROUTE_LOCALNET,
+            "set route_localnet=1 to serve NodePorts on 127.0.0.1, as kube-proxy does"
+        );
+    }
     IptablesDataplane::open(backend.binaries(), options).context("starting the iptables dataplane")
 }
 

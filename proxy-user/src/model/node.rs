@@ -7,12 +7,26 @@ use k8s_openapi::api::core::v1::Node;
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeContext {
     pub name: Option<String>,
     pub zone: Option<String>,
     /// Addresses a NodePort is served on, from the Node's status (InternalIP, ExternalIP).
     pub addresses: Vec<Ipv4Addr>,
+    /// NodePorts served on 127.0.0.1 to the node's own sockets too (kube-proxy's
+    /// `--iptables-localhost-nodeports`, on by default; `--localhost-nodeports`).
+    pub localhost_node_ports: bool,
+}
+
+impl Default for NodeContext {
+    fn default() -> Self {
+        Self {
+            name: None,
+            zone: None,
+            addresses: Vec::new(),
+            localhost_node_ports: true,
+        }
+    }
 }
 
 /// What the model reads of a Node object (a Node's status alone, its images listed, runs
@@ -54,6 +68,7 @@ impl NodeContext {
             name: name.map(str::to_owned),
             zone: node.and_then(|n| n.zone.clone()),
             addresses: node.map(|n| n.addresses.clone()).unwrap_or_default(),
+            localhost_node_ports: true,
         }
     }
 

@@ -130,7 +130,9 @@ pub fn translate_service(
         // needs them: then they are moved, not copied.
         let clusterip_backends = if service.internal_traffic_local {
             weigh(endpoints::local(&all, node))
-        } else if external.is_empty() && node_port.is_none() {
+        } else if external.is_empty()
+            && (node_port.is_none() || (node.addresses.is_empty() && !node.localhost_node_ports))
+        {
             std::mem::take(&mut cluster_backends)
         } else {
             cluster_backends.clone()
@@ -167,7 +169,8 @@ pub fn translate_service(
             };
             // kube-proxy's localhost NodePorts (`--iptables-localhost-nodeports`, on by
             // default): the node's own sockets reach a NodePort on 127.0.0.1 too.
-            for ip in node.addresses.iter().chain([&Ipv4Addr::LOCALHOST]) {
+            let localhost = node.localhost_node_ports.then_some(&Ipv4Addr::LOCALHOST);
+            for ip in node.addresses.iter().chain(localhost) {
                 out.frontends.push((
                     FrontendAddr {
                         ip: *ip,

@@ -327,6 +327,17 @@ fn node_ports_are_served_on_the_node_addresses() {
     assert_eq!(ips(&frontends[1].1), ["198.18.1.2", "198.18.1.3"]);
     // A ClusterIP Service ignores a stray nodePort.
     assert_eq!(frontends_on(&web("", NODES_SLICE), &node(None)).len(), 1);
+    // `--localhost-nodeports false`: the node's addresses only.
+    let without_localhost = NodeContext {
+        localhost_node_ports: false,
+        ..node(None)
+    };
+    let frontends = frontends_on(&web("  type: NodePort\n", NODES_SLICE), &without_localhost);
+    assert!(
+        frontends.iter().all(|(a, _)| !a.ip.is_loopback()),
+        "{frontends:?}"
+    );
+    assert_eq!(frontends.len(), 3);
 }
 
 #[test]

@@ -47,6 +47,8 @@ pub struct ObjectStore {
     node: Option<NodeInput>,
     /// The node's addresses when its Node object gives none: those of `--interfaces`.
     fallback_addresses: Vec<std::net::Ipv4Addr>,
+    /// `--localhost-nodeports false`.
+    no_localhost_node_ports: bool,
     dirty: Dirty,
     pub changes: ChangeCounts,
     /// Earliest `endpoints.kubernetes.io/last-change-trigger-time` not yet programmed, per
@@ -239,7 +241,14 @@ impl ObjectStore {
         if context.addresses.is_empty() {
             context.addresses = self.fallback_addresses.clone();
         }
+        context.localhost_node_ports = !self.no_localhost_node_ports;
         context
+    }
+
+    /// Whether NodePorts are served on 127.0.0.1 too (kube-proxy's default).
+    pub fn set_localhost_node_ports(&mut self, on: bool) {
+        self.no_localhost_node_ports = !on;
+        self.dirty.all = true;
     }
 
     /// The node's addresses to use when its Node object gives none (or there is none):

@@ -8,7 +8,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use super::saved::SavedTable;
+use super::{filter::KUBELET_FIREWALL, saved::SavedTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -72,10 +72,14 @@ impl Jump {
         }
     }
 
-    /// The rule as `-C`/`-I`/`-D` take it after the chain.
+    /// The rule as `-C`/`-I`/`-D` take it after the chain (no comment match when the
+    /// comment is empty, as kube-proxy writes kubelet's jumps).
     fn rule(&self) -> Vec<&'static str> {
         let mut rule = self.matches.to_vec();
-        rule.extend(["-m", "comment", "--comment", self.comment, "-j", self.to]);
+        if !self.comment.is_empty() {
+            rule.extend(["-m", "comment", "--comment", self.comment]);
+        }
+        rule.extend(["-j", self.to]);
         rule
     }
 }
@@ -133,6 +137,13 @@ const JUMPS: &[Jump] = &[
     Jump::new("filter", "FORWARD", NEW, LB_FIREWALL, "KUBE-PROXY-FIREWALL"),
 ];
 
+/// kube-proxy's copies of kubelet's jumps (`iptablesKubeletJumpChains`): added after (so
+/// before, in their chains) the others, and never removed, as kubelet shares them.
+const KUBELET_JUMPS: &[Jump] = &[
+    Jump::new("filter", "INPUT", &[], "", KUBELET_FIREWALL),
+    Jump::new("filter", "OUTPUT", &[], "", KUBELET_FIREWALL),
+];
+
 /// An empty nat chain whose presence says the KUBE-* chains were installed by ebpf-proxy.
 /// kube-proxy installs chains with the same names; without this marker, they are its own
 /// and nothing here touches them (a node migrating from kube-proxy runs both for a while).
@@ -156,6 +167,7 @@ pub fn declares(saved: &str, chain: &str) -> bool {
 }
 
 /// Chains this project owns in a table: the fixed ones and every KUBE-SVC/SEP/EXT/SVL/FW.
+/// Not KUBE-FIREWALL: kube-proxy writes it too but leaves it to kubelet on cleanup.
 pub fn is_ours(chain: &str) -> bool {
     matches!(
         chain,
@@ -233,11 +245,17 @@ impl Iptables {
 
     /// Chains of ours present in `table` now.
     pub fn our_chains(&self, table: &str) -> Result<BTreeSet<String>, InstallError> {
+        let mut chains = self.chains(table)?;
+        chains.retain(|c| is_ours(c));
+        Ok(chains)
+    }
+
+    /// Every chain present in `table` now, ours or not.
+    fn chains(&self, table: &str) -> Result<BTreeSet<String>, InstallError> {
         let saved = self.run(&self.save, &["-t", table], None)?;
         Ok(SavedTable::read(&saved, Some(table))
             .0
             .declared()
-            .filter(|c| is_ours(c))
             .map(str::to_owned)
             .collect())
     }
@@ -250,9 +268,10 @@ impl Iptables {
             .contains("(legacy)"))
     }
 
-    /// Adds kube-proxy's jumps from the built-in chains into ours, once.
+    /// Adds kube-proxy's jumps from the built-in chains into ours and into KUBE-FIREWALL,
+    /// once.
     fn ensure_jumps(&self) -> Result<(), InstallError> {
-        for jump in JUMPS {
+        for jump in JUMPS.iter().chain(KUBELET_JUMPS) {
             let (table, chain, rule) = (jump.table, jump.from, jump.rule());
             let mut check = vec!["-w", "-t", table, "-C", chain];
             check.extend_from_slice(&rule);
@@ -266,8 +285,9 @@ impl Iptables {
         Ok(())
     }
 
-    /// Creates the chains the built-in chains jump to (those missing; an existing chain is
-    /// left as it is, rules and all) and kube-proxy's jumps into them. Done before the
+    /// Creates the chains the built-in chains jump to (those missing; an existing chain,
+    /// kubelet's KUBE-FIREWALL too, is left as it is, rules and all) and kube-proxy's jumps
+    /// into them. Done before the
     /// rules are loaded: a rule is in effect the moment its restore commits, so its jump
     /// must already be there.
     pub fn ensure_base(
@@ -277,7 +297,7 @@ impl Iptables {
     ) -> Result<(), InstallError> {
         let mut input = String::new();
         for (table, chains) in [("filter", filter_chains), ("nat", nat_chains)] {
-            let existing = self.our_chains(table)?;
+            let existing = self.chains(table)?;
             let missing: Vec<&&str> = chains.iter().filter(|c| !existing.contains(**c)).collect();
             if missing.is_empty() {
                 continue;
@@ -315,7 +335,8 @@ impl Iptables {
     }
 
     /// Removes the jumps and every chain of ours, in both tables, if ebpf-proxy installed
-    /// them (see [`OWNER_MARKER`]). Returns what was removed.
+    /// them (see [`OWNER_MARKER`]). Returns what was removed. KUBE-FIREWALL and the jumps
+    /// to it stay, as kube-proxy's `CleanupLeftovers` leaves them: kubelet shares them.
     ///
     /// When kube-proxy's canary is there too, kube-proxy has taken the KUBE-* chains over
     /// (a node rolled back from our iptables mode): they are its own now, and only the

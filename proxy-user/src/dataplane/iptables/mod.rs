@@ -15,6 +15,7 @@ pub mod filter;
 pub mod install;
 pub mod installed;
 pub mod kube_proxy;
+pub mod localnet;
 pub mod names;
 pub mod probability;
 pub mod read_back;
@@ -211,7 +212,7 @@ impl IptablesDataplane {
         // The owner marker comes with the first chain created.
         let mut base: Vec<&str> = FIXED_CHAINS.to_vec();
         base.push(OWNER_MARKER);
-        self.iptables.ensure_base(&base, &filter::FILTER_CHAINS)?;
+        self.iptables.ensure_base(&base, &filter::JUMPED_TO)?;
         // The endpoint chains jump to KUBE-MARK-MASQ: make sure it has its rule (flushed
         // and refilled in the same transaction).
         self.iptables.restore(&format!(
@@ -245,6 +246,7 @@ impl IptablesDataplane {
                 .iter()
                 .flat_map(|(_, r)| &r.filter)
                 .map(String::as_str),
+            self.options.localhost_node_ports,
         );
         input.push_str("*nat\n");
         let stale: Vec<&String> = existing
@@ -306,7 +308,10 @@ impl IptablesDataplane {
         };
         let mut out = String::new();
         if changed(|l| &l.filter, |r| &r.filter) {
-            out.push_str(&filter::filter_table(merged(|l| &l.filter, |r| &r.filter)));
+            out.push_str(&filter::filter_table(
+                merged(|l| &l.filter, |r| &r.filter),
+                self.options.localhost_node_ports,
+            ));
         }
         out.push_str("*nat\n");
         // KUBE-SERVICES holds a rule per frontend: rewriting it costs as much as the

@@ -34,7 +34,7 @@ use crate::model::{
 
 use super::names::MASQ_MARK;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RenderOptions {
     /// The cluster's pod CIDR (kube-proxy's `--cluster-cidr`): traffic to a ClusterIP from
     /// outside it is masqueraded, and pods reaching an externalTrafficPolicy Local service
@@ -42,6 +42,21 @@ pub struct RenderOptions {
     pub cluster_cidr: Option<(Ipv4Addr, u8)>,
     /// `MASQUERADE --random-fully`, where the kernel supports it.
     pub random_fully: bool,
+    /// NodePorts on 127.0.0.1 too (kube-proxy's `--iptables-localhost-nodeports`, on by
+    /// default): the agent sets `route_localnet` (`localnet`) and the filter table gets
+    /// KUBE-FIREWALL's rule. Off, the NodePort jump leaves out 127.0.0.0/8.
+    pub localhost_node_ports: bool,
+}
+
+impl Default for RenderOptions {
+    /// kube-proxy's defaults: no cluster CIDR, localhost NodePorts on.
+    fn default() -> Self {
+        Self {
+            cluster_cidr: None,
+            random_fully: false,
+            localhost_node_ports: true,
+        }
+    }
 }
 
 /// A service port: `namespace/name[:port]` and protocol. Its chains share one hash.
@@ -514,9 +529,14 @@ pub fn fixed_rules<'a>(
     for rule in services {
         let _ = writeln!(rules, "{rule}");
     }
+    // Without localhost NodePorts, kube-proxy keeps 127.0.0.0/8 out of the jump.
+    let not_localhost = match options.localhost_node_ports {
+        true => "",
+        false => " ! -d 127.0.0.0/8",
+    };
     let _ = writeln!(
         rules,
-        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"
+        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL{not_localhost} -j KUBE-NODEPORTS"
     );
     for rule in nodeports {
         let _ = writeln!(rules, "{rule}");
@@ -568,7 +588,10 @@ pub fn nat_table(state: &DesiredState, options: &RenderOptions) -> String {
 /// The filter table, `*filter` to `COMMIT`, for every frontend in `state`.
 pub fn filter_table(state: &DesiredState, options: &RenderOptions) -> String {
     let ports = render_all(state, options);
-    filter::filter_table(ports.values().flat_map(|p| &p.filter).map(String::as_str))
+    filter::filter_table(
+        ports.values().flat_map(|p| &p.filter).map(String::as_str),
+        options.localhost_node_ports,
+    )
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ fn options() -> RenderOptions {
     RenderOptions {
         cluster_cidr: Some((Ipv4Addr::new(198, 18, 0, 0), 15)),
         random_fully: true,
+        ..RenderOptions::default()
     }
 }
 

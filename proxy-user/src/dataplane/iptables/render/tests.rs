@@ -63,6 +63,7 @@ fn options() -> RenderOptions {
     RenderOptions {
         cluster_cidr: Some((Ipv4Addr::new(10, 0, 0, 0), 8)),
         random_fully: false,
+        ..RenderOptions::default()
     }
 }
 
@@ -289,6 +290,7 @@ fn node_ports_external_ips_and_load_balancers_as_kube_proxy_writes_them() {
 :KUBE-NODEPORTS - [0:0]
 :KUBE-SERVICES - [0:0]
 :KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-FIREWALL - [0:0]
 :KUBE-FORWARD - [0:0]
 :KUBE-PROXY-FIREWALL - [0:0]
 -A KUBE-NODEPORTS -m comment --comment "ns2/svc2:p80 health check node port" -m tcp -p tcp --dport 30000 -j ACCEPT
@@ -296,6 +298,7 @@ fn node_ports_external_ips_and_load_balancers_as_kube_proxy_writes_them() {
 -A KUBE-EXTERNAL-SERVICES -m comment --comment "ns2/svc2:p80 has no local endpoints" -m tcp -p tcp -d 192.168.99.22 --dport 80 -j DROP
 -A KUBE-EXTERNAL-SERVICES -m comment --comment "ns2/svc2:p80 has no local endpoints" -m tcp -p tcp -d 1.2.3.4 --dport 80 -j DROP
 -A KUBE-EXTERNAL-SERVICES -m comment --comment "ns2/svc2:p80 has no local endpoints" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 3001 -j DROP
+-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
 -A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
 -A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
 -A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
@@ -470,4 +473,35 @@ fn local_policies_use_the_svl_chain() {
     assert!(!declared.contains(&svl), "{declared:?}");
     assert!(!rules[&ext].iter().any(|r| r.ends_with(&svl)));
     assert!(rules["KUBE-NODEPORTS"][0].ends_with(&format!("-j {ext}")));
+}
+
+/// kube-proxy with `--iptables-localhost-nodeports=false`: 127.0.0.0/8 is kept out of the
+/// NodePort jump, and KUBE-FIREWALL (kubelet's, with the rule only localhost NodePorts
+/// need) is not written.
+#[test]
+fn without_localhost_node_ports_loopback_is_left_out() {
+    let state: DesiredState = [(
+        frontend("192.168.0.2", 3001),
+        external(
+            FrontendKind::NodePort,
+            &spec("ns1/svc1:p80", 0, &[("10.180.0.1:80", 1)]),
+            None,
+        ),
+    )]
+    .into();
+    let off = RenderOptions {
+        localhost_node_ports: false,
+        ..options()
+    };
+    let (_, rules) = by_chain(&nat_table(&state, &off));
+    assert_eq!(
+        rules["KUBE-SERVICES"].last().map(String::as_str),
+        Some(
+            r#"-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS"#
+        )
+    );
+    let filter = filter_table(&state, &off);
+    assert!(!filter.contains("KUBE-FIREWALL"), "{filter}");
+    let on = filter_table(&state, &options());
+    assert!(on.contains(":KUBE-FIREWALL - [0:0]\n"), "{on}");
 }
