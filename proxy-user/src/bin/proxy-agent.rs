@@ -461,20 +461,32 @@ fn resolve_interfaces(names: &[String]) -> anyhow::Result<Option<Vec<Interface>>
 }
 
 /// The iptables dataplane, on the backend `choice` resolves to.
+/// Without route_localnet (an unprivileged container's /proc/sys is read-only), only the
+/// localhost NodePorts are lost, and the log says why: they are left out of the NodePort
+/// jump, as with `--localhost-nodeports false`, so such a connect is refused rather than
+/// left hanging.
 fn open_iptables(
-    options: iptables::render::RenderOptions,
+    mut options: iptables::render::RenderOptions,
     choice: iptables::backend::BackendChoice,
 ) -> anyhow::Result<IptablesDataplane> {
     let (backend, why) =
         iptables::backend::resolve(choice).context("choosing the iptables backend")?;
     info!(backend = backend.name(), reason = %why, "iptables backend chosen");
-    if options.localhost_node_ports
-        && iptables::localnet::ensure_route_localnet(std::path::Path::new("/proc/sys"))?
-    {
-        info!(
-            sysctl = iptables::localnet::ROUTE_LOCALNET,
-            "set route_localnet=1 to serve NodePorts on 127.0.0.1, as kube-proxy does"
-        );
+    if options.localhost_node_ports {
+        match iptables::localnet::ensure_route_localnet(std::path::Path::new("/proc/sys")) {
+            Ok(true) => info!(
+                sysctl = iptables::localnet::ROUTE_LOCALNET,
+                "set route_localnet=1 to serve NodePorts on 127.0.0.1, as kube-proxy does"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(
+                    "NodePorts are not served on 127.0.0.1: {}",
+                    logging::Chain(&e)
+                );
+                options.localhost_node_ports = false;
+            }
+        }
     }
     IptablesDataplane::open(backend.binaries(), options).context("starting the iptables dataplane")
 }

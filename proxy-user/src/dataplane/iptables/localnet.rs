@@ -17,7 +17,8 @@ pub enum LocalnetError {
     #[error(
         "cannot set sysctl {} = 1, needed to serve 127.0.0.1:<NodePort> as kube-proxy does \
          ({error}): the agent needs CAP_NET_ADMIN and a writable /proc/sys (a container \
-         that is not privileged has it read-only); or pass --localhost-nodeports false",
+         that is not privileged has it read-only); --localhost-nodeports false says this \
+         is meant",
         path.display()
     )]
     Set {
