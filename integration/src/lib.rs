@@ -420,6 +420,9 @@ pub struct Agent {
     /// Start it as deploy/'s DaemonSet does (see [`daemonset`]); default: when
     /// `EBPF_PROXY_AGENT_LAUNCH=daemonset`.
     pub as_daemonset: bool,
+    /// Start it in a mount namespace of its own where /proc/sys is read-only, as a
+    /// container runtime gives a container that is not privileged.
+    pub read_only_proc_sys: bool,
     work: PathBuf,
 }
 
@@ -444,6 +447,7 @@ impl Agent {
             cgroup: cgroup.path.clone(),
             netns: netns.name.clone(),
             as_daemonset: daemonset::requested(),
+            read_only_proc_sys: false,
             work,
         }
     }
@@ -468,6 +472,19 @@ impl Agent {
                 if self.mode != "ebpf" {
                     command.args(["--mode", self.mode]);
                 }
+                command
+            }
+            false if self.read_only_proc_sys => {
+                // The bind mount stays in the new mount namespace; the test's is untouched.
+                let mut command = command_in(&self.netns, None, "unshare");
+                command
+                    .args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(
+                        "mount --bind /proc/sys /proc/sys \
+                         && mount -o remount,bind,ro /proc/sys && exec \"$0\" \"$@\"",
+                    )
+                    .arg(bin_dir().join("proxy-agent"))
+                    .args(["--mode", self.mode, "--log-json"]);
                 command
             }
             false => {

@@ -668,3 +668,45 @@ fn localhost_node_ports_set_route_localnet_in_the_agents_namespace_only() {
         "--cleanup removed the rest: {after:#?}"
     );
 }
+
+/// Where route_localnet cannot be set (a container that is not privileged has /proc/sys
+/// read-only), the agent still starts: it names the sysctl, leaves 127.0.0.0/8 out of the
+/// NodePort jump, and writes no KUBE-FIREWALL rule, so only the localhost NodePorts are
+/// lost (refused at once, not left hanging) and every other frontend is served.
+#[test]
+fn without_route_localnet_only_localhost_node_ports_are_lost() {
+    require_privileges!();
+    let t = Topology::new(1);
+    t.route_service_range();
+    let mut agent = Agent::new(&t);
+    t.client.sysctl("net.ipv4.conf.all.route_localnet=0");
+    agent.mode = "iptables";
+    agent.read_only_proc_sys = true;
+    agent.write("web.yaml", &web_on_every_backend(&t));
+    agent.start();
+    agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
+        agent.log().contains("\"synced\"")
+    });
+    let log = agent.log();
+    assert!(
+        log.contains("NodePorts are not served on 127.0.0.1")
+            && log.contains("net/ipv4/conf/all/route_localnet"),
+        "{log}"
+    );
+    let in_agent =
+        integration::run(integration::command_in(&agent.netns, None, "cat").arg(ROUTE_LOCALNET));
+    assert_eq!(in_agent.trim(), "0", "left as it was");
+    let rules = filter_rules(&agent);
+    assert!(
+        !rules.iter().any(|r| r.contains("block incoming localnet")),
+        "{rules:#?}"
+    );
+    let nat = nat_rules(&agent);
+    assert!(
+        nat.lines()
+            .any(|r| r.contains("! -d 127.0.0.0/8") && r.ends_with("-j KUBE-NODEPORTS")),
+        "{nat}"
+    );
+    let report = t.probe(&["--to", &format!("{VIP}:80"), "--count", "10"]);
+    assert_eq!(report.answers.values().sum::<usize>(), 10, "{report:?}");
+}
