@@ -15,6 +15,7 @@ pub mod bench_stats;
 pub mod daemonset;
 pub mod kube_node;
 pub mod manifests;
+pub mod objects;
 pub mod two_nodes;
 
 use std::{

@@ -5,14 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use integration::{Cgroup, require_privileges, unique};
-use k8s_openapi::{
-    api::{
-        core::v1::{Service, ServicePort, ServiceSpec},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use integration::{Cgroup, objects, require_privileges, unique};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use proxy_user::{
     dataplane::{
         Dataplane,
@@ -27,52 +21,19 @@ const SERVICES: usize = 3_000;
 const ENDPOINTS: usize = 5;
 
 fn service(i: usize) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(format!("svc-{i}")),
-            namespace: Some("cold".into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(format!("198.19.{}.{}", i / 250, i % 250 + 1)),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    objects::cluster_ip_service(
+        "cold",
+        &format!("svc-{i}"),
+        format!("198.19.{}.{}", i / 250, i % 250 + 1),
+    )
 }
 
 fn slice(i: usize) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("svc-{i}-1")),
-            namespace: Some("cold".into()),
-            labels: Some([("kubernetes.io/service-name".to_string(), format!("svc-{i}"))].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            port: Some(8080),
-            ..Default::default()
-        }]),
-        endpoints: Some(
-            (0..ENDPOINTS)
-                .map(|j| Endpoint {
-                    addresses: vec![format!("198.18.{}.{}", j, i % 250 + 1)],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-    }
+    objects::ready_slice(
+        "cold",
+        &format!("svc-{i}"),
+        (0..ENDPOINTS).map(|j| format!("198.18.{}.{}", j, i % 250 + 1)),
+    )
 }
 
 /// Unpins the maps, also when the test fails.

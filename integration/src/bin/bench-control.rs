@@ -8,14 +8,8 @@
 use std::{net::Ipv4Addr, time::Instant};
 
 use clap::Parser;
-use integration::{Cgroup, privileged, unique};
-use k8s_openapi::{
-    api::{
-        core::v1::{Service, ServicePort, ServiceSpec},
-        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
-    },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-};
+use integration::{Cgroup, objects, privileged, unique};
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use proxy_user::{
     dataplane::ebpf::{EbpfDataplane, loader},
     source::store::ObjectStore,
@@ -77,55 +71,21 @@ fn endpoint_ip(n: usize) -> String {
 }
 
 fn service(i: usize) -> Service {
-    Service {
-        metadata: ObjectMeta {
-            name: Some(format!("svc-{i}")),
-            namespace: Some("bench".into()),
-            ..Default::default()
-        },
-        spec: Some(ServiceSpec {
-            cluster_ip: Some(service_ip(i).unwrap_or_default()),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: 80,
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    objects::cluster_ip_service(
+        "bench",
+        &format!("svc-{i}"),
+        service_ip(i).unwrap_or_default(),
+    )
 }
 
 fn slice(i: usize, endpoints: usize, generation: usize) -> EndpointSlice {
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("svc-{i}-1")),
-            namespace: Some("bench".into()),
-            labels: Some([("kubernetes.io/service-name".to_string(), format!("svc-{i}"))].into()),
-            ..Default::default()
-        },
-        address_type: "IPv4".into(),
-        ports: Some(vec![EndpointPort {
-            name: Some("http".into()),
-            port: Some(8080),
-            ..Default::default()
-        }]),
-        endpoints: Some(
-            (0..endpoints)
-                .map(|j| Endpoint {
-                    // Endpoint 0 moves with every change (a pod replaced).
-                    addresses: vec![endpoint_ip(
-                        i * endpoints + j + if j == 0 { generation * 7 } else { 0 },
-                    )],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(true),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        ),
-    }
+    objects::ready_slice(
+        "bench",
+        &format!("svc-{i}"),
+        // Endpoint 0 moves with every change (a pod replaced).
+        (0..endpoints)
+            .map(|j| endpoint_ip(i * endpoints + j + if j == 0 { generation * 7 } else { 0 })),
+    )
 }
 
 /// Counts allocations, to see what each phase costs besides its time.
