@@ -57,6 +57,10 @@ pub fn scaled(d: Duration) -> Duration {
 /// Set by CI: a privileged test that cannot run fails instead of skipping.
 pub const REQUIRE_ENV: &str = "EBPF_PROXY_REQUIRE_PRIVILEGED";
 
+/// How many socket programs the agent attaches (connect, sendmsg, recvmsg and
+/// getpeername, for each family).
+pub const SOCKET_PROGRAMS: usize = proxy_common::names::ALL_SOCK_PROGRAMS.len();
+
 /// True when the test can run. When it cannot, it skips with a message, or panics if
 /// [`REQUIRE_ENV`] is set.
 pub fn privileged() -> bool {
@@ -635,8 +639,9 @@ impl Drop for Agent {
 /// bpftool release (Debian 12's cannot list a 5.10 kernel's cgroups).
 pub fn attached_programs(cgroup: &Path) -> Vec<(u64, String)> {
     use std::os::fd::AsRawFd as _;
-    // BPF_CGROUP_INET4_CONNECT, UDP4_SENDMSG, UDP4_RECVMSG, INET4_GETPEERNAME.
-    const ATTACH_TYPES: [u32; 4] = [10, 14, 19, 29];
+    // BPF_CGROUP_INET4_CONNECT, UDP4_SENDMSG, UDP4_RECVMSG, INET4_GETPEERNAME, then the
+    // same for IPv6.
+    const ATTACH_TYPES: [u32; 8] = [10, 14, 19, 29, 11, 15, 20, 30];
     const BPF_PROG_QUERY: libc::c_long = 16;
     #[repr(C)]
     #[derive(Default)]

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use integration::{
-    Agent, ClientLoop, Topology, attached_programs,
+    Agent, ClientLoop, SOCKET_PROGRAMS, Topology, attached_programs,
     manifests::{DNS, HTTP, Port, ServiceOpts, service_with_endpoints},
     require_privileges, scaled,
     two_nodes::{NODE_A_IP, TwoNodes},
@@ -276,14 +276,14 @@ fn sigkill_and_restart_fail_no_connection_and_attach_nothing_twice() {
     let (t, mut agent) = start(2, &ServiceOpts::default(), "ebpf");
     let t = std::sync::Arc::new(t);
     let before = attached_programs(&t.cgroup.path);
-    assert_eq!(before.len(), 4, "{before:?}");
+    assert_eq!(before.len(), SOCKET_PROGRAMS, "{before:?}");
     let client = connecting_loop(&t, Topology::probe, format!("{VIP}:80"));
     std::thread::sleep(scaled(Duration::from_millis(300)));
     agent.kill();
     std::thread::sleep(scaled(Duration::from_millis(300)));
     agent.start();
     agent.wait_for("the restart to adopt", Duration::from_secs(10), |_| {
-        agent.log().matches("\"outcome\":\"Adopted\"").count() == 4
+        agent.log().matches("\"outcome\":\"Adopted\"").count() == SOCKET_PROGRAMS
     });
     std::thread::sleep(scaled(Duration::from_millis(300)));
     let (answered, errors) = client.finish();

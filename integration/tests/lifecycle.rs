@@ -10,7 +10,7 @@ use std::{
 };
 
 use integration::{
-    Agent, Topology, attached_programs,
+    Agent, SOCKET_PROGRAMS, Topology, attached_programs,
     manifests::{DNS, Endpoint, HTTP, ServiceOpts, service_with_endpoints},
     require_privileges, run,
 };
@@ -156,20 +156,24 @@ fn restart_adopts_instead_of_attaching_twice() {
     let t = Topology::new(2);
     let mut agent = start(&t, &[0, 1]);
     let before = attached_programs(&agent.cgroup);
-    assert_eq!(before.len(), 4, "four socket programs attached: {before:?}");
+    assert_eq!(
+        before.len(),
+        SOCKET_PROGRAMS,
+        "every socket program attached: {before:?}"
+    );
     agent.stop();
     agent.start();
     agent.wait_backends("demo/web:http", 2);
     // Wait for the restarted agent's first sync (it adopts after it), then compare.
     agent.wait_for("the restart's first sync", Duration::from_secs(10), |_| {
         agent.log().matches("\"synced\"").count() == 2
-            && agent.log().matches("\"outcome\":\"Adopted\"").count() == 4
+            && agent.log().matches("\"outcome\":\"Adopted\"").count() == SOCKET_PROGRAMS
     });
     let after = attached_programs(&agent.cgroup);
     assert_eq!(before, after, "the same programs stay attached, none added");
     assert_eq!(
         agent.log().matches("\"outcome\":\"Adopted\"").count(),
-        4,
+        SOCKET_PROGRAMS,
         "{}",
         agent.log()
     );

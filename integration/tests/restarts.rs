@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use integration::{
-    Agent, ClientLoop, Topology, attached_programs,
+    Agent, ClientLoop, SOCKET_PROGRAMS, Topology, attached_programs,
     manifests::{HTTP, ServiceOpts, service_with_endpoints},
     require_privileges,
 };
@@ -82,7 +82,7 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
     agent.wait_for(
         "the swap to the new layout",
         Duration::from_secs(10),
-        |_| agent.log().matches("\"outcome\":\"Replaced\"").count() == 4,
+        |_| agent.log().matches("\"outcome\":\"Replaced\"").count() == SOCKET_PROGRAMS,
     );
     std::thread::sleep(Duration::from_millis(300));
 

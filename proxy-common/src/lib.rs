@@ -10,11 +10,17 @@
 //! names of the maps that hold it; the other maps keep their names (and their entries)
 //! through an upgrade.
 //!
-//! Layout 2 (this one) indexes what the hot path reads by number rather than by key: a
-//! frontend's slots are a region of one array (`Service::slot_base`, `Service::slots`) and its
-//! counters an element of a per-CPU array (`Service::frontend_id`). Both arrays are
-//! family-agnostic, so IPv6 frontends (a map of their own beside [`Frontend`]'s) can share
-//! them without another layout change.
+//! Layout 2 indexes what the hot path reads by number rather than by key: a frontend's
+//! slots are a region of one array (`Service::slot_base`, `Service::slots`) and its
+//! counters an element of a per-CPU array (`Service::frontend_id`).
+//!
+//! Layout 3 (this one) holds both families in the same maps: every address of the socket
+//! path is 16 bytes, an IPv4 one in its IPv4-mapped form (`::ffff:a.b.c.d`, [`v4_mapped`]),
+//! the form the kernel itself gives a dual-stack socket. One key type, one set of maps and
+//! one code path serve IPv4, IPv6 and a dual-stack socket connecting to an IPv4 Service
+//! through its mapped address, which finds the IPv4 frontend by construction. The price is
+//! key size (a frontend key of 20 bytes instead of 8); the tc flow table (`NatKey`) stays
+//! IPv4 and keeps its layout.
 #![no_std]
 
 use bytemuck::{Pod, Zeroable};
@@ -23,7 +29,7 @@ pub mod features;
 pub mod names;
 
 /// Version of the map layout. Part of every map name and of the pin directory layout.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// IP protocol numbers as the socket reports them.
 pub const IPPROTO_TCP: u8 = 6;
@@ -36,12 +42,35 @@ pub const MAX_SLOTS_PER_FRONTEND: u32 = 4096;
 /// Longest `namespace/name:port` stored for a frontend (longer names are truncated).
 pub const SERVICE_NAME_LEN: usize = 192;
 
+/// An IP address as the kernel's `user_ip6` holds it: four words in network byte order.
+/// An IPv4 address is kept in its IPv4-mapped form ([`v4_mapped`]).
+pub type Addr = [u32; 4];
+
+/// The third word of an IPv4-mapped address (`::ffff:0:0/96`), as it sits in memory.
+pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// `::ffff:a.b.c.d` of an IPv4 address in network byte order (as `user_ip4` holds it).
+#[inline(always)]
+pub const fn v4_mapped(addr: u32) -> Addr {
+    [0, 0, V4_MAPPED_WORD, addr]
+}
+
+/// The IPv4 address (network byte order) of an IPv4-mapped address, `None` for another.
+#[inline(always)]
+pub const fn v4_of(addr: &Addr) -> Option<u32> {
+    if addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_WORD {
+        Some(addr[3])
+    } else {
+        None
+    }
+}
+
 /// A service frontend: the address, port and protocol a client connects to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct Frontend {
-    /// IPv4 address, network byte order.
-    pub addr: u32,
+    /// IPv6 address, or IPv4-mapped IPv4 address ([`Addr`]).
+    pub addr: Addr,
     /// Port, network byte order.
     pub port: u16,
     /// [`IPPROTO_TCP`] or [`IPPROTO_UDP`].
@@ -51,7 +80,7 @@ pub struct Frontend {
     /// Local (this node's endpoints only).
     pub scope: u8,
 }
-const _: () = assert!(size_of::<Frontend>() == 8);
+const _: () = assert!(size_of::<Frontend>() == 20);
 
 /// `Frontend::scope`: the frontend as sockets (and Cluster-policy outside traffic) see it.
 pub const SCOPE_SOCKET: u8 = 0;
@@ -62,13 +91,13 @@ pub const SCOPE_EXTERNAL_LOCAL: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
 pub struct Backend {
-    /// IPv4 address, network byte order.
-    pub addr: u32,
+    /// IPv6 address, or IPv4-mapped IPv4 address ([`Addr`]).
+    pub addr: Addr,
     /// Port, network byte order.
     pub port: u16,
     pub _pad: u16,
 }
-const _: () = assert!(size_of::<Backend>() == 8);
+const _: () = assert!(size_of::<Backend>() == 20);
 
 /// Value of the frontends map: what a connect to a [`Frontend`] needs to pick a backend.
 ///
@@ -109,19 +138,21 @@ pub const SERVICE_EXTERNAL_LOCAL: u8 = 0b1000;
 /// accepted only from a client in the source ranges map for this frontend.
 pub const SERVICE_SOURCE_RANGES: u8 = 0b1_0000;
 
-/// Data of a source ranges map key (an LPM trie): the frontend, matched whole (64 bits),
-/// then the client address, matched to the range's prefix length. Network byte order.
+/// Data of a source ranges map key (an LPM trie): the frontend, matched whole (160 bits),
+/// then the client address ([`Addr`]: an IPv4 range is an IPv4-mapped prefix), matched
+/// to the range's prefix length. Network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct SourceRangeKey {
     pub frontend: Frontend,
-    pub addr: u32,
+    pub addr: Addr,
 }
-const _: () = assert!(size_of::<SourceRangeKey>() == 12);
+const _: () = assert!(size_of::<SourceRangeKey>() == 36);
 
-/// Prefix length of a source range key covering `bits` of the client address.
+/// Prefix length of a source range key covering `bits` of the client's 128-bit address
+/// (an IPv4 range of length n covers 96 + n bits of the mapped address).
 pub const fn source_range_prefix(bits: u8) -> u32 {
-    64 + bits as u32
+    160 + bits as u32
 }
 
 /// Key of the NAT flow table: one direction of a connection translated by the tc
@@ -192,7 +223,7 @@ pub struct MemberKey {
     pub frontend: Frontend,
     pub backend: Backend,
 }
-const _: () = assert!(size_of::<MemberKey>() == 16);
+const _: () = assert!(size_of::<MemberKey>() == 40);
 
 /// Value of the members map.
 #[repr(C)]
@@ -212,8 +243,9 @@ pub struct AffinityKey {
     /// `bpf_get_netns_cookie()` of the connecting socket.
     pub client_netns: u64,
     pub frontend: Frontend,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<AffinityKey>() == 16);
+const _: () = assert!(size_of::<AffinityKey>() == 32);
 
 /// `AffinityKey::client_netns` of a client outside the node (the tc programs): this bit,
 /// and the client's IPv4 address (network byte order) in the low 32 bits. A netns cookie
@@ -225,10 +257,11 @@ pub const AFFINITY_CLIENT_IP: u64 = 1 << 63;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct Affinity {
     pub backend: Backend,
+    pub _pad: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last connection that used the entry.
     pub last_used_ns: u64,
 }
-const _: () = assert!(size_of::<Affinity>() == 16);
+const _: () = assert!(size_of::<Affinity>() == 32);
 
 /// Key of the reverse-translation LRU map: which frontend did this socket ask for, when it
 /// is now talking to `backend`? Written by sendmsg4 (an unconnected UDP socket may reach
@@ -240,8 +273,9 @@ pub struct RevNatKey {
     /// `bpf_get_socket_cookie()` of the socket.
     pub socket_cookie: u64,
     pub backend: Backend,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<RevNatKey>() == 16);
+const _: () = assert!(size_of::<RevNatKey>() == 32);
 
 /// What connect4 stores on the socket itself (socket-local storage): the frontend the
 /// socket asked for and the backend it was given. recvmsg4 and getpeername4 show the
@@ -250,13 +284,13 @@ const _: () = assert!(size_of::<RevNatKey>() == 16);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct SocketRevNat {
     /// The frontend's address and port, network byte order.
-    pub frontend_addr: u32,
+    pub frontend_addr: Addr,
     /// The backend's address and port, network byte order.
-    pub backend_addr: u32,
+    pub backend_addr: Addr,
     pub frontend_port: u16,
     pub backend_port: u16,
 }
-const _: () = assert!(size_of::<SocketRevNat>() == 12);
+const _: () = assert!(size_of::<SocketRevNat>() == 36);
 
 /// A TCP connect's translation, in a ring indexed by the socket's cookie (the low
 /// [`TCP_REVNAT_RING_BITS`] bits): one plain store per connect, no allocation and no
@@ -272,11 +306,11 @@ pub struct TcpRevNat {
     pub cookie_high: u32,
     pub translation: SocketRevNat,
 }
-const _: () = assert!(size_of::<TcpRevNat>() == 16);
+const _: () = assert!(size_of::<TcpRevNat>() == 40);
 
 /// log2 of the TCP reverse-translation ring's size.
 pub const TCP_REVNAT_RING_BITS: u32 = 20;
-/// Records in the TCP reverse-translation ring (16 MiB).
+/// Records in the TCP reverse-translation ring (40 MiB).
 pub const TCP_REVNAT_RING: u32 = 1 << TCP_REVNAT_RING_BITS;
 
 impl TcpRevNat {

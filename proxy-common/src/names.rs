@@ -1,31 +1,32 @@
 //! Names of maps and programs, shared by the BPF object and the loader. Map names are at
 //! most 15 bytes (the kernel's limit) and end in the layout version of their key and value:
-//! layout 2 renamed the maps it changed (`_V2`); the others kept their names, and so their
-//! entries, through the upgrade.
+//! layout 2 renamed the maps it changed (`_V2`), layout 3 those whose keys or values now
+//! hold 16-byte addresses (`_V3`); the others kept their names, and so their entries,
+//! through each upgrade.
 
 /// Frontend -> Service (slot region and frontend id).
-pub const MAP_SERVICES: &str = "EPX_SVC_V2";
+pub const MAP_SERVICES: &str = "EPX_SVC_V3";
 /// Slot number -> Backend (array): every frontend's table is a region of it.
-pub const MAP_SLOTS: &str = "EPX_SLOT_V2";
+pub const MAP_SLOTS: &str = "EPX_SLOT_V3";
 /// MemberKey -> Member.
-pub const MAP_MEMBERS: &str = "EPX_MEMB_V1";
+pub const MAP_MEMBERS: &str = "EPX_MEMB_V3";
 /// AffinityKey -> Affinity (LRU).
-pub const MAP_AFFINITY: &str = "EPX_AFF_V1";
-/// RevNatKey -> Frontend (LRU): sendmsg4's translations, and connect4's where the kernel
-/// has no socket-local storage for it.
-pub const MAP_REVNAT: &str = "EPX_RNAT_V1";
+pub const MAP_AFFINITY: &str = "EPX_AFF_V3";
+/// RevNatKey -> Frontend (LRU): sendmsg4's and sendmsg6's translations, and connect's
+/// where the kernel has no socket-local storage for it.
+pub const MAP_REVNAT: &str = "EPX_RNAT_V3";
 /// Socket -> SocketRevNat (socket-local storage): connect4's translation, kept on the
 /// socket and freed with it. Holds no entries of its own to count or list.
-pub const MAP_SOCKET_REVNAT: &str = "EPX_SKRN_V2";
+pub const MAP_SOCKET_REVNAT: &str = "EPX_SKRN_V3";
 /// Index -> TcpRevNat (array, a ring indexed by socket cookie): connect4's translation of
 /// a TCP socket, for getpeername4.
-pub const MAP_TCP_REVNAT: &str = "EPX_TCPRN_V2";
+pub const MAP_TCP_REVNAT: &str = "EPX_TCPRN_V3";
 /// Frontend id -> FrontendStats (per-CPU array, one element per frontend id).
 pub const MAP_STATS: &str = "EPX_STAT_V2";
 /// Event index -> u64 (per-CPU array).
 pub const MAP_EVENTS: &str = "EPX_EVT_V1";
 /// Frontend -> ServiceName.
-pub const MAP_NAMES: &str = "EPX_NAME_V1";
+pub const MAP_NAMES: &str = "EPX_NAME_V3";
 
 /// 0 -> AgentInfo (array of one). Versioned on its own: no program reads it.
 pub const MAP_AGENT: &str = "EPX_AGENT_V2";
@@ -35,7 +36,7 @@ pub const MAP_NAT: &str = "EPX_NAT_V1";
 pub const MAP_IFACES: &str = "EPX_IFACE_V1";
 
 /// LPM trie {frontend, client prefix} -> 1: loadBalancerSourceRanges.
-pub const MAP_SOURCE_RANGES: &str = "EPX_SRCR_V1";
+pub const MAP_SOURCE_RANGES: &str = "EPX_SRCR_V3";
 
 /// Every map, for cleanup and status.
 pub const ALL_MAPS: [&str; 14] = [
@@ -69,11 +70,20 @@ pub const PROG_SENDMSG4: &str = "epx_sendmsg4";
 pub const PROG_RECVMSG4: &str = "epx_recvmsg4";
 pub const PROG_GETPEERNAME4: &str = "epx_getpeername4";
 
-pub const ALL_SOCK_PROGRAMS: [&str; 4] = [
+pub const PROG_CONNECT6: &str = "epx_connect6";
+pub const PROG_SENDMSG6: &str = "epx_sendmsg6";
+pub const PROG_RECVMSG6: &str = "epx_recvmsg6";
+pub const PROG_GETPEERNAME6: &str = "epx_getpeername6";
+
+pub const ALL_SOCK_PROGRAMS: [&str; 8] = [
     PROG_CONNECT4,
     PROG_SENDMSG4,
     PROG_RECVMSG4,
     PROG_GETPEERNAME4,
+    PROG_CONNECT6,
+    PROG_SENDMSG6,
+    PROG_RECVMSG6,
+    PROG_GETPEERNAME6,
 ];
 
 /// The variants of connect4 and sendmsg4 for kernels without `bpf_set_retval` (before
@@ -81,6 +91,8 @@ pub const ALL_SOCK_PROGRAMS: [&str; 4] = [
 /// link pin of the program they stand in for.
 pub const PROG_CONNECT4_EPERM: &str = "epx_connect4_eperm";
 pub const PROG_SENDMSG4_EPERM: &str = "epx_sendmsg4_eperm";
+pub const PROG_CONNECT6_EPERM: &str = "epx_connect6_eperm";
+pub const PROG_SENDMSG6_EPERM: &str = "epx_sendmsg6_eperm";
 
 /// The variants for kernels without `bpf_sk_storage_get` in cgroup sock_addr programs:
 /// connect4 records its translation in the reverse-translation LRU (as layout 1 did), and
@@ -90,15 +102,24 @@ pub const PROG_CONNECT4_LRU: &str = "epx_connect4_lru";
 pub const PROG_CONNECT4_EPERM_LRU: &str = "epx_connect4_eperm_lru";
 pub const PROG_RECVMSG4_LRU: &str = "epx_recvmsg4_lru";
 pub const PROG_GETPEERNAME4_LRU: &str = "epx_getpeername4_lru";
+pub const PROG_CONNECT6_LRU: &str = "epx_connect6_lru";
+pub const PROG_CONNECT6_EPERM_LRU: &str = "epx_connect6_eperm_lru";
+pub const PROG_RECVMSG6_LRU: &str = "epx_recvmsg6_lru";
+pub const PROG_GETPEERNAME6_LRU: &str = "epx_getpeername6_lru";
 
-/// Every program, in the order of `AgentInfo::programs_failed`'s bits.
-pub const ALL_PROGRAMS: [&str; 6] = [
+/// Every program, in the order of `AgentInfo::programs_failed`'s bits (the IPv6 socket
+/// programs came last, so the bits of the others kept their places).
+pub const ALL_PROGRAMS: [&str; 10] = [
     PROG_CONNECT4,
     PROG_SENDMSG4,
     PROG_RECVMSG4,
     PROG_GETPEERNAME4,
     PROG_TC_INGRESS,
     PROG_TC_EGRESS,
+    PROG_CONNECT6,
+    PROG_SENDMSG6,
+    PROG_RECVMSG6,
+    PROG_GETPEERNAME6,
 ];
 
 /// Default capacities. The LRU maps and the arrays are preallocated by the kernel (the

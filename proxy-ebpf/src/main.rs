@@ -1,7 +1,7 @@
-//! ebpf-proxy's datapath. The socket load balancer: cgroup/sock_addr programs that
-//! rewrite a connect or send to a Service frontend into one to a backend, and rewrite the
-//! backend address back to the frontend where the application can see it (recvmsg
-//! source, getpeername). And tc programs on the node's interfaces that translate packets
+//! ebpf-proxy's datapath. The socket load balancer: cgroup/sock_addr programs (IPv4 and
+//! IPv6, one code path) that rewrite a connect or send to a Service frontend into one to a
+//! backend, and rewrite the backend address back to the frontend where the application
+//! can see it (recvmsg source, getpeername). And tc programs on the node's interfaces that translate packets
 //! arriving from outside the node (`tc_nat`).
 //!
 //! Entry points only call functions in `sock_lb` and `tc_nat`; the maps are in `maps`.
@@ -28,70 +28,124 @@ use aya_ebpf::{
 const ALLOW: i32 = 1;
 
 use sock_lb::{
-    LOOK_IN_LRU_ONLY, LOOK_ON_SOCKET, REFUSE_WITH_ECONNREFUSED, REFUSE_WITH_EPERM, REMEMBER_IN_LRU,
-    REMEMBER_ON_SOCKET, REMEMBER_PER_DESTINATION,
+    IPV4, IPV6, LOOK_IN_LRU_ONLY, LOOK_ON_SOCKET, REFUSE_WITH_ECONNREFUSED, REFUSE_WITH_EPERM,
+    REMEMBER_IN_LRU, REMEMBER_ON_SOCKET, REMEMBER_PER_DESTINATION,
 };
+
+// Each socket program, then its variants for older kernels, the agent loading a variant
+// under the name and link pin of the program it stands in for:
+// - `_eperm` for kernels without `bpf_set_retval` (before Linux 5.18): a connect or send to
+//   a frontend without endpoints fails with EPERM rather than ECONNREFUSED;
+// - `_lru` for kernels without `bpf_sk_storage_get` in these programs: a UDP socket's
+//   translation goes to the shared LRU, as layout 1 did (a TCP socket's to the ring, as
+//   everywhere).
+// The IPv6 programs are the IPv4 ones over `user_ip6` (`sock_lb::Family`).
 
 #[cgroup_sock_addr(connect4)]
 pub fn epx_connect4(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward::<REFUSE_WITH_ECONNREFUSED, REMEMBER_ON_SOCKET>(&ctx)
+    sock_lb::try_forward::<IPV4, REFUSE_WITH_ECONNREFUSED, REMEMBER_ON_SOCKET>(&ctx)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn epx_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward::<REFUSE_WITH_ECONNREFUSED, REMEMBER_PER_DESTINATION>(&ctx)
+    sock_lb::try_forward::<IPV4, REFUSE_WITH_ECONNREFUSED, REMEMBER_PER_DESTINATION>(&ctx)
 }
 
-/// connect4 for kernels without `bpf_set_retval` (before Linux 5.18), which the agent
-/// loads in its place: a connect to a frontend without endpoints fails with EPERM.
 #[cgroup_sock_addr(connect4)]
 pub fn epx_connect4_eperm(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward::<REFUSE_WITH_EPERM, REMEMBER_ON_SOCKET>(&ctx)
+    sock_lb::try_forward::<IPV4, REFUSE_WITH_EPERM, REMEMBER_ON_SOCKET>(&ctx)
 }
 
-/// sendmsg4 for kernels without `bpf_set_retval`, as [`epx_connect4_eperm`].
 #[cgroup_sock_addr(sendmsg4)]
 pub fn epx_sendmsg4_eperm(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward::<REFUSE_WITH_EPERM, REMEMBER_PER_DESTINATION>(&ctx)
+    sock_lb::try_forward::<IPV4, REFUSE_WITH_EPERM, REMEMBER_PER_DESTINATION>(&ctx)
 }
 
-/// connect4 for kernels without `bpf_sk_storage_get` in these programs: a UDP socket's
-/// translation goes to the shared LRU, as layout 1 did (a TCP socket's to the ring, as
-/// everywhere).
 #[cgroup_sock_addr(connect4)]
 pub fn epx_connect4_lru(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward::<REFUSE_WITH_ECONNREFUSED, REMEMBER_IN_LRU>(&ctx)
+    sock_lb::try_forward::<IPV4, REFUSE_WITH_ECONNREFUSED, REMEMBER_IN_LRU>(&ctx)
 }
 
-/// connect4 for kernels with neither `bpf_set_retval` nor `bpf_sk_storage_get`.
 #[cgroup_sock_addr(connect4)]
 pub fn epx_connect4_eperm_lru(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_forward::<REFUSE_WITH_EPERM, REMEMBER_IN_LRU>(&ctx)
+    sock_lb::try_forward::<IPV4, REFUSE_WITH_EPERM, REMEMBER_IN_LRU>(&ctx)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn epx_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_reverse::<LOOK_ON_SOCKET>(&ctx);
+    sock_lb::try_reverse::<IPV4, LOOK_ON_SOCKET>(&ctx);
     ALLOW
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn epx_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_reverse::<LOOK_ON_SOCKET>(&ctx);
+    sock_lb::try_reverse::<IPV4, LOOK_ON_SOCKET>(&ctx);
     ALLOW
 }
 
-/// recvmsg4 for kernels without `bpf_sk_storage_get` in these programs.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn epx_recvmsg4_lru(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_reverse::<LOOK_IN_LRU_ONLY>(&ctx);
+    sock_lb::try_reverse::<IPV4, LOOK_IN_LRU_ONLY>(&ctx);
     ALLOW
 }
 
-/// getpeername4 for kernels without `bpf_sk_storage_get` in these programs.
 #[cgroup_sock_addr(getpeername4)]
 pub fn epx_getpeername4_lru(ctx: SockAddrContext) -> i32 {
-    sock_lb::try_reverse::<LOOK_IN_LRU_ONLY>(&ctx);
+    sock_lb::try_reverse::<IPV4, LOOK_IN_LRU_ONLY>(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn epx_connect6(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward::<IPV6, REFUSE_WITH_ECONNREFUSED, REMEMBER_ON_SOCKET>(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn epx_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward::<IPV6, REFUSE_WITH_ECONNREFUSED, REMEMBER_PER_DESTINATION>(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn epx_connect6_eperm(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward::<IPV6, REFUSE_WITH_EPERM, REMEMBER_ON_SOCKET>(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn epx_sendmsg6_eperm(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward::<IPV6, REFUSE_WITH_EPERM, REMEMBER_PER_DESTINATION>(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn epx_connect6_lru(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward::<IPV6, REFUSE_WITH_ECONNREFUSED, REMEMBER_IN_LRU>(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn epx_connect6_eperm_lru(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_forward::<IPV6, REFUSE_WITH_EPERM, REMEMBER_IN_LRU>(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn epx_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_reverse::<IPV6, LOOK_ON_SOCKET>(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn epx_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_reverse::<IPV6, LOOK_ON_SOCKET>(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn epx_recvmsg6_lru(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_reverse::<IPV6, LOOK_IN_LRU_ONLY>(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn epx_getpeername6_lru(ctx: SockAddrContext) -> i32 {
+    sock_lb::try_reverse::<IPV6, LOOK_IN_LRU_ONLY>(&ctx);
     ALLOW
 }
 

@@ -21,35 +21,35 @@ use proxy_common::{
 /// program holding a value pointer never sees it overwritten by an unrelated update.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-#[map(name = "EPX_SVC_V2")]
+#[map(name = "EPX_SVC_V3")]
 pub static SERVICES: HashMap<Frontend, Service> =
     HashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 /// Every frontend's slot table, each a region `[slot_base, slot_base + slots)` named by its
 /// service value: one array lookup per connect, whatever the number of frontends.
-#[map(name = "EPX_SLOT_V2")]
+#[map(name = "EPX_SLOT_V3")]
 pub static SLOTS: Array<Backend> = Array::pinned(DEFAULT_MAX_SLOTS, 0);
 
-#[map(name = "EPX_MEMB_V1")]
+#[map(name = "EPX_MEMB_V3")]
 pub static MEMBERS: HashMap<MemberKey, Member> =
     HashMap::pinned(DEFAULT_MAX_MEMBERS, BPF_F_NO_PREALLOC);
 
-#[map(name = "EPX_AFF_V1")]
+#[map(name = "EPX_AFF_V3")]
 pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
     LruHashMap::pinned(DEFAULT_MAX_AFFINITY, 0);
 
-#[map(name = "EPX_RNAT_V1")]
+#[map(name = "EPX_RNAT_V3")]
 pub static REVNAT: LruHashMap<RevNatKey, Frontend> = LruHashMap::pinned(DEFAULT_MAX_REVNAT, 0);
 
 /// connect4's translation, stored on the socket (socket-local storage, freed with the
 /// socket): nothing shared is written per connect. A BTF map (the kernel requires BTF for
 /// this map type); the agent pins it by name like the others.
-#[btf_map(name = "EPX_SKRN_V2")]
+#[btf_map(name = "EPX_SKRN_V3")]
 pub static SOCKET_REVNAT: SkStorage<SocketRevNat> = SkStorage::new();
 
 /// connect4's translation of a TCP socket, for getpeername4: a ring indexed by socket
 /// cookie (`TcpRevNat`). Preallocated; a connect writes one element in place.
-#[map(name = "EPX_TCPRN_V2")]
+#[map(name = "EPX_TCPRN_V3")]
 pub static TCP_REVNAT: Array<TcpRevNat> = Array::pinned(TCP_REVNAT_RING, 0);
 
 /// Per-frontend counters, one element per frontend id (`Service::frontend_id`), one copy
@@ -63,7 +63,7 @@ pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::MAP_SLOTS, 0);
 
 /// Written by the agent, read by proxyctl only. Declared here so that the loader creates
 /// and pins it with the others.
-#[map(name = "EPX_NAME_V1")]
+#[map(name = "EPX_NAME_V3")]
 pub static NAMES: HashMap<Frontend, ServiceName> =
     HashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
 
@@ -77,7 +77,7 @@ pub static NAT: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(DEFAULT_MAX_NA
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(256, 0);
 
 /// loadBalancerSourceRanges of the LoadBalancer frontends that have them.
-#[map(name = "EPX_SRCR_V1")]
+#[map(name = "EPX_SRCR_V3")]
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(65_536, 0);
 
 /// Per-CPU scratch space for the tc programs' larger buffers (the route lookup's

@@ -35,6 +35,7 @@ pub fn choose(
     let affinity_key = AffinityKey {
         client_netns: client_netns(),
         frontend: *frontend,
+        _pad: 0,
     };
     if let Some(backend) = live_affinity(&affinity_key, service, now) {
         return Some(Choice {
@@ -45,6 +46,7 @@ pub fn choose(
     let backend = random_slot(frontend, service)?;
     let entry = Affinity {
         backend,
+        _pad: 0,
         last_used_ns: now,
     };
     if AFFINITY.insert(affinity_key, entry, 0).is_err() {
@@ -108,5 +110,5 @@ fn slot(service: &Service) -> Option<Backend> {
     }
     let index = unsafe { bpf_get_prandom_u32() } % service.slots;
     let backend = *SLOTS.get(service.slot_base.wrapping_add(index))?;
-    (backend.addr != 0).then_some(backend)
+    (backend.addr != [0; 4]).then_some(backend)
 }

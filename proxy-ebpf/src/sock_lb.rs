@@ -1,5 +1,11 @@
-//! Forward translation (connect4, sendmsg4) and reverse translation (recvmsg4,
-//! getpeername4) at the socket layer.
+//! Forward translation (connect4/6, sendmsg4/6) and reverse translation (recvmsg4/6,
+//! getpeername4/6) at the socket layer.
+//!
+//! Both families share one code path and one set of maps ([`Family`]): the `*4` programs
+//! read and write `user_ip4` and look it up in its IPv4-mapped form, the `*6` programs
+//! `user_ip6` as it is. A dual-stack socket connecting to `::ffff:a.b.c.d` reaches connect6
+//! with that mapped address, which is the IPv4 frontend's key: it is balanced over the
+//! IPv4 backends like an IPv4 connect, and given the backend's mapped address.
 //!
 //! Where the translation is remembered ([`Remember`]): a TCP connect writes one record of
 //! a ring indexed by its socket cookie (`TCP_REVNAT`: a plain store, no allocation, no
@@ -17,8 +23,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use proxy_common::{
-    Backend, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, RevNatKey, SERVICE_LOCAL_ONLY, Service,
-    SocketRevNat, TcpRevNat,
+    Addr, Backend, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, RevNatKey, SERVICE_LOCAL_ONLY,
+    Service, SocketRevNat, TcpRevNat, v4_mapped, v4_of,
 };
 
 use crate::{
@@ -54,9 +60,37 @@ pub const LOOK_ON_SOCKET: bool = true;
 /// ... or, without socket-local storage, only the LRU.
 pub const LOOK_IN_LRU_ONLY: bool = false;
 
+/// Which of the socket address's fields a program reads and writes (a const parameter
+/// of [`try_forward`] and [`try_reverse`]): `user_ip4` ...
+pub type Family = bool;
+pub const IPV4: Family = false;
+/// ... or `user_ip6`.
+pub const IPV6: Family = true;
+
+/// The address a socket address names, in the maps' form ([`Addr`]).
+#[inline(always)]
+fn address_of<const FAMILY: Family>(ctx: &SockAddrContext) -> Addr {
+    // SAFETY: the kernel passes a valid bpf_sock_addr for the program's lifetime. Each
+    // word of user_ip6 is read on its own (4-byte loads, which every kernel's verifier
+    // takes for this field).
+    unsafe {
+        let sa = ctx.sock_addr;
+        if FAMILY == IPV6 {
+            [
+                core::ptr::read_volatile(&(*sa).user_ip6[0]),
+                core::ptr::read_volatile(&(*sa).user_ip6[1]),
+                core::ptr::read_volatile(&(*sa).user_ip6[2]),
+                core::ptr::read_volatile(&(*sa).user_ip6[3]),
+            ]
+        } else {
+            v4_mapped((*sa).user_ip4)
+        }
+    }
+}
+
 /// The frontend a socket address names, if the protocol is one we balance.
 #[inline(always)]
-fn frontend_of(ctx: &SockAddrContext) -> Option<Frontend> {
+fn frontend_of<const FAMILY: Family>(ctx: &SockAddrContext) -> Option<Frontend> {
     // SAFETY: the kernel passes a valid bpf_sock_addr for the program's lifetime.
     let sa = unsafe { &*ctx.sock_addr };
     let proto = sa.protocol as u8;
@@ -64,7 +98,7 @@ fn frontend_of(ctx: &SockAddrContext) -> Option<Frontend> {
         return None;
     }
     Some(Frontend {
-        addr: sa.user_ip4,
+        addr: address_of::<FAMILY>(ctx),
         port: sa.user_port as u16,
         proto,
         scope: proxy_common::SCOPE_SOCKET,
@@ -83,31 +117,44 @@ fn service_of(frontend: Frontend) -> Option<(Frontend, *const Service)> {
     if let Some(service) = SERVICES.get_ptr(frontend) {
         return Some((frontend, service));
     }
-    if frontend.addr.to_ne_bytes()[0] != 127 || frontend.addr == LOCALHOST {
+    let v4 = v4_of(&frontend.addr)?;
+    if v4.to_ne_bytes()[0] != 127 || v4 == LOCALHOST {
         return None;
     }
     let key = Frontend {
-        addr: LOCALHOST,
+        addr: v4_mapped(LOCALHOST),
         ..frontend
     };
     SERVICES.get_ptr(key).map(|service| (key, service))
 }
 
+/// Points the socket address at `addr` (a backend, or a frontend again) and `port`.
 #[inline(always)]
-fn set_address(ctx: &SockAddrContext, addr: u32, port: u16) {
-    // SAFETY: as above; user_ip4 and user_port are writable for every sock_addr hook we use.
+fn set_address<const FAMILY: Family>(ctx: &SockAddrContext, addr: &Addr, port: u16) {
+    // SAFETY: as above; the address fields and user_port are writable for every sock_addr
+    // hook we use, in 4-byte stores.
     unsafe {
-        (*ctx.sock_addr).user_ip4 = addr;
-        (*ctx.sock_addr).user_port = port as u32;
+        let sa = ctx.sock_addr;
+        if FAMILY == IPV6 {
+            for (i, word) in addr.iter().enumerate() {
+                core::ptr::write_volatile(&mut (*sa).user_ip6[i], *word);
+            }
+        } else {
+            // An IPv4 frontend's backends are IPv4 (the agent writes each family's own).
+            (*sa).user_ip4 = addr[3];
+        }
+        (*sa).user_port = port as u32;
     }
 }
 
-/// connect4 and sendmsg4: rewrite a frontend to a backend, refuse a frontend without
+/// connect and sendmsg: rewrite a frontend to a backend, refuse a frontend without
 /// backends (with ECONNREFUSED when `SET_RETVAL`, else EPERM), let everything else
 /// through untouched. `REMEMBER` says where the reverse translation is kept.
 #[inline(always)]
-pub fn try_forward<const SET_RETVAL: bool, const REMEMBER: Remember>(ctx: &SockAddrContext) -> i32 {
-    let Some(frontend) = frontend_of(ctx) else {
+pub fn try_forward<const FAMILY: Family, const SET_RETVAL: bool, const REMEMBER: Remember>(
+    ctx: &SockAddrContext,
+) -> i32 {
+    let Some(frontend) = frontend_of::<FAMILY>(ctx) else {
         return ALLOW;
     };
     let Some((key, service)) = service_of(frontend) else {
@@ -141,7 +188,7 @@ pub fn try_forward<const SET_RETVAL: bool, const REMEMBER: Remember>(ctx: &SockA
     };
 
     remember::<REMEMBER>(ctx, &choice.backend, &frontend);
-    set_address(ctx, choice.backend.addr, choice.backend.port);
+    set_address::<FAMILY>(ctx, &choice.backend.addr, choice.backend.port);
     count(Event::Translated);
     if let Some(s) = stats {
         // SAFETY: a value pointer from a successful lookup.
@@ -177,6 +224,7 @@ fn remember<const REMEMBER: Remember>(
     let key = RevNatKey {
         socket_cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         backend: *backend,
+        _pad: 0,
     };
     if REMEMBER == REMEMBER_PER_DESTINATION
         && let Some(known) = REVNAT.get_ptr(key)
@@ -212,7 +260,7 @@ fn remember_tcp(ctx: &SockAddrContext, translation: SocketRevNat) {
 /// The frontend a TCP socket asked for, if its record is still in the ring and names
 /// `peer` as the backend it was given.
 #[inline(always)]
-fn recall_tcp(cookie: u64, peer: &Backend) -> Option<(u32, u16)> {
+fn recall_tcp(cookie: u64, peer: &Backend) -> Option<(Addr, u16)> {
     let record = TCP_REVNAT.get_ptr(TcpRevNat::index(cookie))?;
     // SAFETY: an element of a preallocated array, copied out at once; the cookie is read
     // again after the copy, so a record being overwritten meanwhile is not taken.
@@ -261,22 +309,23 @@ fn forget_connected<const REMEMBER: Remember>(ctx: &SockAddrContext, peer: &Fron
                 port: peer.port,
                 _pad: 0,
             },
+            _pad: 0,
         };
         let _ = REVNAT.remove(key);
     }
 }
 
-/// recvmsg4 and getpeername4: show the frontend where the socket would show the backend.
+/// recvmsg and getpeername: show the frontend where the socket would show the backend.
 /// With `ON_SOCKET`, the socket's own storage answers first, if the peer is the backend
 /// it stores (a connected UDP socket, or a TCP socket connected before the ring existed);
 /// then, for TCP, the ring; then the LRU (sendmsg4's translations, and a UDP connect4's on
 /// a kernel without socket-local storage).
 #[inline(always)]
-pub fn try_reverse<const ON_SOCKET: bool>(ctx: &SockAddrContext) {
+pub fn try_reverse<const FAMILY: Family, const ON_SOCKET: bool>(ctx: &SockAddrContext) {
     // SAFETY: as in frontend_of.
     let sa = unsafe { &*ctx.sock_addr };
     let peer = Backend {
-        addr: sa.user_ip4,
+        addr: address_of::<FAMILY>(ctx),
         port: sa.user_port as u16,
         _pad: 0,
     };
@@ -287,7 +336,7 @@ pub fn try_reverse<const ON_SOCKET: bool>(ctx: &SockAddrContext) {
             // SAFETY: non-null storage of this socket, copied out at once.
             let stored = unsafe { *stored };
             if stored.backend_addr == peer.addr && stored.backend_port == peer.port {
-                set_address(ctx, stored.frontend_addr, stored.frontend_port);
+                set_address::<FAMILY>(ctx, &stored.frontend_addr, stored.frontend_port);
                 count(Event::ReverseTranslated);
                 return;
             }
@@ -298,18 +347,19 @@ pub fn try_reverse<const ON_SOCKET: bool>(ctx: &SockAddrContext) {
     if sa.protocol as u8 == IPPROTO_TCP
         && let Some((addr, port)) = recall_tcp(cookie, &peer)
     {
-        set_address(ctx, addr, port);
+        set_address::<FAMILY>(ctx, &addr, port);
         count(Event::ReverseTranslated);
         return;
     }
     let key = RevNatKey {
         socket_cookie: cookie,
         backend: peer,
+        _pad: 0,
     };
     if let Some(frontend) = REVNAT.get_ptr(key) {
         // SAFETY: value pointer from a successful lookup, copied out at once.
         let frontend = unsafe { *frontend };
-        set_address(ctx, frontend.addr, frontend.port);
+        set_address::<FAMILY>(ctx, &frontend.addr, frontend.port);
         count(Event::ReverseTranslated);
     }
 }

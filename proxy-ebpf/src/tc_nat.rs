@@ -26,7 +26,7 @@ use proxy_common::{
     NAT_SNAT, NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS,
     NatEntry, NatKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET, SERVICE_EXTERNAL_LOCAL,
     SERVICE_KIND_MASK, SERVICE_SOURCE_RANGES, Service, SourceRangeKey, TCP_CLOSING,
-    TCP_ESTABLISHED, TCP_SYN_SENT, source_range_prefix,
+    TCP_ESTABLISHED, TCP_SYN_SENT, source_range_prefix, v4_mapped, v4_of,
 };
 
 use crate::{
@@ -141,7 +141,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         return TC_ACT_OK;
     }
     let frontend = Frontend {
-        addr: p.daddr,
+        addr: v4_mapped(p.daddr),
         port: p.dport,
         proto: p.proto,
         scope: SCOPE_SOCKET,
@@ -163,10 +163,10 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
     // loadBalancerSourceRanges: kube-proxy's KUBE-FW / KUBE-PROXY-FIREWALL.
     if service.flags & SERVICE_SOURCE_RANGES != 0 {
         let key = aya_ebpf::maps::lpm_trie::Key::new(
-            source_range_prefix(32),
+            source_range_prefix(128),
             SourceRangeKey {
                 frontend,
-                addr: p.saddr,
+                addr: v4_mapped(p.saddr),
             },
         );
         if SOURCE_RANGES.get(key).is_none() {
@@ -207,8 +207,12 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         count(Event::ExternalNoEndpoint);
         return tc_reply::refuse(ctx, p);
     };
-    let backend = choice.backend;
-    let Some(out) = route(ctx, p.saddr, backend.addr) else {
+    let backend_port = choice.backend.port;
+    // The frontend is IPv4, so are its backends (the agent writes each family's own).
+    let Some(backend_addr) = v4_of(&choice.backend.addr) else {
+        return dropped(Event::RewriteFailed);
+    };
+    let Some(out) = route(ctx, p.saddr, backend_addr) else {
         return dropped(Event::FibLookupFailed);
     };
     let out_ifindex = out.ifindex;
@@ -220,7 +224,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         IFACES.get_ptr(out_ifindex).map(|i| unsafe { (*i).addr })
     };
     let (source, source_port) = match snat_addr {
-        Some(addr) => match free_port(p, addr, backend.addr, backend.port) {
+        Some(addr) => match free_port(p, addr, backend_addr, backend_port) {
             Some(port) => (addr, port),
             None => {
                 return dropped(Event::NatStoreFailed);
@@ -234,8 +238,8 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         0
     };
     let forward_entry = NatEntry {
-        to_addr: backend.addr,
-        to_port: backend.port,
+        to_addr: backend_addr,
+        to_port: backend_port,
         alt_addr: if snat_addr.is_some() { source } else { 0 },
         alt_port: if snat_addr.is_some() { source_port } else { 0 },
         flags: if snat_addr.is_some() { NAT_SNAT } else { 0 },
@@ -244,9 +248,9 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         last_seen_ns: now,
     };
     let reverse_key = NatKey {
-        saddr: backend.addr,
+        saddr: backend_addr,
         daddr: source,
-        sport: backend.port,
+        sport: backend_port,
         dport: source_port,
         proto: p.proto,
         _pad: [0; 3],

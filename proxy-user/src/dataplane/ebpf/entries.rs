@@ -7,7 +7,10 @@
 //! A few fields of a [`FrontendSpec`] are not in the maps because no program reads them;
 //! [`unchanged`] leaves them out of the diff, each with its reason.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use proxy_common::{
     Backend, Frontend, Member, MemberKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET,
@@ -15,7 +18,10 @@ use proxy_common::{
 };
 
 use super::{
-    convert::{backend, backend_addr, from_service_flags, frontend_addr, service_flags},
+    convert::{
+        addr_of, backend, backend_addr, from_service_flags, frontend_addr, model_ip, range_bits,
+        range_of, service_flags,
+    },
     slots::slot_table,
 };
 use crate::model::{DesiredState, FrontendSpec, SourceRanges, WeightedBackend};
@@ -143,12 +149,13 @@ pub fn external_local_key(fe: Frontend) -> Frontend {
 }
 
 /// The source range key of `net/bits` for `fe`, as (LPM prefix length, key).
-pub fn source_range_key(fe: Frontend, net: Ipv4Addr, bits: u8) -> (u32, SourceRangeKey) {
+pub fn source_range_key(fe: Frontend, net: impl Into<IpAddr>, bits: u8) -> (u32, SourceRangeKey) {
+    let net = net.into();
     (
-        proxy_common::source_range_prefix(bits),
+        proxy_common::source_range_prefix(range_bits(net, bits)),
         SourceRangeKey {
             frontend: fe,
-            addr: u32::from_ne_bytes(net.octets()),
+            addr: addr_of(net),
         },
     )
 }
@@ -166,21 +173,25 @@ pub fn source_range_keys(fe: Frontend, ranges: &SourceRanges) -> Vec<(u32, Sourc
 pub fn desired_state(entries: Entries) -> DesiredState {
     let mut members: BTreeMap<Frontend, Vec<WeightedBackend>> = BTreeMap::new();
     for (key, member) in entries.members {
+        let Some(addr) = backend_addr(&key.backend) else {
+            continue;
+        };
         members
             .entry(key.frontend)
             .or_default()
             .push(WeightedBackend {
-                addr: backend_addr(&key.backend),
+                addr,
                 weight: member.weight,
             });
     }
     let mut ranges: BTreeMap<Frontend, Vec<(Ipv4Addr, u8)>> = BTreeMap::new();
     for (prefix_len, key) in entries.source_ranges {
-        let bits = prefix_len.saturating_sub(proxy_common::source_range_prefix(0)) as u8;
-        ranges
-            .entry(key.frontend)
-            .or_default()
-            .push((Ipv4Addr::from(key.addr.to_ne_bytes()), bits));
+        let key_bits = prefix_len.saturating_sub(proxy_common::source_range_prefix(0)) as u8;
+        let (net, bits) = range_of(&key.addr, key_bits);
+        let Some(net) = model_ip(net) else {
+            continue;
+        };
+        ranges.entry(key.frontend).or_default().push((net, bits));
     }
     let mut state = DesiredState::new();
     let mut local_views = Vec::new();

@@ -155,6 +155,12 @@ fn variant(program: &'static str, features: &Features) -> &'static str {
         (names::PROG_SENDMSG4, false, _) => names::PROG_SENDMSG4_EPERM,
         (names::PROG_RECVMSG4, _, false) => names::PROG_RECVMSG4_LRU,
         (names::PROG_GETPEERNAME4, _, false) => names::PROG_GETPEERNAME4_LRU,
+        (names::PROG_CONNECT6, false, true) => names::PROG_CONNECT6_EPERM,
+        (names::PROG_CONNECT6, true, false) => names::PROG_CONNECT6_LRU,
+        (names::PROG_CONNECT6, false, false) => names::PROG_CONNECT6_EPERM_LRU,
+        (names::PROG_SENDMSG6, false, _) => names::PROG_SENDMSG6_EPERM,
+        (names::PROG_RECVMSG6, _, false) => names::PROG_RECVMSG6_LRU,
+        (names::PROG_GETPEERNAME6, _, false) => names::PROG_GETPEERNAME6_LRU,
         (other, _, _) => other,
     }
 }
@@ -705,6 +711,21 @@ mod tests {
             ),
             (&neither, names::PROG_SENDMSG4, names::PROG_SENDMSG4_EPERM),
             (&neither, names::PROG_RECVMSG4, names::PROG_RECVMSG4_LRU),
+            (&no_retval, names::PROG_CONNECT6, names::PROG_CONNECT6_EPERM),
+            (&no_retval, names::PROG_SENDMSG6, names::PROG_SENDMSG6_EPERM),
+            (&no_storage, names::PROG_CONNECT6, names::PROG_CONNECT6_LRU),
+            (
+                &no_storage,
+                names::PROG_GETPEERNAME6,
+                names::PROG_GETPEERNAME6_LRU,
+            ),
+            (&no_storage, names::PROG_RECVMSG6, names::PROG_RECVMSG6_LRU),
+            (
+                &neither,
+                names::PROG_CONNECT6,
+                names::PROG_CONNECT6_EPERM_LRU,
+            ),
+            (&neither, names::PROG_SENDMSG6, names::PROG_SENDMSG6_EPERM),
         ];
         for (features, program, want) in table {
             assert_eq!(variant(program, features), want, "{program}");

@@ -46,7 +46,7 @@ mod tests {
 
     fn fe(last: u8) -> Frontend {
         Frontend {
-            addr: u32::from_ne_bytes([198, 19, 0, last]),
+            addr: proxy_common::v4_mapped(u32::from_ne_bytes([198, 19, 0, last])),
             port: 80u16.to_be(),
             proto: proxy_common::IPPROTO_TCP,
             scope: SCOPE_SOCKET,

@@ -43,7 +43,11 @@ fn not_in(cidrs: &[(Ipv4Addr, u8)], other: Option<&SourceRanges>) -> Vec<(Ipv4Ad
         .collect()
 }
 
-fn source_range_key(fe: Frontend, net: Ipv4Addr, bits: u8) -> LpmKey<proxy_common::SourceRangeKey> {
+fn source_range_key(
+    fe: Frontend,
+    net: impl Into<std::net::IpAddr>,
+    bits: u8,
+) -> LpmKey<proxy_common::SourceRangeKey> {
     let (prefix_len, key) = entries::source_range_key(fe, net, bits);
     LpmKey::new(prefix_len, key)
 }
