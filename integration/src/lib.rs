@@ -617,6 +617,26 @@ impl Agent {
         );
     }
 
+    /// Waits until frontend `frontend` (as proxyctl prints it: `198.19.0.10:80`,
+    /// `[2001:db8:19::a]:80`) lists `backends` backends: a dual-stack Service has one
+    /// frontend per family under one service name.
+    pub fn wait_frontend(&self, frontend: &str, backends: usize) {
+        self.wait_for(
+            &format!("frontend {frontend} with {backends} backends"),
+            Duration::from_secs(10),
+            |s| {
+                s.as_array().is_some_and(|rows| {
+                    rows.iter().any(|r| {
+                        r["frontend"] == frontend
+                            && r["backends"]
+                                .as_array()
+                                .is_some_and(|b| b.len() == backends)
+                    })
+                })
+            },
+        );
+    }
+
     /// Waits until the frontend for `service` lists `backends` backends.
     pub fn wait_backends(&self, service: &str, backends: usize) {
         self.wait_for(

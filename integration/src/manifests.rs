@@ -187,16 +187,16 @@ pub fn service_with_endpoints(
     let mut y = service(name, cluster_ip, ports, opts);
     let mut slices = 0;
     for family in ["IPv4", "IPv6"] {
-        let of_family: Vec<&Endpoint> = endpoints
+        let of_family: Vec<Endpoint> = endpoints
             .iter()
             .filter(|e| address_type(e.ip) == family)
+            .cloned()
             .collect();
         let empty_service = endpoints.is_empty() && family == address_type(cluster_ip);
         if of_family.is_empty() && !empty_service {
             continue;
         }
         slices += 1;
-        let of_family: Vec<Endpoint> = of_family.into_iter().map(Endpoint::clone).collect();
         y.push_str("---\n");
         y.push_str(&endpoint_slice_of(
             family,

@@ -40,15 +40,9 @@ fn assert_only(report: &Report, name: &str, n: usize, seen: &[(&str, &str)]) {
 fn every_backend_answers_directly_over_both_families() {
     require_privileges!();
     let t = Topology::new(2);
-    for b in &t.backends {
-        assert_eq!(
-            b.ip6,
-            format!(
-                "2001:db8:18:{}::2",
-                &b.name[4..].parse::<u8>().expect("web-N") + 1
-            )
-        );
-        for ip in [format!("{}", b.ip), format!("[{}]", b.ip6)] {
+    for (i, b) in t.backends.iter().enumerate() {
+        assert_eq!(b.ip6, format!("2001:db8:18:{}::2", i + 1));
+        for ip in [b.ip.clone(), format!("[{}]", b.ip6)] {
             let tcp = format!("{ip}:8080");
             let report = t.probe(&["--to", &tcp, "--count", "5"]);
             assert_only(&report, &b.name, 5, &[("peers", &tcp)]);
