@@ -687,8 +687,10 @@ impl Drop for Agent {
 /// bpftool release (Debian 12's cannot list a 5.10 kernel's cgroups).
 pub fn attached_programs(cgroup: &Path) -> Vec<(u64, String)> {
     use std::os::fd::AsRawFd as _;
-    // BPF_CGROUP_INET4_CONNECT, UDP4_SENDMSG, UDP4_RECVMSG, INET4_GETPEERNAME.
-    const ATTACH_TYPES: [u32; 4] = [10, 14, 19, 29];
+    // BPF_CGROUP_INET4_CONNECT, UDP4_SENDMSG, UDP4_RECVMSG, INET4_GETPEERNAME, then
+    // their IPv6 counterparts (INET6_CONNECT, UDP6_SENDMSG, UDP6_RECVMSG,
+    // INET6_GETPEERNAME): none is attached there while the agent serves IPv4 only.
+    const ATTACH_TYPES: [u32; 8] = [10, 14, 19, 29, 11, 15, 20, 30];
     const BPF_PROG_QUERY: libc::c_long = 16;
     #[repr(C)]
     #[derive(Default)]
