@@ -4,9 +4,10 @@
 //! never collide.
 //!
 //! Network safety: namespaces are connected only to each other (veth pairs created inside
-//! them), never to the root namespace, and use 198.18.0.0/15. A client namespace has no
-//! route to the service range, so a connect the programs do not translate fails with
-//! ENETUNREACH instead of leaving the machine.
+//! them), never to the root namespace, and use 198.18.0.0/15 and 2001:db8::/32. A client
+//! namespace has no route to the service ranges (198.19.0.0/16, 2001:db8:19::/64), so a
+//! connect the programs do not translate fails with ENETUNREACH instead of leaving the
+//! machine.
 
 pub mod bench_addresses;
 pub mod bench_profile;
@@ -172,6 +173,12 @@ impl Netns {
         peer.ip(&["link", "set", peer_if, "up"]);
     }
 
+    /// Adds IPv6 `addr` (with its prefix length) to `dev`, usable at once: duplicate
+    /// address detection is skipped (`nodad`), as no other host can hold a test address.
+    pub fn add_addr6(&self, dev: &str, addr: &str) {
+        self.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    }
+
     /// `sysctl -w SETTING` inside the namespace (`net.ipv4.ip_forward=1`).
     pub fn sysctl(&self, setting: &str) {
         run(self.command("sysctl", None).args(["-qw", setting]));
@@ -275,12 +282,15 @@ impl Drop for ChildGuard {
 pub struct BackendHost {
     pub name: String,
     pub ip: String,
+    /// Its IPv6 address, beside `ip`.
+    pub ip6: String,
     _server: ChildGuard,
     pub netns: Netns,
 }
 
 /// One client namespace joined by a veth pair to each backend namespace:
-/// backend i is 198.18.(i+1).2 and serves HTTP on 8080 and UDP on 5353 as `web-i`.
+/// backend i is 198.18.(i+1).2 and 2001:db8:18:(i+1)::2 (the client's end .1 and ::1) and
+/// serves HTTP on 8080 and UDP on 5353, over both families, as `web-i`.
 pub struct Topology {
     pub id: String,
     pub backends: Vec<BackendHost>,
@@ -298,13 +308,11 @@ impl Topology {
             let netns = Netns::new(format!("{id}-b{i}"));
             let net = i + 1;
             let ip = format!("198.18.{net}.2");
-            client.link_to(
-                &format!("vb{i}"),
-                &format!("198.18.{net}.1"),
-                &netns,
-                "eth0",
-                &ip,
-            );
+            let ip6 = format!("2001:db8:18:{net}::2");
+            let link = format!("vb{i}");
+            client.link_to(&link, &format!("198.18.{net}.1"), &netns, "eth0", &ip);
+            client.add_addr6(&link, &format!("2001:db8:18:{net}::1/64"));
+            netns.add_addr6("eth0", &format!("{ip6}/64"));
             let name = format!("web-{i}");
             let server = spawn_ready(netns.command(bin_dir().join("probe"), None).args([
                 "serve",
@@ -312,12 +320,17 @@ impl Topology {
                 &name,
                 "--tcp",
                 "0.0.0.0:8080",
+                "--tcp",
+                "[::]:8080",
                 "--udp",
                 "0.0.0.0:5353",
+                "--udp",
+                "[::]:5353",
             ]));
             hosts.push(BackendHost {
                 name,
                 ip,
+                ip6,
                 _server: server,
                 netns,
             });
@@ -348,6 +361,15 @@ impl Topology {
             .collect()
     }
 
+    /// Every backend as a ready endpoint by its IPv6 address (for a slice of
+    /// `addressType: IPv6`).
+    pub fn ready_endpoints6(&self) -> Vec<manifests::Endpoint<'_>> {
+        self.backends
+            .iter()
+            .map(|b| manifests::Endpoint::ready(&b.ip6, &b.name))
+            .collect()
+    }
+
     /// Routes the service range to the first backend link in the client namespace. The
     /// iptables mode needs a route before OUTPUT's DNAT picks the real backend; the eBPF
     /// mode does not (it rewrites the address before routing), and its tests keep the
@@ -355,6 +377,8 @@ impl Topology {
     pub fn route_service_range(&self) {
         self.client
             .ip(&["route", "add", "198.19.0.0/16", "dev", "vb0"]);
+        self.client
+            .ip(&["-6", "route", "add", "2001:db8:19::/64", "dev", "vb0"]);
         // After DNAT, a packet keeps the source address of vb0; each backend routes its
         // replies back to the client namespace (and nowhere else).
         for (i, backend) in self.backends.iter().enumerate() {
@@ -364,6 +388,14 @@ impl Topology {
                 "default",
                 "via",
                 &format!("198.18.{}.1", i + 1),
+            ]);
+            backend.netns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("2001:db8:18:{}::1", i + 1),
             ]);
         }
     }
@@ -589,6 +621,26 @@ impl Agent {
         );
     }
 
+    /// Waits until frontend `frontend` (as proxyctl prints it: `198.19.0.10:80`,
+    /// `[2001:db8:19::a]:80`) lists `backends` backends: a dual-stack Service has one
+    /// frontend per family under one service name.
+    pub fn wait_frontend(&self, frontend: &str, backends: usize) {
+        self.wait_for(
+            &format!("frontend {frontend} with {backends} backends"),
+            Duration::from_secs(10),
+            |s| {
+                s.as_array().is_some_and(|rows| {
+                    rows.iter().any(|r| {
+                        r["frontend"] == frontend
+                            && r["backends"]
+                                .as_array()
+                                .is_some_and(|b| b.len() == backends)
+                    })
+                })
+            },
+        );
+    }
+
     /// Waits until the frontend for `service` lists `backends` backends.
     pub fn wait_backends(&self, service: &str, backends: usize) {
         self.wait_for(
@@ -639,8 +691,9 @@ impl Drop for Agent {
 /// bpftool release (Debian 12's cannot list a 5.10 kernel's cgroups).
 pub fn attached_programs(cgroup: &Path) -> Vec<(u64, String)> {
     use std::os::fd::AsRawFd as _;
-    // BPF_CGROUP_INET4_CONNECT, UDP4_SENDMSG, UDP4_RECVMSG, INET4_GETPEERNAME, then the
-    // same for IPv6.
+    // BPF_CGROUP_INET4_CONNECT, UDP4_SENDMSG, UDP4_RECVMSG, INET4_GETPEERNAME, then
+    // their IPv6 counterparts (INET6_CONNECT, UDP6_SENDMSG, UDP6_RECVMSG,
+    // INET6_GETPEERNAME).
     const ATTACH_TYPES: [u32; 8] = [10, 14, 19, 29, 11, 15, 20, 30];
     const BPF_PROG_QUERY: libc::c_long = 16;
     #[repr(C)]

@@ -1,4 +1,7 @@
-//! Service and EndpointSlice YAML for tests and the demo.
+//! Service and EndpointSlice YAML for tests and the demo, of either address family or both:
+//! a Service whose ClusterIP is IPv6 is IPv6-only, one given a second ClusterIP
+//! ([`ServiceOpts::second_cluster_ip`]) is dual-stack, and endpoints are written as one
+//! slice per family (`addressType: IPv4` / `IPv6`), as the EndpointSlice controller does.
 
 use std::fmt::Write as _;
 
@@ -37,6 +40,15 @@ pub struct ServiceOpts<'a> {
     pub spec_extra: &'a str,
     /// A `status:` section (`status: {loadBalancer: ...}\n`).
     pub status: &'a str,
+    /// A second ClusterIP, of the other family: the Service is dual-stack
+    /// (`ipFamilyPolicy: RequireDualStack`, `ipFamilies` in the order of its addresses).
+    pub second_cluster_ip: Option<&'a str>,
+}
+
+/// The Kubernetes address family of `ip` (`IPv4` or `IPv6`), as `ipFamilies` and an
+/// EndpointSlice's `addressType` name it.
+pub fn address_type(ip: &str) -> &'static str {
+    if ip.contains(':') { "IPv6" } else { "IPv4" }
 }
 
 pub fn service(name: &str, cluster_ip: &str, ports: &[Port], opts: &ServiceOpts) -> String {
@@ -47,9 +59,27 @@ pub fn service(name: &str, cluster_ip: &str, ports: &[Port], opts: &ServiceOpts)
     }
     let _ = write!(
         y,
-        "spec:\n  type: {}\n  clusterIP: {cluster_ip}\n  ports:\n",
+        "spec:\n  type: {}\n  clusterIP: {cluster_ip}\n",
         opts.type_.unwrap_or("ClusterIP")
     );
+    // An IPv4-only Service is written as before: the API server defaults these fields.
+    if address_type(cluster_ip) == "IPv6" || opts.second_cluster_ip.is_some() {
+        let ips: Vec<&str> = std::iter::once(cluster_ip)
+            .chain(opts.second_cluster_ip)
+            .collect();
+        let families: Vec<&str> = ips.iter().map(|ip| address_type(ip)).collect();
+        let policy = match ips.len() {
+            1 => "SingleStack",
+            _ => "RequireDualStack",
+        };
+        let _ = write!(
+            y,
+            "  clusterIPs: [{}]\n  ipFamilies: [{}]\n  ipFamilyPolicy: {policy}\n",
+            ips.join(", "),
+            families.join(", ")
+        );
+    }
+    y.push_str("  ports:\n");
     for p in ports {
         let _ = write!(
             y,
@@ -72,6 +102,7 @@ pub fn service(name: &str, cluster_ip: &str, ports: &[Port], opts: &ServiceOpts)
 }
 
 /// One endpoint: address, pod name, and its conditions.
+#[derive(Clone)]
 pub struct Endpoint<'a> {
     pub ip: &'a str,
     pub pod: &'a str,
@@ -95,14 +126,32 @@ impl<'a> Endpoint<'a> {
     }
 }
 
+/// A slice of `endpoints`, whose `addressType` is their family (IPv4 when there are
+/// none); they must all be of one family.
 pub fn endpoint_slice(
     service: &str,
     slice: &str,
     ports: &[Port],
     endpoints: &[Endpoint],
 ) -> String {
+    let family = endpoints.first().map_or("IPv4", |e| address_type(e.ip));
+    endpoint_slice_of(family, service, slice, ports, endpoints)
+}
+
+/// A slice of `addressType: family` (`IPv4` or `IPv6`).
+pub fn endpoint_slice_of(
+    family: &str,
+    service: &str,
+    slice: &str,
+    ports: &[Port],
+    endpoints: &[Endpoint],
+) -> String {
+    assert!(
+        endpoints.iter().all(|e| address_type(e.ip) == family),
+        "slice {slice}: every endpoint must be {family}"
+    );
     let mut y = format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice}\n  namespace: demo\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n"
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice}\n  namespace: demo\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: {family}\nports:\n"
     );
     for p in ports {
         let _ = write!(
@@ -125,7 +174,9 @@ pub fn endpoint_slice(
     y
 }
 
-/// A Service and its slice in one multi-document file.
+/// A Service and its slices in one multi-document file: one slice per family among
+/// `endpoints` (IPv4 first, named `<name>-1`, then IPv6, `<name>-2`), or one empty slice
+/// of the ClusterIP's family when there are none.
 pub fn service_with_endpoints(
     name: &str,
     cluster_ip: &str,
@@ -133,9 +184,148 @@ pub fn service_with_endpoints(
     opts: &ServiceOpts,
     endpoints: &[Endpoint],
 ) -> String {
-    format!(
-        "{}---\n{}",
-        service(name, cluster_ip, ports, opts),
-        endpoint_slice(name, &format!("{name}-1"), ports, endpoints)
-    )
+    let mut y = service(name, cluster_ip, ports, opts);
+    let mut slices = 0;
+    for family in ["IPv4", "IPv6"] {
+        let of_family: Vec<Endpoint> = endpoints
+            .iter()
+            .filter(|e| address_type(e.ip) == family)
+            .cloned()
+            .collect();
+        let empty_service = endpoints.is_empty() && family == address_type(cluster_ip);
+        if of_family.is_empty() && !empty_service {
+            continue;
+        }
+        slices += 1;
+        y.push_str("---\n");
+        y.push_str(&endpoint_slice_of(
+            family,
+            name,
+            &format!("{name}-{slices}"),
+            ports,
+            &of_family,
+        ));
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+    use super::*;
+
+    /// The documents of a multi-document file, parsed as (Service, slices).
+    fn parse(text: &str) -> (Service, Vec<EndpointSlice>) {
+        let mut docs = text.split("---\n");
+        let service = yaml_serde::from_str(docs.next().expect("a Service")).expect("Service");
+        let slices = docs
+            .map(|d| yaml_serde::from_str(d).expect("EndpointSlice"))
+            .collect();
+        (service, slices)
+    }
+
+    fn addresses(slice: &EndpointSlice) -> Vec<String> {
+        slice
+            .endpoints
+            .iter()
+            .flatten()
+            .flat_map(|e| e.addresses.clone())
+            .collect()
+    }
+
+    #[test]
+    fn an_ipv4_service_is_written_as_before() {
+        let text = service("web", "198.19.0.10", &[HTTP], &ServiceOpts::default());
+        assert!(!text.contains("ipFamilies"), "{text}");
+        assert!(!text.contains("clusterIPs"), "{text}");
+    }
+
+    #[test]
+    fn an_ipv6_service_is_single_stack_ipv6_with_an_ipv6_slice() {
+        let eps = [
+            Endpoint::ready("2001:db8:18:1::2", "web-0"),
+            Endpoint::ready("2001:db8:18:2::2", "web-1"),
+        ];
+        let (svc, slices) = parse(&service_with_endpoints(
+            "web",
+            "2001:db8:19::a",
+            &[HTTP, DNS],
+            &ServiceOpts::default(),
+            &eps,
+        ));
+        let spec = svc.spec.expect("spec");
+        assert_eq!(spec.cluster_ip.as_deref(), Some("2001:db8:19::a"));
+        assert_eq!(spec.cluster_ips, Some(vec!["2001:db8:19::a".to_string()]));
+        assert_eq!(spec.ip_families, Some(vec!["IPv6".to_string()]));
+        assert_eq!(spec.ip_family_policy.as_deref(), Some("SingleStack"));
+        assert_eq!(slices.len(), 1);
+        assert_eq!(slices[0].address_type, "IPv6");
+        assert_eq!(
+            addresses(&slices[0]),
+            ["2001:db8:18:1::2", "2001:db8:18:2::2"]
+        );
+    }
+
+    #[test]
+    fn an_ipv6_service_without_endpoints_has_an_empty_ipv6_slice() {
+        let (_, slices) = parse(&service_with_endpoints(
+            "web",
+            "2001:db8:19::a",
+            &[HTTP],
+            &ServiceOpts::default(),
+            &[],
+        ));
+        assert_eq!(slices.len(), 1);
+        assert_eq!(slices[0].address_type, "IPv6");
+        assert!(addresses(&slices[0]).is_empty());
+    }
+
+    #[test]
+    fn a_dual_stack_service_has_both_cluster_ips_and_a_slice_per_family() {
+        let eps = [
+            Endpoint::ready("198.18.1.2", "web-0"),
+            Endpoint::ready("2001:db8:18:1::2", "web-0"),
+        ];
+        let (svc, slices) = parse(&service_with_endpoints(
+            "web",
+            "198.19.0.10",
+            &[HTTP],
+            &ServiceOpts {
+                second_cluster_ip: Some("2001:db8:19::a"),
+                ..Default::default()
+            },
+            &eps,
+        ));
+        let spec = svc.spec.expect("spec");
+        assert_eq!(spec.cluster_ip.as_deref(), Some("198.19.0.10"));
+        assert_eq!(
+            spec.cluster_ips,
+            Some(vec![
+                "198.19.0.10".to_string(),
+                "2001:db8:19::a".to_string()
+            ])
+        );
+        assert_eq!(
+            spec.ip_families,
+            Some(vec!["IPv4".to_string(), "IPv6".to_string()])
+        );
+        assert_eq!(spec.ip_family_policy.as_deref(), Some("RequireDualStack"));
+        let kinds: Vec<(&str, Vec<String>)> = slices
+            .iter()
+            .map(|s| (s.address_type.as_str(), addresses(s)))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("IPv4", vec!["198.18.1.2".to_string()]),
+                ("IPv6", vec!["2001:db8:18:1::2".to_string()])
+            ]
+        );
+        let names: Vec<_> = slices.iter().map(|s| s.metadata.name.clone()).collect();
+        assert_eq!(
+            names,
+            [Some("web-1".to_string()), Some("web-2".to_string())]
+        );
+    }
 }

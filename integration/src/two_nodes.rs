@@ -9,6 +9,11 @@
 //!                                 pod-a 198.18.110.2                   pod-b 198.18.120.2
 //! ```
 //!
+//! Every link also carries IPv6, numbered alike: 198.18.N.x is 2001:db8:18:N::x
+//! (client 2001:db8:18:100::2, node-a 2001:db8:18:100::1, pod-a 2001:db8:18:110::2, ...),
+//! with the same routes, and the client routes the IPv6 service range 2001:db8:19::/64
+//! to node-a.
+//!
 //! node-a's default route points at node-b, as a node's points at its gateway.
 //! node-a runs the agent (`--node-name node-a`, its Node object giving 198.18.100.1 as
 //! its address) and forwards; node-b forwards for its pod. The client routes the service
@@ -26,6 +31,9 @@ use crate::{
 pub const CLIENT_IP: &str = "198.18.100.2";
 /// node-a's address toward the client: its NodePort address.
 pub const NODE_A_IP: &str = "198.18.100.1";
+pub const CLIENT_IP6: &str = "2001:db8:18:100::2";
+/// node-a's IPv6 address toward the client.
+pub const NODE_A_IP6: &str = "2001:db8:18:100::1";
 pub const NODE_A_NAME: &str = "node-a";
 pub const NODE_B_NAME: &str = "node-b";
 
@@ -42,19 +50,24 @@ pub struct TwoNodes {
     pub cgroup: Cgroup,
 }
 
-fn pod(ns: Netns, name: &str, ip: &str) -> BackendHost {
+fn pod(ns: Netns, name: &str, ip: &str, ip6: &str) -> BackendHost {
     let server = spawn_ready(ns.command(bin_dir().join("probe"), None).args([
         "serve",
         "--name",
         name,
         "--tcp",
         "0.0.0.0:8080",
+        "--tcp",
+        "[::]:8080",
         "--udp",
         "0.0.0.0:5353",
+        "--udp",
+        "[::]:5353",
     ]));
     BackendHost {
         name: name.to_string(),
         ip: ip.to_string(),
+        ip6: ip6.to_string(),
         _server: server,
         netns: ns,
     }
@@ -87,9 +100,36 @@ impl TwoNodes {
         // The kernel sends at most one ICMP error per second to a host by default; the
         // tests count one per attempt.
         node_a.sysctl("net.ipv4.icmp_ratelimit=0");
+        // The same over IPv6, 2001:db8:18:N::/64 beside 198.18.N.0/24.
+        let v6 = |net: u8, host: u8| format!("2001:db8:18:{net}::{host}");
+        for (ns, dev, net, host) in [
+            (&client, "eth0", 100, 2),
+            (&node_a, "ext0", 100, 1),
+            (&node_a, "nb0", 101, 1),
+            (&node_b, "na0", 101, 2),
+            (&node_a, "pa0", 110, 1),
+            (&pod_a_ns, "eth0", 110, 2),
+            (&node_b, "pb0", 120, 1),
+            (&pod_b_ns, "eth0", 120, 2),
+        ] {
+            ns.add_addr6(dev, &format!("{}/64", v6(net, host)));
+        }
+        let route6 = |ns: &Netns, to: &str, via: String| {
+            ns.ip(&["-6", "route", "add", to, "via", &via]);
+        };
+        route6(&client, "2001:db8:19::/64", v6(100, 1));
+        route6(&node_a, "2001:db8:18:120::/64", v6(101, 2));
+        route6(&node_a, "default", v6(101, 2));
+        route6(&node_b, "2001:db8:18:100::/64", v6(101, 1));
+        route6(&node_b, "2001:db8:18:110::/64", v6(101, 1));
+        route6(&pod_a_ns, "default", v6(110, 1));
+        route6(&pod_b_ns, "default", v6(120, 1));
+        node_a.sysctl("net.ipv6.conf.all.forwarding=1");
+        node_b.sysctl("net.ipv6.conf.all.forwarding=1");
+        node_a.sysctl("net.ipv6.icmp.ratelimit=0");
         Self {
-            pod_a: pod(pod_a_ns, "pod-a", "198.18.110.2"),
-            pod_b: pod(pod_b_ns, "pod-b", "198.18.120.2"),
+            pod_a: pod(pod_a_ns, "pod-a", "198.18.110.2", &v6(110, 2)),
+            pod_b: pod(pod_b_ns, "pod-b", "198.18.120.2", &v6(120, 2)),
             id,
             client,
             node_a,
@@ -113,6 +153,19 @@ impl TwoNodes {
         agent
     }
 
+    /// node-a's agent as on a dual-stack node: its Node object gives both 198.18.100.1
+    /// and 2001:db8:18:100::1 (kubelet lists an InternalIP per family).
+    pub fn agent_dual_stack(&self, mode: &'static str) -> Agent {
+        let agent = self.agent(mode);
+        agent.write(
+            "node.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: {NODE_A_NAME}\nstatus:\n  addresses:\n  - {{type: InternalIP, address: {NODE_A_IP}}}\n  - {{type: InternalIP, address: {NODE_A_IP6}}}\n"
+            ),
+        );
+        agent
+    }
+
     /// Both pods as ready endpoints, each on its node.
     pub fn endpoints(&self) -> Vec<manifests::Endpoint<'_>> {
         vec![
@@ -123,6 +176,20 @@ impl TwoNodes {
             manifests::Endpoint {
                 node: Some(NODE_B_NAME),
                 ..manifests::Endpoint::ready(&self.pod_b.ip, &self.pod_b.name)
+            },
+        ]
+    }
+
+    /// Both pods as ready endpoints by their IPv6 addresses, each on its node.
+    pub fn endpoints6(&self) -> Vec<manifests::Endpoint<'_>> {
+        vec![
+            manifests::Endpoint {
+                node: Some(NODE_A_NAME),
+                ..manifests::Endpoint::ready(&self.pod_a.ip6, &self.pod_a.name)
+            },
+            manifests::Endpoint {
+                node: Some(NODE_B_NAME),
+                ..manifests::Endpoint::ready(&self.pod_b.ip6, &self.pod_b.name)
             },
         ]
     }

@@ -329,3 +329,286 @@ fn affinity_to_a_removed_backend_is_not_used() {
         "a new affinity entry was made and holds: {after:?}"
     );
 }
+
+// IPv6 and dual-stack: the same semantics through connect6, sendmsg6, recvmsg6 and
+// getpeername6, and an IPv6 socket reaching an IPv4 Service by its IPv4-mapped address.
+
+const VIP6: &str = "2001:db8:19::a";
+/// The IPv4 Service address as a dual-stack (AF_INET6) socket names it.
+const VIP_MAPPED: &str = "::ffff:198.19.0.10";
+
+/// demo/web, IPv6 only, on every backend's IPv6 address.
+fn start6(backends: usize, opts: &ServiceOpts) -> (Topology, Agent) {
+    let t = Topology::new(backends);
+    let mut agent = Agent::new(&t);
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints("web", VIP6, &[HTTP, DNS], opts, &t.ready_endpoints6()),
+    );
+    agent.start();
+    agent.wait_frontend(&format!("[{VIP6}]:80"), backends);
+    agent.wait_frontend(&format!("[{VIP6}]:53"), backends);
+    (t, agent)
+}
+
+#[test]
+fn ipv6_connections_spread_over_both_backends_and_see_the_service_address() {
+    require_privileges!();
+    let (t, _agent) = start6(2, &ServiceOpts::default());
+    let n = 2_000;
+    let to = format!("[{VIP6}]:80");
+    let report = t.probe(&["--to", &to, "--count", &n.to_string()]);
+    assert!(
+        report.errors.is_empty(),
+        "no connection may fail: {report:?}"
+    );
+    let (lo, hi) = integration::binomial_bounds(n, 0.5);
+    for name in ["web-0", "web-1"] {
+        let got = report.count(name) as f64;
+        assert!(
+            lo <= got && got <= hi,
+            "{name} got {got} of {n}, expected within [{lo:.0}, {hi:.0}]: {report:?}"
+        );
+    }
+    assert_eq!(
+        report.peers.keys().collect::<Vec<_>>(),
+        vec![&to],
+        "getpeername shows the Service: {report:?}"
+    );
+    // The backend saw the client's own IPv6 address (no source NAT on this path).
+    let report = t.probe(&["--to", &to, "--count", "20", "--ask-source"]);
+    let expected = ["web-0 saw 2001:db8:18:1::1", "web-1 saw 2001:db8:18:2::1"];
+    assert!(
+        report.errors.is_empty()
+            && report
+                .answers
+                .keys()
+                .all(|a| expected.contains(&a.as_str())),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn ipv6_udp_replies_come_from_the_service_address() {
+    require_privileges!();
+    let (t, _agent) = start6(2, &ServiceOpts::default());
+    let to = format!("[{VIP6}]:53");
+    for mode in [&["--unconnected"][..], &["--udp"][..]] {
+        let mut args = vec!["--to", &to, "--count", "40"];
+        args.extend_from_slice(mode);
+        let report = t.probe(&args);
+        assert_eq!(
+            report.answers.values().sum::<usize>(),
+            40,
+            "{mode:?}: {report:?}"
+        );
+        assert!(
+            report.answers.len() == 2,
+            "both backends answer: {report:?}"
+        );
+        assert_eq!(
+            report.reply_sources.keys().collect::<Vec<_>>(),
+            vec![&to],
+            "{mode:?}: {report:?}"
+        );
+    }
+    let report = t.probe(&["--to", &to, "--count", "10", "--udp"]);
+    assert_eq!(
+        report.peers.keys().collect::<Vec<_>>(),
+        vec![&to],
+        "a connected UDP socket's peer is the Service: {report:?}"
+    );
+}
+
+#[test]
+fn ipv6_address_that_is_not_a_service_passes_untouched() {
+    require_privileges!();
+    let (t, _agent) = start6(2, &ServiceOpts::default());
+    let backend = format!("[{}]:8080", t.backends[1].ip6);
+    let report = t.probe(&["--to", &backend, "--count", "20"]);
+    assert_eq!(report.count("web-1"), 20, "{report:?}");
+    assert_eq!(report.peers.keys().collect::<Vec<_>>(), vec![&backend]);
+    // The Service address with a port that is not the Service's: unroutable, as before.
+    let report = t.probe(&["--to", &format!("[{VIP6}]:81"), "--count", "1"]);
+    assert_eq!(report.errors.get("ENETUNREACH"), Some(&1), "{report:?}");
+}
+
+#[test]
+fn ipv6_weights_3_1_0_are_realised() {
+    require_privileges!();
+    let (t, _agent) = start6(
+        3,
+        &ServiceOpts {
+            weights: Some("web-0=3,web-1=1,web-2=0"),
+            ..Default::default()
+        },
+    );
+    let n = 10_000;
+    let report = t.probe(&["--to", &format!("[{VIP6}]:80"), "--count", &n.to_string()]);
+    assert!(
+        report.errors.is_empty(),
+        "no connection may fail: {report:?}"
+    );
+    assert_eq!(
+        report.count("web-2"),
+        0,
+        "weight 0 receives no new connection"
+    );
+    let (lo, hi) = integration::binomial_bounds(n, 0.75);
+    let got = report.count("web-0") as f64;
+    assert!(
+        lo <= got && got <= hi,
+        "web-0 got {got} of {n}, expected within [{lo:.0}, {hi:.0}]"
+    );
+}
+
+#[test]
+fn ipv6_no_endpoints_refuses_at_once() {
+    require_privileges!();
+    let t = Topology::new(1);
+    let mut agent = Agent::new(&t);
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints("web", VIP6, &[HTTP, DNS], &ServiceOpts::default(), &[]),
+    );
+    agent.start();
+    let frontend = format!("[{VIP6}]:80");
+    agent.wait_frontend(&frontend, 0);
+    let tcp = t.probe(&["--to", &frontend, "--count", "5", "--timeout-ms", "5000"]);
+    assert_eq!(tcp.errors.get("ECONNREFUSED"), Some(&5), "{tcp:?}");
+    let udp = t.probe(&[
+        "--to",
+        &format!("[{VIP6}]:53"),
+        "--count",
+        "3",
+        "--unconnected",
+        "--timeout-ms",
+        "5000",
+    ]);
+    assert_eq!(udp.errors.get("ECONNREFUSED"), Some(&3), "{udp:?}");
+    let rows = agent.services();
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["frontend"] == frontend))
+        .cloned()
+        .expect("row");
+    assert_eq!(row["counters"]["no_endpoint"], 5, "{row}");
+}
+
+/// demo/web, dual-stack (198.19.0.10 and 2001:db8:19::a), on three backends whose
+/// families differ: web-0 and web-1 by IPv4, web-1 and web-2 by IPv6. Which backend
+/// answers, and which client address it saw, tell which family's endpoints were used.
+fn start_dual_stack() -> (Topology, Agent) {
+    let t = Topology::new(3);
+    let mut agent = Agent::new(&t);
+    let v4 = t.ready_endpoints();
+    let v6 = t.ready_endpoints6();
+    let endpoints: Vec<Endpoint> = v4
+        .into_iter()
+        .take(2)
+        .chain(v6.into_iter().skip(1))
+        .collect();
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints(
+            "web",
+            VIP,
+            &[HTTP, DNS],
+            &ServiceOpts {
+                second_cluster_ip: Some(VIP6),
+                ..Default::default()
+            },
+            &endpoints,
+        ),
+    );
+    agent.start();
+    for frontend in [
+        format!("{VIP}:80"),
+        format!("{VIP}:53"),
+        format!("[{VIP6}]:80"),
+        format!("[{VIP6}]:53"),
+    ] {
+        agent.wait_frontend(&frontend, 2);
+    }
+    (t, agent)
+}
+
+/// What the backends of the dual-stack Service answer to `--ask-source` over IPv4 and
+/// over IPv6.
+const SEEN_OVER_IPV4: [&str; 2] = ["web-0 saw 198.18.1.1", "web-1 saw 198.18.2.1"];
+const SEEN_OVER_IPV6: [&str; 2] = ["web-1 saw 2001:db8:18:2::1", "web-2 saw 2001:db8:18:3::1"];
+
+/// Every answer is one of `expected`, and each of them answered (over 200 connections a
+/// correct 50:50 choice misses one with probability 2^-199).
+fn assert_answered_by(report: &integration::Report, expected: &[&str], n: usize) {
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(report.answers.values().sum::<usize>(), n, "{report:?}");
+    let got: Vec<&str> = report.answers.keys().map(String::as_str).collect();
+    assert_eq!(got, expected, "{report:?}");
+}
+
+#[test]
+fn a_dual_stack_service_answers_over_both_families_from_one_client() {
+    require_privileges!();
+    let (t, _agent) = start_dual_stack();
+    let n = 200;
+    for (to, seen) in [
+        (format!("{VIP}:80"), SEEN_OVER_IPV4),
+        (format!("[{VIP6}]:80"), SEEN_OVER_IPV6),
+    ] {
+        let report = t.probe(&["--to", &to, "--count", &n.to_string(), "--ask-source"]);
+        assert_answered_by(&report, &seen, n);
+        assert_eq!(report.peers.keys().collect::<Vec<_>>(), vec![&to]);
+    }
+    for (to, names) in [
+        (format!("{VIP}:53"), ["web-0", "web-1"]),
+        (format!("[{VIP6}]:53"), ["web-1", "web-2"]),
+    ] {
+        for mode in ["--unconnected", "--udp"] {
+            let report = t.probe(&["--to", &to, "--count", &n.to_string(), mode]);
+            assert_answered_by(&report, &names, n);
+            assert_eq!(
+                report.reply_sources.keys().collect::<Vec<_>>(),
+                vec![&to],
+                "{mode}: {report:?}"
+            );
+        }
+    }
+}
+
+/// An AF_INET6 socket connecting to ::ffff:198.19.0.10 (what a dual-stack application
+/// does with an IPv4 address) is balanced like an IPv4 connect: to the IPv4 endpoints,
+/// and its peer stays the mapped Service address.
+#[test]
+fn a_dual_stack_socket_reaches_the_ipv4_endpoints_by_the_mapped_address() {
+    require_privileges!();
+    let (t, _agent) = start_dual_stack();
+    let n = 200;
+    let to = format!("[{VIP_MAPPED}]:80");
+    let report = t.probe(&["--to", &to, "--count", &n.to_string(), "--ask-source"]);
+    assert_answered_by(&report, &SEEN_OVER_IPV4, n);
+    assert_eq!(
+        report.peers.keys().collect::<Vec<_>>(),
+        vec!["[::ffff:198.19.0.10]:80"],
+        "{report:?}"
+    );
+}
+
+/// The same for UDP: datagrams from an AF_INET6 socket to ::ffff:198.19.0.10, connected
+/// or not, reach the IPv4 endpoints and their replies come from the mapped Service address.
+#[test]
+fn a_dual_stack_udp_socket_reaches_the_ipv4_endpoints_by_the_mapped_address() {
+    require_privileges!();
+    let (t, _agent) = start_dual_stack();
+    let n = 200;
+    let to = format!("[{VIP_MAPPED}]:53");
+    for mode in ["--unconnected", "--udp"] {
+        let report = t.probe(&["--to", &to, "--count", &n.to_string(), mode]);
+        assert_answered_by(&report, &["web-0", "web-1"], n);
+        assert_eq!(
+            report.reply_sources.keys().collect::<Vec<_>>(),
+            vec![&to],
+            "{mode}: {report:?}"
+        );
+    }
+}

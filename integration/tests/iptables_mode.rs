@@ -522,6 +522,7 @@ fn changes_made_while_the_agent_was_down_converge_from_the_read_back() {
                 affinity_timeout: Some(600),
                 spec_extra: &format!("  loadBalancerSourceRanges: [{ranges}]\n"),
                 status: "status: {loadBalancer: {ingress: [{ip: 198.19.7.7}]}}\n",
+                ..Default::default()
             },
             &endpoints,
         )

@@ -159,7 +159,7 @@ fn status_names_attachments_fill_and_whether_the_agent_runs() {
         "{status}"
     );
     let attachments = status["attachments"].as_array().expect("attachments");
-    assert_eq!(attachments.len(), 4, "{status}");
+    assert_eq!(attachments.len(), integration::SOCKET_PROGRAMS, "{status}");
     for a in attachments {
         assert_eq!(a["attached"], true, "{a}");
         assert_eq!(a["target"], agent.cgroup.display().to_string(), "{a}");
@@ -298,4 +298,50 @@ fn errors_say_what_is_wrong() {
         "{}",
         stderr(&out)
     );
+}
+
+/// An IPv6 frontend and its backends, as an operator reads them: `[address]:port`.
+#[test]
+fn services_lists_an_ipv6_frontend_with_bracketed_addresses() {
+    require_privileges!();
+    let t = Topology::new(2);
+    let mut agent = Agent::new(&t);
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints(
+            "web",
+            "2001:db8:19::a",
+            &[HTTP, DNS],
+            &ServiceOpts::default(),
+            &t.ready_endpoints6(),
+        ),
+    );
+    agent.start();
+    agent.wait_frontend("[2001:db8:19::a]:80", 2);
+    let table = text(&agent.proxyctl(&["services"]));
+    for expected in [
+        "[2001:db8:19::a]:80/TCP",
+        "[2001:db8:19::a]:53/UDP",
+        "-> [2001:db8:18:1::2]:8080",
+        "-> [2001:db8:18:2::2]:8080",
+        "-> [2001:db8:18:1::2]:5353",
+    ] {
+        assert!(table.contains(expected), "{expected} missing:\n{table}");
+    }
+    let rows = json(&agent.proxyctl(&["services", "demo/web:http", "--json"]));
+    let mut addresses: Vec<&str> = rows[0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .filter_map(|b| b["address"].as_str())
+        .collect();
+    addresses.sort_unstable();
+    assert_eq!(rows[0]["frontend"], "[2001:db8:19::a]:80", "{rows}");
+    assert_eq!(
+        addresses,
+        ["[2001:db8:18:1::2]:8080", "[2001:db8:18:2::2]:8080"],
+        "{rows}"
+    );
+    let lookup = json(&agent.proxyctl(&["lookup", "[2001:db8:19::a]:53/udp", "--json"]));
+    assert_eq!(lookup[0]["service"], "demo/web:dns", "{lookup}");
 }

@@ -109,7 +109,7 @@ fn no_connection_fails_through_kill_restart_and_layout_upgrade() {
     assert!(pins.iter().all(|p| !p.ends_with("_V0")), "{pins:?}");
     assert_eq!(
         attached_programs(&agent.cgroup).len(),
-        4,
+        SOCKET_PROGRAMS,
         "one program per hook after the swap"
     );
     // The new maps are the ones in use: a change still takes effect.

@@ -2,16 +2,21 @@
 //!
 //! `probe serve --name web-0 --tcp 0.0.0.0:8080 --udp 0.0.0.0:5353` answers HTTP requests
 //! and UDP datagrams with its name, closing TCP connections first (so TIME_WAIT stays on
-//! the server side). It prints `ready` once listening.
+//! the server side). It prints `ready` once listening. An IPv6 address (`--tcp [::]:8080`)
+//! takes IPv6 only, so it sits beside an IPv4 listener on the same port.
 //!
 //! `probe connect --to 198.19.0.10:80 --count 1000` makes sequential connections (or UDP
 //! exchanges) and prints one JSON object: who answered how often, which errors occurred,
-//! and which peer (getpeername) and reply source addresses the client saw.
+//! and which peer (getpeername) and reply source addresses the client saw. IPv6 works the
+//! same (`--to [2001:db8:19::a]:80`, addresses reported as `[2001:db8:19::a]:80`), and an
+//! IPv4-mapped address (`--to [::ffff:198.19.0.10]:80`) connects an IPv6 socket to an
+//! IPv4 address, as a dual-stack application does.
 
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpListener, TcpStream, UdpSocket},
+    os::fd::{FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -99,7 +104,7 @@ fn main() {
             let timeout = Duration::from_millis(timeout_ms);
             let mut report = Report::default();
             let shared = if one_socket {
-                match UdpSocket::bind("0.0.0.0:0") {
+                match UdpSocket::bind(any_port_of_family(to)) {
                     Ok(socket) => Some(socket),
                     Err(e) => {
                         eprintln!("probe: binding a UDP socket: {e}");
@@ -175,7 +180,7 @@ fn udp_exchange(
     timeout: Duration,
     report: &mut Report,
 ) -> std::io::Result<String> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    let socket = UdpSocket::bind(any_port_of_family(to))?;
     socket.set_read_timeout(Some(timeout))?;
     if unconnected {
         let mut buf = [0u8; 512];
@@ -191,6 +196,15 @@ fn udp_exchange(
             connected_exchange(&socket, next, report)?
         )),
         None => Ok(first),
+    }
+}
+
+/// The wildcard address of `to`'s family, any port: what a client socket for `to` binds.
+/// An IPv4-mapped `to` gets an IPv6 socket, as a dual-stack application has.
+fn any_port_of_family(to: SocketAddr) -> SocketAddr {
+    match to {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     }
 }
 
@@ -230,6 +244,7 @@ fn error_name(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => "ECONNREFUSED".into(),
         Some(libc::ENETUNREACH) => "ENETUNREACH".into(),
+        Some(libc::EHOSTUNREACH) => "EHOSTUNREACH".into(),
         Some(libc::EPERM) => "EPERM".into(),
         Some(libc::ETIMEDOUT) | Some(libc::EAGAIN) => "ETIMEDOUT".into(),
         Some(libc::ECONNRESET) => "ECONNRESET".into(),
@@ -242,7 +257,11 @@ fn error_name(e: &std::io::Error) -> String {
 fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) {
     let mut threads = Vec::new();
     for addr in tcp {
-        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+        let listener = match addr {
+            SocketAddr::V4(_) => TcpListener::bind(addr),
+            SocketAddr::V6(v6) => ipv6_only_socket(v6, libc::SOCK_STREAM).map(TcpListener::from),
+        }
+        .unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
         let name = name.to_owned();
         threads.push(std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
@@ -251,7 +270,11 @@ fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) {
         }));
     }
     for addr in udp {
-        let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+        let socket = match addr {
+            SocketAddr::V4(_) => UdpSocket::bind(addr),
+            SocketAddr::V6(v6) => ipv6_only_socket(v6, libc::SOCK_DGRAM).map(UdpSocket::from),
+        }
+        .unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
         let name = name.to_owned();
         threads.push(std::thread::spawn(move || {
             let mut buf = [0u8; 512];
@@ -264,6 +287,55 @@ fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) {
     let _ = std::io::stdout().flush();
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// An IPv6 socket of `kind` (`SOCK_STREAM`, listening, or `SOCK_DGRAM`) bound to `addr`
+/// with IPV6_V6ONLY set: it takes IPv6 only, so an IPv4 socket can hold the same port
+/// (std's `bind` leaves the flag to the `net.ipv6.bindv6only` default, which is off).
+fn ipv6_only_socket(addr: &SocketAddrV6, kind: libc::c_int) -> std::io::Result<OwnedFd> {
+    let check = |rc: libc::c_int| match rc {
+        -1 => Err(std::io::Error::last_os_error()),
+        _ => Ok(()),
+    };
+    // SAFETY: plain syscalls on a descriptor this function owns; every pointer passed
+    // points at a live local of the size given with it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, kind | libc::SOCK_CLOEXEC, 0);
+        check(fd)?;
+        let fd = OwnedFd::from_raw_fd(fd);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let one: libc::c_int = 1;
+        for (level, option) in [
+            (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+            (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        ] {
+            check(libc::setsockopt(
+                raw,
+                level,
+                option,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            ))?;
+        }
+        let sockaddr = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+            sin6_port: addr.port().to_be(),
+            sin6_flowinfo: addr.flowinfo(),
+            sin6_addr: libc::in6_addr {
+                s6_addr: addr.ip().octets(),
+            },
+            sin6_scope_id: addr.scope_id(),
+        };
+        check(libc::bind(
+            raw,
+            (&sockaddr as *const libc::sockaddr_in6).cast(),
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        ))?;
+        if kind == libc::SOCK_STREAM {
+            check(libc::listen(raw, 1024))?;
+        }
+        Ok(fd)
     }
 }
 
