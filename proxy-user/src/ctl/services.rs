@@ -249,7 +249,7 @@ mod tests {
     fn installed() -> DesiredState {
         let backend = |last, weight| WeightedBackend {
             addr: BackendAddr {
-                ip: Ipv4Addr::new(198, 18, 1, last),
+                ip: Ipv4Addr::new(198, 18, 1, last).into(),
                 port: 8080,
             },
             weight,
@@ -257,7 +257,7 @@ mod tests {
         [
             (
                 FrontendAddr {
-                    ip: Ipv4Addr::new(198, 19, 0, 10),
+                    ip: Ipv4Addr::new(198, 19, 0, 10).into(),
                     port: 80,
                     protocol: Protocol::Tcp,
                 },
@@ -275,7 +275,7 @@ mod tests {
             ),
             (
                 FrontendAddr {
-                    ip: Ipv4Addr::new(198, 19, 0, 11),
+                    ip: Ipv4Addr::new(198, 19, 0, 11).into(),
                     port: 53,
                     protocol: Protocol::Udp,
                 },

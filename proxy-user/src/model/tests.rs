@@ -1,6 +1,10 @@
 //! Translation of Services and EndpointSlices, from YAML as a user would write it.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use super::*;
 use crate::source::{
@@ -36,7 +40,7 @@ fn one(yaml: &str) -> Result<ServiceFrontends, Rejection> {
     t.into_values().next().expect("the service is translated")
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
 }
 
@@ -566,8 +570,8 @@ fn load_balancer_source_ranges_are_ipv4_cidrs_on_the_load_balancer_frontends() {
     let expected = SourceRanges {
         // Masked to the prefix; 198.18.0.0/24 holds the node's address 198.18.0.5.
         cidrs: vec![
-            (Ipv4Addr::new(198, 18, 0, 0), 24),
-            (Ipv4Addr::new(203, 0, 113, 0), 25),
+            (Ipv4Addr::new(198, 18, 0, 0).into(), 24),
+            (Ipv4Addr::new(203, 0, 113, 0).into(), 25),
         ],
         allow_node: true,
     };

@@ -61,7 +61,7 @@ mod tests {
             local_only: false,
             backends: vec![WeightedBackend {
                 addr: BackendAddr {
-                    ip: Ipv4Addr::new(198, 18, 1, 2),
+                    ip: Ipv4Addr::new(198, 18, 1, 2).into(),
                     port: 8080,
                 },
                 weight: 3,
@@ -69,7 +69,7 @@ mod tests {
             serving_anywhere: true,
             external_local: None,
             source_ranges: source_ranges.then(|| SourceRanges {
-                cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0), 24)],
+                cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)],
                 allow_node: false,
             }),
             health_check_node_port: None,
@@ -88,14 +88,14 @@ mod tests {
             assert!(owners.own_member(key));
         }
         assert!(owners.own_frontend(&fe(1)));
-        let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0), 24);
+        let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0).into(), 24);
         assert!(owners.own_source_range(&range));
 
         // Anything of a frontend that is not installed.
         let gone = table(fe(2), &live, &live.backends, 0);
         assert!(!owners.own_member(&gone.members[0].0));
         assert!(!owners.own_frontend(&fe(2)));
-        let (_, gone_range) = source_range_key(fe(2), Ipv4Addr::new(198, 18, 100, 0), 24);
+        let (_, gone_range) = source_range_key(fe(2), Ipv4Addr::new(198, 18, 100, 0).into(), 24);
         assert!(!owners.own_source_range(&gone_range));
     }
 
@@ -107,7 +107,7 @@ mod tests {
         let owners = Owners {
             services: &services,
         };
-        let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0), 24);
+        let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0).into(), 24);
         assert!(!owners.own_source_range(&range));
         assert!(owners.own_frontend(&fe(1)));
     }
