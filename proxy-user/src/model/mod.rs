@@ -262,3 +262,6 @@ pub struct ServiceFrontends {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod dual_stack_tests;
