@@ -278,7 +278,7 @@ mod tests {
     fn wb(last: u8, weight: u32) -> WeightedBackend {
         WeightedBackend {
             addr: BackendAddr {
-                ip: Ipv4Addr::new(198, 18, 1, last),
+                ip: Ipv4Addr::new(198, 18, 1, last).into(),
                 port: 8080,
             },
             weight,
@@ -308,7 +308,7 @@ mod tests {
 
     fn addr() -> FrontendAddr {
         FrontendAddr {
-            ip: Ipv4Addr::new(198, 19, 7, 7),
+            ip: Ipv4Addr::new(198, 19, 7, 7).into(),
             port: 80,
             protocol: Protocol::Tcp,
         }
@@ -326,8 +326,8 @@ mod tests {
             external_local: Some(vec![wb(2, 3)]),
             source_ranges: Some(SourceRanges {
                 cidrs: vec![
-                    (Ipv4Addr::new(198, 18, 100, 0), 24),
-                    (Ipv4Addr::new(203, 0, 113, 7), 32),
+                    (Ipv4Addr::new(198, 18, 100, 0).into(), 24),
+                    (Ipv4Addr::new(203, 0, 113, 7).into(), 32),
                 ],
                 allow_node: true,
             }),
@@ -405,7 +405,7 @@ mod tests {
                 "a source range gone",
                 FrontendSpec {
                     source_ranges: Some(SourceRanges {
-                        cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0), 24)],
+                        cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)],
                         allow_node: true,
                     }),
                     ..base.clone()

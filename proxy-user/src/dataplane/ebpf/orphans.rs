@@ -88,14 +88,14 @@ mod tests {
             assert!(owners.own_member(key));
         }
         assert!(owners.own_frontend(&fe(1)));
-        let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0).into(), 24);
+        let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0), 24);
         assert!(owners.own_source_range(&range));
 
         // Anything of a frontend that is not installed.
         let gone = table(fe(2), &live, &live.backends, 0);
         assert!(!owners.own_member(&gone.members[0].0));
         assert!(!owners.own_frontend(&fe(2)));
-        let (_, gone_range) = source_range_key(fe(2), Ipv4Addr::new(198, 18, 100, 0).into(), 24);
+        let (_, gone_range) = source_range_key(fe(2), Ipv4Addr::new(198, 18, 100, 0), 24);
         assert!(!owners.own_source_range(&gone_range));
     }
 
@@ -107,7 +107,7 @@ mod tests {
         let owners = Owners {
             services: &services,
         };
-        let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0).into(), 24);
+        let (_, range) = source_range_key(fe(1), Ipv4Addr::new(198, 18, 100, 0), 24);
         assert!(!owners.own_source_range(&range));
         assert!(owners.own_frontend(&fe(1)));
     }
