@@ -43,7 +43,7 @@ pub struct EbpfDataplane {
     /// The tc programs' interfaces are those carrying the node's addresses, known once
     /// the Node object is (see [`Dataplane::node_addresses`]).
     interfaces_from_node: bool,
-    /// IPv6 frontends: the maps hold IPv4 addresses only.
+    /// IPv6 frontends, left out until this dataplane serves them (remove to write them).
     left_out: super::left_out::LeftOut,
 }
 
@@ -165,7 +165,7 @@ impl Dataplane for EbpfDataplane {
         let changes = self.left_out.split(
             changes,
             |addr| addr.ip.is_ipv4(),
-            "IPv6 frontends are not served in eBPF mode yet: the maps hold IPv4 addresses only",
+            "IPv6 frontends are not served in eBPF mode yet: the model-to-maps step leaves them out",
             &mut report.left_out,
         );
         self.maps.reclaim_space();
