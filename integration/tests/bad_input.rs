@@ -94,8 +94,14 @@ fn unusable_objects_are_named_and_the_rest_served() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: broken\n",
     );
     agent.write(
-        "v6.yaml",
-        &service_with_endpoints("v6", "fd00::10", &[HTTP], &ServiceOpts::default(), &eps),
+        "badip.yaml",
+        &service_with_endpoints(
+            "badip",
+            "198.19.0.300",
+            &[HTTP],
+            &ServiceOpts::default(),
+            &eps,
+        ),
     );
     agent.write("port.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: badport, namespace: demo}\nspec: {clusterIP: 198.19.0.5, ports: [{port: eighty}]}\n");
     agent.start();
@@ -111,7 +117,7 @@ fn unusable_objects_are_named_and_the_rest_served() {
         "{log}"
     );
     assert!(
-        log.contains("Service demo/v6: clusterIP fd00::10 is IPv6; this node serves IPv4 only"),
+        log.contains("Service demo/badip: clusterIP \"198.19.0.300\" is not an IP address"),
         "{log}"
     );
     assert!(

@@ -16,7 +16,7 @@ use proxy_user::{
 fn state() -> DesiredState {
     let backend = |last, weight| WeightedBackend {
         addr: BackendAddr {
-            ip: Ipv4Addr::new(198, 18, 1, last),
+            ip: Ipv4Addr::new(198, 18, 1, last).into(),
             port: 8080,
         },
         weight,
@@ -24,7 +24,7 @@ fn state() -> DesiredState {
     [
         (
             FrontendAddr {
-                ip: Ipv4Addr::new(198, 19, 0, 10),
+                ip: Ipv4Addr::new(198, 19, 0, 10).into(),
                 port: 80,
                 protocol: Protocol::Tcp,
             },
@@ -42,7 +42,7 @@ fn state() -> DesiredState {
         ),
         (
             FrontendAddr {
-                ip: Ipv4Addr::new(198, 19, 0, 53),
+                ip: Ipv4Addr::new(198, 19, 0, 53).into(),
                 port: 53,
                 protocol: Protocol::Udp,
             },
@@ -60,7 +60,7 @@ fn state() -> DesiredState {
         ),
         (
             FrontendAddr {
-                ip: Ipv4Addr::new(198, 18, 0, 100),
+                ip: Ipv4Addr::new(198, 18, 0, 100).into(),
                 port: 30080,
                 protocol: Protocol::Tcp,
             },
@@ -78,7 +78,7 @@ fn state() -> DesiredState {
         ),
         (
             FrontendAddr {
-                ip: Ipv4Addr::new(198, 19, 6, 6),
+                ip: Ipv4Addr::new(198, 19, 6, 6).into(),
                 port: 80,
                 protocol: Protocol::Tcp,
             },
@@ -96,7 +96,7 @@ fn state() -> DesiredState {
         ),
         (
             FrontendAddr {
-                ip: Ipv4Addr::new(198, 19, 0, 99),
+                ip: Ipv4Addr::new(198, 19, 0, 99).into(),
                 port: 80,
                 protocol: Protocol::Tcp,
             },

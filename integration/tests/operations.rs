@@ -35,8 +35,14 @@ fn metrics_and_health_report_what_the_node_does() {
         ),
     );
     agent.write(
-        "v6.yaml",
-        &service_with_endpoints("v6", "fd00::1", &[HTTP], &ServiceOpts::default(), &[]),
+        "badip.yaml",
+        &service_with_endpoints(
+            "badip",
+            "198.19.0.300",
+            &[HTTP],
+            &ServiceOpts::default(),
+            &[],
+        ),
     );
     agent.start();
     agent.wait_backends("demo/web:http", 2);
@@ -92,7 +98,7 @@ fn metrics_and_health_report_what_the_node_does() {
         Some(65536.0)
     );
     assert_eq!(
-        agent.metric("ebpf_proxy_objects_rejected_total{reason=\"ipv6_only\"}"),
+        agent.metric("ebpf_proxy_objects_rejected_total{reason=\"invalid_cluster_ip\"}"),
         Some(1.0)
     );
     assert!(

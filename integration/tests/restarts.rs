@@ -244,18 +244,18 @@ fn prune_orphans_removes_entries_planted_while_the_dataplane_runs() {
         EbpfDataplane::open(&pins.0, &cgroup.path, LoadOptions::default(), Some(&[]))
             .expect("open the dataplane");
     let frontend_at = |last: u8| FrontendAddr {
-        ip: Ipv4Addr::new(198, 19, 7, last),
+        ip: Ipv4Addr::new(198, 19, 7, last).into(),
         port: 80,
         protocol: Protocol::Tcp,
     };
     let backend = WeightedBackend {
         addr: BackendAddr {
-            ip: Ipv4Addr::new(198, 18, 1, 2),
+            ip: Ipv4Addr::new(198, 18, 1, 2).into(),
             port: 8080,
         },
         weight: 1,
     };
-    let range = (Ipv4Addr::new(198, 18, 100, 0), 24);
+    let range = (Ipv4Addr::new(198, 18, 100, 0).into(), 24);
     let spec = FrontendSpec {
         service: "demo/web:http".into(),
         kind: FrontendKind::LoadBalancer,

@@ -187,6 +187,7 @@ impl Syncer {
             for addr in dataplane
                 .installed()
                 .keys()
+                .chain(dataplane.left_out().keys())
                 .filter(|a| !self.owners.contains_key(*a))
             {
                 pending.entry(*addr).or_insert(None);
@@ -196,17 +197,21 @@ impl Syncer {
 
         let touched: Vec<FrontendAddr> = pending.keys().copied().collect();
         let installed = dataplane.installed();
+        let left_out = dataplane.left_out();
         let changes: Vec<Change> = pending
             .into_iter()
             .filter_map(|(addr, spec)| match spec {
                 Some(spec)
                     if !installed
                         .get(&addr)
-                        .is_some_and(|i| dataplane.unchanged(i, &spec)) =>
+                        .is_some_and(|i| dataplane.unchanged(i, &spec))
+                        && left_out.get(&addr) != Some(&spec) =>
                 {
                     Some(Change::Upsert(addr, spec))
                 }
-                None if installed.contains_key(&addr) => Some(Change::Remove(addr)),
+                None if installed.contains_key(&addr) || left_out.contains_key(&addr) => {
+                    Some(Change::Remove(addr))
+                }
                 _ => None,
             })
             .collect();
@@ -235,6 +240,10 @@ impl Syncer {
             ..
         } = plan;
         let full = summary.full;
+        for left_out in &report.left_out {
+            warn!("{left_out}");
+            summary.rejections.push(left_out.code);
+        }
         for failure in &report.failed {
             error!(
                 "{}; its previous state is kept",

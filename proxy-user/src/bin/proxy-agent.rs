@@ -286,7 +286,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         // Without a Node object, NodePorts are served on the --interfaces' addresses.
         if let Some(given) = interfaces.filter(|i| !i.is_empty() && ebpf_active) {
-            let addresses = given.iter().map(|i| i.addr).collect();
+            let addresses = given.iter().map(|i| i.addr.into()).collect();
             shared.update(|store| store.set_fallback_addresses(addresses));
         }
         let unsynced = shared.clone();
@@ -411,7 +411,11 @@ async fn shutdown_signal() {
 
 /// `10.0.0.0/8` -> (10.0.0.0, 8), with the model's CIDR parser.
 fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
-    proxy_user::model::parse_cidr(text).with_context(|| {
+    let cidr = match proxy_user::model::parse_cidr(text) {
+        Some((std::net::IpAddr::V4(net), bits)) => Some((net, bits)),
+        _ => None,
+    };
+    cidr.with_context(|| {
         format!("--cluster-cidr {text}: not an IPv4 CIDR (ADDRESS/BITS, BITS 0..=32)")
     })
 }

@@ -8,7 +8,7 @@ use proxy_user::{
     ctl::{
         self, CtlError, Installed,
         chains::Table,
-        services::{ServiceRow, lookup, parse_frontend, render_table, rows, rows_from_rules},
+        services::{ServiceRow, lookup, render_table, rows, rows_from_rules},
     },
 };
 
@@ -47,9 +47,11 @@ enum Command {
     /// Which service a connection to IP:PORT[/PROTO] reaches, and which backends with what
     /// probability.
     ///
-    /// Example: proxyctl lookup 10.96.0.10:53/udp
+    /// Example: proxyctl lookup 10.96.0.10:53/udp, proxyctl lookup [2001:db8::a]:80
     Lookup {
-        /// The destination, `IP:PORT`, `IP:PORT/TCP` or `IP:PORT/UDP` (TCP by default).
+        /// The destination, `IP:PORT` or `[IPv6]:PORT`, then `/TCP` or `/UDP` (TCP by
+        /// default); an address alone (`10.96.0.10`, `2001:db8::a`) for every frontend
+        /// at it.
         frontend: String,
         /// Also say which backend this client's affinity entry would pick: a source IP in
         /// iptables mode, `netns:<cookie>` for a socket on the node in eBPF mode, or the
@@ -234,8 +236,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             client,
             json,
         } => {
-            let (ip, port, protocol) = parse_frontend(&frontend).map_err(CtlError::Usage)?;
-            let rows = lookup(service_rows(&installed)?, ip, port, protocol);
+            let query = ctl::address::parse_frontend(&frontend).map_err(CtlError::Usage)?;
+            let protocol = query.protocol;
+            let rows = lookup(service_rows(&installed)?, &query);
             if rows.is_empty() && !json {
                 println!(
                     "{frontend}: no service on this node ({} mode); connections to it are not translated",
@@ -249,7 +252,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             let entries: Vec<ctl::affinity::AffinityRow> = affinity_rows(&installed)?
                 .into_iter()
                 .filter(|a| {
-                    a.client == client
+                    ctl::address::same_client(&a.client, &client)
                         && a.protocol == protocol.as_str()
                         && rows.iter().any(|r| r.frontend == a.frontend)
                 })

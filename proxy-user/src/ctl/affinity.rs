@@ -55,7 +55,7 @@ pub fn ebpf_rows(maps: &Maps, services: &[ServiceRow]) -> Vec<AffinityRow> {
         .filter_map(Result::ok)
         .filter_map(|(key, entry)| {
             let addr = convert::frontend_addr(&key.frontend)?;
-            let frontend = format!("{}:{}", addr.ip, addr.port);
+            let frontend = super::address::host_port(addr.ip, addr.port);
             let row = by_frontend.get(&(frontend.clone(), addr.protocol.as_str()));
             let timeout = row.map_or(0, |r| r.affinity_timeout_seconds);
             let age = now.saturating_sub(entry.last_used_ns) as f64 / 1e9;
@@ -110,7 +110,7 @@ pub fn iptables_rows(
             continue;
         }
         let frontend = match f.ip {
-            Some(ip) => format!("{ip}:{}", f.port),
+            Some(ip) => super::address::host_port(ip.into(), f.port),
             None => format!("*:{}", f.port),
         };
         for e in &f.endpoints {

@@ -29,15 +29,15 @@ pub struct BackendRow {
 
 /// Groups the backends of `rows` by address (sorted by address, then service).
 pub fn rows_from(rows: &[ServiceRow]) -> Vec<BackendRow> {
-    let mut by_address: BTreeMap<(std::net::Ipv4Addr, u16), BackendRow> = BTreeMap::new();
+    // IPv4 before IPv6, each in address order; what does not parse, first.
+    let mut by_address: BTreeMap<Option<(std::net::IpAddr, u16)>, BackendRow> = BTreeMap::new();
     for row in rows {
         for b in &row.backends {
             let key = b
                 .address
-                .parse::<std::net::SocketAddrV4>()
-                .map_or((std::net::Ipv4Addr::UNSPECIFIED, 0), |a| {
-                    (*a.ip(), a.port())
-                });
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| (a.ip(), a.port()));
             by_address
                 .entry(key)
                 .or_insert_with(|| BackendRow {
@@ -91,6 +91,11 @@ mod tests {
         ServiceRow {
             service: service.into(),
             frontend: frontend.into(),
+            family: if frontend.starts_with('[') {
+                crate::model::Family::Ipv6
+            } else {
+                crate::model::Family::Ipv4
+            },
             protocol: "TCP",
             kind: "ClusterIP",
             affinity_timeout_seconds: 0,
@@ -135,5 +140,38 @@ BACKEND           SERVICE        FRONTEND             SHARE
         let json = serde_json::to_value(&rows).expect("json");
         assert_eq!(json[0]["used_by"][1]["service"], "demo/api");
         assert_eq!(json[0]["used_by"][1]["share_percent"], 100.0);
+    }
+
+    #[test]
+    fn ipv6_backends_come_after_ipv4_ones_in_brackets() {
+        let rows = rows_from(&[
+            row(
+                "demo/web:http",
+                "[2001:db8::a]:80",
+                &[
+                    ("[2001:db8:1::10]:8080", 50.0),
+                    ("[2001:db8:1::9]:8080", 50.0),
+                ],
+            ),
+            row(
+                "demo/web:http",
+                "198.19.0.10:80",
+                &[("198.18.1.2:8080", 100.0)],
+            ),
+        ]);
+        assert_eq!(
+            rows.iter().map(|r| r.address.as_str()).collect::<Vec<_>>(),
+            [
+                "198.18.1.2:8080",
+                "[2001:db8:1::9]:8080",
+                "[2001:db8:1::10]:8080"
+            ]
+        );
+        assert!(
+            render_table(&rows)
+                .contains("[2001:db8:1::9]:8080   demo/web:http  [2001:db8::a]:80/TCP"),
+            "{}",
+            render_table(&rows)
+        );
     }
 }

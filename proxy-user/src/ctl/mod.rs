@@ -2,6 +2,7 @@
 //! the KUBE-* chains (through `iptables-save`) in iptables mode, and renders a table or
 //! JSON.
 
+pub mod address;
 pub mod affinity;
 pub mod backends;
 pub mod chains;

@@ -12,10 +12,11 @@ use crate::{
         convert,
         maps::{Counters, Maps},
     },
-    model::{DesiredState, FrontendKind, Protocol},
+    model::{DesiredState, Family, FrontendKind},
 };
 
 use super::{
+    address::{FrontendQuery, host_port},
     chains::{InstalledRules, Table as RulesTable},
     table::{Align, Table},
 };
@@ -23,8 +24,11 @@ use super::{
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ServiceRow {
     pub service: String,
-    /// `IP:port`; `*:port` for a NodePort in iptables mode (every local address).
+    /// `IP:port`, `[IPv6]:port`; `*:port` for a NodePort in iptables mode (every local
+    /// address).
     pub frontend: String,
+    /// `IPv4` or `IPv6`.
+    pub family: Family,
     pub protocol: &'static str,
     pub kind: &'static str,
     /// 0 when the Service has no ClientIP affinity.
@@ -71,7 +75,8 @@ pub fn rows_from(
             let total: u64 = spec.usable().map(|b| u64::from(b.weight)).sum();
             ServiceRow {
                 service: spec.service.to_string(),
-                frontend: format!("{}:{}", addr.ip, addr.port),
+                frontend: host_port(addr.ip, addr.port),
+                family: addr.family(),
                 protocol: addr.protocol.as_str(),
                 kind: spec.kind.as_str(),
                 affinity_timeout_seconds: spec.affinity_timeout_s,
@@ -113,9 +118,11 @@ pub fn rows_from_rules(rules: &InstalledRules) -> Vec<ServiceRow> {
                 .sum();
             ServiceRow {
                 frontend: match f.ip {
-                    Some(ip) => format!("{ip}:{}", f.port),
+                    Some(ip) => host_port(ip.into(), f.port),
                     None => format!("*:{}", f.port),
                 },
+                // iptables (not ip6tables) rules.
+                family: Family::Ipv4,
                 protocol: f.protocol.as_str(),
                 kind: f.kind.as_str(),
                 affinity_timeout_seconds: f.affinity_timeout_s,
@@ -143,39 +150,21 @@ pub fn rows_from_rules(rules: &InstalledRules) -> Vec<ServiceRow> {
     rows
 }
 
-/// A frontend as `proxyctl lookup` takes it: `IP:PORT[/PROTO]`, TCP by default.
-pub fn parse_frontend(text: &str) -> Result<(std::net::Ipv4Addr, u16, Protocol), String> {
-    let (addr, protocol) = match text.rsplit_once('/') {
-        Some((addr, proto)) => match proto.to_ascii_uppercase().as_str() {
-            "TCP" => (addr, Protocol::Tcp),
-            "UDP" => (addr, Protocol::Udp),
-            other => return Err(format!("{text:?}: protocol {other} is not TCP or UDP")),
-        },
-        None => (text, Protocol::Tcp),
-    };
-    let addr: std::net::SocketAddrV4 = addr
-        .parse()
-        .map_err(|_| format!("{text:?} is not IPv4:PORT[/TCP|/UDP]"))?;
-    Ok((*addr.ip(), addr.port(), protocol))
-}
-
-/// The rows a connection to `ip:port/protocol` uses: its frontend, or in iptables mode
-/// the NodePort rule for that port (which applies on every local address).
-pub fn lookup(
-    rows: Vec<ServiceRow>,
-    ip: std::net::Ipv4Addr,
-    port: u16,
-    protocol: Protocol,
-) -> Vec<ServiceRow> {
-    let exact = format!("{ip}:{port}");
-    let any = format!("*:{port}");
+/// The rows a connection to `query` uses: its frontend (every frontend at the address
+/// when no port is given), or in iptables mode the NodePort rule for that port (which
+/// applies on every local IPv4 address).
+pub fn lookup(rows: Vec<ServiceRow>, query: &FrontendQuery) -> Vec<ServiceRow> {
     let (exact_rows, rest): (Vec<ServiceRow>, Vec<ServiceRow>) = rows
         .into_iter()
-        .filter(|r| r.protocol == protocol.as_str())
-        .partition(|r| r.frontend == exact);
+        .filter(|r| r.protocol == query.protocol.as_str())
+        .partition(|r| query.matches(&r.frontend));
     if !exact_rows.is_empty() {
         return exact_rows;
     }
+    let Some(port) = query.port.filter(|_| query.ip.is_ipv4()) else {
+        return Vec::new();
+    };
+    let any = format!("*:{port}");
     rest.into_iter()
         .filter(|r| r.frontend == any && r.kind == FrontendKind::NodePort.as_str())
         .collect()
@@ -249,7 +238,7 @@ mod tests {
     fn installed() -> DesiredState {
         let backend = |last, weight| WeightedBackend {
             addr: BackendAddr {
-                ip: Ipv4Addr::new(198, 18, 1, last),
+                ip: Ipv4Addr::new(198, 18, 1, last).into(),
                 port: 8080,
             },
             weight,
@@ -257,7 +246,7 @@ mod tests {
         [
             (
                 FrontendAddr {
-                    ip: Ipv4Addr::new(198, 19, 0, 10),
+                    ip: Ipv4Addr::new(198, 19, 0, 10).into(),
                     port: 80,
                     protocol: Protocol::Tcp,
                 },
@@ -275,7 +264,7 @@ mod tests {
             ),
             (
                 FrontendAddr {
-                    ip: Ipv4Addr::new(198, 19, 0, 11),
+                    ip: Ipv4Addr::new(198, 19, 0, 11).into(),
                     port: 53,
                     protocol: Protocol::Udp,
                 },
@@ -325,5 +314,59 @@ demo/web:http  198.19.0.10:80/TCP  -                  7            0
         assert_eq!(json[1]["backends"][0]["share_percent"], 75.0);
         assert_eq!(json[1]["counters"]["translated"], 0);
         assert_eq!(json[0]["affinity_timeout_seconds"], 30);
+        assert_eq!(json[1]["family"], "IPv4");
+    }
+
+    /// The fixture with the web Service dual-stack.
+    fn dual_stack() -> DesiredState {
+        let mut state = installed();
+        let v4 = state.values().find(|s| &*s.service == "demo/web:http");
+        let mut spec = v4.expect("web").clone();
+        for (i, b) in spec.backends.iter_mut().enumerate() {
+            b.addr.ip = format!("2001:db8:1::{}", i + 2).parse().expect("ip");
+        }
+        let addr = FrontendAddr {
+            ip: "2001:db8::a".parse().expect("ip"),
+            port: 80,
+            protocol: Protocol::Tcp,
+        };
+        state.insert(addr, spec);
+        state
+    }
+
+    #[test]
+    fn ipv6_frontends_and_backends_are_shown_in_brackets_with_their_family() {
+        let rows = rows_from(&dual_stack(), |_| Counters::default());
+        let table = render_table(&rows);
+        assert!(
+            table.contains("demo/web:http  [2001:db8::a]:80/TCP  -"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  -> [2001:db8:1::2]:8080  weight 3  75.0%"),
+            "{table}"
+        );
+        let json = serde_json::to_value(&rows).expect("serializes");
+        assert_eq!(json[2]["frontend"], "[2001:db8::a]:80");
+        assert_eq!(json[2]["family"], "IPv6");
+        assert_eq!(json[2]["backends"][0]["address"], "[2001:db8:1::2]:8080");
+        assert_eq!(json[1]["family"], "IPv4");
+    }
+
+    #[test]
+    fn lookup_finds_ipv6_frontends_in_either_form() {
+        let rows = || rows_from(&dual_stack(), |_| Counters::default());
+        let found = |text: &str| -> Vec<String> {
+            let query = crate::ctl::address::parse_frontend(text).expect("valid");
+            lookup(rows(), &query)
+                .into_iter()
+                .map(|r| format!("{}/{}", r.frontend, r.protocol))
+                .collect()
+        };
+        assert_eq!(found("[2001:db8::a]:80"), ["[2001:db8::a]:80/TCP"]);
+        assert_eq!(found("2001:db8::a"), ["[2001:db8::a]:80/TCP"]);
+        assert_eq!(found("198.19.0.10:80/tcp"), ["198.19.0.10:80/TCP"]);
+        assert!(found("[2001:db8::a]:81").is_empty());
+        assert!(found("2001:db8::a/udp").is_empty());
     }
 }

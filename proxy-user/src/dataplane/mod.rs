@@ -3,13 +3,23 @@
 
 pub mod ebpf;
 pub mod iptables;
+pub mod left_out;
 pub mod memory;
 
-use crate::model::{DesiredState, FrontendAddr, FrontendSpec};
+use crate::model::{DesiredState, FrontendAddr, FrontendSpec, Rejection};
+
+/// What [`Dataplane::left_out`] returns by default.
+static NOTHING_LEFT_OUT: DesiredState = DesiredState::new();
 
 pub trait Dataplane {
     /// What is in the kernel now (read back at start, then kept up to date).
     fn installed(&self) -> &DesiredState;
+    /// Frontends it was given but does not serve (a family it cannot program yet), as they
+    /// were asked for; never in [`Dataplane::installed`]. The syncer hands them on again
+    /// only when they change, and removes them when they go.
+    fn left_out(&self) -> &DesiredState {
+        &NOTHING_LEFT_OUT
+    }
     /// Whether `installed` (an entry of [`Dataplane::installed`]) already is `wanted`:
     /// equality, but for fields this dataplane does not hold (each said where).
     fn unchanged(&self, installed: &FrontendSpec, wanted: &FrontendSpec) -> bool {
@@ -30,7 +40,7 @@ pub trait Dataplane {
     }
     /// The node's addresses, before the first activation (the eBPF dataplane picks its tc
     /// interfaces from them).
-    fn node_addresses(&mut self, _addresses: &[std::net::Ipv4Addr]) {}
+    fn node_addresses(&mut self, _addresses: &[std::net::IpAddr]) {}
     /// Fill level of the dataplane's tables, for metrics and status.
     fn usage(&self) -> Vec<MapUsage> {
         Vec::new()
@@ -58,6 +68,9 @@ pub struct ApplyReport {
     pub removed: usize,
     /// Frontends that could not be written; each keeps its previous state.
     pub failed: Vec<WriteFailure>,
+    /// Frontends newly left out ([`Dataplane::left_out`]), each with why: warnings, not
+    /// failures (retrying would not help).
+    pub left_out: Vec<Rejection>,
 }
 
 /// One frontend a dataplane could not write.

@@ -7,7 +7,7 @@
 //!   the serving and terminating ones on this node; if none, nothing (the traffic is dropped).
 
 use super::{
-    BackendAddr, Protocol, Rejection,
+    BackendAddr, Family, Protocol, Rejection,
     input::{EndpointInput, SliceInput},
     node::NodeContext,
 };
@@ -34,18 +34,21 @@ impl PortEndpoint<'_> {
 }
 
 /// The endpoints of the Service port named `port_name` (empty for an unnamed port) with
-/// `protocol`, over all slices, deduplicated by address. The slice port carries the
-/// resolved target port, which is how named targetPorts are honoured.
+/// `protocol`, over the slices of `family`, deduplicated by address. The slice port
+/// carries the resolved target port, which is how named targetPorts are honoured.
 pub fn port_endpoints<'a>(
     slices: &[&'a SliceInput],
+    family: Family,
     port_name: &str,
     protocol: Protocol,
     skipped: &mut Vec<Rejection>,
 ) -> Vec<PortEndpoint<'a>> {
     let mut found: Vec<PortEndpoint> = Vec::new();
     for slice in slices {
-        if !slice.ipv4 {
-            // IPv6 and FQDN slices are normal in dual-stack clusters; nothing to report.
+        if slice.family != Some(family) {
+            // The other family's slices serve the other family's frontends (or none, when
+            // the Service has no ClusterIP of it: kube-proxy ignores them too); FQDN
+            // slices are not for proxies. Nothing to report.
             continue;
         }
         let object = || format!("EndpointSlice {}", slice.name);
@@ -67,13 +70,25 @@ pub fn port_endpoints<'a>(
         };
         for endpoint in slice.endpoints.iter() {
             let ip = match &endpoint.address {
-                Ok(ip) => *ip,
+                Ok(ip) if family.holds(*ip) => *ip,
+                Ok(ip) => {
+                    skipped.push(Rejection {
+                        object: object(),
+                        code: "invalid_endpoint_address",
+                        reason: format!(
+                            "endpoint address {ip} is not an {} address; endpoint skipped",
+                            family.as_str()
+                        ),
+                    });
+                    continue;
+                }
                 Err(text) => {
                     skipped.push(Rejection {
                         object: object(),
                         code: "invalid_endpoint_address",
                         reason: format!(
-                            "endpoint address {text:?} is not an IPv4 address; endpoint skipped"
+                            "endpoint address {text:?} is not an {} address; endpoint skipped",
+                            family.as_str()
                         ),
                     });
                     continue;

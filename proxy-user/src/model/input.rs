@@ -3,11 +3,11 @@
 //! tenth of the size (no managedFields, no unused fields, addresses already parsed), which
 //! is what keeps the agent small at 10,000 Services.
 
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
-use super::{interned::interned, weights::ANNOTATION as WEIGHTS_ANNOTATION};
+use super::{Family, interned::interned, weights::ANNOTATION as WEIGHTS_ANNOTATION};
 
 /// Services with this label belong to another proxy (kube-proxy ignores them too).
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -132,8 +132,8 @@ impl From<&Service> for ServiceInput {
 pub struct SliceInput {
     /// `namespace/name`, for messages.
     pub name: Box<str>,
-    /// addressType IPv4 (IPv6 and FQDN slices are not ours to serve).
-    pub ipv4: bool,
+    /// addressType IPv4 or IPv6; `None` for FQDN (not ours to serve, as for kube-proxy).
+    pub family: Option<Family>,
     pub ports: Box<[SlicePort]>,
     pub endpoints: Box<[EndpointInput]>,
 }
@@ -147,8 +147,9 @@ pub struct SlicePort {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointInput {
-    /// The first address (the one kube-proxy uses), parsed; the text if it is not IPv4.
-    pub address: Result<Ipv4Addr, Box<str>>,
+    /// The first address (the one kube-proxy uses), parsed; the text if it is not an IP
+    /// address.
+    pub address: Result<IpAddr, Box<str>>,
     pub target_name: Option<Box<str>>,
     pub node_name: Option<Arc<str>>,
     pub zone_hints: Box<[Arc<str>]>,
@@ -167,7 +168,11 @@ impl From<&EndpointSlice> for SliceInput {
                 meta.name.as_deref().unwrap_or("<unnamed>")
             )
             .into(),
-            ipv4: slice.address_type == "IPv4",
+            family: match slice.address_type.as_str() {
+                "IPv4" => Some(Family::Ipv4),
+                "IPv6" => Some(Family::Ipv6),
+                _ => None,
+            },
             ports: slice
                 .ports
                 .iter()

@@ -10,7 +10,7 @@ mod object_ref;
 mod service;
 pub mod weights;
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use serde::Serialize;
 
@@ -49,30 +49,90 @@ impl Protocol {
     }
 }
 
+/// An IP family. A Service is served in each family it has a ClusterIP of, as kube-proxy
+/// (one proxier per family) serves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Family {
+    #[serde(rename = "IPv4")]
+    Ipv4,
+    #[serde(rename = "IPv6")]
+    Ipv6,
+}
+
+impl Family {
+    pub const ALL: [Family; 2] = [Family::Ipv4, Family::Ipv6];
+
+    pub const fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+
+    /// As Kubernetes spells it (`ipFamilies`, an EndpointSlice's `addressType`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        }
+    }
+
+    /// Whether `ip` is of this family.
+    pub const fn holds(self, ip: IpAddr) -> bool {
+        matches!(
+            (self, ip),
+            (Family::Ipv4, IpAddr::V4(_)) | (Family::Ipv6, IpAddr::V6(_))
+        )
+    }
+}
+
+/// `ip:port`, IPv6 in brackets: `198.18.1.2:8080`, `[2001:db8::1:2]:8080`.
+pub struct HostPort(pub IpAddr, pub u16);
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(ip) => write!(f, "{ip}:{}", self.1),
+            IpAddr::V6(ip) => write!(f, "[{ip}]:{}", self.1),
+        }
+    }
+}
+
 /// What a client connects to: ServiceIP:port/protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FrontendAddr {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
 }
 
+impl FrontendAddr {
+    pub const fn family(&self) -> Family {
+        Family::of(self.ip)
+    }
+}
+
 impl fmt::Display for FrontendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol.as_str())
+        write!(
+            f,
+            "{}/{}",
+            HostPort(self.ip, self.port),
+            self.protocol.as_str()
+        )
     }
 }
 
 /// An endpoint address: pod IP and target port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendAddr {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
 }
 
 impl fmt::Display for BackendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.ip, self.port)
+        HostPort(self.ip, self.port).fmt(f)
     }
 }
 
@@ -146,9 +206,9 @@ pub struct FrontendSpec {
 /// The clients a LoadBalancer frontend accepts from outside the node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceRanges {
-    /// IPv4 networks (address, prefix length). Empty: nobody (every range given was of
-    /// another family or invalid: closed rather than open).
-    pub cidrs: Vec<(Ipv4Addr, u8)>,
+    /// Networks (address, prefix length) of the frontend's own family. Empty: nobody
+    /// (every range given was of another family or invalid: closed rather than open).
+    pub cidrs: Vec<(IpAddr, u8)>,
     /// A range holds one of the node's addresses: traffic the node sends to its own load
     /// balancer IP (which arrives from that IP) is let through too, as kube-proxy does.
     pub allow_node: bool,
@@ -169,7 +229,7 @@ pub type DesiredState = BTreeMap<FrontendAddr, FrontendSpec>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     pub object: String,
-    /// A stable, low-cardinality code for metrics: `invalid_cluster_ip`, `ipv6_only`...
+    /// A stable, low-cardinality code for metrics: `invalid_cluster_ip`, `ip_family_mismatch`...
     pub code: &'static str,
     pub reason: String,
 }
@@ -202,3 +262,6 @@ pub struct ServiceFrontends {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod dual_stack_tests;

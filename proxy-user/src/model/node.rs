@@ -1,7 +1,8 @@
 //! What the model needs to know about the node it runs on: its name (which endpoints are
-//! local), its zone (topology hints) and its IPv4 addresses (NodePort frontends).
+//! local), its zone (topology hints) and its addresses of both families (NodePort
+//! frontends).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Node;
 
@@ -12,9 +13,10 @@ pub struct NodeContext {
     pub name: Option<String>,
     pub zone: Option<String>,
     /// Addresses a NodePort is served on, from the Node's status (InternalIP, ExternalIP).
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     /// NodePorts served on 127.0.0.1 to the node's own sockets too (kube-proxy's
-    /// `--iptables-localhost-nodeports`, on by default; `--localhost-nodeports`).
+    /// `--iptables-localhost-nodeports`, on by default; `--localhost-nodeports`). IPv4
+    /// only, as in kube-proxy (there is no IPv6 route_localnet).
     pub localhost_node_ports: bool,
 }
 
@@ -34,8 +36,8 @@ impl Default for NodeContext {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeInput {
     pub zone: Option<String>,
-    /// InternalIP and ExternalIP addresses, sorted, without duplicates.
-    pub addresses: Vec<Ipv4Addr>,
+    /// InternalIP and ExternalIP addresses of both families, sorted, without duplicates.
+    pub addresses: Vec<IpAddr>,
 }
 
 impl From<&Node> for NodeInput {
@@ -46,7 +48,7 @@ impl From<&Node> for NodeInput {
             .as_ref()
             .and_then(|l| l.get(ZONE_LABEL))
             .cloned();
-        let mut addresses: Vec<Ipv4Addr> = node
+        let mut addresses: Vec<IpAddr> = node
             .status
             .as_ref()
             .and_then(|s| s.addresses.as_ref())

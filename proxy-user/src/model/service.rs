@@ -10,14 +10,14 @@
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
 use super::ObjectRef;
 use super::{
-    FrontendAddr, FrontendKind, FrontendSpec, HealthCheck, Protocol, Rejection, ServiceFrontends,
-    SourceRanges, WeightedBackend,
+    Family, FrontendAddr, FrontendKind, FrontendSpec, HealthCheck, Protocol, Rejection,
+    ServiceFrontends, SourceRanges, WeightedBackend,
     endpoints::{self, PortEndpoint, port_endpoints},
     input::{PortInput, ServiceInput, SliceInput},
     node::NodeContext,
@@ -27,8 +27,14 @@ use super::{
 pub const DEFAULT_AFFINITY_TIMEOUT_S: u32 = 10_800;
 pub const MAX_AFFINITY_TIMEOUT_S: u32 = 86_400;
 
+type Reject<'a> = &'a dyn Fn(&'static str, String) -> Rejection;
+
 /// Translates one Service. `None` when the Service is not ours to serve (headless,
 /// ExternalName, another proxy's label); `Err` when it cannot be used at all.
+///
+/// A Service is served in each family it has a ClusterIP of, as kube-proxy's per-family
+/// proxiers serve it: that family's frontends take only that family's endpoints (the
+/// slices of its addressType), node addresses, external IPs and source ranges.
 pub fn translate_service(
     key: &ObjectRef,
     service: &ServiceInput,
@@ -43,8 +49,9 @@ pub fn translate_service(
     if service.other_proxy || &*service.type_ == "ExternalName" {
         return None;
     }
-    let cluster_ip = match cluster_ip(service) {
-        Ok(Some(ip)) => ip,
+    let mut out = ServiceFrontends::default();
+    let cluster_ips = match cluster_ips(service, &mut out.warnings, &reject) {
+        Ok(Some(ips)) => ips,
         Ok(None) => return None, // headless: DNS only
         Err((code, reason)) => return Some(Err(reject(code, reason))),
     };
@@ -53,7 +60,6 @@ pub fn translate_service(
         Err(reason) => return Some(Err(reject("invalid_affinity_timeout", reason))),
     };
 
-    let mut out = ServiceFrontends::default();
     let weights = match service.weights() {
         None => Weights::default(),
         Some(text) => Weights::parse(text).unwrap_or_else(|reason| {
@@ -64,121 +70,148 @@ pub fn translate_service(
             Weights::default()
         }),
     };
-    let external = external_addresses(service, &mut out.warnings, &reject);
+    let families: Vec<Family> = cluster_ips.iter().map(|ip| Family::of(*ip)).collect();
+    let external = external_addresses(service, &families, &mut out.warnings, &reject);
     let node_ports = matches!(&*service.type_, "NodePort" | "LoadBalancer");
-    // Ready endpoints on this node, over all ports: what the health check node port counts.
-    let mut local_ready: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    // Ready endpoints on this node, over all ports and families: what the health check
+    // node port counts.
+    let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
     let health_check_node_port = health_check_node_port(service, &mut out.warnings, &reject);
-    let source_ranges = source_ranges(service, node, &mut out.warnings, &reject);
+    let source_cidrs = source_cidrs(service, &mut out.warnings, &reject);
+    let ports: Vec<(&PortInput, Protocol, u16)> = service
+        .ports
+        .iter()
+        .filter_map(|port| {
+            checked_port(key, port, &mut out.warnings).map(|(protocol, n)| (port, protocol, n))
+        })
+        .collect();
 
-    for port in service.ports.iter() {
-        let Some((protocol, number)) = checked_port(key, port, &mut out.warnings) else {
-            continue;
-        };
-        let all = port_endpoints(slices, &port.name, protocol, &mut out.warnings);
-        if health_check_node_port.is_some() {
-            local_ready.extend(
-                all.iter()
-                    .filter(|e| e.endpoint.ready && node.is_local(e.endpoint.node_name.as_deref()))
-                    .map(|e| e.addr.ip),
-            );
-        }
-        let weigh = |chosen: Vec<PortEndpoint>| -> Vec<WeightedBackend> {
-            let mut backends: Vec<WeightedBackend> = chosen
-                .iter()
-                .map(|e| WeightedBackend {
-                    addr: e.addr,
-                    weight: weights.of(e.endpoint.target_name.as_deref(), e.addr.ip),
-                })
-                .collect();
-            backends.sort();
-            backends
-        };
-        let mut cluster_backends = weigh(endpoints::cluster(&all, node));
-        let serving_anywhere = cluster_backends.iter().any(|b| b.weight > 0);
-        // One name for all of the port's frontends (and every copy of them).
-        let name: Arc<str> = if port.name.is_empty() {
-            key.to_string().into()
-        } else {
-            format!("{key}:{}", port.name).into()
-        };
-        let external_local = service
-            .external_traffic_local
-            .then(|| weigh(endpoints::local(&all, node)));
-        let frontend = |kind, backends, local_only| FrontendSpec {
-            service: name.clone(),
-            kind,
-            affinity_timeout_s,
-            local_only,
-            backends,
-            serving_anywhere,
-            external_local: if kind == FrontendKind::ClusterIp {
-                None
-            } else {
-                external_local.clone()
-            },
-            source_ranges: if kind == FrontendKind::LoadBalancer {
-                source_ranges.clone()
-            } else {
-                None
-            },
-            health_check_node_port,
-        };
+    for cluster_ip in cluster_ips {
+        let family = Family::of(cluster_ip);
+        let external: Vec<(IpAddr, FrontendKind)> = external
+            .iter()
+            .copied()
+            .filter(|(ip, _)| family.holds(*ip))
+            .collect();
+        let source_ranges = source_cidrs.as_ref().map(|cidrs| {
+            family_source_ranges(cidrs, family, node, &external, &mut out.warnings, &reject)
+        });
+        // kube-proxy's localhost NodePorts (`--iptables-localhost-nodeports`, on by
+        // default): the node's own sockets reach a NodePort on 127.0.0.1 too. IPv4 only.
+        let localhost = (node.localhost_node_ports && family == Family::Ipv4)
+            .then_some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let node_addresses: Vec<IpAddr> = node
+            .addresses
+            .iter()
+            .copied()
+            .filter(|ip| family.holds(*ip))
+            .chain(localhost)
+            .collect();
 
-        let node_port = port.node_port.filter(|p| node_ports && *p != 0);
-        // The cluster endpoints go to the ClusterIP itself only when no other frontend
-        // needs them: then they are moved, not copied.
-        let clusterip_backends = if service.internal_traffic_local {
-            weigh(endpoints::local(&all, node))
-        } else if external.is_empty()
-            && (node_port.is_none() || (node.addresses.is_empty() && !node.localhost_node_ports))
-        {
-            std::mem::take(&mut cluster_backends)
-        } else {
-            cluster_backends.clone()
-        };
-        out.frontends.push((
-            FrontendAddr {
-                ip: cluster_ip,
-                port: number,
-                protocol,
-            },
-            frontend(
-                FrontendKind::ClusterIp,
-                clusterip_backends,
-                service.internal_traffic_local,
-            ),
-        ));
-        for (ip, kind) in &external {
+        for &(port, protocol, number) in &ports {
+            let all = port_endpoints(slices, family, &port.name, protocol, &mut out.warnings);
+            if health_check_node_port.is_some() {
+                local_ready.extend(
+                    all.iter()
+                        .filter(|e| {
+                            e.endpoint.ready && node.is_local(e.endpoint.node_name.as_deref())
+                        })
+                        .map(|e| e.addr.ip),
+                );
+            }
+            let weigh = |chosen: Vec<PortEndpoint>| -> Vec<WeightedBackend> {
+                let mut backends: Vec<WeightedBackend> = chosen
+                    .iter()
+                    .map(|e| WeightedBackend {
+                        addr: e.addr,
+                        weight: weights.of(e.endpoint.target_name.as_deref(), e.addr.ip),
+                    })
+                    .collect();
+                backends.sort();
+                backends
+            };
+            let mut cluster_backends = weigh(endpoints::cluster(&all, node));
+            let serving_anywhere = cluster_backends.iter().any(|b| b.weight > 0);
+            // One name for all of the port's frontends (and every copy of them), in both
+            // families, as kube-proxy names it.
+            let name: Arc<str> = if port.name.is_empty() {
+                key.to_string().into()
+            } else {
+                format!("{key}:{}", port.name).into()
+            };
+            let external_local = service
+                .external_traffic_local
+                .then(|| weigh(endpoints::local(&all, node)));
+            let frontend = |kind, backends, local_only| FrontendSpec {
+                service: name.clone(),
+                kind,
+                affinity_timeout_s,
+                local_only,
+                backends,
+                serving_anywhere,
+                external_local: if kind == FrontendKind::ClusterIp {
+                    None
+                } else {
+                    external_local.clone()
+                },
+                source_ranges: if kind == FrontendKind::LoadBalancer {
+                    source_ranges.clone()
+                } else {
+                    None
+                },
+                health_check_node_port,
+            };
+
+            let node_port = port.node_port.filter(|p| node_ports && *p != 0);
+            // The cluster endpoints go to the ClusterIP itself only when no other frontend
+            // needs them: then they are moved, not copied.
+            let clusterip_backends = if service.internal_traffic_local {
+                weigh(endpoints::local(&all, node))
+            } else if external.is_empty() && (node_port.is_none() || node_addresses.is_empty()) {
+                std::mem::take(&mut cluster_backends)
+            } else {
+                cluster_backends.clone()
+            };
             out.frontends.push((
                 FrontendAddr {
-                    ip: *ip,
+                    ip: cluster_ip,
                     port: number,
                     protocol,
                 },
-                frontend(*kind, cluster_backends.clone(), false),
+                frontend(
+                    FrontendKind::ClusterIp,
+                    clusterip_backends,
+                    service.internal_traffic_local,
+                ),
             ));
-        }
-        if let Some(node_port) = node_port {
-            let Some(node_port) = u16::try_from(node_port).ok() else {
-                out.warnings.push(reject(
-                    "port_out_of_range",
-                    format!("nodePort {node_port} is out of range; skipped"),
-                ));
-                continue;
-            };
-            // kube-proxy's localhost NodePorts (`--iptables-localhost-nodeports`, on by
-            // default): the node's own sockets reach a NodePort on 127.0.0.1 too.
-            let localhost = node.localhost_node_ports.then_some(&Ipv4Addr::LOCALHOST);
-            for ip in node.addresses.iter().chain(localhost) {
+            for (ip, kind) in &external {
                 out.frontends.push((
                     FrontendAddr {
                         ip: *ip,
-                        port: node_port,
+                        port: number,
                         protocol,
                     },
-                    frontend(FrontendKind::NodePort, cluster_backends.clone(), false),
+                    frontend(*kind, cluster_backends.clone(), false),
                 ));
+            }
+            if let Some(node_port) = node_port {
+                let Some(node_port) = u16::try_from(node_port).ok() else {
+                    out.warnings.push(reject(
+                        "port_out_of_range",
+                        format!("nodePort {node_port} is out of range; skipped"),
+                    ));
+                    continue;
+                };
+                for ip in &node_addresses {
+                    out.frontends.push((
+                        FrontendAddr {
+                            ip: *ip,
+                            port: node_port,
+                            protocol,
+                        },
+                        frontend(FrontendKind::NodePort, cluster_backends.clone(), false),
+                    ));
+                }
             }
         }
     }
@@ -195,41 +228,60 @@ pub fn translate_service(
     Some(Ok(out))
 }
 
-/// The IPv4 ClusterIP, `None` for a headless Service.
-fn cluster_ip(service: &ServiceInput) -> Result<Option<Ipv4Addr>, (&'static str, String)> {
+/// The ClusterIPs, at most one per family, in the Service's order (`spec.clusterIPs`, else
+/// `spec.clusterIP`); `None` for a headless Service. An entry that does not parse beside
+/// one that does is skipped with a warning.
+fn cluster_ips(
+    service: &ServiceInput,
+    warnings: &mut Vec<Rejection>,
+    reject: Reject,
+) -> Result<Option<Vec<IpAddr>>, (&'static str, String)> {
     let cluster_ip = &*service.cluster_ip;
     if cluster_ip == "None" {
         return Ok(None);
     }
-    if cluster_ip.is_empty() {
-        return Err(("no_cluster_ip", "has no clusterIP yet".into()));
-    }
-    // Dual-stack Services list both families in clusterIPs; we serve the IPv4 one.
-    let ips: Vec<&str> = if service.cluster_ips.is_empty() {
+    let texts: Vec<&str> = if service.cluster_ips.is_empty() {
         vec![cluster_ip]
     } else {
         service.cluster_ips.iter().map(|ip| &**ip).collect()
     };
-    if let Some(ip) = ips.iter().find_map(|ip| ip.parse::<Ipv4Addr>().ok()) {
-        return Ok(Some(ip));
+    if texts.iter().all(|t| t.is_empty()) {
+        return Err(("no_cluster_ip", "has no clusterIP yet".into()));
     }
-    if ips.iter().all(|ip| ip.parse::<Ipv6Addr>().is_ok()) {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let mut bad: Vec<&str> = Vec::new();
+    for text in texts {
+        match text.parse::<IpAddr>() {
+            Ok(ip) if !ips.iter().any(|i| Family::of(*i) == Family::of(ip)) => ips.push(ip),
+            Ok(_) => {} // a second one of a family: the API server allows none
+            Err(_) => bad.push(text),
+        }
+    }
+    if ips.is_empty() {
+        let shown = if bad.len() == 1 {
+            format!("{:?}", bad[0])
+        } else {
+            format!("{bad:?}")
+        };
         return Err((
-            "ipv6_only",
-            format!("clusterIP {cluster_ip} is IPv6; this node serves IPv4 only"),
+            "invalid_cluster_ip",
+            format!("clusterIP {shown} is not an IP address"),
         ));
     }
-    Err((
-        "invalid_cluster_ip",
-        format!("clusterIP {cluster_ip:?} is not an IP address"),
-    ))
+    for text in bad {
+        warnings.push(reject(
+            "invalid_cluster_ip",
+            format!("clusterIPs entry {text:?} is not an IP address; skipped"),
+        ));
+    }
+    Ok(Some(ips))
 }
 
 /// The health check node port of a LoadBalancer Service with externalTrafficPolicy Local.
 fn health_check_node_port(
     service: &ServiceInput,
     warnings: &mut Vec<Rejection>,
-    reject: &dyn Fn(&'static str, String) -> Rejection,
+    reject: Reject,
 ) -> Option<u16> {
     if &*service.type_ != "LoadBalancer" || !service.external_traffic_local {
         return None;
@@ -247,15 +299,13 @@ fn health_check_node_port(
     }
 }
 
-/// loadBalancerSourceRanges of a LoadBalancer Service, IPv4 ones. A range of another
-/// family or that does not parse is skipped with a warning; if none is left, the
-/// frontend accepts nobody from outside (closed, not open).
-fn source_ranges(
+/// loadBalancerSourceRanges of a LoadBalancer Service that has some, of both families.
+/// One that does not parse is skipped with a warning.
+fn source_cidrs(
     service: &ServiceInput,
-    node: &NodeContext,
     warnings: &mut Vec<Rejection>,
-    reject: &dyn Fn(&'static str, String) -> Rejection,
-) -> Option<SourceRanges> {
+    reject: Reject,
+) -> Option<Vec<(IpAddr, u8)>> {
     if &*service.type_ != "LoadBalancer" || service.load_balancer_source_ranges().is_empty() {
         return None;
     }
@@ -265,46 +315,93 @@ fn source_ranges(
             Some(cidr) => cidrs.push(cidr),
             None => warnings.push(reject(
                 "invalid_source_range",
-                format!("loadBalancerSourceRanges entry {text:?} is not an IPv4 CIDR; skipped"),
+                format!("loadBalancerSourceRanges entry {text:?} is not a CIDR; skipped"),
             )),
         }
     }
-    if cidrs.is_empty() {
-        warnings.push(reject(
-            "invalid_source_range",
-            "no loadBalancerSourceRanges entry is an IPv4 CIDR: the load balancer IPs accept no traffic from outside the node".into(),
-        ));
-    }
     cidrs.sort();
     cidrs.dedup();
+    Some(cidrs)
+}
+
+/// The source ranges of `family`'s LoadBalancer frontends: the ranges of that family
+/// (kube-proxy filters them per family). If none is left, those frontends accept nobody
+/// from outside (closed, not open).
+fn family_source_ranges(
+    cidrs: &[(IpAddr, u8)],
+    family: Family,
+    node: &NodeContext,
+    external: &[(IpAddr, FrontendKind)],
+    warnings: &mut Vec<Rejection>,
+    reject: Reject,
+) -> SourceRanges {
+    let cidrs: Vec<(IpAddr, u8)> = cidrs
+        .iter()
+        .copied()
+        .filter(|(ip, _)| family.holds(*ip))
+        .collect();
+    let has_load_balancer = external
+        .iter()
+        .any(|(_, kind)| *kind == FrontendKind::LoadBalancer);
+    if cidrs.is_empty() && has_load_balancer {
+        warnings.push(reject(
+            "invalid_source_range",
+            format!(
+                "no loadBalancerSourceRanges entry is an {0} CIDR: the {0} load balancer IPs accept no traffic from outside the node",
+                family.as_str()
+            ),
+        ));
+    }
     let allow_node = node
         .addresses
         .iter()
         .any(|ip| cidrs.iter().any(|cidr| contains(*cidr, *ip)));
-    Some(SourceRanges { cidrs, allow_node })
+    SourceRanges { cidrs, allow_node }
 }
 
-/// `203.0.113.0/25` -> (203.0.113.0, 25); the address is masked to the prefix.
-pub fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
+/// `203.0.113.0/25` -> (203.0.113.0, 25), `2001:db8::1/64` -> (2001:db8::, 64); the
+/// address is masked to the prefix.
+pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
     let (ip, bits) = text.split_once('/')?;
-    let ip: Ipv4Addr = ip.parse().ok()?;
-    let bits: u8 = bits.parse().ok().filter(|b| *b <= 32)?;
-    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-    Some((Ipv4Addr::from(u32::from(ip) & mask), bits))
+    let ip: IpAddr = ip.parse().ok()?;
+    let bits: u8 = bits.parse().ok().filter(|b| *b <= max_prefix(ip))?;
+    Some((masked(ip, bits), bits))
 }
 
-fn contains((net, bits): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
-    u32::from(ip) & mask == u32::from(net)
+const fn max_prefix(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
 }
 
-/// ExternalIPs and LoadBalancer ingress IPs (IPv4; `ipMode: Proxy` ingress is left to the
-/// load balancer, as kube-proxy does, and was dropped on ingest).
+/// `ip` with the bits beyond the first `bits` cleared.
+fn masked(ip: IpAddr, bits: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(ip) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(ip) & mask))
+        }
+        IpAddr::V6(ip) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(ip) & mask))
+        }
+    }
+}
+
+fn contains((net, bits): (IpAddr, u8), ip: IpAddr) -> bool {
+    Family::of(net) == Family::of(ip) && masked(ip, bits) == net
+}
+
+/// ExternalIPs and LoadBalancer ingress IPs of the families the Service is served in
+/// (`ipMode: Proxy` ingress is left to the load balancer, as kube-proxy does, and was
+/// dropped on ingest). One of another family is skipped with a warning.
 fn external_addresses(
     service: &ServiceInput,
+    families: &[Family],
     warnings: &mut Vec<Rejection>,
-    reject: &dyn Fn(&'static str, String) -> Rejection,
-) -> Vec<(Ipv4Addr, FrontendKind)> {
+    reject: Reject,
+) -> Vec<(IpAddr, FrontendKind)> {
     let load_balancer: &[Box<str>] = if &*service.type_ == "LoadBalancer" {
         service.load_balancer_ips()
     } else {
@@ -321,9 +418,15 @@ fn external_addresses(
         );
     let mut out = Vec::new();
     for (text, kind, what) in candidates {
-        match text.parse::<Ipv4Addr>() {
-            Ok(ip) => out.push((ip, kind)),
-            Err(_) if text.parse::<Ipv6Addr>().is_ok() => {}
+        match text.parse::<IpAddr>() {
+            Ok(ip) if families.contains(&Family::of(ip)) => out.push((ip, kind)),
+            Ok(ip) => warnings.push(reject(
+                "ip_family_mismatch",
+                format!(
+                    "{what} {ip} is {} and the Service has no {0} ClusterIP; skipped",
+                    Family::of(ip).as_str()
+                ),
+            )),
             Err(_) => warnings.push(reject(
                 "invalid_external_ip",
                 format!("{what} {text:?} is not an IP address; skipped"),

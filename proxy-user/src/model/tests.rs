@@ -1,6 +1,6 @@
 //! Translation of Services and EndpointSlices, from YAML as a user would write it.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use super::*;
 use crate::source::{
@@ -11,7 +11,7 @@ use crate::source::{
 
 /// Translates every Service the way the syncer does: through the store, whose index finds
 /// each Service's slices.
-fn translate(
+pub(super) fn translate(
     objects: &ObjectSet,
     node: &NodeContext,
 ) -> BTreeMap<ObjectRef, Result<ServiceFrontends, Rejection>> {
@@ -26,17 +26,17 @@ fn translate(
         .collect()
 }
 
-fn objects(yaml: &str) -> ObjectSet {
+pub(super) fn objects(yaml: &str) -> ObjectSet {
     crate::source::manifest::object_set(yaml)
 }
 
-fn one(yaml: &str) -> Result<ServiceFrontends, Rejection> {
+pub(super) fn one(yaml: &str) -> Result<ServiceFrontends, Rejection> {
     let t = translate(&objects(yaml), &NodeContext::default());
     assert!(t.len() <= 1, "{t:?}");
     t.into_values().next().expect("the service is translated")
 }
 
-fn ip(s: &str) -> Ipv4Addr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
 }
 
@@ -204,10 +204,6 @@ fn services_that_are_not_ours_are_ignored() {
 fn bad_objects_are_rejected_with_the_object_and_the_reason() {
     let cases = [
         (
-            "  clusterIP: fd00::10\n  ports: [{port: 80}]\n",
-            "Service shop/web: clusterIP fd00::10 is IPv6; this node serves IPv4 only",
-        ),
-        (
             "  clusterIP: 198.19.0.300\n  ports: [{port: 80}]\n",
             "Service shop/web: clusterIP \"198.19.0.300\" is not an IP address",
         ),
@@ -240,15 +236,6 @@ fn unusable_ports_are_skipped_and_the_rest_served() {
 }
 
 #[test]
-fn dual_stack_services_use_their_ipv4_address() {
-    let spec = "  clusterIP: fd00::10\n  clusterIPs: [fd00::10, 198.19.0.10]\n  ports: [{name: http, port: 80}]\n";
-    assert_eq!(
-        one(&service("", spec)).expect("valid").frontends[0].0.ip,
-        ip("198.19.0.10")
-    );
-}
-
-#[test]
 fn invalid_endpoint_addresses_are_skipped_and_named() {
     let yaml = service("", PORTS).replace("[198.18.1.3]", "[not-an-ip]");
     let out = one(&yaml).expect("valid");
@@ -258,12 +245,12 @@ fn invalid_endpoint_addresses_are_skipped_and_named() {
 
 // ---- Frontends beyond the ClusterIP, traffic policies and topology ----
 
-fn node(zone: Option<&str>) -> NodeContext {
+pub(super) fn node(zone: Option<&str>) -> NodeContext {
     let zone_label = zone
         .map(|z| format!("  labels: {{topology.kubernetes.io/zone: {z}}}\n"))
         .unwrap_or_default();
     let yaml = format!(
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n{zone_label}status:\n  addresses:\n  - {{type: InternalIP, address: 198.18.0.5}}\n  - {{type: ExternalIP, address: 198.18.0.6}}\n  - {{type: InternalIP, address: fd00::5}}\n  - {{type: Hostname, address: node-a}}\n"
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n{zone_label}status:\n  addresses:\n  - {{type: InternalIP, address: 198.18.0.5}}\n  - {{type: ExternalIP, address: 198.18.0.6}}\n  - {{type: InternalIP, address: \"2001:db8::5\"}}\n  - {{type: Hostname, address: node-a}}\n"
     );
     let parsed = parse_documents(Path::new("node.yaml"), &yaml).expect("parses");
     let Some(Parsed::Node(n)) = parsed.into_iter().next() else {
@@ -285,7 +272,7 @@ endpoints:
 - {addresses: [198.18.1.4], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
 ";
 
-fn frontends_on(yaml: &str, node: &NodeContext) -> Vec<(FrontendAddr, FrontendSpec)> {
+pub(super) fn frontends_on(yaml: &str, node: &NodeContext) -> Vec<(FrontendAddr, FrontendSpec)> {
     let set = objects(yaml);
     let t = translate(&set, node);
     let out = t.into_values().next().expect("translated").expect("valid");
@@ -299,7 +286,7 @@ fn web(spec: &str, slice: &str) -> String {
     )
 }
 
-fn ips(spec: &FrontendSpec) -> Vec<String> {
+pub(super) fn ips(spec: &FrontendSpec) -> Vec<String> {
     spec.backends
         .iter()
         .map(|b| b.addr.ip.to_string())
@@ -343,7 +330,7 @@ fn node_ports_are_served_on_the_node_addresses() {
 #[test]
 fn external_ips_and_load_balancer_ingress() {
     let yaml = web(
-        "  type: LoadBalancer\n  externalIPs: [198.19.1.1, \"fd00::1\"]\nstatus:\n  loadBalancer:\n    ingress:\n    - {ip: 198.19.2.1}\n    - {ip: 198.19.2.2, ipMode: Proxy}\n    - {hostname: lb.example.org}\n",
+        "  type: LoadBalancer\n  externalIPs: [198.19.1.1]\nstatus:\n  loadBalancer:\n    ingress:\n    - {ip: 198.19.2.1}\n    - {ip: 198.19.2.2, ipMode: Proxy}\n    - {hostname: lb.example.org}\n",
         NODES_SLICE,
     );
     let frontends = frontends_on(&yaml, &NodeContext::default());
@@ -543,7 +530,7 @@ fn health_check_node_port_counts_ready_local_endpoints() {
 }
 
 #[test]
-fn load_balancer_source_ranges_are_ipv4_cidrs_on_the_load_balancer_frontends() {
+fn load_balancer_source_ranges_are_cidrs_on_the_load_balancer_frontends() {
     let lb = |ranges: &str| {
         let set = objects(&web(
             &format!(
@@ -557,7 +544,7 @@ fn load_balancer_source_ranges_are_ipv4_cidrs_on_the_load_balancer_frontends() {
             .expect("translated")
             .expect("valid")
     };
-    let out = lb("[\"203.0.113.7/25\", \"fd00::/64\", \"198.18.0.0/24\"]");
+    let out = lb("[\"203.0.113.7/25\", \"2001:db8::/64\", \"198.18.0.0/24\", bogus]");
     let ranges: Vec<_> = out
         .frontends
         .iter()
@@ -565,10 +552,7 @@ fn load_balancer_source_ranges_are_ipv4_cidrs_on_the_load_balancer_frontends() {
         .collect();
     let expected = SourceRanges {
         // Masked to the prefix; 198.18.0.0/24 holds the node's address 198.18.0.5.
-        cidrs: vec![
-            (Ipv4Addr::new(198, 18, 0, 0), 24),
-            (Ipv4Addr::new(203, 0, 113, 0), 25),
-        ],
+        cidrs: vec![(ip("198.18.0.0"), 24), (ip("203.0.113.0"), 25)],
         allow_node: true,
     };
     for (addr, r) in &ranges {
@@ -581,16 +565,16 @@ fn load_balancer_source_ranges_are_ipv4_cidrs_on_the_load_balancer_frontends() {
     assert!(
         out.warnings
             .iter()
-            .any(|w| w.to_string().contains("\"fd00::/64\" is not an IPv4 CIDR")),
+            .any(|w| w.to_string().contains("\"bogus\" is not a CIDR; skipped")),
         "{:?}",
         out.warnings
     );
     // Nothing usable: closed, not open.
-    let closed = lb("[\"fd00::/64\"]");
+    let closed = lb("[\"2001:db8::/64\"]");
     let lb_spec = closed
         .frontends
         .iter()
-        .find(|(a, _)| a.ip == Ipv4Addr::new(198, 19, 2, 1))
+        .find(|(a, _)| a.ip == ip("198.19.2.1"))
         .map(|(_, s)| s.source_ranges.clone());
     assert_eq!(
         lb_spec,

@@ -1,6 +1,6 @@
 //! The `ebpf-proxy.dev/weights` Service annotation: `"web-0=3,web-1=1,198.18.1.4=2"`,
-//! keyed by an endpoint's targetRef name or its IP. Unlisted endpoints weigh 1; weight 0
-//! takes an endpoint out of new connections.
+//! keyed by an endpoint's targetRef name or its IP (`2001:db8::4=2` for IPv6). Unlisted
+//! endpoints weigh 1; weight 0 takes an endpoint out of new connections.
 
 use std::collections::BTreeMap;
 
@@ -33,7 +33,11 @@ impl Weights {
                     "weight {weight} of {key:?} is above the maximum {MAX_WEIGHT}"
                 ));
             }
-            if map.insert(key.to_owned(), weight).is_some() {
+            // An IP as the endpoint's address prints (`2001:DB8::04` is `2001:db8::4`).
+            let key = key
+                .parse::<std::net::IpAddr>()
+                .map_or_else(|_| key.to_owned(), |ip| ip.to_string());
+            if map.insert(key.clone(), weight).is_some() {
                 return Err(format!("{key:?} is listed twice"));
             }
         }
@@ -41,7 +45,7 @@ impl Weights {
     }
 
     /// Weight of an endpoint: by targetRef name first, then by IP, else 1.
-    pub fn of(&self, target_name: Option<&str>, ip: std::net::Ipv4Addr) -> u32 {
+    pub fn of(&self, target_name: Option<&str>, ip: std::net::IpAddr) -> u32 {
         if self.0.is_empty() {
             return 1;
         }
@@ -60,11 +64,18 @@ mod tests {
     #[test]
     fn names_ips_and_defaults() {
         let w = Weights::parse("web-0=3, web-1=1,198.18.1.4=0").expect("valid");
-        assert_eq!(w.of(Some("web-0"), [198, 18, 1, 2].into()), 3);
-        assert_eq!(w.of(Some("web-1"), [198, 18, 1, 3].into()), 1);
-        assert_eq!(w.of(None, [198, 18, 1, 4].into()), 0);
+        let ip = |text: &str| text.parse().expect("ip");
+        assert_eq!(w.of(Some("web-0"), ip("198.18.1.2")), 3);
+        assert_eq!(w.of(Some("web-1"), ip("198.18.1.3")), 1);
+        assert_eq!(w.of(None, ip("198.18.1.4")), 0);
+        let v6 = Weights::parse("2001:DB8:0::04=2").expect("valid");
         assert_eq!(
-            w.of(Some("web-9"), [198, 18, 1, 9].into()),
+            v6.of(None, ip("2001:db8::4")),
+            2,
+            "IPv6 keys in any spelling"
+        );
+        assert_eq!(
+            w.of(Some("web-9"), ip("198.18.1.9")),
             1,
             "unlisted endpoints weigh 1"
         );

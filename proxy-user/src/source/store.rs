@@ -46,7 +46,7 @@ pub struct ObjectStore {
     slices_of: HashMap<ObjectRef, Vec<ObjectRef>>,
     node: Option<NodeInput>,
     /// The node's addresses when its Node object gives none: those of `--interfaces`.
-    fallback_addresses: Vec<std::net::Ipv4Addr>,
+    fallback_addresses: Vec<std::net::IpAddr>,
     /// `--localhost-nodeports false`.
     no_localhost_node_ports: bool,
     dirty: Dirty,
@@ -253,7 +253,7 @@ impl ObjectStore {
 
     /// The node's addresses to use when its Node object gives none (or there is none):
     /// NodePorts are served there.
-    pub fn set_fallback_addresses(&mut self, addresses: Vec<std::net::Ipv4Addr>) {
+    pub fn set_fallback_addresses(&mut self, addresses: Vec<std::net::IpAddr>) {
         self.fallback_addresses = addresses;
         self.dirty.all = true;
     }

@@ -51,14 +51,6 @@ pub fn range_of(addr: &Addr, key_bits: u8) -> (IpAddr, u8) {
     }
 }
 
-/// The model's address of a map address (the model holds IPv4 only for now).
-pub fn model_ip(ip: IpAddr) -> Option<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(_) => None,
-    }
-}
-
 pub fn frontend(addr: &FrontendAddr) -> Frontend {
     Frontend {
         addr: addr_of(addr.ip),
@@ -70,7 +62,7 @@ pub fn frontend(addr: &FrontendAddr) -> Frontend {
 
 pub fn frontend_addr(fe: &Frontend) -> Option<FrontendAddr> {
     Some(FrontendAddr {
-        ip: model_ip(ip_of(&fe.addr))?,
+        ip: ip_of(&fe.addr),
         port: u16::from_be(fe.port),
         protocol: Protocol::from_number(fe.proto)?,
     })
@@ -86,7 +78,7 @@ pub fn backend(addr: &BackendAddr) -> Backend {
 
 pub fn backend_addr(be: &Backend) -> Option<BackendAddr> {
     Some(BackendAddr {
-        ip: model_ip(ip_of(&be.addr))?,
+        ip: ip_of(&be.addr),
         port: u16::from_be(be.port),
     })
 }
@@ -138,7 +130,7 @@ mod tests {
     #[test]
     fn round_trips_in_network_order() {
         let addr = FrontendAddr {
-            ip: Ipv4Addr::new(198, 19, 0, 10),
+            ip: Ipv4Addr::new(198, 19, 0, 10).into(),
             port: 8080,
             protocol: Protocol::Udp,
         };
@@ -148,7 +140,7 @@ mod tests {
         assert_eq!(fe.port.to_ne_bytes(), 8080u16.to_be_bytes());
         assert_eq!(frontend_addr(&fe), Some(addr));
         let b = BackendAddr {
-            ip: Ipv4Addr::new(198, 18, 1, 2),
+            ip: Ipv4Addr::new(198, 18, 1, 2).into(),
             port: 53,
         };
         assert_eq!(backend_addr(&backend(&b)), Some(b));

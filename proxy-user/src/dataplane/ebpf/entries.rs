@@ -7,10 +7,7 @@
 //! A few fields of a [`FrontendSpec`] are not in the maps because no program reads them;
 //! [`unchanged`] leaves them out of the diff, each with its reason.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use proxy_common::{
     Backend, Frontend, Member, MemberKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET,
@@ -19,8 +16,8 @@ use proxy_common::{
 
 use super::{
     convert::{
-        addr_of, backend, backend_addr, from_service_flags, frontend_addr, model_ip, range_bits,
-        range_of, service_flags,
+        addr_of, backend, backend_addr, from_service_flags, frontend_addr, range_bits, range_of,
+        service_flags,
     },
     slots::slot_table,
 };
@@ -184,13 +181,10 @@ pub fn desired_state(entries: Entries) -> DesiredState {
                 weight: member.weight,
             });
     }
-    let mut ranges: BTreeMap<Frontend, Vec<(Ipv4Addr, u8)>> = BTreeMap::new();
+    let mut ranges: BTreeMap<Frontend, Vec<(IpAddr, u8)>> = BTreeMap::new();
     for (prefix_len, key) in entries.source_ranges {
         let key_bits = prefix_len.saturating_sub(proxy_common::source_range_prefix(0)) as u8;
         let (net, bits) = range_of(&key.addr, key_bits);
-        let Some(net) = model_ip(net) else {
-            continue;
-        };
         ranges.entry(key.frontend).or_default().push((net, bits));
     }
     let mut state = DesiredState::new();
@@ -273,6 +267,8 @@ pub fn unchanged(installed: &FrontendSpec, wanted: &FrontendSpec) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::{
         dataplane::ebpf::convert::frontend,
@@ -282,7 +278,7 @@ mod tests {
     fn wb(last: u8, weight: u32) -> WeightedBackend {
         WeightedBackend {
             addr: BackendAddr {
-                ip: Ipv4Addr::new(198, 18, 1, last),
+                ip: Ipv4Addr::new(198, 18, 1, last).into(),
                 port: 8080,
             },
             weight,
@@ -312,7 +308,7 @@ mod tests {
 
     fn addr() -> FrontendAddr {
         FrontendAddr {
-            ip: Ipv4Addr::new(198, 19, 7, 7),
+            ip: Ipv4Addr::new(198, 19, 7, 7).into(),
             port: 80,
             protocol: Protocol::Tcp,
         }
@@ -330,8 +326,8 @@ mod tests {
             external_local: Some(vec![wb(2, 3)]),
             source_ranges: Some(SourceRanges {
                 cidrs: vec![
-                    (Ipv4Addr::new(198, 18, 100, 0), 24),
-                    (Ipv4Addr::new(203, 0, 113, 7), 32),
+                    (Ipv4Addr::new(198, 18, 100, 0).into(), 24),
+                    (Ipv4Addr::new(203, 0, 113, 7).into(), 32),
                 ],
                 allow_node: true,
             }),
@@ -409,7 +405,7 @@ mod tests {
                 "a source range gone",
                 FrontendSpec {
                     source_ranges: Some(SourceRanges {
-                        cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0), 24)],
+                        cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)],
                         allow_node: true,
                     }),
                     ..base.clone()

@@ -43,6 +43,8 @@ pub struct EbpfDataplane {
     /// The tc programs' interfaces are those carrying the node's addresses, known once
     /// the Node object is (see [`Dataplane::node_addresses`]).
     interfaces_from_node: bool,
+    /// IPv6 frontends, left out until this dataplane serves them (remove to write them).
+    left_out: super::left_out::LeftOut,
 }
 
 /// `uname -r`.
@@ -102,6 +104,7 @@ impl EbpfDataplane {
             members_in_use,
             pending: Some(loaded),
             interfaces_from_node: interfaces.is_none(),
+            left_out: Default::default(),
             agent: proxy_common::AgentInfo {
                 version: proxy_common::AgentInfo::field(env!("CARGO_PKG_VERSION")),
                 cgroup: proxy_common::AgentInfo::field(&cgroup.display().to_string()),
@@ -153,8 +156,18 @@ impl Dataplane for EbpfDataplane {
         entries::unchanged(installed, wanted)
     }
 
+    fn left_out(&self) -> &DesiredState {
+        self.left_out.frontends()
+    }
+
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
         let mut report = ApplyReport::default();
+        let changes = self.left_out.split(
+            changes,
+            |addr| addr.ip.is_ipv4(),
+            "IPv6 frontends are not served in eBPF mode yet: the model-to-maps step leaves them out",
+            &mut report.left_out,
+        );
         self.maps.reclaim_space();
         let changes = self.write_fresh_in_batches(changes, &mut report);
         for change in changes {
@@ -196,11 +209,18 @@ impl Dataplane for EbpfDataplane {
         report
     }
 
-    fn node_addresses(&mut self, addresses: &[std::net::Ipv4Addr]) {
+    fn node_addresses(&mut self, addresses: &[std::net::IpAddr]) {
         let Some(loaded) = self.pending.as_mut().filter(|_| self.interfaces_from_node) else {
             return;
         };
-        let chosen = interfaces::carrying(addresses).and_then(|names| {
+        let addresses: Vec<std::net::Ipv4Addr> = addresses
+            .iter()
+            .filter_map(|ip| match ip {
+                std::net::IpAddr::V4(ip) => Some(*ip),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        let chosen = interfaces::carrying(&addresses).and_then(|names| {
             // Loopback carries addresses only the node itself reaches: sockets, not tc.
             let names: Vec<String> = names.into_iter().filter(|n| n != "lo").collect();
             interfaces::resolve(&names)

@@ -61,7 +61,7 @@ mod tests {
             local_only: false,
             backends: vec![WeightedBackend {
                 addr: BackendAddr {
-                    ip: Ipv4Addr::new(198, 18, 1, 2),
+                    ip: Ipv4Addr::new(198, 18, 1, 2).into(),
                     port: 8080,
                 },
                 weight: 3,
@@ -69,7 +69,7 @@ mod tests {
             serving_anywhere: true,
             external_local: None,
             source_ranges: source_ranges.then(|| SourceRanges {
-                cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0), 24)],
+                cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)],
                 allow_node: false,
             }),
             health_check_node_port: None,

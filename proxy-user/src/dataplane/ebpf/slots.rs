@@ -87,7 +87,7 @@ mod tests {
             .enumerate()
             .map(|(i, w)| WeightedBackend {
                 addr: BackendAddr {
-                    ip: Ipv4Addr::new(198, 18, 1, i as u8 + 1),
+                    ip: Ipv4Addr::new(198, 18, 1, i as u8 + 1).into(),
                     port: 80,
                 },
                 weight: *w,

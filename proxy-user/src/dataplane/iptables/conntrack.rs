@@ -7,7 +7,7 @@
 //! packet go through the rules again. TCP is left alone: its connections end by
 //! themselves, and deleting their entries would break them.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{net::IpAddr, process::Command};
 
 use tracing::{debug, warn};
 
@@ -18,10 +18,10 @@ use crate::model::{FrontendAddr, FrontendKind, FrontendSpec, Protocol};
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StaleFlows {
     /// `None` for a NodePort: the port on any node address.
-    pub destination: Option<Ipv4Addr>,
+    pub destination: Option<IpAddr>,
     pub port: u16,
     /// `None`: every entry to the frontend (it had no endpoint before).
-    pub reply_source: Option<Ipv4Addr>,
+    pub reply_source: Option<IpAddr>,
 }
 
 /// What a change of one frontend leaves behind in conntrack.
@@ -37,7 +37,7 @@ pub fn stale_flows(
         .or(new)
         .is_some_and(|s| s.kind == FrontendKind::NodePort);
     let destination = (!node_port).then_some(addr.ip);
-    let usable = |spec: Option<&FrontendSpec>| -> Vec<Ipv4Addr> {
+    let usable = |spec: Option<&FrontendSpec>| -> Vec<IpAddr> {
         spec.map(|s| s.usable().map(|b| b.addr.ip).collect())
             .unwrap_or_default()
     };
@@ -51,7 +51,7 @@ pub fn stale_flows(
             reply_source: None,
         }];
     }
-    let mut gone: Vec<Ipv4Addr> = before
+    let mut gone: Vec<IpAddr> = before
         .into_iter()
         .filter(|ip| !after.contains(ip))
         .collect();
@@ -105,6 +105,7 @@ pub fn delete(flows: &[StaleFlows]) {
 mod tests {
     use super::*;
     use crate::model::{BackendAddr, WeightedBackend};
+    use std::net::Ipv4Addr;
 
     fn spec(kind: FrontendKind, ips: &[(u8, u32)]) -> FrontendSpec {
         FrontendSpec {
@@ -116,7 +117,7 @@ mod tests {
                 .iter()
                 .map(|(last, weight)| WeightedBackend {
                     addr: BackendAddr {
-                        ip: Ipv4Addr::new(198, 18, 1, *last),
+                        ip: Ipv4Addr::new(198, 18, 1, *last).into(),
                         port: 5353,
                     },
                     weight: *weight,
@@ -131,7 +132,7 @@ mod tests {
 
     fn addr(protocol: Protocol) -> FrontendAddr {
         FrontendAddr {
-            ip: Ipv4Addr::new(198, 19, 0, 53),
+            ip: Ipv4Addr::new(198, 19, 0, 53).into(),
             port: 53,
             protocol,
         }

@@ -35,8 +35,12 @@ use self::{
     render::{FIXED_CHAINS, PortKey, PortRules, RenderOptions, fixed_rules, port_rules},
     saved::SavedTable,
 };
-use super::{ApplyReport, Change, Dataplane, WriteError, WriteFailure};
+use super::{ApplyReport, Change, Dataplane, WriteError, WriteFailure, left_out::LeftOut};
 use crate::model::{DesiredState, FrontendAddr, FrontendKind, FrontendSpec};
+
+/// Why an IPv6 frontend is left out (see [`LeftOut`]).
+pub const IPV6_LEFT_OUT: &str =
+    "IPv6 frontends are not served in iptables mode yet: ip6tables rules are not written";
 
 /// Service ports whose chains one restore of a full sync loads.
 const FULL_SYNC_CHUNK: usize = 500;
@@ -82,6 +86,8 @@ pub struct IptablesDataplane {
     /// The legacy backend (full syncs in one piece) rather than nf_tables (in chunks).
     legacy: bool,
     full_sync_needed: bool,
+    /// IPv6 frontends, which these (iptables, not ip6tables) rules cannot serve.
+    left_out: LeftOut,
 }
 
 impl IptablesDataplane {
@@ -119,6 +125,7 @@ impl IptablesDataplane {
             loaded: BTreeMap::new(),
             legacy,
             full_sync_needed: true,
+            left_out: LeftOut::default(),
         };
         // Through `set`, so the port index is built the one way it is kept.
         let mut touched = BTreeSet::new();
@@ -374,10 +381,23 @@ impl Dataplane for IptablesDataplane {
         read_back::unchanged(installed, wanted)
     }
 
+    fn left_out(&self) -> &DesiredState {
+        self.left_out.frontends()
+    }
+
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
         let mut touched = BTreeSet::new();
         let mut undo: Vec<(FrontendAddr, Option<FrontendSpec>)> = Vec::new();
         let mut report = ApplyReport::default();
+        let changes = self.left_out.split(
+            changes,
+            |addr| addr.ip.is_ipv4(),
+            IPV6_LEFT_OUT,
+            &mut report.left_out,
+        );
+        if changes.is_empty() && !self.full_sync_needed {
+            return report; // nothing for these rules: no restore
+        }
         for change in &changes {
             match change {
                 Change::Upsert(addr, spec) => {
@@ -441,7 +461,8 @@ impl Dataplane for IptablesDataplane {
                 }
                 self.full_sync_needed = true;
                 let error = std::sync::Arc::new(error);
-                report = ApplyReport::default();
+                report.written = 0;
+                report.removed = 0;
                 for change in changes {
                     if let Change::Upsert(frontend, spec) = change {
                         report.failed.push(WriteFailure {

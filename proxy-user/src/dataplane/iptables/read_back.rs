@@ -9,7 +9,10 @@
 //! matches every local address); [`unchanged`] compares what they hold, and says why for
 //! each field it leaves out.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use super::{
     installed::{EndpointView, FrontendView, InstalledRules, Verdict},
@@ -36,7 +39,7 @@ pub fn desired_state(rules: &InstalledRules) -> DesiredState {
     let mut state = DesiredState::new();
     for view in &views {
         let addr = FrontendAddr {
-            ip: view.ip.unwrap_or(NODE_PORT_ADDRESS),
+            ip: view.ip.unwrap_or(NODE_PORT_ADDRESS).into(),
             port: view.port,
             protocol: view.protocol,
         };
@@ -139,7 +142,7 @@ fn external_spec(
 /// load balancer IPs through with one rule per IP after the ranges (`allow_node`): a
 /// tail of exactly the port's load balancer IPs, in their order, is read as that.
 fn source_ranges(view: &FrontendView, views: &[FrontendView]) -> SourceRanges {
-    let mut cidrs: Vec<(Ipv4Addr, u8)> = view
+    let mut cidrs: Vec<(IpAddr, u8)> = view
         .source_ranges
         .iter()
         .filter_map(|text| match text.contains('/') {
@@ -147,17 +150,17 @@ fn source_ranges(view: &FrontendView, views: &[FrontendView]) -> SourceRanges {
             false => parse_cidr(&format!("{text}/32")),
         })
         .collect();
-    let mut lb_ips: Vec<Ipv4Addr> = views
+    let mut lb_ips: Vec<IpAddr> = views
         .iter()
         .filter(|v| {
             v.service == view.service
                 && v.protocol == view.protocol
                 && v.kind == FrontendKind::LoadBalancer
         })
-        .filter_map(|v| v.ip)
+        .filter_map(|v| v.ip.map(IpAddr::from))
         .collect();
     lb_ips.sort();
-    let tail: Vec<(Ipv4Addr, u8)> = lb_ips.iter().map(|ip| (*ip, 32)).collect();
+    let tail: Vec<(IpAddr, u8)> = lb_ips.iter().map(|ip| (*ip, 32)).collect();
     let allow_node = !tail.is_empty() && cidrs.ends_with(&tail);
     if allow_node {
         cidrs.truncate(cidrs.len() - tail.len());

@@ -79,7 +79,7 @@ impl Drop for FakeIptables {
 
 fn frontend(last: u8) -> FrontendAddr {
     FrontendAddr {
-        ip: Ipv4Addr::new(198, 19, 0, last),
+        ip: Ipv4Addr::new(198, 19, 0, last).into(),
         port: 80,
         protocol: Protocol::Tcp,
     }
@@ -95,7 +95,7 @@ fn spec(service: &str, backends: &[u8]) -> FrontendSpec {
             .iter()
             .map(|last| WeightedBackend {
                 addr: BackendAddr {
-                    ip: Ipv4Addr::new(198, 18, 1, *last),
+                    ip: Ipv4Addr::new(198, 18, 1, *last).into(),
                     port: 8080,
                 },
                 weight: 1,
@@ -152,7 +152,7 @@ fn partial_syncs_load_only_what_changed_and_a_failure_forces_a_full_sync() {
         a,
         Protocol::Tcp,
         &BackendAddr {
-            ip: Ipv4Addr::new(198, 18, 1, 3),
+            ip: Ipv4Addr::new(198, 18, 1, 3).into(),
             port: 8080,
         },
     );
@@ -216,4 +216,80 @@ fn a_frontend_moving_to_another_service_port_rewrites_both() {
     );
     assert!(declared(&partial, &chain("demo/z:http")), "{partial}");
     assert!(partial.contains("demo/z:http cluster IP"), "{partial}");
+}
+
+/// A dual-stack Service with endpoints of both families.
+const DUAL_STACK: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 198.19.0.10
+  clusterIPs: [198.19.0.10, 2001:db8::a]
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v4, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [198.18.1.2]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [\"2001:db8::1:2\"]}]
+";
+
+#[test]
+fn ipv6_frontends_are_left_out_with_a_warning_once_and_never_rewritten() {
+    use crate::{source::manifest::object_set, source::store::ObjectStore, sync::Syncer};
+
+    let fake = FakeIptables::new("ipv6");
+    let mut dp = IptablesDataplane::open(fake.binaries(), RenderOptions::default()).expect("open");
+    let mut store = ObjectStore::new(None);
+    let mut syncer = Syncer::default();
+    store.replace_all(object_set(DUAL_STACK));
+    let left_out = |s: &crate::sync::SyncSummary| {
+        s.rejections
+            .iter()
+            .filter(|c| **c == super::super::left_out::CODE)
+            .count()
+    };
+
+    let first = syncer.sync(&mut store, &mut dp);
+    assert_eq!(
+        (first.written, first.failed, left_out(&first)),
+        (1, 0, 1),
+        "the IPv4 frontend written, the IPv6 one reported, not failed: {first:?}"
+    );
+    let rules = all_input(&fake.take_restores());
+    assert!(rules.contains("-d 198.19.0.10 --dport 80"), "{rules}");
+    assert!(
+        !rules.contains("2001:db8"),
+        "no IPv6 address in iptables rules: {rules}"
+    );
+    // What the dataplane believes installed is what read-back would find: IPv4 only.
+    let installed: Vec<String> = dp.installed().keys().map(ToString::to_string).collect();
+    assert_eq!(installed, ["198.19.0.10:80/TCP"]);
+    let held: Vec<String> = dp.left_out().keys().map(ToString::to_string).collect();
+    assert_eq!(held, ["[2001:db8::a]:80/TCP"]);
+
+    // A full sync (the node changed): nothing new to write or say, no restore.
+    store.set_localhost_node_ports(false);
+    let again = syncer.sync(&mut store, &mut dp);
+    assert_eq!(
+        (again.written, again.failed, left_out(&again)),
+        (0, 0, 0),
+        "{again:?}"
+    );
+    assert!(fake.take_restores().is_empty(), "no rules rewritten");
+
+    // The Service goes: the IPv6 frontend is forgotten, the IPv4 one removed.
+    store.replace_all(object_set(""));
+    let gone = syncer.sync(&mut store, &mut dp);
+    assert_eq!(gone.removed, 1, "{gone:?}");
+    assert!(dp.installed().is_empty() && dp.left_out().is_empty());
 }

@@ -4,7 +4,7 @@
 //! quarantine (`regions`), so no program still holding the old value reads a slot that
 //! has been given to another table.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use proxy_common::{Frontend, MemberKey, SCOPE_SOCKET, ServiceName, names};
@@ -35,7 +35,7 @@ fn local_view(spec: &FrontendSpec) -> Option<FrontendSpec> {
 }
 
 /// The ranges of `cidrs` that `other` does not hold.
-fn not_in(cidrs: &[(Ipv4Addr, u8)], other: Option<&SourceRanges>) -> Vec<(Ipv4Addr, u8)> {
+fn not_in(cidrs: &[(IpAddr, u8)], other: Option<&SourceRanges>) -> Vec<(IpAddr, u8)> {
     cidrs
         .iter()
         .filter(|c| !other.is_some_and(|o| o.cidrs.contains(c)))
@@ -168,7 +168,7 @@ impl Maps {
         Ok(())
     }
 
-    fn remove_source_ranges(&mut self, fe: Frontend, cidrs: &[(Ipv4Addr, u8)]) {
+    fn remove_source_ranges(&mut self, fe: Frontend, cidrs: &[(IpAddr, u8)]) {
         for (net, bits) in cidrs {
             let _ = self
                 .source_ranges

@@ -18,7 +18,7 @@ fn options() -> RenderOptions {
 
 fn addr(ip: [u8; 4], port: u16, protocol: Protocol) -> FrontendAddr {
     FrontendAddr {
-        ip: Ipv4Addr::from(ip),
+        ip: Ipv4Addr::from(ip).into(),
         port,
         protocol,
     }
@@ -27,7 +27,7 @@ fn addr(ip: [u8; 4], port: u16, protocol: Protocol) -> FrontendAddr {
 fn wb(last: u8, weight: u32) -> WeightedBackend {
     WeightedBackend {
         addr: BackendAddr {
-            ip: Ipv4Addr::new(198, 18, 1, last),
+            ip: Ipv4Addr::new(198, 18, 1, last).into(),
             port: 8080,
         },
         weight,
@@ -137,8 +137,8 @@ fn cases() -> Vec<Case> {
     let lb = "demo/lb:https";
     let ranges = SourceRanges {
         cidrs: vec![
-            (Ipv4Addr::new(203, 0, 113, 0), 24),
-            (Ipv4Addr::new(192, 0, 2, 7), 32),
+            (Ipv4Addr::new(203, 0, 113, 0).into(), 24),
+            (Ipv4Addr::new(192, 0, 2, 7).into(), 32),
         ],
         allow_node: true,
     };
@@ -293,7 +293,7 @@ fn cases() -> Vec<Case> {
                         affinity_timeout_s: 600,
                         external_local: Some(Vec::new()),
                         source_ranges: Some(SourceRanges {
-                            cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0), 24)],
+                            cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0).into(), 24)],
                             allow_node: false,
                         }),
                         health_check_node_port: Some(32_101),
@@ -331,7 +331,7 @@ fn cases() -> Vec<Case> {
 fn read_back_at(addr: &FrontendAddr, spec: &FrontendSpec) -> FrontendAddr {
     match spec.kind {
         FrontendKind::NodePort => FrontendAddr {
-            ip: NODE_PORT_ADDRESS,
+            ip: NODE_PORT_ADDRESS.into(),
             ..*addr
         },
         _ => *addr,
@@ -406,7 +406,7 @@ fn a_change_to_anything_iptables_holds_is_a_change() {
         affinity_timeout_s: 600,
         external_local: Some(vec![wb(2, 3)]),
         source_ranges: Some(SourceRanges {
-            cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0), 24)],
+            cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0).into(), 24)],
             allow_node: true,
         }),
         health_check_node_port: Some(32_100),
@@ -472,7 +472,7 @@ fn a_change_to_anything_iptables_holds_is_a_change() {
             "a range",
             FrontendSpec {
                 source_ranges: Some(SourceRanges {
-                    cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0), 24)],
+                    cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)],
                     allow_node: true,
                 }),
                 ..base.clone()
@@ -482,7 +482,7 @@ fn a_change_to_anything_iptables_holds_is_a_change() {
             "the node's own traffic",
             FrontendSpec {
                 source_ranges: Some(SourceRanges {
-                    cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0), 24)],
+                    cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0).into(), 24)],
                     allow_node: false,
                 }),
                 ..base.clone()
@@ -549,7 +549,7 @@ COMMIT\n";
         .expect("read back");
     let backend = |ip: [u8; 4], weight| WeightedBackend {
         addr: BackendAddr {
-            ip: Ipv4Addr::from(ip),
+            ip: Ipv4Addr::from(ip).into(),
             port: 8080,
         },
         weight,

@@ -239,7 +239,7 @@ fn node_ports_external_ips_and_load_balancers_as_kube_proxy_writes_them() {
     let svc5 = spec("ns5/svc5:p80", 0, &[("10.180.0.3:80", 1)]);
     let svc5_lb = FrontendSpec {
         source_ranges: Some(SourceRanges {
-            cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0), 25)],
+            cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0).into(), 25)],
             allow_node: false,
         }),
         ..external(FrontendKind::LoadBalancer, &svc5, None)
@@ -430,7 +430,7 @@ fn local_policies_use_the_svl_chain() {
                     "ns1/svc1:p80",
                     Protocol::Tcp,
                     &BackendAddr {
-                        ip: Ipv4Addr::new(10, 180, 0, 2),
+                        ip: Ipv4Addr::new(10, 180, 0, 2).into(),
                         port: 80
                     }
                 )[9..]
