@@ -54,14 +54,14 @@ fn start(backends: usize, opts: &ServiceOpts, mode: &'static str) -> (Topology, 
     (t, agent)
 }
 
-/// Waits until the agent has attached its four socket programs.
+/// Waits until the agent has attached its socket programs (both families).
 fn wait_attached(agent: &Agent) {
     agent.wait_for("the programs to attach", Duration::from_secs(10), |_| {
         agent
             .log()
             .matches("\"message\":\"socket program\"")
             .count()
-            == 4
+            == SOCKET_PROGRAMS
     });
 }
 

@@ -64,9 +64,7 @@ pub fn ebpf_rows(maps: &Maps, services: &[ServiceRow]) -> Vec<AffinityRow> {
                 frontend,
                 protocol: addr.protocol.as_str(),
                 client: client_name(key.client_netns),
-                backend: convert::backend_addr(&entry.backend)
-                    .map(|b| b.to_string())
-                    .unwrap_or_default(),
+                backend: convert::backend_addr(&entry.backend).to_string(),
                 age_seconds: (age * 10.0).round() / 10.0,
                 timeout_seconds: timeout,
                 live: age < f64::from(timeout),

@@ -93,7 +93,7 @@ pub fn translate_service(
             .copied()
             .filter(|(ip, _)| family.holds(*ip))
             .collect();
-        let source_ranges = source_cidrs.as_ref().map(|cidrs| {
+        let source_ranges = source_cidrs.as_ref().and_then(|cidrs| {
             family_source_ranges(cidrs, family, node, &external, &mut out.warnings, &reject)
         });
         // kube-proxy's localhost NodePorts (`--iptables-localhost-nodeports`, on by
@@ -325,8 +325,9 @@ fn source_cidrs(
 }
 
 /// The source ranges of `family`'s LoadBalancer frontends: the ranges of that family
-/// (kube-proxy filters them per family). If none is left, those frontends accept nobody
-/// from outside (closed, not open).
+/// (kube-proxy filters them per family). `None` (open) when valid ranges were given but
+/// none of this family, as kube-proxy's per-family proxier sees it; when no range given
+/// was valid, closed (nobody from outside), not open.
 fn family_source_ranges(
     cidrs: &[(IpAddr, u8)],
     family: Family,
@@ -334,7 +335,8 @@ fn family_source_ranges(
     external: &[(IpAddr, FrontendKind)],
     warnings: &mut Vec<Rejection>,
     reject: Reject,
-) -> SourceRanges {
+) -> Option<SourceRanges> {
+    let valid_given = !cidrs.is_empty();
     let cidrs: Vec<(IpAddr, u8)> = cidrs
         .iter()
         .copied()
@@ -343,20 +345,25 @@ fn family_source_ranges(
     let has_load_balancer = external
         .iter()
         .any(|(_, kind)| *kind == FrontendKind::LoadBalancer);
-    if cidrs.is_empty() && has_load_balancer {
-        warnings.push(reject(
-            "invalid_source_range",
-            format!(
-                "no loadBalancerSourceRanges entry is an {0} CIDR: the {0} load balancer IPs accept no traffic from outside the node",
-                family.as_str()
-            ),
-        ));
+    if cidrs.is_empty() && valid_given {
+        // kube-proxy's per-family proxier keeps its own family's ranges, and an empty list
+        // is no firewall at all.
+        if has_load_balancer {
+            warnings.push(reject(
+                "source_ranges_other_family",
+                format!(
+                    "no loadBalancerSourceRanges entry is an {0} CIDR: the {0} load balancer IPs accept every client, as kube-proxy's {0} proxier does",
+                    family.as_str()
+                ),
+            ));
+        }
+        return None;
     }
     let allow_node = node
         .addresses
         .iter()
         .any(|ip| cidrs.iter().any(|cidr| contains(*cidr, *ip)));
-    SourceRanges { cidrs, allow_node }
+    Some(SourceRanges { cidrs, allow_node })
 }
 
 /// `203.0.113.0/25` -> (203.0.113.0, 25), `2001:db8::1/64` -> (2001:db8::, 64); the

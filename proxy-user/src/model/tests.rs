@@ -569,8 +569,24 @@ fn load_balancer_source_ranges_are_cidrs_on_the_load_balancer_frontends() {
         "{:?}",
         out.warnings
     );
-    // Nothing usable: closed, not open.
-    let closed = lb("[\"2001:db8::/64\"]");
+    // Only ranges of the other family: no firewall for this family's frontend, as
+    // kube-proxy's IPv4 proxier (which keeps IPv4 ranges only) has none; said so.
+    let open = lb("[\"2001:db8::/64\"]");
+    let lb_spec = open
+        .frontends
+        .iter()
+        .find(|(a, _)| a.ip == ip("198.19.2.1"))
+        .map(|(_, s)| s.source_ranges.clone());
+    assert_eq!(lb_spec, Some(None));
+    assert!(
+        open.warnings
+            .iter()
+            .any(|w| w.code == "source_ranges_other_family"),
+        "{:?}",
+        open.warnings
+    );
+    // Nothing usable at all: closed, not open.
+    let closed = lb("[\"bogus\"]");
     let lb_spec = closed
         .frontends
         .iter()

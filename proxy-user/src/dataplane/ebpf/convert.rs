@@ -76,11 +76,11 @@ pub fn backend(addr: &BackendAddr) -> Backend {
     }
 }
 
-pub fn backend_addr(be: &Backend) -> Option<BackendAddr> {
-    Some(BackendAddr {
+pub fn backend_addr(be: &Backend) -> BackendAddr {
+    BackendAddr {
         ip: ip_of(&be.addr),
         port: u16::from_be(be.port),
-    })
+    }
 }
 
 /// `Service::flags` for a frontend.
@@ -143,7 +143,7 @@ mod tests {
             ip: Ipv4Addr::new(198, 18, 1, 2).into(),
             port: 53,
         };
-        assert_eq!(backend_addr(&backend(&b)), Some(b));
+        assert_eq!(backend_addr(&backend(&b)), b);
         for kind in FrontendKind::ALL {
             for local in [false, true] {
                 assert_eq!(

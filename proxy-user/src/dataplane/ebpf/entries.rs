@@ -170,9 +170,7 @@ pub fn source_range_keys(fe: Frontend, ranges: &SourceRanges) -> Vec<(u32, Sourc
 pub fn desired_state(entries: Entries) -> DesiredState {
     let mut members: BTreeMap<Frontend, Vec<WeightedBackend>> = BTreeMap::new();
     for (key, member) in entries.members {
-        let Some(addr) = backend_addr(&key.backend) else {
-            continue;
-        };
+        let addr = backend_addr(&key.backend);
         members
             .entry(key.frontend)
             .or_default()

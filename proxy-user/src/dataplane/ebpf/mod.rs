@@ -43,8 +43,6 @@ pub struct EbpfDataplane {
     /// The tc programs' interfaces are those carrying the node's addresses, known once
     /// the Node object is (see [`Dataplane::node_addresses`]).
     interfaces_from_node: bool,
-    /// IPv6 frontends, left out until this dataplane serves them (remove to write them).
-    left_out: super::left_out::LeftOut,
 }
 
 /// `uname -r`.
@@ -104,7 +102,6 @@ impl EbpfDataplane {
             members_in_use,
             pending: Some(loaded),
             interfaces_from_node: interfaces.is_none(),
-            left_out: Default::default(),
             agent: proxy_common::AgentInfo {
                 version: proxy_common::AgentInfo::field(env!("CARGO_PKG_VERSION")),
                 cgroup: proxy_common::AgentInfo::field(&cgroup.display().to_string()),
@@ -156,18 +153,8 @@ impl Dataplane for EbpfDataplane {
         entries::unchanged(installed, wanted)
     }
 
-    fn left_out(&self) -> &DesiredState {
-        self.left_out.frontends()
-    }
-
     fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let changes = self.left_out.split(
-            changes,
-            |addr| addr.ip.is_ipv4(),
-            "IPv6 frontends are not served in eBPF mode yet: the model-to-maps step leaves them out",
-            &mut report.left_out,
-        );
         self.maps.reclaim_space();
         let changes = self.write_fresh_in_batches(changes, &mut report);
         for change in changes {
