@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use integration::{
     Agent, ClientLoop, SOCKET_PROGRAMS, Topology, attached_programs,
-    manifests::{DNS, HTTP, Port, ServiceOpts, service_with_endpoints},
+    manifests::{DNS, Endpoint, HTTP, Port, ServiceOpts, service_with_endpoints},
     require_privileges, scaled,
     two_nodes::{NODE_A_IP, TwoNodes},
 };
 
 const VIP: &str = "198.19.0.10";
+const VIP6: &str = "2001:db8:19::a";
 
 /// The running kernel's (major, minor).
 fn kernel() -> (u32, u32) {
@@ -167,6 +168,91 @@ fn socket_load_balancing_by_weight_tcp_and_udp_with_the_service_address_shown() 
         [&format!("{VIP}:53")],
         "replies come from the Service address: {udp:?}"
     );
+}
+
+/// The IPv6 socket programs on every kernel: a dual-stack Service (web-0 by IPv4, web-1 by
+/// IPv6) reached over IPv6, over IPv4, and from an AF_INET6 socket by the IPv4-mapped
+/// address, TCP and UDP, each time with the Service address shown; an IPv6 Service without
+/// endpoints refused with the kernel's errno.
+#[test]
+fn both_families_and_the_mapped_address_are_balanced_and_refused_alike() {
+    require_privileges!();
+    let t = Topology::new(2);
+    let mut agent = Agent::new(&t);
+    let endpoints: Vec<Endpoint> = t
+        .ready_endpoints()
+        .into_iter()
+        .take(1)
+        .chain(t.ready_endpoints6().into_iter().skip(1))
+        .collect();
+    let dual = ServiceOpts {
+        second_cluster_ip: Some(VIP6),
+        ..Default::default()
+    };
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints("web", VIP, &[HTTP, DNS], &dual, &endpoints),
+    );
+    agent.write(
+        "empty.yaml",
+        &service_with_endpoints(
+            "empty",
+            "2001:db8:19::e",
+            &[HTTP],
+            &ServiceOpts::default(),
+            &[],
+        ),
+    );
+    agent.start();
+    agent.wait_frontend(&format!("[{VIP6}]:80"), 1);
+    agent.wait_frontend(&format!("{VIP}:80"), 1);
+    agent.wait_frontend("[2001:db8:19::e]:80", 0);
+    wait_attached(&agent);
+    for (to, backend) in [
+        (format!("[{VIP6}]:80"), "web-1"),
+        (format!("{VIP}:80"), "web-0"),
+        (format!("[::ffff:{VIP}]:80"), "web-0"),
+    ] {
+        let tcp = t.probe(&["--to", &to, "--count", "20", "--timeout-ms", &timeout_ms()]);
+        assert_eq!(tcp.count(backend), 20, "{to}: {tcp:?}");
+        assert_eq!(tcp.peers.keys().collect::<Vec<_>>(), [&to], "{tcp:?}");
+    }
+    for (to, backend) in [
+        (format!("[{VIP6}]:53"), "web-1"),
+        (format!("[::ffff:{VIP}]:53"), "web-0"),
+    ] {
+        for mode in ["--unconnected", "--udp"] {
+            let udp = t.probe(&[
+                "--to",
+                &to,
+                "--count",
+                "20",
+                mode,
+                "--timeout-ms",
+                &timeout_ms(),
+            ]);
+            assert_eq!(udp.count(backend), 20, "{to} {mode}: {udp:?}");
+            assert_eq!(
+                udp.reply_sources.keys().collect::<Vec<_>>(),
+                [&to],
+                "{mode}: {udp:?}"
+            );
+        }
+    }
+    let errno = if has_set_retval() {
+        "ECONNREFUSED"
+    } else {
+        "EPERM"
+    };
+    let refused = t.probe(&[
+        "--to",
+        "[2001:db8:19::e]:80",
+        "--count",
+        "3",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert_eq!(refused.errors.get(errno), Some(&3), "{refused:?}");
 }
 
 #[test]
