@@ -22,12 +22,12 @@ fn main() {
     );
     for b in &t.backends {
         println!(
-            "backend {} at {} in namespace {}",
-            b.name, b.ip, b.netns.name
+            "backend {} at {} and {} in namespace {}",
+            b.name, b.ip, b.ip6, b.netns.name
         );
     }
     println!(
-        "(the namespaces are connected only to each other; the client has no route to 198.19.0.0/16)"
+        "(the namespaces are connected only to each other; the client has no route to 198.19.0.0/16 or 2001:db8:19::/64)"
     );
 
     let mut agent = Agent::new(&t);
@@ -41,6 +41,7 @@ fn main() {
     agent.start();
     agent.wait_backends("demo/web:http", 3);
     agent.wait_backends("demo/dns:dns", 2);
+    agent.wait_frontend("[2001:db8:19::20]:80", 2);
     println!(
         "\nproxy-agent --mode ebpf --source {} --cgroup {} --bpffs {}",
         show(&agent.manifests),
@@ -97,11 +98,29 @@ fn main() {
         keys(&udp.reply_sources)
     );
 
-    println!("\n-- 5. proxyctl: what the node does, read from the pinned maps");
+    println!(
+        "\n-- 5. a dual-stack Service, demo/both: 198.19.0.20 (endpoints web-0, web-1 by IPv4) and 2001:db8:19::20 (web-1, web-2 by IPv6)"
+    );
+    for to in [
+        "198.19.0.20:80",
+        "[2001:db8:19::20]:80",
+        "[::ffff:198.19.0.20]:80",
+    ] {
+        let report = t.probe(&["--to", to, "--count", "100"]);
+        println!(
+            "{:<24} answers: {}; getpeername(): {}",
+            to,
+            summary(&report),
+            keys(&report.peers)
+        );
+    }
+
+    println!("\n-- 6. proxyctl: what the node does, read from the pinned maps");
     for args in [
         &["status"][..],
         &["services"],
         &["lookup", "198.19.0.53:53/udp"],
+        &["lookup", "[2001:db8:19::20]:80"],
         &["backends"],
         &["stats"],
         &["affinity"],
@@ -110,7 +129,7 @@ fn main() {
         print!("{}", String::from_utf8_lossy(&agent.proxyctl(args).stdout));
     }
 
-    println!("\n-- 6. the agent's /healthz and an excerpt of its /metrics");
+    println!("\n-- 7. the agent's /healthz and an excerpt of its /metrics");
     let (status, health) = agent.http_get(10256, "/healthz");
     println!("GET /healthz: {status} {health}");
     let (_, metrics) = agent.http_get(10249, "/metrics");
@@ -125,7 +144,7 @@ fn main() {
         println!("{line}");
     }
 
-    println!("\n-- 7. the same Services in iptables mode (kube-proxy's chains)");
+    println!("\n-- 8. the same Services in iptables mode (kube-proxy's chains)");
     agent.stop();
     // iptables DNATs after routing, so the service range needs a route now.
     t.route_service_range();
@@ -150,7 +169,7 @@ fn main() {
         String::from_utf8_lossy(&agent.proxyctl(&["chains", "demo/web:http"]).stdout)
     );
 
-    println!("\n-- 8. cleanup");
+    println!("\n-- 9. cleanup");
     agent.stop();
     drop(agent);
     drop(t);
@@ -167,7 +186,7 @@ fn from_outside() {
         two_nodes::{NODE_A_IP, TwoNodes},
     };
     println!(
-        "\n-- 9. traffic from outside the node: a client, node-a (the agent, tc programs on ext0 and nb0), node-b, a pod on each"
+        "\n-- 10. traffic from outside the node: a client, node-a (the agent, tc programs on ext0 and nb0), node-b, a pod on each"
     );
     let t = TwoNodes::new();
     let mut agent = t.agent("ebpf");
