@@ -10,7 +10,7 @@ use crate::dataplane::iptables::render::{RenderOptions, filter_table, nat_table}
 
 fn options() -> RenderOptions {
     RenderOptions {
-        cluster_cidr: Some((Ipv4Addr::new(198, 18, 0, 0), 15)),
+        cluster_cidr: Some((Ipv4Addr::new(198, 18, 0, 0).into(), 15)),
         random_fully: true,
         ..RenderOptions::default()
     }
@@ -85,7 +85,7 @@ fn round_trip(state: &DesiredState) -> DesiredState {
     let filter = filter_table(state, &options());
     let rules = InstalledRules::parse(&nat, &filter);
     assert_eq!(rules.skipped(), &[], "rendered rules parse whole:\n{nat}");
-    desired_state(&rules)
+    desired_state(&rules, Family::Ipv4)
 }
 
 /// The fields of `back` that differ from `spec`.
@@ -331,7 +331,7 @@ fn cases() -> Vec<Case> {
 fn read_back_at(addr: &FrontendAddr, spec: &FrontendSpec) -> FrontendAddr {
     match spec.kind {
         FrontendKind::NodePort => FrontendAddr {
-            ip: NODE_PORT_ADDRESS.into(),
+            ip: node_port_address(Family::Ipv4),
             ..*addr
         },
         _ => *addr,
@@ -543,7 +543,7 @@ fn a_save_in_iptables_saves_form_reads_back() {
 -A KUBE-SVC-XRY76EGRC3BSCIIJ -m comment --comment \"demo/web:http -> 198.18.1.2:8080\" -m statistic --mode random --probability 0.75000000000 -j KUBE-SEP-AKZGSXBLP34CFQEE\n\
 -A KUBE-SVC-XRY76EGRC3BSCIIJ -m comment --comment \"demo/web:http -> 198.18.2.2:8080\" -j KUBE-SEP-4CX4QJNHUHPAFOOF\n\
 COMMIT\n";
-    let state = desired_state(&InstalledRules::parse(nat, ""));
+    let state = desired_state(&InstalledRules::parse(nat, ""), Family::Ipv4);
     let web = state
         .get(&addr([198, 19, 0, 10], 80, Protocol::Tcp))
         .expect("read back");

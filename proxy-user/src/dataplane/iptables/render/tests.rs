@@ -61,7 +61,7 @@ fn by_chain(text: &str) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
 
 fn options() -> RenderOptions {
     RenderOptions {
-        cluster_cidr: Some((Ipv4Addr::new(10, 0, 0, 0), 8)),
+        cluster_cidr: Some((Ipv4Addr::new(10, 0, 0, 0).into(), 8)),
         random_fully: false,
         ..RenderOptions::default()
     }
