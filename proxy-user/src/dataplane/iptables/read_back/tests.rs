@@ -580,3 +580,90 @@ fn uneven_shares_beyond_the_search_come_back_close() {
         / f64::from(got.backends[0].weight + got.backends[1].weight);
     assert!((share - 0.4985).abs() < 1e-6, "{got:?}");
 }
+
+/// IPv6, as ip6tables holds it: the same round trip with the IPv6 proxier's rules, the
+/// hosts as ip6tables-save prints them (`/128`), the NodePort read back at `::`, the node's
+/// own load balancer IP found again at the tail of the source ranges as a /128.
+#[test]
+fn ipv6_frontends_round_trip() {
+    let v6 = |text: &str| -> IpAddr { text.parse().expect("test IPv6 address") };
+    let backend = |last: u16, weight| WeightedBackend {
+        addr: BackendAddr {
+            ip: IpAddr::V6(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 0x18, 1, 0, 0, 0, last,
+            )),
+            port: 8080,
+        },
+        weight,
+    };
+    let base = FrontendSpec {
+        affinity_timeout_s: 600,
+        health_check_node_port: Some(32_100),
+        ..spec(
+            "demo/lb:https",
+            FrontendKind::ClusterIp,
+            vec![backend(5, 1), backend(6, 1)],
+        )
+    };
+    let external = |kind| FrontendSpec {
+        kind,
+        external_local: Some(vec![backend(5, 1)]),
+        source_ranges: (kind == FrontendKind::LoadBalancer).then(|| SourceRanges {
+            cidrs: vec![(v6("2001:db8:aa::"), 48)],
+            allow_node: true,
+        }),
+        ..base.clone()
+    };
+    let at = |ip: &str, port| FrontendAddr {
+        ip: v6(ip),
+        port,
+        protocol: Protocol::Tcp,
+    };
+    let state: DesiredState = [
+        (at("2001:db8:19::a", 443), base.clone()),
+        (
+            at("2001:db8:19:200::1", 443),
+            external(FrontendKind::LoadBalancer),
+        ),
+        (at("2001:db8::2", 30443), external(FrontendKind::NodePort)),
+    ]
+    .into();
+    let options = RenderOptions {
+        cluster_cidr: Some((v6("2001:db8:18::"), 48)),
+        ..RenderOptions::default().ipv6(None)
+    };
+    // ip6tables-save appends /128 to every host match.
+    let saved = |text: String| -> String {
+        text.split(' ')
+            .map(|w| match w.parse::<std::net::Ipv6Addr>() {
+                Ok(_) => format!("{w}/128"),
+                Err(_) => w.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let nat = saved(as_the_kernel_prints(&nat_table(&state, &options)));
+    assert!(nat.contains("-d 2001:db8:19::a/128 --dport 443"), "{nat}");
+    let filter = saved(filter_table(&state, &options));
+    let rules = InstalledRules::parse(&nat, &filter);
+    assert_eq!(rules.skipped(), &[], "{nat}");
+    let back = desired_state(&rules, Family::Ipv6);
+    let node_port = FrontendAddr {
+        ip: node_port_address(Family::Ipv6),
+        ..at("2001:db8::2", 30443)
+    };
+    assert_eq!(node_port.ip, v6("::"));
+    let mut expected = state.clone();
+    let np = expected
+        .remove(&at("2001:db8::2", 30443))
+        .expect("node port");
+    expected.insert(node_port, np);
+    assert_eq!(back.len(), expected.len(), "{back:#?}");
+    for (addr, spec) in &expected {
+        let got = back
+            .get(addr)
+            .unwrap_or_else(|| panic!("{addr} read back: {back:#?}"));
+        assert!(unchanged(got, spec), "{addr}: {got:#?} against {spec:#?}");
+        assert_eq!(got.source_ranges, spec.source_ranges, "{addr}");
+    }
+}
