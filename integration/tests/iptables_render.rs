@@ -171,8 +171,10 @@ fn load(ns: &Netns, restores: &[&str], rules: &str) {
 fn v6(ip: std::net::IpAddr) -> std::net::IpAddr {
     match ip {
         std::net::IpAddr::V4(v4) => {
+            // Each decimal octet read as hex digits, so that 18 shows as 18.
+            let hex = |octet: u8| u16::from_str_radix(&octet.to_string(), 16).expect("digits");
             let [_, b, c, d] = v4.octets();
-            std::net::Ipv6Addr::new(0x2001, 0xdb8, b.into(), c.into(), 0, 0, 0, d.into()).into()
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, hex(b), hex(c), 0, 0, 0, hex(d)).into()
         }
         v6 => v6,
     }
