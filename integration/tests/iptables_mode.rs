@@ -882,6 +882,22 @@ fn a_dual_stack_service_answers_over_both_families_from_one_client() {
     );
     assert!(nat_rules(&agent).contains(&format!(":{svc} ")));
     assert!(ip6tables_save(&agent, "nat").contains(&format!(":{svc} ")));
+    // proxyctl reads both families' chains.
+    agent.wait_frontend(&format!("{VIP}:80"), 2);
+    agent.wait_frontend(&format!("[{VIP6}]:80"), 2);
+    let rows = agent.services();
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["frontend"] == format!("[{VIP6}]:80")))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["family"], "IPv6", "{row}");
+    let chains = agent.proxyctl(&["chains", "demo/web:http"]);
+    let chains = String::from_utf8_lossy(&chains.stdout);
+    assert!(
+        chains.contains("# IPv6 (ip6tables)") && chains.contains("[2001:db8:18:3::2]:8080"),
+        "{chains}"
+    );
     let n = 200;
     for (to, names) in [
         (format!("{VIP}:80"), ["web-0", "web-1"]),
