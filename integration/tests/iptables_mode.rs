@@ -68,9 +68,14 @@ fn switching_modes_removes_the_other_modes_state() {
     agent.start();
     agent.wait_backends("demo/web:http", 2);
     agent.wait_for("the switch", Duration::from_secs(5), |_| {
-        !nat_rules(&agent).contains("KUBE-")
+        !nat_rules(&agent).contains("KUBE-") && !ip6tables_save(&agent, "nat").contains("KUBE-")
     });
     assert!(!nat_rules(&agent).contains("EBPF-PROXY-OWNED"));
+    let nat6 = ip6tables_save(&agent, "nat");
+    assert!(
+        !nat6.contains("KUBE-") && !nat6.contains("EBPF-PROXY-OWNED"),
+        "ip6tables' chains go too:\n{nat6}"
+    );
     assert_eq!(
         t.probe(&["--to", &format!("{VIP}:80"), "--count", "20"])
             .answers
@@ -373,16 +378,30 @@ fn proxyctl_says_what_is_missing() {
 #[test]
 fn udp_flows_leave_a_removed_endpoint() {
     require_privileges!();
+    udp_flow_leaves_a_removed_endpoint(false);
+}
+
+/// The same over IPv6: the entries go with `conntrack -f ipv6`.
+#[test]
+fn ipv6_udp_flows_leave_a_removed_endpoint() {
+    require_privileges!();
+    udp_flow_leaves_a_removed_endpoint(true);
+}
+
+fn udp_flow_leaves_a_removed_endpoint(ipv6: bool) {
     let t = Topology::new(2);
     t.route_service_range();
     let mut agent = Agent::new(&t);
     agent.mode = "iptables";
-    let eps = t.ready_endpoints();
+    let (vip, to, eps) = match ipv6 {
+        false => (VIP, format!("{VIP}:53"), t.ready_endpoints()),
+        true => (VIP6, format!("[{VIP6}]:53"), t.ready_endpoints6()),
+    };
     let dns =
-        |endpoints| service_with_endpoints("dns", VIP, &[DNS], &ServiceOpts::default(), endpoints);
+        |endpoints| service_with_endpoints("dns", vip, &[DNS], &ServiceOpts::default(), endpoints);
     agent.write("dns.yaml", &dns(&eps[..1]));
     agent.start();
-    agent.wait_backends("demo/dns:dns", 1);
+    agent.wait_frontend(&to, 1);
 
     // One socket, one source port: conntrack keeps the flow on web-0 while it is used.
     let client = t
@@ -392,7 +411,7 @@ fn udp_flows_leave_a_removed_endpoint() {
                 .to_str()
                 .expect("utf-8 path"),
         )
-        .args(["connect", "--to", &format!("{VIP}:53"), "--one-socket"])
+        .args(["connect", "--to", &to, "--one-socket"])
         .args([
             "--count",
             "60",
@@ -449,12 +468,17 @@ fn the_legacy_backend_serves_and_is_found_by_proxyctl_and_cleanup() {
         !saved(&agent, "iptables-nft-save").contains("KUBE-"),
         "nothing written to nf_tables"
     );
+    // The IPv6 proxier writes to ip6tables of the same backend.
+    assert!(saved(&agent, "ip6tables-legacy-save").contains(":EBPF-PROXY-OWNED"));
+    assert!(!saved(&agent, "ip6tables-nft-save").contains("KUBE-"));
     agent.stop();
     integration::run(&mut agent.cleanup_command());
-    assert!(
-        !saved(&agent, "iptables-legacy-save").contains("KUBE-"),
-        "--cleanup finds the legacy chains"
-    );
+    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        assert!(
+            !saved(&agent, save).contains("KUBE-"),
+            "--cleanup finds the legacy chains ({save})"
+        );
+    }
 }
 
 #[test]
