@@ -14,7 +14,7 @@ use std::time::Duration;
 use integration::{
     Agent,
     manifests::{DNS, HTTP, Port, ServiceOpts, service_with_endpoints},
-    two_nodes::{CLIENT_IP, NODE_A_IP, TwoNodes},
+    two_nodes::{CLIENT_IP, CLIENT_IP6, NODE_A_IP, NODE_A_IP6, TwoNodes},
 };
 
 const VIP: &str = "198.19.0.30";
@@ -444,4 +444,59 @@ fn without_a_node_object_node_ports_are_served_on_the_interfaces_addresses() {
     });
     let report = t.probe(&["--to", &format!("{NODE_A_IP}:30080"), "--count", "20"]);
     assert_eq!(report.answers.values().sum::<usize>(), 20, "{report:?}");
+}
+
+/// An IPv6 NodePort from outside, in iptables mode: ip6tables' KUBE-NODEPORTS and KUBE-EXT
+/// chains translate it as kube-proxy's IPv6 proxier does, masquerading to node-a, and the
+/// IPv4 NodePort of the same dual-stack Service keeps working beside it. (The eBPF mode's
+/// tc programs are IPv4 only for now.)
+#[test]
+fn an_ipv6_node_port_reaches_both_nodes_pods_in_iptables_mode() {
+    integration::require_privileges!();
+    let t = TwoNodes::new();
+    let mut agent = t.agent_dual_stack("iptables");
+    let endpoints: Vec<integration::manifests::Endpoint> =
+        t.endpoints().into_iter().chain(t.endpoints6()).collect();
+    let opts = ServiceOpts {
+        type_: Some("NodePort"),
+        second_cluster_ip: Some("2001:db8:19::30"),
+        ..ServiceOpts::default()
+    };
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints("web", VIP, &[HTTP_NP, DNS_NP], &opts, &endpoints),
+    );
+    agent.start();
+    agent.wait_for("the first sync", Duration::from_secs(10), |_| {
+        agent.log().contains("\"synced\"")
+    });
+    for (to, client) in [
+        (format!("[{NODE_A_IP6}]:30080"), CLIENT_IP6),
+        (format!("{NODE_A_IP}:30080"), CLIENT_IP),
+    ] {
+        let report = t.probe(&["--to", &to, "--count", "40", "--ask-source"]);
+        assert_eq!(
+            report.answers.values().sum::<usize>(),
+            40,
+            "{to}: {report:?}"
+        );
+        let seen = who_saw(&report);
+        let pods: std::collections::BTreeSet<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(pods.len(), 2, "{to}: both nodes' pods answer: {report:?}");
+        for (pod, source) in &seen {
+            assert_ne!(
+                source, client,
+                "{to}: {pod} saw the client: kube-proxy masquerades"
+            );
+        }
+    }
+    let to = format!("[{NODE_A_IP6}]:30053");
+    let udp = t.probe(&["--to", &to, "--udp", "--count", "30"]);
+    assert_eq!(udp.answers.values().sum::<usize>(), 30, "{udp:?}");
+    assert_eq!(udp.answers.len(), 2, "{udp:?}");
+    assert_eq!(
+        udp.reply_sources.keys().collect::<Vec<_>>(),
+        [&to],
+        "{udp:?}"
+    );
 }

@@ -68,9 +68,14 @@ fn switching_modes_removes_the_other_modes_state() {
     agent.start();
     agent.wait_backends("demo/web:http", 2);
     agent.wait_for("the switch", Duration::from_secs(5), |_| {
-        !nat_rules(&agent).contains("KUBE-")
+        !nat_rules(&agent).contains("KUBE-") && !ip6tables_save(&agent, "nat").contains("KUBE-")
     });
     assert!(!nat_rules(&agent).contains("EBPF-PROXY-OWNED"));
+    let nat6 = ip6tables_save(&agent, "nat");
+    assert!(
+        !nat6.contains("KUBE-") && !nat6.contains("EBPF-PROXY-OWNED"),
+        "ip6tables' chains go too:\n{nat6}"
+    );
     assert_eq!(
         t.probe(&["--to", &format!("{VIP}:80"), "--count", "20"])
             .answers
@@ -373,16 +378,30 @@ fn proxyctl_says_what_is_missing() {
 #[test]
 fn udp_flows_leave_a_removed_endpoint() {
     require_privileges!();
+    udp_flow_leaves_a_removed_endpoint(false);
+}
+
+/// The same over IPv6: the entries go with `conntrack -f ipv6`.
+#[test]
+fn ipv6_udp_flows_leave_a_removed_endpoint() {
+    require_privileges!();
+    udp_flow_leaves_a_removed_endpoint(true);
+}
+
+fn udp_flow_leaves_a_removed_endpoint(ipv6: bool) {
     let t = Topology::new(2);
     t.route_service_range();
     let mut agent = Agent::new(&t);
     agent.mode = "iptables";
-    let eps = t.ready_endpoints();
+    let (vip, to, eps) = match ipv6 {
+        false => (VIP, format!("{VIP}:53"), t.ready_endpoints()),
+        true => (VIP6, format!("[{VIP6}]:53"), t.ready_endpoints6()),
+    };
     let dns =
-        |endpoints| service_with_endpoints("dns", VIP, &[DNS], &ServiceOpts::default(), endpoints);
+        |endpoints| service_with_endpoints("dns", vip, &[DNS], &ServiceOpts::default(), endpoints);
     agent.write("dns.yaml", &dns(&eps[..1]));
     agent.start();
-    agent.wait_backends("demo/dns:dns", 1);
+    agent.wait_frontend(&to, 1);
 
     // One socket, one source port: conntrack keeps the flow on web-0 while it is used.
     let client = t
@@ -392,7 +411,7 @@ fn udp_flows_leave_a_removed_endpoint() {
                 .to_str()
                 .expect("utf-8 path"),
         )
-        .args(["connect", "--to", &format!("{VIP}:53"), "--one-socket"])
+        .args(["connect", "--to", &to, "--one-socket"])
         .args([
             "--count",
             "60",
@@ -449,12 +468,17 @@ fn the_legacy_backend_serves_and_is_found_by_proxyctl_and_cleanup() {
         !saved(&agent, "iptables-nft-save").contains("KUBE-"),
         "nothing written to nf_tables"
     );
+    // The IPv6 proxier writes to ip6tables of the same backend.
+    assert!(saved(&agent, "ip6tables-legacy-save").contains(":EBPF-PROXY-OWNED"));
+    assert!(!saved(&agent, "ip6tables-nft-save").contains("KUBE-"));
     agent.stop();
     integration::run(&mut agent.cleanup_command());
-    assert!(
-        !saved(&agent, "iptables-legacy-save").contains("KUBE-"),
-        "--cleanup finds the legacy chains"
-    );
+    for save in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+        assert!(
+            !saved(&agent, save).contains("KUBE-"),
+            "--cleanup finds the legacy chains ({save})"
+        );
+    }
 }
 
 #[test]
@@ -543,7 +567,13 @@ fn changes_made_while_the_agent_was_down_converge_from_the_read_back() {
         ),
     );
     let synced = |agent: &Agent| log_lines_with(agent, "\"synced\"");
-    let read_back = |agent: &Agent| log_lines_with(agent, "read back what our chains hold");
+    // The IPv4 tables' read-back (ip6tables' has a line of its own).
+    let read_back = |agent: &Agent| -> Vec<String> {
+        log_lines_with(agent, "read back what our chains hold")
+            .into_iter()
+            .filter(|l| l.contains("\"family\":\"IPv4\""))
+            .collect()
+    };
     agent.start();
     agent.wait_for("the first sync", Duration::from_secs(10), |_| {
         !synced(&agent).is_empty()
@@ -710,4 +740,258 @@ fn without_route_localnet_only_localhost_node_ports_are_lost() {
     );
     let report = t.probe(&["--to", &format!("{VIP}:80"), "--count", "10"]);
     assert_eq!(report.answers.values().sum::<usize>(), 10, "{report:?}");
+}
+
+// IPv6: kube-proxy's IPv6 proxier's chains in ip6tables, beside the IPv4 ones.
+
+const VIP6: &str = "2001:db8:19::a";
+
+fn ip6tables_save(agent: &Agent, table: &str) -> String {
+    integration::run(
+        integration::command_in(&agent.netns, None, "ip6tables-save").args(["-t", table]),
+    )
+}
+
+/// The agent in iptables mode serving `yaml` as demo/web, once its first sync is done.
+fn iptables_agent_with(t: &Topology, yaml: &str) -> Agent {
+    let mut agent = Agent::new(t);
+    agent.mode = "iptables";
+    agent.write("web.yaml", yaml);
+    agent.start();
+    agent.wait_for("the iptables rules", Duration::from_secs(10), |_| {
+        agent.log().contains("\"synced\"")
+    });
+    agent
+}
+
+#[test]
+fn an_ipv6_cluster_ip_spreads_over_its_endpoints_reads_back_and_cleans_up() {
+    require_privileges!();
+    let t = Topology::new(2);
+    t.route_service_range();
+    let yaml = service_with_endpoints(
+        "web",
+        VIP6,
+        &[HTTP, DNS],
+        &ServiceOpts::default(),
+        &t.ready_endpoints6(),
+    );
+    let mut agent = iptables_agent_with(&t, &yaml);
+    let nat6 = ip6tables_save(&agent, "nat");
+    for rule in [
+        ":EBPF-PROXY-OWNED",
+        "-d 2001:db8:19::a/128 -p tcp -m comment --comment \"demo/web:http cluster IP\"",
+        "-j DNAT --to-destination [2001:db8:18:1::2]:8080",
+        // ip6tables-save prints the address match first.
+        "-A KUBE-SERVICES ! -d ::1/128 -m comment --comment \"kubernetes service nodeports;",
+    ] {
+        assert!(nat6.contains(rule), "{rule} in ip6tables:\n{nat6}");
+    }
+    assert!(
+        !nat_rules(&agent).contains("2001:db8"),
+        "nothing of IPv6 in iptables"
+    );
+    assert!(
+        !agent.log().contains("family_not_served"),
+        "nothing left out: {}",
+        agent.log()
+    );
+
+    let n = 1_000;
+    let to = format!("[{VIP6}]:80");
+    let report = t.probe(&["--to", &to, "--count", &n.to_string()]);
+    assert!(report.errors.is_empty(), "{report:?}");
+    let (lo, hi) = integration::binomial_bounds(n, 0.5);
+    for name in ["web-0", "web-1"] {
+        let got = report.count(name) as f64;
+        assert!(
+            lo <= got && got <= hi,
+            "{name} got {got} of {n}, expected within [{lo:.0}, {hi:.0}]: {report:?}"
+        );
+    }
+    assert_eq!(report.peers.keys().collect::<Vec<_>>(), vec![&to]);
+    let udp_to = format!("[{VIP6}]:53");
+    for mode in ["--unconnected", "--udp"] {
+        let report = t.probe(&["--to", &udp_to, "--count", "40", mode]);
+        assert_eq!(
+            report.answers.values().sum::<usize>(),
+            40,
+            "{mode}: {report:?}"
+        );
+        assert_eq!(report.answers.len(), 2, "{mode}: {report:?}");
+        assert_eq!(
+            report.reply_sources.keys().collect::<Vec<_>>(),
+            vec![&udp_to],
+            "{mode}: {report:?}"
+        );
+    }
+
+    // A restart reads ip6tables back: both IPv6 frontends, and nothing to rewrite.
+    agent.stop();
+    let synced = |agent: &Agent| log_lines_with(agent, "\"synced\"");
+    let before = synced(&agent).len();
+    agent.start();
+    agent.wait_for(
+        "the sync after the restart",
+        Duration::from_secs(10),
+        |_| synced(&agent).len() > before,
+    );
+    let read_back: Vec<String> = log_lines_with(&agent, "read back what our chains hold")
+        .into_iter()
+        .filter(|l| l.contains("\"family\":\"IPv6\""))
+        .collect();
+    let line = read_back.last().cloned().unwrap_or_default();
+    assert!(
+        line.contains("\"frontends\":2") && line.contains("\"service_ports\":2"),
+        "{read_back:?}"
+    );
+    let first = synced(&agent)[before].clone();
+    assert!(
+        first.contains("\"written\":0") && first.contains("\"removed\":0"),
+        "the read-back is what is wanted: {first}"
+    );
+
+    // --cleanup removes ours from ip6tables as from iptables.
+    agent.stop();
+    integration::run(&mut agent.cleanup_command());
+    for table in ["nat", "filter"] {
+        let saved = ip6tables_save(&agent, table);
+        for ours in [
+            "EBPF-PROXY-OWNED",
+            "KUBE-SERVICES",
+            "KUBE-SVC-",
+            "KUBE-SEP-",
+            "KUBE-NODEPORTS",
+            "KUBE-POSTROUTING",
+            "KUBE-MARK-MASQ",
+            "KUBE-PROXY-FIREWALL",
+            "KUBE-FORWARD",
+        ] {
+            assert!(
+                !saved.contains(ours),
+                "{ours} left in ip6tables {table}:\n{saved}"
+            );
+        }
+    }
+}
+
+/// demo/web dual-stack (198.19.0.10 and 2001:db8:19::a): web-0 and web-1 by IPv4,
+/// web-1 and web-2 by IPv6, so which backend answers tells which family's chains served.
+#[test]
+fn a_dual_stack_service_answers_over_both_families_from_one_client() {
+    require_privileges!();
+    let t = Topology::new(3);
+    t.route_service_range();
+    let endpoints: Vec<integration::manifests::Endpoint> = t
+        .ready_endpoints()
+        .into_iter()
+        .take(2)
+        .chain(t.ready_endpoints6().into_iter().skip(1))
+        .collect();
+    let yaml = service_with_endpoints(
+        "web",
+        VIP,
+        &[HTTP, DNS],
+        &ServiceOpts {
+            second_cluster_ip: Some(VIP6),
+            ..Default::default()
+        },
+        &endpoints,
+    );
+    let agent = iptables_agent_with(&t, &yaml);
+    // One service port, the same chain names in both families.
+    let svc = proxy_user::dataplane::iptables::names::service_chain(
+        "demo/web:http",
+        proxy_user::model::Protocol::Tcp,
+    );
+    assert!(nat_rules(&agent).contains(&format!(":{svc} ")));
+    assert!(ip6tables_save(&agent, "nat").contains(&format!(":{svc} ")));
+    // proxyctl reads both families' chains.
+    agent.wait_frontend(&format!("{VIP}:80"), 2);
+    agent.wait_frontend(&format!("[{VIP6}]:80"), 2);
+    let rows = agent.services();
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["frontend"] == format!("[{VIP6}]:80")))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(row["family"], "IPv6", "{row}");
+    let chains = agent.proxyctl(&["chains", "demo/web:http"]);
+    let chains = String::from_utf8_lossy(&chains.stdout);
+    assert!(
+        chains.contains("# IPv6 (ip6tables)") && chains.contains("[2001:db8:18:3::2]:8080"),
+        "{chains}"
+    );
+    let n = 200;
+    for (to, names) in [
+        (format!("{VIP}:80"), ["web-0", "web-1"]),
+        (format!("[{VIP6}]:80"), ["web-1", "web-2"]),
+        (format!("{VIP}:53"), ["web-0", "web-1"]),
+        (format!("[{VIP6}]:53"), ["web-1", "web-2"]),
+    ] {
+        let udp = to.ends_with(":53");
+        let mut args = vec!["--to", &to, "--count", "200"];
+        if udp {
+            args.push("--udp");
+        }
+        let report = t.probe(&args);
+        assert!(report.errors.is_empty(), "{to}: {report:?}");
+        assert_eq!(
+            report.answers.values().sum::<usize>(),
+            n,
+            "{to}: {report:?}"
+        );
+        // Over 200 connections a correct 50:50 choice misses one with probability 2^-199.
+        let got: Vec<&str> = report.answers.keys().map(String::as_str).collect();
+        assert_eq!(got, names, "{to}: {report:?}");
+        assert_eq!(
+            report.peers.keys().collect::<Vec<_>>(),
+            vec![&to],
+            "{report:?}"
+        );
+    }
+}
+
+/// A dual-stack Service without endpoints: REJECT in both families' filter tables, so a
+/// TCP connect is refused at once over either (ICMP or ICMPv6 port unreachable). A UDP
+/// datagram from this node is refused by the REJECT in OUTPUT before it leaves: the
+/// sender gets EPERM, in both families alike.
+#[test]
+fn a_service_without_endpoints_refuses_at_once_over_both_families() {
+    require_privileges!();
+    let t = Topology::new(1);
+    t.route_service_range();
+    let opts = ServiceOpts {
+        second_cluster_ip: Some(VIP6),
+        ..Default::default()
+    };
+    let yaml = service_with_endpoints("web", VIP, &[HTTP, DNS], &opts, &[]);
+    let agent = iptables_agent_with(&t, &yaml);
+    let filter6 = ip6tables_save(&agent, "filter");
+    assert!(
+        filter6.contains("demo/web:http has no endpoints")
+            && filter6.contains("-j REJECT --reject-with icmp6-port-unreachable"),
+        "{filter6}"
+    );
+    for vip in [VIP.to_string(), format!("[{VIP6}]")] {
+        let tcp = t.probe(&[
+            "--to",
+            &format!("{vip}:80"),
+            "--count",
+            "5",
+            "--timeout-ms",
+            "5000",
+        ]);
+        assert_eq!(tcp.errors.get("ECONNREFUSED"), Some(&5), "{vip}: {tcp:?}");
+        let udp = t.probe(&[
+            "--to",
+            &format!("{vip}:53"),
+            "--count",
+            "3",
+            "--unconnected",
+            "--timeout-ms",
+            "5000",
+        ]);
+        assert_eq!(udp.errors.get("EPERM"), Some(&3), "{vip}: {udp:?}");
+    }
 }

@@ -49,8 +49,9 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Traffic to a ClusterIP from outside this CIDR is masqueraded (iptables mode), as
-    /// with kube-proxy's --cluster-cidr.
-    #[arg(long, value_name = "CIDR")]
+    /// with kube-proxy's --cluster-cidr. Dual-stack: one CIDR per family, comma-separated
+    /// (`10.244.0.0/16,fd00:10:244::/56`).
+    #[arg(long, value_name = "CIDR[,CIDR]")]
     cluster_cidr: Option<String>,
     /// Dataplane to program.
     #[arg(long, value_enum, default_value = "auto")]
@@ -177,19 +178,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         } else {
             info!(links = ?removed.links, maps = ?removed.maps, "detached and unpinned");
         }
-        // Both modes' state goes, whichever ran last, from either iptables backend.
+        // Both modes' state goes, whichever ran last, from either iptables backend and
+        // both families.
         for backend in iptables::backend::available() {
             let name = backend.name();
-            match backend.binaries().cleanup() {
-                Ok(chains) if chains.is_empty() => {
-                    info!(backend = name, "no iptables chains installed")
+            for (family, binaries) in families(backend) {
+                match binaries.cleanup() {
+                    Ok(chains) if chains.is_empty() => {
+                        info!(backend = name, family, "no iptables chains installed")
+                    }
+                    Ok(chains) => {
+                        info!(backend = name, family, ?chains, "iptables chains removed")
+                    }
+                    // No ip6tables (or no IPv6) here: nothing of ours can be there.
+                    Err(e) if family == "IPv6" => tracing::debug!(
+                        backend = name,
+                        family,
+                        "ip6tables not usable: {}",
+                        logging::Chain(&e)
+                    ),
+                    Err(e) => tracing::warn!(
+                        backend = name,
+                        family,
+                        "iptables chains not removed: {}",
+                        logging::Chain(&e)
+                    ),
                 }
-                Ok(chains) => info!(backend = name, ?chains, "iptables chains removed"),
-                Err(e) => tracing::warn!(
-                    backend = name,
-                    "iptables chains not removed: {}",
-                    logging::Chain(&e)
-                ),
             }
         }
         return Ok(());
@@ -212,7 +226,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => Ok(path),
         None => cgroup::find_cgroup2().map_err(anyhow::Error::msg),
     };
-    let cluster_cidr = args.cluster_cidr.as_deref().map(parse_cidr).transpose()?;
+    let cluster_cidrs = match args.cluster_cidr.as_deref() {
+        Some(text) => parse_cluster_cidrs(text)?,
+        None => ClusterCidrs::default(),
+    };
     // Checked before anything loads: a wrong name is a mistake, not a reason to fall back.
     let interfaces = resolve_interfaces(&args.interfaces)?;
     let interfaces = interfaces.as_deref();
@@ -241,14 +258,20 @@ fn run(args: Args) -> anyhow::Result<()> {
             false => None,
         };
         let iptables_options = iptables::render::RenderOptions {
-            cluster_cidr,
+            family: proxy_user::model::Family::Ipv4,
+            cluster_cidr: cluster_cidrs.ipv4,
             random_fully: true,
             localhost_node_ports: args.localhost_nodeports,
         };
+        let ipv6_cluster_cidr = cluster_cidrs.ipv6;
         let mut ebpf_active = !matches!(args.mode, Mode::Iptables);
         let dataplane: Box<dyn Dataplane + Send> = match args.mode {
             Mode::Ebpf => Box::new(open_ebpf(&args, &cgroup, load_options, interfaces)?),
-            Mode::Iptables => Box::new(open_iptables(iptables_options, args.iptables_backend)?),
+            Mode::Iptables => Box::new(open_iptables(
+                iptables_options,
+                ipv6_cluster_cidr,
+                args.iptables_backend,
+            )?),
             Mode::Auto => match open_ebpf(&args, &cgroup, load_options, interfaces) {
                 Ok(ebpf) => {
                     info!("--mode auto: the eBPF datapath loads on this kernel; using it");
@@ -260,7 +283,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                         logging::error_chain(error.as_ref())
                     );
                     ebpf_active = false;
-                    Box::new(open_iptables(iptables_options, args.iptables_backend)?)
+                    Box::new(open_iptables(
+                iptables_options,
+                ipv6_cluster_cidr,
+                args.iptables_backend,
+            )?)
                 }
             },
         };
@@ -345,10 +372,7 @@ fn cleanup_kube_proxy() -> anyhow::Result<()> {
     use iptables::{backend::Backend, kube_proxy::Outcome};
     let mut failed = Vec::new();
     for backend in Backend::ALL {
-        for (family, binaries) in [
-            ("IPv4", backend.binaries()),
-            ("IPv6", backend.binaries_v6()),
-        ] {
+        for (family, binaries) in families(backend) {
             let name = backend.name();
             if binaries.save("nat", false).is_err() {
                 tracing::debug!(backend = name, family, "not available here");
@@ -409,15 +433,39 @@ async fn shutdown_signal() {
     }
 }
 
-/// `10.0.0.0/8` -> (10.0.0.0, 8), with the model's CIDR parser.
-fn parse_cidr(text: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
-    let cidr = match proxy_user::model::parse_cidr(text) {
-        Some((std::net::IpAddr::V4(net), bits)) => Some((net, bits)),
-        _ => None,
-    };
-    cidr.with_context(|| {
-        format!("--cluster-cidr {text}: not an IPv4 CIDR (ADDRESS/BITS, BITS 0..=32)")
-    })
+/// The binaries of both families of one iptables backend, named for the log.
+fn families(
+    backend: iptables::backend::Backend,
+) -> [(&'static str, iptables::install::Iptables); 2] {
+    [
+        ("IPv4", backend.binaries()),
+        ("IPv6", backend.binaries_v6()),
+    ]
+}
+
+/// `--cluster-cidr`: at most one CIDR per family.
+#[derive(Debug, Default)]
+struct ClusterCidrs {
+    ipv4: Option<(std::net::IpAddr, u8)>,
+    ipv6: Option<(std::net::IpAddr, u8)>,
+}
+
+/// `10.0.0.0/8` or `10.0.0.0/8,fd00::/48`, with the model's CIDR parser.
+fn parse_cluster_cidrs(text: &str) -> anyhow::Result<ClusterCidrs> {
+    let mut cidrs = ClusterCidrs::default();
+    for part in text.split(',').map(str::trim) {
+        let cidr = proxy_user::model::parse_cidr(part).with_context(|| {
+            format!("--cluster-cidr {text}: {part:?} is not a CIDR (ADDRESS/BITS)")
+        })?;
+        let slot = match cidr.0 {
+            std::net::IpAddr::V4(_) => &mut cidrs.ipv4,
+            std::net::IpAddr::V6(_) => &mut cidrs.ipv6,
+        };
+        if slot.replace(cidr).is_some() {
+            bail!("--cluster-cidr {text}: more than one CIDR of one family");
+        }
+    }
+    Ok(cidrs)
 }
 
 /// The eBPF dataplane: loaded now, attached after the first full sync.
@@ -471,6 +519,7 @@ fn resolve_interfaces(names: &[String]) -> anyhow::Result<Option<Vec<Interface>>
 /// left hanging.
 fn open_iptables(
     mut options: iptables::render::RenderOptions,
+    ipv6_cluster_cidr: Option<(std::net::IpAddr, u8)>,
     choice: iptables::backend::BackendChoice,
 ) -> anyhow::Result<IptablesDataplane> {
     let (backend, why) =
@@ -492,7 +541,17 @@ fn open_iptables(
             }
         }
     }
-    IptablesDataplane::open(backend.binaries(), options).context("starting the iptables dataplane")
+    // kube-proxy's IPv6 proxier: ip6tables of the same backend. Without it (no binary, no
+    // IPv6 in the kernel), IPv6 frontends are left out with the cause and IPv4 is served.
+    let ipv6 = iptables::FamilyTables {
+        iptables: backend.binaries_v6(),
+        options: options.ipv6(ipv6_cluster_cidr),
+    };
+    let ipv4 = iptables::FamilyTables {
+        iptables: backend.binaries(),
+        options,
+    };
+    IptablesDataplane::open_dual_stack(ipv4, ipv6).context("starting the iptables dataplane")
 }
 
 /// Once the chosen datapath serves traffic, the other one's state goes: a node switched
@@ -501,14 +560,19 @@ fn open_iptables(
 fn retire_other_datapath(ebpf_active: bool, bpffs: &std::path::Path) {
     if ebpf_active {
         for backend in iptables::backend::available() {
-            match backend.binaries().cleanup() {
-                Ok(removed) if !removed.is_empty() => info!(
-                    backend = backend.name(),
-                    chains = removed.len(),
-                    "switched from iptables mode: its chains were removed"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::debug!("no iptables state to remove: {}", logging::Chain(&e)),
+            for (family, binaries) in families(backend) {
+                match binaries.cleanup() {
+                    Ok(removed) if !removed.is_empty() => info!(
+                        backend = backend.name(),
+                        family,
+                        chains = removed.len(),
+                        "switched from iptables mode: its chains were removed"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!("no iptables state to remove: {}", logging::Chain(&e))
+                    }
+                }
             }
         }
     } else {

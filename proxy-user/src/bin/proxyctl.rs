@@ -122,7 +122,10 @@ fn main() -> ExitCode {
 fn service_rows(installed: &Installed) -> anyhow::Result<Vec<ServiceRow>> {
     Ok(match installed {
         Installed::Ebpf(maps) => rows(maps)?,
-        Installed::Iptables(rules) => rows_from_rules(rules),
+        Installed::Iptables(families) => families
+            .each()
+            .flat_map(|(family, rules)| rows_from_rules(rules, family))
+            .collect(),
     })
 }
 
@@ -130,19 +133,24 @@ fn service_rows(installed: &Installed) -> anyhow::Result<Vec<ServiceRow>> {
 fn affinity_rows(installed: &Installed) -> anyhow::Result<Vec<ctl::affinity::AffinityRow>> {
     Ok(match installed {
         Installed::Ebpf(maps) => ctl::affinity::ebpf_rows(maps, &service_rows(installed)?),
-        Installed::Iptables(rules) => {
+        Installed::Iptables(families) => {
             let timer_list = std::fs::read_to_string("/proc/timer_list").map_err(|e| {
                 anyhow::anyhow!("reading /proc/timer_list for the kernel's jiffies: {e}")
             })?;
             let (jiffies, hz) = ctl::affinity::jiffies_clock(&timer_list).ok_or_else(|| {
                 anyhow::anyhow!("/proc/timer_list has no jiffies to age the recent lists with")
             })?;
-            ctl::affinity::iptables_rows(
-                rules,
-                |list| std::fs::read_to_string(format!("/proc/net/xt_recent/{list}")).ok(),
-                jiffies,
-                hz,
-            )
+            families
+                .each()
+                .flat_map(|(_, rules)| {
+                    ctl::affinity::iptables_rows(
+                        rules,
+                        |list| std::fs::read_to_string(format!("/proc/net/xt_recent/{list}")).ok(),
+                        jiffies,
+                        hz,
+                    )
+                })
+                .collect()
         }
     })
 }
@@ -172,8 +180,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Status { json } => {
             let status = match &installed {
                 Installed::Ebpf(maps) => ctl::status::ebpf(maps, &args.bpffs),
-                Installed::Iptables(rules) => {
-                    ctl::status::iptables(rules, rules.backend.unwrap_or("unknown"))
+                // The IPv4 tables' chains, hooks and agent version.
+                Installed::Iptables(families) => {
+                    ctl::status::iptables(&families.ipv4, families.backend())
                 }
             };
             if json {
@@ -218,7 +227,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Stats { json } => {
             let reasons = match &installed {
                 Installed::Ebpf(maps) => maps.events(),
-                Installed::Iptables(rules) => ctl::stats::iptables_reasons(rules),
+                Installed::Iptables(families) => {
+                    let mut reasons: Vec<(&'static str, u64)> = Vec::new();
+                    for (_, rules) in families.each() {
+                        for (reason, count) in ctl::stats::iptables_reasons(rules) {
+                            match reasons.iter_mut().find(|(r, _)| *r == reason) {
+                                Some((_, total)) => *total += count,
+                                None => reasons.push((reason, count)),
+                            }
+                        }
+                    }
+                    reasons
+                }
             };
             let stats = ctl::stats::Stats {
                 mode: installed.mode(),
@@ -291,14 +311,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         // Printed above, before anything was read.
         Command::Completions { .. } => {}
         Command::Chains { service } => {
-            let Installed::Iptables(rules) = &installed else {
+            let Installed::Iptables(families) = &installed else {
                 return Err(CtlError::Usage(format!(
                     "proxy-agent runs in eBPF mode here: there are no chains (see `proxyctl services {service}`)"
                 ))
                 .into());
             };
-            let chains = rules.service_chains(&service);
-            if chains.is_empty() {
+            let per_family: Vec<(proxy_user::model::Family, _, Vec<String>)> = families
+                .each()
+                .map(|(family, rules)| (family, rules, rules.service_chains(&service)))
+                .filter(|(_, _, chains)| !chains.is_empty())
+                .collect();
+            if per_family.is_empty() {
                 return Err(CtlError::Usage(format!(
                     "no chains for service {service}: is it a service port name (namespace/name or namespace/name:port)?"
                 ))
@@ -310,22 +334,28 @@ fn run(args: Args) -> anyhow::Result<()> {
             let mentions = |comment: Option<&str>| {
                 comment.is_some_and(|c| c == service || c.starts_with(&format!("{service} ")))
             };
-            for (table, chain) in [
-                (Table::Nat, "KUBE-SERVICES"),
-                (Table::Nat, "KUBE-NODEPORTS"),
-                (Table::Filter, "KUBE-SERVICES"),
-                (Table::Filter, "KUBE-EXTERNAL-SERVICES"),
-            ] {
-                for rule in rules.rules_in(table, chain) {
-                    if mentions(rule.comment()) {
-                        println!("[{}:{}] {}", table.as_str(), rule.packets(), rule.text);
+            for (family, rules, chains) in per_family {
+                // The same chain names in both families: say which tables these are.
+                if family == proxy_user::model::Family::Ipv6 {
+                    println!("# IPv6 (ip6tables)");
+                }
+                for (table, chain) in [
+                    (Table::Nat, "KUBE-SERVICES"),
+                    (Table::Nat, "KUBE-NODEPORTS"),
+                    (Table::Filter, "KUBE-SERVICES"),
+                    (Table::Filter, "KUBE-EXTERNAL-SERVICES"),
+                ] {
+                    for rule in rules.rules_in(table, chain) {
+                        if mentions(rule.comment()) {
+                            println!("[{}:{}] {}", table.as_str(), rule.packets(), rule.text);
+                        }
                     }
                 }
-            }
-            for chain in chains {
-                println!(":{chain}");
-                for rule in rules.chain_rules(&chain) {
-                    println!("[{}] {}", rule.packets(), rule.text);
+                for chain in chains {
+                    println!(":{chain}");
+                    for rule in rules.chain_rules(&chain) {
+                        println!("[{}] {}", rule.packets(), rule.text);
+                    }
                 }
             }
         }

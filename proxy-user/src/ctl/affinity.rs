@@ -108,7 +108,7 @@ pub fn iptables_rows(
             continue;
         }
         let frontend = match f.ip {
-            Some(ip) => super::address::host_port(ip.into(), f.port),
+            Some(ip) => super::address::host_port(ip, f.port),
             None => format!("*:{}", f.port),
         };
         for e in &f.endpoints {

@@ -21,9 +21,10 @@ use crate::dataplane::{
     ebpf::maps::{Maps, MapsError},
     iptables::{
         backend::Backend,
-        install::{InstallError, OWNER_MARKER, declares},
+        install::{InstallError, Iptables, OWNER_MARKER, declares},
     },
 };
+use crate::model::Family;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -63,7 +64,46 @@ pub enum CtlError {
 /// What the agent installed on this node, in whichever mode it runs.
 pub enum Installed {
     Ebpf(Box<Maps>),
-    Iptables(Box<chains::InstalledRules>),
+    Iptables(Box<IptablesFamilies>),
+}
+
+/// iptables mode's chains: in iptables, and in ip6tables when the agent wrote there too
+/// (one proxier per family, as kube-proxy runs them; the same chain names in each).
+pub struct IptablesFamilies {
+    pub ipv4: chains::InstalledRules,
+    pub ipv6: Option<chains::InstalledRules>,
+}
+
+impl IptablesFamilies {
+    /// Each family's rules, IPv4 first.
+    pub fn each(&self) -> impl Iterator<Item = (Family, &chains::InstalledRules)> {
+        std::iter::once((Family::Ipv4, &self.ipv4))
+            .chain(self.ipv6.iter().map(|rules| (Family::Ipv6, rules)))
+    }
+
+    /// The backend the chains were read from.
+    pub fn backend(&self) -> &'static str {
+        self.ipv4.backend.unwrap_or("unknown")
+    }
+}
+
+/// Our chains as `binaries` show them, if the owner marker is there; warns about lines
+/// that could not be read (they are left out of every answer).
+fn read_ours(
+    binaries: &Iptables,
+    nat: String,
+    backend: Backend,
+) -> Result<Option<chains::InstalledRules>, InstallError> {
+    if !declares(&nat, OWNER_MARKER) {
+        return Ok(None);
+    }
+    let filter = binaries.save("filter", true)?;
+    let mut rules = chains::InstalledRules::parse(&nat, &filter);
+    rules.backend = Some(backend.name());
+    for skipped in rules.skipped() {
+        eprintln!("proxyctl: warning: {skipped}");
+    }
+    Ok(Some(rules))
 }
 
 impl Installed {
@@ -98,15 +138,18 @@ pub fn open(dir: &Path) -> Result<Installed, CtlError> {
                     // This backend's binaries are not here, or it holds no nat table.
                     Err(_) => continue,
                 };
-                if declares(&nat, OWNER_MARKER) {
-                    let filter = iptables.save("filter", true)?;
-                    let mut rules = chains::InstalledRules::parse(&nat, &filter);
-                    rules.backend = Some(backend.name());
-                    // What could not be read is left out of every answer: say so.
-                    for skipped in rules.skipped() {
-                        eprintln!("proxyctl: warning: {skipped}");
-                    }
-                    return Ok(Installed::Iptables(Box::new(rules)));
+                if let Some(ipv4) = read_ours(&iptables, nat, backend)? {
+                    // The IPv6 proxier's chains, in ip6tables of the same backend (none
+                    // where there is no ip6tables).
+                    let ip6tables = backend.binaries_v6();
+                    let ipv6 = match ip6tables.save("nat", true) {
+                        Ok(nat) => read_ours(&ip6tables, nat, backend)?,
+                        Err(_) => None,
+                    };
+                    return Ok(Installed::Iptables(Box::new(IptablesFamilies {
+                        ipv4,
+                        ipv6,
+                    })));
                 }
             }
             Err(CtlError::NothingInstalled { dir })

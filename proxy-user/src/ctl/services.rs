@@ -103,8 +103,9 @@ pub fn rows_from(
     rows
 }
 
-/// The rows of the frontends kube-proxy's chains install, as iptables-save shows them.
-pub fn rows_from_rules(rules: &InstalledRules) -> Vec<ServiceRow> {
+/// The rows of the frontends kube-proxy's chains install, as iptables-save (for IPv4) or
+/// ip6tables-save (for IPv6) shows them.
+pub fn rows_from_rules(rules: &InstalledRules, family: Family) -> Vec<ServiceRow> {
     let mut rows: Vec<ServiceRow> = rules
         .frontends()
         .into_iter()
@@ -118,11 +119,10 @@ pub fn rows_from_rules(rules: &InstalledRules) -> Vec<ServiceRow> {
                 .sum();
             ServiceRow {
                 frontend: match f.ip {
-                    Some(ip) => host_port(ip.into(), f.port),
+                    Some(ip) => host_port(ip, f.port),
                     None => format!("*:{}", f.port),
                 },
-                // iptables (not ip6tables) rules.
-                family: Family::Ipv4,
+                family,
                 protocol: f.protocol.as_str(),
                 kind: f.kind.as_str(),
                 affinity_timeout_seconds: f.affinity_timeout_s,
@@ -152,7 +152,7 @@ pub fn rows_from_rules(rules: &InstalledRules) -> Vec<ServiceRow> {
 
 /// The rows a connection to `query` uses: its frontend (every frontend at the address
 /// when no port is given), or in iptables mode the NodePort rule for that port (which
-/// applies on every local IPv4 address).
+/// applies on every local address of its family).
 pub fn lookup(rows: Vec<ServiceRow>, query: &FrontendQuery) -> Vec<ServiceRow> {
     let (exact_rows, rest): (Vec<ServiceRow>, Vec<ServiceRow>) = rows
         .into_iter()
@@ -161,12 +161,15 @@ pub fn lookup(rows: Vec<ServiceRow>, query: &FrontendQuery) -> Vec<ServiceRow> {
     if !exact_rows.is_empty() {
         return exact_rows;
     }
-    let Some(port) = query.port.filter(|_| query.ip.is_ipv4()) else {
+    let Some(port) = query.port else {
         return Vec::new();
     };
     let any = format!("*:{port}");
+    let family = Family::of(query.ip);
     rest.into_iter()
-        .filter(|r| r.frontend == any && r.kind == FrontendKind::NodePort.as_str())
+        .filter(|r| {
+            r.frontend == any && r.kind == FrontendKind::NodePort.as_str() && r.family == family
+        })
         .collect()
 }
 

@@ -1,4 +1,5 @@
-//! Frontends a dataplane is given but does not serve yet (IPv6 ones in iptables mode):
+//! Frontends a dataplane is given but cannot serve (IPv6 ones in iptables mode on a node
+//! where ip6tables is missing or the kernel has no IPv6):
 //! kept aside, out of what the dataplane reports as installed (which must stay what the
 //! kernel holds), so that each is reported once when it appears or changes rather than
 //! at every sync, is never counted as a failure, and is forgotten when it goes.

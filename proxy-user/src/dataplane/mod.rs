@@ -14,7 +14,7 @@ static NOTHING_LEFT_OUT: DesiredState = DesiredState::new();
 pub trait Dataplane {
     /// What is in the kernel now (read back at start, then kept up to date).
     fn installed(&self) -> &DesiredState;
-    /// Frontends it was given but does not serve (a family it cannot program yet), as they
+    /// Frontends it was given but does not serve (a family it cannot program here), as they
     /// were asked for; never in [`Dataplane::installed`]. The syncer hands them on again
     /// only when they change, and removes them when they go.
     fn left_out(&self) -> &DesiredState {

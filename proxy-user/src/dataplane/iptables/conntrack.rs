@@ -11,12 +11,14 @@ use std::{net::IpAddr, process::Command};
 
 use tracing::{debug, warn};
 
-use crate::model::{FrontendAddr, FrontendKind, FrontendSpec, Protocol};
+use crate::model::{Family, FrontendAddr, FrontendKind, FrontendSpec, Protocol};
 
 /// Entries to delete: UDP to a frontend, optionally only those whose replies came from
 /// one endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StaleFlows {
+    /// The frontend's family: a NodePort's entries have no destination to tell it.
+    pub family: Family,
     /// `None` for a NodePort: the port on any node address.
     pub destination: Option<IpAddr>,
     pub port: u16,
@@ -46,6 +48,7 @@ pub fn stale_flows(
     // live flows are valid).
     if old.is_some() && before.is_empty() && !after.is_empty() {
         return vec![StaleFlows {
+            family: addr.family(),
             destination,
             port: addr.port,
             reply_source: None,
@@ -59,6 +62,7 @@ pub fn stale_flows(
     gone.dedup();
     gone.into_iter()
         .map(|ip| StaleFlows {
+            family: addr.family(),
             destination,
             port: addr.port,
             reply_source: Some(ip),
@@ -68,7 +72,12 @@ pub fn stale_flows(
 
 /// `conntrack -D` arguments for one set of stale entries.
 pub fn delete_args(flows: &StaleFlows) -> Vec<String> {
-    let mut args = vec!["-D".to_string(), "-p".into(), "udp".into()];
+    let mut args = vec!["-D".to_string()];
+    // The tool's default family is IPv4.
+    if flows.family == Family::Ipv6 {
+        args.extend(["-f".into(), "ipv6".into()]);
+    }
+    args.extend(["-p".into(), "udp".into()]);
     if let Some(ip) = flows.destination {
         args.extend(["--orig-dst".into(), ip.to_string()]);
     }
@@ -183,6 +192,37 @@ mod tests {
         assert_eq!(
             delete_args(&stale[0]).join(" "),
             "-D -p udp --orig-port-dst 53 --reply-src 198.18.1.2"
+        );
+    }
+
+    #[test]
+    fn ipv6_entries_are_named_by_family() {
+        let old = spec(FrontendKind::NodePort, &[(2, 1)]);
+        let mut old6 = old.clone();
+        old6.backends[0].addr.ip = "2001:db8:18:1::2".parse().expect("ip");
+        let node_port = FrontendAddr {
+            ip: "2001:db8::1".parse().expect("ip"),
+            ..addr(Protocol::Udp)
+        };
+        let stale = stale_flows(&node_port, Some(&old6), None);
+        assert_eq!(
+            delete_args(&stale[0]).join(" "),
+            "-D -f ipv6 -p udp --orig-port-dst 53 --reply-src 2001:db8:18:1::2"
+        );
+        let mut cluster = old6.clone();
+        cluster.kind = FrontendKind::ClusterIp;
+        let cluster_ip = FrontendAddr {
+            ip: "2001:db8:19::35".parse().expect("ip"),
+            ..addr(Protocol::Udp)
+        };
+        let stale = stale_flows(
+            &cluster_ip,
+            Some(&cluster),
+            Some(&spec(FrontendKind::ClusterIp, &[])),
+        );
+        assert_eq!(
+            delete_args(&stale[0]).join(" "),
+            "-D -f ipv6 -p udp --orig-dst 2001:db8:19::35 --orig-port-dst 53 --reply-src 2001:db8:18:1::2"
         );
     }
 }

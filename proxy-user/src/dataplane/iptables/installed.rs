@@ -8,7 +8,7 @@
 
 use std::{
     collections::{HashSet, VecDeque},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use super::saved::{Chain, Rule, SavedTable, SkippedLine, Table};
@@ -49,7 +49,7 @@ pub struct FrontendView {
     pub service: String,
     pub kind: FrontendKind,
     /// `None` for a NodePort (every local address).
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     pub port: u16,
     pub protocol: Protocol,
     /// The chain the nat jump goes to; `None` when only a filter rule exists.
@@ -455,7 +455,7 @@ fn nat_view(
     rule: &Rule,
     service: &str,
     kind: FrontendKind,
-    ip: Option<Ipv4Addr>,
+    ip: Option<IpAddr>,
 ) -> Option<FrontendView> {
     Some(FrontendView {
         service: service.to_owned(),
@@ -474,12 +474,20 @@ fn nat_view(
     })
 }
 
-/// `198.19.0.10`, `198.19.0.10/32` or `198.19.0.10/255.255.255.255`; not a wider prefix.
-fn parse_host(text: &str) -> Option<Ipv4Addr> {
-    let (ip, prefix) = text.split_once('/').unwrap_or((text, "32"));
-    matches!(prefix, "32" | "255.255.255.255")
-        .then(|| ip.parse().ok())
-        .flatten()
+/// `198.19.0.10`, `198.19.0.10/32` or `198.19.0.10/255.255.255.255`, and `2001:db8::a`
+/// or `2001:db8::a/128` (as ip6tables-save prints it); not a wider prefix.
+fn parse_host(text: &str) -> Option<IpAddr> {
+    let (ip, prefix) = match text.split_once('/') {
+        Some((ip, prefix)) => (ip, Some(prefix)),
+        None => (text, None),
+    };
+    let ip: IpAddr = ip.parse().ok()?;
+    let host = match (ip, prefix) {
+        (_, None) => true,
+        (IpAddr::V4(_), Some(p)) => matches!(p, "32" | "255.255.255.255"),
+        (IpAddr::V6(_), Some(p)) => p == "128" || p == "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    };
+    host.then_some(ip)
 }
 
 fn parse_protocol(text: &str) -> Option<Protocol> {
@@ -490,11 +498,19 @@ fn parse_protocol(text: &str) -> Option<Protocol> {
     }
 }
 
-/// `--to-destination 198.18.1.2:8080`.
+/// `--to-destination 198.18.1.2:8080` or `[2001:db8::1:2]:8080`.
 fn parse_backend(text: &str) -> Option<BackendAddr> {
     let (ip, port) = text.rsplit_once(':')?;
+    let ip = match ip.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')?
+            .parse::<std::net::Ipv6Addr>()
+            .ok()?
+            .into(),
+        None => ip.parse::<std::net::Ipv4Addr>().ok()?.into(),
+    };
     Some(BackendAddr {
-        ip: ip.parse().ok()?,
+        ip,
         port: port.parse().ok()?,
     })
 }
@@ -691,7 +707,7 @@ COMMIT
     const WEB_SEP_1: &str = "KUBE-SEP-AKZGSXBLP34CFQEE";
     const WEB_SEP_2: &str = "KUBE-SEP-4CX4QJNHUHPAFOOF";
 
-    fn ip(text: &str) -> Ipv4Addr {
+    fn ip(text: &str) -> IpAddr {
         text.parse().expect("test IP")
     }
 
@@ -731,7 +747,7 @@ COMMIT
     }
 
     /// (service, kind, ip, port) of every frontend, for a compact check.
-    fn summary(views: &[FrontendView]) -> Vec<(String, FrontendKind, Option<Ipv4Addr>, u16)> {
+    fn summary(views: &[FrontendView]) -> Vec<(String, FrontendKind, Option<IpAddr>, u16)> {
         views
             .iter()
             .map(|v| (v.service.clone(), v.kind, v.ip, v.port))
@@ -1122,5 +1138,18 @@ COMMIT
         );
         assert_eq!(parse_backend("198.18.1.2"), None);
         assert_eq!(parse_backend("198.18.1.2:99999"), None);
+        // ip6tables-save: `/128`, and the DNAT target in brackets.
+        assert_eq!(parse_host("2001:db8::a/128"), Some(ip("2001:db8::a")));
+        assert_eq!(parse_host("2001:db8::a"), Some(ip("2001:db8::a")));
+        assert_eq!(parse_host("2001:db8::/64"), None);
+        assert_eq!(
+            parse_backend("[2001:db8::1:2]:8080"),
+            Some(BackendAddr {
+                ip: ip("2001:db8::1:2"),
+                port: 8080
+            })
+        );
+        assert_eq!(parse_backend("2001:db8::1:2:8080"), None);
+        assert_eq!(parse_backend("[198.18.1.2]:8080"), None);
     }
 }

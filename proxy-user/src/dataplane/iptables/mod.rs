@@ -36,11 +36,10 @@ use self::{
     saved::SavedTable,
 };
 use super::{ApplyReport, Change, Dataplane, WriteError, WriteFailure, left_out::LeftOut};
-use crate::model::{DesiredState, FrontendAddr, FrontendKind, FrontendSpec};
+use crate::model::{DesiredState, Family, FrontendAddr, FrontendKind, FrontendSpec};
 
-/// Why an IPv6 frontend is left out (see [`LeftOut`]).
-pub const IPV6_LEFT_OUT: &str =
-    "IPv6 frontends are not served in iptables mode yet: ip6tables rules are not written";
+/// Why IPv6 frontends are left out when the dataplane was opened for IPv4 only.
+pub const IPV6_NOT_OPENED: &str = "iptables mode was started without ip6tables";
 
 /// Service ports whose chains one restore of a full sync loads.
 const FULL_SYNC_CHUNK: usize = 500;
@@ -68,77 +67,157 @@ impl From<PortRules> for LoadedPort {
     }
 }
 
-/// kube-proxy's iptables mode as a dataplane. The first sync (and any sync after a failed
-/// restore) loads every chain; after that a sync loads only the chains of the service
-/// ports that changed, plus KUBE-SERVICES/KUBE-NODEPORTS and the filter table when their
-/// rules changed, as kube-proxy's partial syncs do. One `iptables-restore --noflush`
-/// applies it atomically. The jumps from the built-in chains are checked (and put back)
-/// at full syncs only: `iptables -C` reads the whole table, which at 10,000 Services
-/// would cost more than the partial restore itself.
+/// One family's binaries (iptables or ip6tables, of one backend) and rendering options:
+/// what kube-proxy's proxier of that family is given.
+#[derive(Clone, Debug)]
+pub struct FamilyTables {
+    pub iptables: Iptables,
+    pub options: RenderOptions,
+}
+
+/// kube-proxy's iptables mode as a dataplane: one proxier per family, as kube-proxy runs
+/// them (the same chain names in iptables and in ip6tables, each family's frontends in
+/// its own tables). Per family, the first sync (and any sync after a failed restore)
+/// loads every chain; after that a sync loads only the chains of the service ports that
+/// changed, plus KUBE-SERVICES/KUBE-NODEPORTS and the filter table when their rules
+/// changed, as kube-proxy's partial syncs do. One `iptables-restore --noflush` applies it
+/// atomically. The jumps from the built-in chains are checked (and put back) at full
+/// syncs only: `iptables -C` reads the whole table, which at 10,000 Services would cost
+/// more than the partial restore itself.
 pub struct IptablesDataplane {
+    /// Both families' frontends, as their tables hold them.
+    installed: DesiredState,
+    ipv4: Proxier,
+    /// `Err(cause)` when ip6tables cannot be used here: IPv6 frontends are left out.
+    ipv6: Result<Proxier, String>,
+    /// IPv6 frontends, when there is no ip6tables to write them with.
+    left_out: LeftOut,
+}
+
+/// The rules of one family: its binaries, and what was loaded into its tables.
+struct Proxier {
     iptables: Iptables,
     options: RenderOptions,
-    installed: DesiredState,
-    /// The frontends of each service port in `installed`.
+    /// The frontends (all of this family) of each service port in `installed`.
     ports: BTreeMap<PortKey, BTreeSet<FrontendAddr>>,
     /// Each service port as loaded.
     loaded: BTreeMap<PortKey, LoadedPort>,
     /// The legacy backend (full syncs in one piece) rather than nf_tables (in chunks).
     legacy: bool,
     full_sync_needed: bool,
-    /// IPv6 frontends, which these (iptables, not ip6tables) rules cannot serve.
-    left_out: LeftOut,
 }
 
 impl IptablesDataplane {
-    /// Checks that iptables answers and reads back what our chains hold (nothing when the
-    /// owner marker is missing: KUBE-* chains without it are kube-proxy's), so that
-    /// [`Dataplane::installed`] is the kernel's state from the start. The first sync still
-    /// rewrites every chain.
+    /// IPv4 only: IPv6 frontends are left out ([`IPV6_NOT_OPENED`]). See
+    /// [`IptablesDataplane::open_dual_stack`].
     pub fn open(iptables: Iptables, options: RenderOptions) -> Result<Self, InstallError> {
+        Self::with_families(
+            FamilyTables { iptables, options },
+            Err(IPV6_NOT_OPENED.to_owned()),
+        )
+    }
+
+    /// Both families: `ipv4`'s tables must answer; when `ipv6`'s do not (no ip6tables
+    /// binary, a kernel without IPv6), IPv6 frontends are left out with that cause and
+    /// IPv4 is served alone. Each family's tables are read back (nothing when the owner
+    /// marker is missing: KUBE-* chains without it are kube-proxy's), so that
+    /// [`Dataplane::installed`] is the kernel's state from the start. The first sync
+    /// still rewrites every chain.
+    pub fn open_dual_stack(ipv4: FamilyTables, ipv6: FamilyTables) -> Result<Self, InstallError> {
+        let command = ipv6.iptables.restore.clone();
+        let ipv6 = Proxier::probe(&ipv6.iptables).map(|()| ipv6).map_err(|e| {
+            let cause = format!(
+                "ip6tables cannot be used here ({}), so iptables mode serves IPv4 only",
+                crate::logging::Chain(&e)
+            );
+            warn!(command, "{cause}");
+            cause
+        });
+        Self::with_families(ipv4, ipv6)
+    }
+
+    fn with_families(
+        ipv4: FamilyTables,
+        ipv6: Result<FamilyTables, String>,
+    ) -> Result<Self, InstallError> {
+        let mut installed = DesiredState::new();
+        let ipv4 = Proxier::open(ipv4, &mut installed)?;
+        let ipv6 = match ipv6 {
+            Ok(tables) => Ok(Proxier::open(tables, &mut installed)?),
+            Err(cause) => Err(cause),
+        };
+        Ok(Self {
+            installed,
+            ipv4,
+            ipv6,
+            left_out: LeftOut::default(),
+        })
+    }
+}
+
+impl Proxier {
+    /// Whether these binaries can write here: a save, and an empty restore (which a
+    /// kernel without IPv6 refuses with "Could not initialize").
+    fn probe(iptables: &Iptables) -> Result<(), InstallError> {
+        iptables.save("nat", false)?;
+        iptables.restore("*nat\nCOMMIT\n")
+    }
+
+    /// Reads back what our chains hold in these tables into `installed`.
+    fn open(tables: FamilyTables, installed: &mut DesiredState) -> Result<Self, InstallError> {
+        let FamilyTables { iptables, options } = tables;
+        let family = options.family;
         let nat = iptables.save("nat", false)?;
         let legacy = iptables.is_legacy()?;
         let (saved_nat, _) = SavedTable::read(&nat, Some("nat"));
         let chains = saved_nat.declared().filter(|c| is_ours(c)).count();
-        let installed = if saved_nat.declares(OWNER_MARKER) {
+        let read = if saved_nat.declares(OWNER_MARKER) {
             let filter = iptables.save("filter", false)?;
             let rules = InstalledRules::parse(&nat, &filter);
             for skipped in rules.skipped() {
-                warn!("{skipped}; left out of the read-back");
+                warn!(
+                    family = family.as_str(),
+                    "{skipped}; left out of the read-back"
+                );
             }
-            read_back::desired_state(&rules)
+            read_back::desired_state(&rules, family)
         } else {
             DesiredState::new()
         };
         info!(
+            family = family.as_str(),
+            command = iptables.restore,
             legacy,
             chains,
-            frontends = installed.len(),
-            service_ports = read_back::service_ports(&installed),
+            frontends = read.len(),
+            service_ports = read_back::service_ports(&read),
             "iptables dataplane ready; read back what our chains hold; the first sync rewrites them"
         );
-        let mut dataplane = Self {
+        let mut proxier = Self {
             iptables,
             options,
-            installed: DesiredState::new(),
             ports: BTreeMap::new(),
             loaded: BTreeMap::new(),
             legacy,
             full_sync_needed: true,
-            left_out: LeftOut::default(),
         };
         // Through `set`, so the port index is built the one way it is kept.
         let mut touched = BTreeSet::new();
-        for (addr, spec) in installed {
-            dataplane.set(addr, Some(spec), &mut touched);
+        for (addr, spec) in read {
+            proxier.set(installed, addr, Some(spec), &mut touched);
         }
-        Ok(dataplane)
+        Ok(proxier)
     }
 
     /// Another NodePort frontend of the same service port and port number, if one is
     /// installed: a NodePort's rule matches the port on every local address, so one
     /// frontend's removal leaves its flows valid while another remains.
-    fn node_port_peer(&self, addr: &FrontendAddr, old: &FrontendSpec) -> Option<&FrontendSpec> {
+    fn node_port_peer<'a>(
+        &self,
+        installed: &'a DesiredState,
+        addr: &FrontendAddr,
+        old: &FrontendSpec,
+    ) -> Option<&'a FrontendSpec> {
         if old.kind != FrontendKind::NodePort {
             return None;
         }
@@ -146,14 +225,15 @@ impl IptablesDataplane {
             .get(&(old.service.clone(), addr.protocol))?
             .iter()
             .filter(|a| a.port == addr.port && *a != addr)
-            .filter_map(|a| self.installed.get(a))
+            .filter_map(|a| installed.get(a))
             .find(|s| s.kind == FrontendKind::NodePort)
     }
 
-    /// Sets (or with `None` removes) one frontend, keeping the port index, and notes the
-    /// service ports it touched. Returns what was there.
+    /// Sets (or with `None` removes) one frontend in `installed`, keeping the port index,
+    /// and notes the service ports it touched. Returns what was there.
     fn set(
         &mut self,
+        installed: &mut DesiredState,
         addr: FrontendAddr,
         spec: Option<FrontendSpec>,
         touched: &mut BTreeSet<PortKey>,
@@ -164,14 +244,13 @@ impl IptablesDataplane {
                 let new_key = key(&spec);
                 self.ports.entry(new_key.clone()).or_default().insert(addr);
                 touched.insert(new_key);
-                self.installed.insert(addr, spec)
+                installed.insert(addr, spec)
             }
-            None => self.installed.remove(&addr),
+            None => installed.remove(&addr),
         };
         if let Some(old) = &old {
             let old_key = key(old);
-            let still_there = self
-                .installed
+            let still_there = installed
                 .get(&addr)
                 .is_some_and(|now| now.service == old.service);
             if !still_there && let Some(members) = self.ports.get_mut(&old_key) {
@@ -186,13 +265,13 @@ impl IptablesDataplane {
     }
 
     /// The rules of one service port as installed now (none once it has no frontend).
-    fn render_port(&self, key: &PortKey) -> PortRules {
+    fn render_port(&self, installed: &DesiredState, key: &PortKey) -> PortRules {
         let frontends: Vec<(&FrontendAddr, &FrontendSpec)> = self
             .ports
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|addr| self.installed.get_key_value(addr))
+            .filter_map(|addr| installed.get_key_value(addr))
             .collect();
         if frontends.is_empty() {
             return PortRules::default();
@@ -207,12 +286,15 @@ impl IptablesDataplane {
     /// superlinear in the size of one restore (1.7 s for 1,000 Services, 19 s for 3,000
     /// in one piece); chunks keep it closer to linear. iptables-legacy uploads the whole
     /// table for each restore, so there it is done in one piece.
-    fn full_restore(&self) -> Result<BTreeMap<PortKey, LoadedPort>, InstallError> {
+    fn full_restore(
+        &self,
+        installed: &DesiredState,
+    ) -> Result<BTreeMap<PortKey, LoadedPort>, InstallError> {
         let existing = self.iptables.our_chains("nat")?;
         let rendered: Vec<(&PortKey, PortRules)> = self
             .ports
             .keys()
-            .map(|key| (key, self.render_port(key)))
+            .map(|key| (key, self.render_port(installed, key)))
             .collect();
         // The jumps from the built-in chains first (into empty chains if there were
         // none), so that each restore below is in effect as soon as it commits.
@@ -253,7 +335,7 @@ impl IptablesDataplane {
                 .iter()
                 .flat_map(|(_, r)| &r.filter)
                 .map(String::as_str),
-            self.options.localhost_node_ports,
+            self.options.writes_localnet_rule(),
         );
         input.push_str("*nat\n");
         let stale: Vec<&String> = existing
@@ -317,7 +399,7 @@ impl IptablesDataplane {
         if changed(|l| &l.filter, |r| &r.filter) {
             out.push_str(&filter::filter_table(
                 merged(|l| &l.filter, |r| &r.filter),
-                self.options.localhost_node_ports,
+                self.options.writes_localnet_rule(),
             ));
         }
         out.push_str("*nat\n");
@@ -367,58 +449,42 @@ impl IptablesDataplane {
         out.push_str("COMMIT\n");
         out
     }
-}
 
-impl Dataplane for IptablesDataplane {
-    fn installed(&self) -> &DesiredState {
-        &self.installed
-    }
-
-    /// Compares what iptables rules hold: probabilities rather than weights, and not what
-    /// a frontend without endpoints has no rule for (`read_back::unchanged` says why, per
-    /// field).
-    fn unchanged(&self, installed: &FrontendSpec, wanted: &FrontendSpec) -> bool {
-        read_back::unchanged(installed, wanted)
-    }
-
-    fn left_out(&self) -> &DesiredState {
-        self.left_out.frontends()
-    }
-
-    fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
+    /// Applies this family's changes to its tables and to `installed`; on failure puts
+    /// `installed` back and reports each upserted frontend failed.
+    fn apply(
+        &mut self,
+        installed: &mut DesiredState,
+        changes: Vec<Change>,
+        report: &mut ApplyReport,
+    ) {
+        if changes.is_empty() && !self.full_sync_needed {
+            return; // nothing for these rules: no restore
+        }
         let mut touched = BTreeSet::new();
         let mut undo: Vec<(FrontendAddr, Option<FrontendSpec>)> = Vec::new();
-        let mut report = ApplyReport::default();
-        let changes = self.left_out.split(
-            changes,
-            |addr| addr.ip.is_ipv4(),
-            IPV6_LEFT_OUT,
-            &mut report.left_out,
-        );
-        if changes.is_empty() && !self.full_sync_needed {
-            return report; // nothing for these rules: no restore
-        }
+        let (mut written, mut removed) = (0, 0);
         for change in &changes {
             match change {
                 Change::Upsert(addr, spec) => {
-                    let old = self.set(*addr, Some(spec.clone()), &mut touched);
+                    let old = self.set(installed, *addr, Some(spec.clone()), &mut touched);
                     undo.push((*addr, old));
-                    report.written += 1;
+                    written += 1;
                 }
                 Change::Remove(addr) => {
-                    if let Some(old) = self.set(*addr, None, &mut touched) {
+                    if let Some(old) = self.set(installed, *addr, None, &mut touched) {
                         undo.push((*addr, Some(old)));
-                        report.removed += 1;
+                        removed += 1;
                     }
                 }
             }
         }
         let result = if self.full_sync_needed {
-            self.full_restore().map(Some)
+            self.full_restore(installed).map(Some)
         } else {
             let rendered: BTreeMap<PortKey, PortRules> = touched
                 .iter()
-                .map(|key| (key.clone(), self.render_port(key)))
+                .map(|key| (key.clone(), self.render_port(installed, key)))
                 .collect();
             self.iptables
                 .restore(&self.partial_input(&rendered))
@@ -439,11 +505,14 @@ impl Dataplane for IptablesDataplane {
                     self.loaded = loaded;
                     self.full_sync_needed = false;
                 }
+                report.written += written;
+                report.removed += removed;
                 let mut stale: Vec<conntrack::StaleFlows> = undo
                     .iter()
                     .flat_map(|(addr, old)| {
-                        let new = self.installed.get(addr).or_else(|| {
-                            old.as_ref().and_then(|old| self.node_port_peer(addr, old))
+                        let new = installed.get(addr).or_else(|| {
+                            old.as_ref()
+                                .and_then(|old| self.node_port_peer(installed, addr, old))
                         });
                         conntrack::stale_flows(addr, old.as_ref(), new)
                     })
@@ -457,12 +526,10 @@ impl Dataplane for IptablesDataplane {
                 // loads everything again.
                 let mut ignored = BTreeSet::new();
                 for (addr, old) in undo.into_iter().rev() {
-                    self.set(addr, old, &mut ignored);
+                    self.set(installed, addr, old, &mut ignored);
                 }
                 self.full_sync_needed = true;
                 let error = std::sync::Arc::new(error);
-                report.written = 0;
-                report.removed = 0;
                 for change in changes {
                     if let Change::Upsert(frontend, spec) = change {
                         report.failed.push(WriteFailure {
@@ -472,6 +539,52 @@ impl Dataplane for IptablesDataplane {
                         });
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Dataplane for IptablesDataplane {
+    fn installed(&self) -> &DesiredState {
+        &self.installed
+    }
+
+    /// Compares what iptables rules hold: probabilities rather than weights, and not what
+    /// a frontend without endpoints has no rule for (`read_back::unchanged` says why, per
+    /// field).
+    fn unchanged(&self, installed: &FrontendSpec, wanted: &FrontendSpec) -> bool {
+        read_back::unchanged(installed, wanted)
+    }
+
+    fn left_out(&self) -> &DesiredState {
+        self.left_out.frontends()
+    }
+
+    /// Each family's changes go to its own tables, IPv4 first; a failure in one leaves the
+    /// other's applied.
+    fn apply(&mut self, changes: Vec<Change>) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let changes = match &self.ipv6 {
+            Ok(_) => changes,
+            Err(cause) => self.left_out.split(
+                changes,
+                |addr| addr.ip.is_ipv4(),
+                cause,
+                &mut report.left_out,
+            ),
+        };
+        let (ipv4, ipv6): (Vec<Change>, Vec<Change>) =
+            changes.into_iter().partition(|change| match change {
+                Change::Upsert(addr, _) | Change::Remove(addr) => addr.ip.is_ipv4(),
+            });
+        for (family, changes) in [(Family::Ipv4, ipv4), (Family::Ipv6, ipv6)] {
+            let installed = &mut self.installed;
+            let proxier = match family {
+                Family::Ipv4 => Some(&mut self.ipv4),
+                Family::Ipv6 => self.ipv6.as_mut().ok(),
+            };
+            if let Some(proxier) = proxier {
+                proxier.apply(installed, changes, &mut report);
             }
         }
         report

@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use super::{
@@ -20,26 +20,41 @@ use super::{
     saved::Table,
 };
 use crate::model::{
-    BackendAddr, DesiredState, FrontendAddr, FrontendKind, FrontendSpec, Protocol, SourceRanges,
-    WeightedBackend, parse_cidr,
+    BackendAddr, DesiredState, Family, FrontendAddr, FrontendKind, FrontendSpec, Protocol,
+    SourceRanges, WeightedBackend, parse_cidr,
 };
 
 /// The address a NodePort frontend is read back at. Its rule matches the port on every
 /// local address (`-m addrtype --dst-type LOCAL`): which node addresses the model listed
 /// is not in the kernel, so the first sync replaces this entry with those addresses.
-pub const NODE_PORT_ADDRESS: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+/// The unspecified address of the family whose tables were read (`0.0.0.0`, `::`).
+pub const fn node_port_address(family: Family) -> IpAddr {
+    match family {
+        Family::Ipv4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        Family::Ipv6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// The prefix length of one address of `ip`'s family (32, 128).
+const fn host_bits(ip: IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
 
 /// Totals tried when turning shares back into whole weights (see [`weights_of`]).
 const WEIGHT_SEARCH_LIMIT: u64 = 1_000;
 
-/// Every frontend our chains hold (the caller checks that they are ours: the owner marker).
-pub fn desired_state(rules: &InstalledRules) -> DesiredState {
+/// Every frontend our chains hold (the caller checks that they are ours: the owner marker),
+/// read from the tables of `family` (iptables or ip6tables).
+pub fn desired_state(rules: &InstalledRules, family: Family) -> DesiredState {
     let views = rules.frontends();
     let health_checks = health_check_node_ports(rules);
     let mut state = DesiredState::new();
     for view in &views {
         let addr = FrontendAddr {
-            ip: view.ip.unwrap_or(NODE_PORT_ADDRESS).into(),
+            ip: view.ip.unwrap_or(node_port_address(family)),
             port: view.port,
             protocol: view.protocol,
         };
@@ -147,7 +162,7 @@ fn source_ranges(view: &FrontendView, views: &[FrontendView]) -> SourceRanges {
         .iter()
         .filter_map(|text| match text.contains('/') {
             true => parse_cidr(text),
-            false => parse_cidr(&format!("{text}/32")),
+            false => text.parse().ok().map(|ip| (ip, host_bits(ip))),
         })
         .collect();
     let mut lb_ips: Vec<IpAddr> = views
@@ -157,10 +172,10 @@ fn source_ranges(view: &FrontendView, views: &[FrontendView]) -> SourceRanges {
                 && v.protocol == view.protocol
                 && v.kind == FrontendKind::LoadBalancer
         })
-        .filter_map(|v| v.ip.map(IpAddr::from))
+        .filter_map(|v| v.ip)
         .collect();
     lb_ips.sort();
-    let tail: Vec<(IpAddr, u8)> = lb_ips.iter().map(|ip| (*ip, 32)).collect();
+    let tail: Vec<(IpAddr, u8)> = lb_ips.iter().map(|ip| (*ip, host_bits(*ip))).collect();
     let allow_node = !tail.is_empty() && cidrs.ends_with(&tail);
     if allow_node {
         cidrs.truncate(cidrs.len() - tail.len());

@@ -17,7 +17,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use super::{
@@ -29,29 +29,55 @@ use super::{
     probability::probabilities,
 };
 use crate::model::{
-    DesiredState, FrontendAddr, FrontendKind, FrontendSpec, Protocol, WeightedBackend,
+    DesiredState, Family, FrontendAddr, FrontendKind, FrontendSpec, Protocol, WeightedBackend,
 };
 
 use super::names::MASQ_MARK;
 
 #[derive(Clone, Debug)]
 pub struct RenderOptions {
-    /// The cluster's pod CIDR (kube-proxy's `--cluster-cidr`): traffic to a ClusterIP from
-    /// outside it is masqueraded, and pods reaching an externalTrafficPolicy Local service
-    /// through an external address use every endpoint. Without it, neither rule is written.
-    pub cluster_cidr: Option<(Ipv4Addr, u8)>,
+    /// The family these rules are for: kube-proxy runs one proxier per family, writing
+    /// the same chains into iptables and into ip6tables.
+    pub family: Family,
+    /// The cluster's pod CIDR of this family (kube-proxy's `--cluster-cidr`): traffic to
+    /// a ClusterIP from outside it is masqueraded, and pods reaching an
+    /// externalTrafficPolicy Local service through an external address use every
+    /// endpoint. Without it, neither rule is written.
+    pub cluster_cidr: Option<(IpAddr, u8)>,
     /// `MASQUERADE --random-fully`, where the kernel supports it.
     pub random_fully: bool,
     /// NodePorts on 127.0.0.1 too (kube-proxy's `--iptables-localhost-nodeports`, on by
     /// default): the agent sets `route_localnet` (`localnet`) and the filter table gets
-    /// KUBE-FIREWALL's rule. Off, the NodePort jump leaves out 127.0.0.0/8.
+    /// KUBE-FIREWALL's rule. Off, the NodePort jump leaves out 127.0.0.0/8. IPv4 only:
+    /// kube-proxy's IPv6 proxier never serves NodePorts on ::1.
     pub localhost_node_ports: bool,
+}
+
+impl RenderOptions {
+    /// Whether the filter table gets KUBE-FIREWALL's localnet rule: with localhost
+    /// NodePorts, in IPv4 only (kube-proxy's `!isIPv6 && localhostNodePorts`).
+    pub fn writes_localnet_rule(&self) -> bool {
+        self.family == Family::Ipv4 && self.localhost_node_ports
+    }
+
+    /// The options of the IPv6 proxier that runs beside these (IPv4) ones, as kube-proxy's
+    /// `NewDualStackProxier` makes it: the same but for its own cluster CIDR, and without
+    /// localhost NodePorts.
+    pub fn ipv6(&self, cluster_cidr: Option<(IpAddr, u8)>) -> Self {
+        Self {
+            family: Family::Ipv6,
+            cluster_cidr,
+            random_fully: self.random_fully,
+            localhost_node_ports: false,
+        }
+    }
 }
 
 impl Default for RenderOptions {
     /// kube-proxy's defaults: no cluster CIDR, localhost NodePorts on.
     fn default() -> Self {
         Self {
+            family: Family::Ipv4,
             cluster_cidr: None,
             random_fully: false,
             localhost_node_ports: true,
@@ -529,10 +555,12 @@ pub fn fixed_rules<'a>(
     for rule in services {
         let _ = writeln!(rules, "{rule}");
     }
-    // Without localhost NodePorts, kube-proxy keeps 127.0.0.0/8 out of the jump.
-    let not_localhost = match options.localhost_node_ports {
-        true => "",
-        false => " ! -d 127.0.0.0/8",
+    // Without localhost NodePorts, kube-proxy keeps 127.0.0.0/8 out of the jump; ::1
+    // always (IPv6 has no route_localnet).
+    let not_localhost = match (options.family, options.localhost_node_ports) {
+        (Family::Ipv6, _) => " ! -d ::1/128",
+        (Family::Ipv4, true) => "",
+        (Family::Ipv4, false) => " ! -d 127.0.0.0/8",
     };
     let _ = writeln!(
         rules,
@@ -590,7 +618,7 @@ pub fn filter_table(state: &DesiredState, options: &RenderOptions) -> String {
     let ports = render_all(state, options);
     filter::filter_table(
         ports.values().flat_map(|p| &p.filter).map(String::as_str),
-        options.localhost_node_ports,
+        options.writes_localnet_rule(),
     )
 }
 

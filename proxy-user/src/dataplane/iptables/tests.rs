@@ -23,36 +23,61 @@ impl FakeIptables {
             std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         };
-        script(
-            "iptables",
-            r#"[ "$1" = --version ] && echo "iptables v1.8.9 (nf_tables)"; exit 0"#,
-        );
-        script("iptables-save", "exit 0");
-        let log = dir.join("restores");
-        let fail = dir.join("fail");
-        script(
-            "iptables-restore",
-            &format!(
-                "cat >> {log}; echo '--- end of restore' >> {log}; [ -e {fail} ] && {{ echo 'iptables-restore: line 3 failed' >&2; exit 1; }}; exit 0",
-                log = log.display(),
-                fail = fail.display()
-            ),
-        );
+        // The same stand-ins for iptables and ip6tables, each logging to its own file.
+        for tool in ["iptables", "ip6tables"] {
+            script(
+                tool,
+                &format!(r#"[ "$1" = --version ] && echo "{tool} v1.8.9 (nf_tables)"; exit 0"#),
+            );
+            script(&format!("{tool}-save"), "exit 0");
+            let log = dir.join(format!("{tool}-restores"));
+            let fail = dir.join(format!("{tool}-fail"));
+            script(
+                &format!("{tool}-restore"),
+                &format!(
+                    "cat >> {log}; echo '--- end of restore' >> {log}; [ -e {fail} ] && {{ echo \"$(cat {fail})\" >&2; exit 1; }}; exit 0",
+                    log = log.display(),
+                    fail = fail.display()
+                ),
+            );
+        }
         Self { dir }
     }
 
-    fn binaries(&self) -> Iptables {
-        let bin = |name: &str| self.dir.join(name).display().to_string();
+    fn tool(&self, tool: &str) -> Iptables {
+        let bin = |suffix: &str| {
+            self.dir
+                .join(format!("{tool}{suffix}"))
+                .display()
+                .to_string()
+        };
         Iptables {
-            iptables: bin("iptables"),
-            restore: bin("iptables-restore"),
-            save: bin("iptables-save"),
+            iptables: bin(""),
+            restore: bin("-restore"),
+            save: bin("-save"),
         }
     }
 
-    /// The restore inputs loaded since the last call.
+    fn binaries(&self) -> Iptables {
+        self.tool("iptables")
+    }
+
+    fn binaries_v6(&self) -> Iptables {
+        self.tool("ip6tables")
+    }
+
+    /// The iptables restore inputs loaded since the last call.
     fn take_restores(&self) -> Vec<String> {
-        let log = self.dir.join("restores");
+        self.take("iptables")
+    }
+
+    /// The ip6tables restore inputs loaded since the last call.
+    fn take_restores_v6(&self) -> Vec<String> {
+        self.take("ip6tables")
+    }
+
+    fn take(&self, tool: &str) -> Vec<String> {
+        let log = self.dir.join(format!("{tool}-restores"));
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let _ = std::fs::remove_file(&log);
         text.split("--- end of restore\n")
@@ -62,11 +87,20 @@ impl FakeIptables {
     }
 
     fn failing(&self, fail: bool) {
-        let path = self.dir.join("fail");
-        if fail {
-            std::fs::write(path, "").expect("flag");
-        } else {
-            let _ = std::fs::remove_file(path);
+        self.fail(
+            "iptables",
+            fail.then_some("iptables-restore: line 3 failed"),
+        );
+    }
+
+    /// Makes `tool`'s restores fail with `stderr`, or succeed again with `None`.
+    fn fail(&self, tool: &str, stderr: Option<&str>) {
+        let path = self.dir.join(format!("{tool}-fail"));
+        match stderr {
+            Some(text) => std::fs::write(path, text).expect("flag"),
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -292,4 +326,172 @@ fn ipv6_frontends_are_left_out_with_a_warning_once_and_never_rewritten() {
     let gone = syncer.sync(&mut store, &mut dp);
     assert_eq!(gone.removed, 1, "{gone:?}");
     assert!(dp.installed().is_empty() && dp.left_out().is_empty());
+}
+
+fn dual_stack(fake: &FakeIptables) -> IptablesDataplane {
+    let options = RenderOptions::default();
+    IptablesDataplane::open_dual_stack(
+        FamilyTables {
+            iptables: fake.binaries(),
+            options: options.clone(),
+        },
+        FamilyTables {
+            iptables: fake.binaries_v6(),
+            options: options.ipv6(None),
+        },
+    )
+    .expect("open with the fake binaries")
+}
+
+#[test]
+fn each_family_goes_to_its_own_tables_with_its_own_partial_syncs() {
+    use crate::{source::manifest::object_set, source::store::ObjectStore, sync::Syncer};
+
+    let fake = FakeIptables::new("dual");
+    let mut dp = dual_stack(&fake);
+    // The open probed ip6tables with an empty restore.
+    assert_eq!(fake.take_restores_v6(), ["*nat\nCOMMIT\n"]);
+    let mut store = ObjectStore::new(None);
+    let mut syncer = Syncer::default();
+    store.replace_all(object_set(DUAL_STACK));
+    let first = syncer.sync(&mut store, &mut dp);
+    assert_eq!((first.written, first.failed), (2, 0), "{first:?}");
+    assert!(first.rejections.is_empty(), "nothing left out: {first:?}");
+
+    let v4 = all_input(&fake.take_restores());
+    assert!(v4.contains("-d 198.19.0.10 --dport 80"), "{v4}");
+    assert!(!v4.contains("2001:db8"), "no IPv6 in iptables: {v4}");
+    let v6 = all_input(&fake.take_restores_v6());
+    assert!(
+        v6.contains("-m tcp -p tcp -d 2001:db8::a --dport 80 -j KUBE-SVC-"),
+        "{v6}"
+    );
+    assert!(
+        v6.contains("-j DNAT --to-destination [2001:db8::1:2]:8080"),
+        "{v6}"
+    );
+    assert!(
+        v6.contains("--dst-type LOCAL ! -d ::1/128 -j KUBE-NODEPORTS"),
+        "{v6}"
+    );
+    assert!(
+        declared(&v6, OWNER_MARKER),
+        "the owner marker in ip6tables too: {v6}"
+    );
+    assert!(!v6.contains("198.19"), "no IPv4 in ip6tables: {v6}");
+    // The same chain names in both families: one service port, one hash.
+    assert!(declared(&v4, &chain("demo/web:http")) && declared(&v6, &chain("demo/web:http")));
+    let installed: Vec<String> = dp.installed().keys().map(ToString::to_string).collect();
+    assert_eq!(installed, ["198.19.0.10:80/TCP", "[2001:db8::a]:80/TCP"]);
+    assert!(dp.left_out().is_empty());
+
+    // An IPv6 endpoint change: one partial ip6tables restore, nothing in iptables.
+    let v6_only = DUAL_STACK.replace("2001:db8::1:2", "2001:db8::1:3");
+    store.replace_all(object_set(&v6_only));
+    let report = syncer.sync(&mut store, &mut dp);
+    assert_eq!((report.written, report.failed), (1, 0), "{report:?}");
+    assert!(fake.take_restores().is_empty(), "IPv4 untouched");
+    let partial = fake.take_restores_v6();
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    assert!(
+        partial[0].contains("[2001:db8::1:3]:8080"),
+        "{}",
+        partial[0]
+    );
+    assert!(!declared(&partial[0], "KUBE-SERVICES"), "{}", partial[0]);
+
+    // ip6tables fails: the IPv6 frontend fails alone and keeps its state; IPv4 is written.
+    fake.fail("ip6tables", Some("ip6tables-restore: line 2 failed"));
+    let both = v6_only
+        .replace("2001:db8::1:3", "2001:db8::1:4")
+        .replace("198.18.1.2", "198.18.1.3");
+    store.replace_all(object_set(&both));
+    let report = syncer.sync(&mut store, &mut dp);
+    assert_eq!((report.written, report.failed), (1, 1), "{report:?}");
+    let v6_addr = FrontendAddr {
+        ip: "2001:db8::a".parse().expect("ip"),
+        port: 80,
+        protocol: Protocol::Tcp,
+    };
+    let v6_spec = &dp.installed()[&v6_addr];
+    assert_eq!(v6_spec.backends[0].addr.to_string(), "[2001:db8::1:3]:8080");
+    fake.fail("ip6tables", None);
+    fake.take_restores();
+    fake.take_restores_v6();
+    // The retry writes it, as a full ip6tables sync; IPv4 stays partial.
+    assert!(syncer.retry_failed(&mut store));
+    let report = syncer.sync(&mut store, &mut dp);
+    assert_eq!((report.written, report.failed), (1, 0), "{report:?}");
+    assert!(fake.take_restores().is_empty(), "IPv4 was written already");
+    let full = all_input(&fake.take_restores_v6());
+    assert!(
+        full.contains("[2001:db8::1:4]:8080") && declared(&full, "KUBE-SERVICES"),
+        "{full}"
+    );
+}
+
+#[test]
+fn without_usable_ip6tables_ipv6_is_left_out_with_the_cause_and_ipv4_served() {
+    use crate::{source::manifest::object_set, source::store::ObjectStore, sync::Syncer};
+
+    for (case, broken) in [
+        ("no binary", None),
+        (
+            "no IPv6 in the kernel",
+            Some(
+                "ip6tables-restore v1.8.9 (legacy): ip6tables-restore: unable to initialize table 'nat'\n\nError occurred at line: 1\nTry `ip6tables-restore -h' or 'ip6tables-restore --help' for more information.",
+            ),
+        ),
+    ] {
+        let fake = FakeIptables::new(&format!("no-v6-{}", case.len()));
+        let mut v6 = fake.binaries_v6();
+        match broken {
+            None => {
+                v6.save = fake
+                    .dir
+                    .join("missing-ip6tables-save")
+                    .display()
+                    .to_string()
+            }
+            Some(stderr) => fake.fail("ip6tables", Some(stderr)),
+        }
+        let options = RenderOptions::default();
+        let mut dp = IptablesDataplane::open_dual_stack(
+            FamilyTables {
+                iptables: fake.binaries(),
+                options: options.clone(),
+            },
+            FamilyTables {
+                iptables: v6,
+                options: options.ipv6(None),
+            },
+        )
+        .expect("IPv4 alone opens");
+        let mut store = ObjectStore::new(None);
+        let mut syncer = Syncer::default();
+        store.replace_all(object_set(DUAL_STACK));
+        let first = syncer.sync(&mut store, &mut dp);
+        assert_eq!((first.written, first.failed), (1, 0), "{case}: {first:?}");
+        assert_eq!(
+            first.rejections,
+            [super::super::left_out::CODE],
+            "{case}: {first:?}"
+        );
+        let held: Vec<String> = dp.left_out().keys().map(ToString::to_string).collect();
+        assert_eq!(held, ["[2001:db8::a]:80/TCP"], "{case}");
+        let installed: Vec<String> = dp.installed().keys().map(ToString::to_string).collect();
+        assert_eq!(installed, ["198.19.0.10:80/TCP"], "{case}");
+        let cause = match &dp.ipv6 {
+            Err(cause) => cause.clone(),
+            Ok(_) => panic!("{case}: ip6tables taken as usable"),
+        };
+        let named = match broken {
+            None => "missing-ip6tables-save",
+            Some(_) => "unable to initialize table",
+        };
+        assert!(
+            cause.contains(named),
+            "{case}: the cause names what failed: {cause}"
+        );
+    }
 }

@@ -10,7 +10,7 @@ use crate::dataplane::iptables::render::{RenderOptions, filter_table, nat_table}
 
 fn options() -> RenderOptions {
     RenderOptions {
-        cluster_cidr: Some((Ipv4Addr::new(198, 18, 0, 0), 15)),
+        cluster_cidr: Some((Ipv4Addr::new(198, 18, 0, 0).into(), 15)),
         random_fully: true,
         ..RenderOptions::default()
     }
@@ -85,7 +85,7 @@ fn round_trip(state: &DesiredState) -> DesiredState {
     let filter = filter_table(state, &options());
     let rules = InstalledRules::parse(&nat, &filter);
     assert_eq!(rules.skipped(), &[], "rendered rules parse whole:\n{nat}");
-    desired_state(&rules)
+    desired_state(&rules, Family::Ipv4)
 }
 
 /// The fields of `back` that differ from `spec`.
@@ -331,7 +331,7 @@ fn cases() -> Vec<Case> {
 fn read_back_at(addr: &FrontendAddr, spec: &FrontendSpec) -> FrontendAddr {
     match spec.kind {
         FrontendKind::NodePort => FrontendAddr {
-            ip: NODE_PORT_ADDRESS.into(),
+            ip: node_port_address(Family::Ipv4),
             ..*addr
         },
         _ => *addr,
@@ -543,7 +543,7 @@ fn a_save_in_iptables_saves_form_reads_back() {
 -A KUBE-SVC-XRY76EGRC3BSCIIJ -m comment --comment \"demo/web:http -> 198.18.1.2:8080\" -m statistic --mode random --probability 0.75000000000 -j KUBE-SEP-AKZGSXBLP34CFQEE\n\
 -A KUBE-SVC-XRY76EGRC3BSCIIJ -m comment --comment \"demo/web:http -> 198.18.2.2:8080\" -j KUBE-SEP-4CX4QJNHUHPAFOOF\n\
 COMMIT\n";
-    let state = desired_state(&InstalledRules::parse(nat, ""));
+    let state = desired_state(&InstalledRules::parse(nat, ""), Family::Ipv4);
     let web = state
         .get(&addr([198, 19, 0, 10], 80, Protocol::Tcp))
         .expect("read back");
@@ -579,4 +579,91 @@ fn uneven_shares_beyond_the_search_come_back_close() {
     let share = f64::from(got.backends[0].weight)
         / f64::from(got.backends[0].weight + got.backends[1].weight);
     assert!((share - 0.4985).abs() < 1e-6, "{got:?}");
+}
+
+/// IPv6, as ip6tables holds it: the same round trip with the IPv6 proxier's rules, the
+/// hosts as ip6tables-save prints them (`/128`), the NodePort read back at `::`, the node's
+/// own load balancer IP found again at the tail of the source ranges as a /128.
+#[test]
+fn ipv6_frontends_round_trip() {
+    let v6 = |text: &str| -> IpAddr { text.parse().expect("test IPv6 address") };
+    let backend = |last: u16, weight| WeightedBackend {
+        addr: BackendAddr {
+            ip: IpAddr::V6(std::net::Ipv6Addr::new(
+                0x2001, 0xdb8, 0x18, 1, 0, 0, 0, last,
+            )),
+            port: 8080,
+        },
+        weight,
+    };
+    let base = FrontendSpec {
+        affinity_timeout_s: 600,
+        health_check_node_port: Some(32_100),
+        ..spec(
+            "demo/lb:https",
+            FrontendKind::ClusterIp,
+            vec![backend(5, 1), backend(6, 1)],
+        )
+    };
+    let external = |kind| FrontendSpec {
+        kind,
+        external_local: Some(vec![backend(5, 1)]),
+        source_ranges: (kind == FrontendKind::LoadBalancer).then(|| SourceRanges {
+            cidrs: vec![(v6("2001:db8:aa::"), 48)],
+            allow_node: true,
+        }),
+        ..base.clone()
+    };
+    let at = |ip: &str, port| FrontendAddr {
+        ip: v6(ip),
+        port,
+        protocol: Protocol::Tcp,
+    };
+    let state: DesiredState = [
+        (at("2001:db8:19::a", 443), base.clone()),
+        (
+            at("2001:db8:19:200::1", 443),
+            external(FrontendKind::LoadBalancer),
+        ),
+        (at("2001:db8::2", 30443), external(FrontendKind::NodePort)),
+    ]
+    .into();
+    let options = RenderOptions {
+        cluster_cidr: Some((v6("2001:db8:18::"), 48)),
+        ..RenderOptions::default().ipv6(None)
+    };
+    // ip6tables-save appends /128 to every host match.
+    let saved = |text: String| -> String {
+        text.split(' ')
+            .map(|w| match w.parse::<std::net::Ipv6Addr>() {
+                Ok(_) => format!("{w}/128"),
+                Err(_) => w.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let nat = saved(as_the_kernel_prints(&nat_table(&state, &options)));
+    assert!(nat.contains("-d 2001:db8:19::a/128 --dport 443"), "{nat}");
+    let filter = saved(filter_table(&state, &options));
+    let rules = InstalledRules::parse(&nat, &filter);
+    assert_eq!(rules.skipped(), &[], "{nat}");
+    let back = desired_state(&rules, Family::Ipv6);
+    let node_port = FrontendAddr {
+        ip: node_port_address(Family::Ipv6),
+        ..at("2001:db8::2", 30443)
+    };
+    assert_eq!(node_port.ip, v6("::"));
+    let mut expected = state.clone();
+    let np = expected
+        .remove(&at("2001:db8::2", 30443))
+        .expect("node port");
+    expected.insert(node_port, np);
+    assert_eq!(back.len(), expected.len(), "{back:#?}");
+    for (addr, spec) in &expected {
+        let got = back
+            .get(addr)
+            .unwrap_or_else(|| panic!("{addr} read back: {back:#?}"));
+        assert!(unchanged(got, spec), "{addr}: {got:#?} against {spec:#?}");
+        assert_eq!(got.source_ranges, spec.source_ranges, "{addr}");
+    }
 }

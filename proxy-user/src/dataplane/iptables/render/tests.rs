@@ -27,7 +27,9 @@ fn spec(service: &str, affinity: u32, endpoints: &[(&str, u32)]) -> FrontendSpec
         backends: endpoints
             .iter()
             .map(|(ep, weight)| {
-                let (ip, port) = ep.split_once(':').expect("ip:port");
+                // `ip:port`, or `[ip]:port` for IPv6.
+                let (ip, port) = ep.rsplit_once(':').expect("ip:port");
+                let ip = ip.trim_start_matches('[').trim_end_matches(']');
                 WeightedBackend {
                     addr: BackendAddr {
                         ip: ip.parse().expect("ip"),
@@ -61,7 +63,7 @@ fn by_chain(text: &str) -> (Vec<String>, BTreeMap<String, Vec<String>>) {
 
 fn options() -> RenderOptions {
     RenderOptions {
-        cluster_cidr: Some((Ipv4Addr::new(10, 0, 0, 0), 8)),
+        cluster_cidr: Some((Ipv4Addr::new(10, 0, 0, 0).into(), 8)),
         random_fully: false,
         ..RenderOptions::default()
     }
@@ -504,4 +506,145 @@ fn without_localhost_node_ports_loopback_is_left_out() {
     assert!(!filter.contains("KUBE-FIREWALL"), "{filter}");
     let on = filter_table(&state, &options());
     assert!(on.contains(":KUBE-FIREWALL - [0:0]\n"), "{on}");
+}
+
+/// The options of kube-proxy's IPv6 proxier in its tests: no local-traffic detector (no
+/// cluster CIDR), `localhostNodePorts` asked for, which the IPv6 proxier ignores.
+fn ipv6_options() -> RenderOptions {
+    RenderOptions {
+        family: Family::Ipv6,
+        cluster_cidr: None,
+        random_fully: false,
+        localhost_node_ports: true,
+    }
+}
+
+/// kube-proxy's TestEnableLocalhostNodePortsIPv6 (and TestDisableLocalhostNodePortsIPv6,
+/// whose expectation is the same), proxier_test.go: an IPv6 NodePort Service with
+/// externalTrafficPolicy Local, one of its two endpoints on this node. Its expected
+/// text, whole, both tables: `[ip]:port` endpoints (in the comments, the DNAT target and
+/// the KUBE-SEP hash), ::1 kept out of the NodePort jump, no KUBE-FIREWALL.
+#[test]
+fn ipv6_services_as_kube_proxys_ipv6_proxier_writes_them() {
+    let cluster = spec(
+        "ns1/svc1:p80",
+        0,
+        &[("[ff06::c1]:80", 1), ("[ff06::c2]:80", 1)],
+    );
+    let node_port = external(
+        FrontendKind::NodePort,
+        &cluster,
+        Some(&[("[ff06::c2]:80", 1)]),
+    );
+    let state: DesiredState = [
+        (frontend("fd00:ab34::20", 80), cluster),
+        (frontend("2001:db8::2", 30001), node_port),
+    ]
+    .into();
+    let expected = r#"
+*filter
+:KUBE-NODEPORTS - [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-FORWARD - [0:0]
+:KUBE-PROXY-FIREWALL - [0:0]
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+"#;
+    let options = ipv6_options();
+    assert_eq!(
+        by_chain(&filter_table(&state, &options)),
+        by_chain(expected)
+    );
+    let expected = r#"
+*nat
+:KUBE-NODEPORTS - [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-EXT-XPGD46QRK7WJZT7O - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SEP-LIGRYQQLSZN4UWQ5 - [0:0]
+:KUBE-SEP-XJJ5QXWGJG344QDZ - [0:0]
+:KUBE-SVC-XPGD46QRK7WJZT7O - [0:0]
+:KUBE-SVL-XPGD46QRK7WJZT7O - [0:0]
+-A KUBE-NODEPORTS -m comment --comment ns1/svc1:p80 -m tcp -p tcp --dport 30001 -j KUBE-EXT-XPGD46QRK7WJZT7O
+-A KUBE-SERVICES -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d fd00:ab34::20 --dport 80 -j KUBE-SVC-XPGD46QRK7WJZT7O
+-A KUBE-SERVICES -m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL ! -d ::1/128 -j KUBE-NODEPORTS
+-A KUBE-EXT-XPGD46QRK7WJZT7O -m comment --comment "masquerade LOCAL traffic for ns1/svc1:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ
+-A KUBE-EXT-XPGD46QRK7WJZT7O -m comment --comment "route LOCAL traffic for ns1/svc1:p80 external destinations" -m addrtype --src-type LOCAL -j KUBE-SVC-XPGD46QRK7WJZT7O
+-A KUBE-EXT-XPGD46QRK7WJZT7O -j KUBE-SVL-XPGD46QRK7WJZT7O
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE
+-A KUBE-SEP-LIGRYQQLSZN4UWQ5 -m comment --comment ns1/svc1:p80 -s ff06::c1 -j KUBE-MARK-MASQ
+-A KUBE-SEP-LIGRYQQLSZN4UWQ5 -m comment --comment ns1/svc1:p80 -m tcp -p tcp -j DNAT --to-destination [ff06::c1]:80
+-A KUBE-SEP-XJJ5QXWGJG344QDZ -m comment --comment ns1/svc1:p80 -s ff06::c2 -j KUBE-MARK-MASQ
+-A KUBE-SEP-XJJ5QXWGJG344QDZ -m comment --comment ns1/svc1:p80 -m tcp -p tcp -j DNAT --to-destination [ff06::c2]:80
+-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> [ff06::c1]:80" -m statistic --mode random --probability 0.5000000000 -j KUBE-SEP-LIGRYQQLSZN4UWQ5
+-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> [ff06::c2]:80" -j KUBE-SEP-XJJ5QXWGJG344QDZ
+-A KUBE-SVL-XPGD46QRK7WJZT7O -m comment --comment "ns1/svc1:p80 -> [ff06::c2]:80" -j KUBE-SEP-XJJ5QXWGJG344QDZ
+COMMIT
+"#;
+    assert_eq!(by_chain(&nat_table(&state, &options)), by_chain(expected));
+    // The IPv6 options the agent derives from its IPv4 ones render the same.
+    let derived = RenderOptions::default().ipv6(None);
+    assert_eq!(nat_table(&state, &derived), nat_table(&state, &options));
+    assert_eq!(
+        filter_table(&state, &derived),
+        filter_table(&state, &options)
+    );
+}
+
+/// The IPv6 proxier's other rules: an IPv6 cluster CIDR in the masquerade match, a
+/// REJECT (ip6tables answers it with ICMPv6 port unreachable by default), and a
+/// LoadBalancer IP's source ranges, the node's own address as a /128 host.
+#[test]
+fn ipv6_rejects_cluster_cidr_and_source_ranges() {
+    let options = RenderOptions {
+        cluster_cidr: Some(("fd00:10::".parse().expect("ip"), 64)),
+        ..ipv6_options()
+    };
+    let empty = spec("ns6/svc6:p80", 0, &[]);
+    let web = spec("ns1/svc1:p80", 0, &[("[fd00:10::5]:8080", 1)]);
+    let lb = FrontendSpec {
+        kind: FrontendKind::LoadBalancer,
+        source_ranges: Some(SourceRanges {
+            cidrs: vec![("2001:db8:aa::".parse().expect("ip"), 48)],
+            allow_node: true,
+        }),
+        ..web.clone()
+    };
+    let state: DesiredState = [
+        (frontend("fd00:ab34::60", 80), empty),
+        (frontend("fd00:ab34::20", 80), web),
+        (frontend("2001:db8:ff::1", 80), lb),
+    ]
+    .into();
+    let filter = filter_table(&state, &options);
+    assert!(filter.contains(r#"-A KUBE-SERVICES -m comment --comment "ns6/svc6:p80 has no endpoints" -m tcp -p tcp -d fd00:ab34::60 --dport 80 -j REJECT"#), "{filter}");
+    assert!(!filter.contains("KUBE-FIREWALL"), "{filter}");
+    let (_, rules) = by_chain(&nat_table(&state, &options));
+    let svc = service_chain("ns1/svc1:p80", Protocol::Tcp);
+    let fw = firewall_chain("ns1/svc1:p80", Protocol::Tcp);
+    let ext = external_chain("ns1/svc1:p80", Protocol::Tcp);
+    assert_eq!(
+        rules[&svc][0],
+        format!(
+            r#"-A {svc} -m comment --comment "ns1/svc1:p80 cluster IP" -m tcp -p tcp -d fd00:ab34::20 --dport 80 ! -s fd00:10::/64 -j KUBE-MARK-MASQ"#
+        )
+    );
+    assert_eq!(
+        rules[&fw][..2],
+        [
+            format!(
+                r#"-A {fw} -m comment --comment "ns1/svc1:p80 loadbalancer IP" -s 2001:db8:aa::/48 -j {ext}"#
+            ),
+            format!(
+                r#"-A {fw} -m comment --comment "ns1/svc1:p80 loadbalancer IP" -s 2001:db8:ff::1 -j {ext}"#
+            ),
+        ]
+    );
 }
