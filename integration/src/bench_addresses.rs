@@ -304,7 +304,10 @@ mod tests {
             IpAddr::V6(v6) => v6.segments()[..4] == SERVICE_NETWORK6.segments()[..4],
             IpAddr::V4(_) => false,
         };
-        assert!(all.iter().all(in_block), "every ClusterIP in {SERVICE_BLOCK6}");
+        assert!(
+            all.iter().all(in_block),
+            "every ClusterIP in {SERVICE_BLOCK6}"
+        );
         assert_eq!(Family::Ipv6.service_routes(), [SERVICE_BLOCK6]);
     }
 

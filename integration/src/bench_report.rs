@@ -346,8 +346,14 @@ impl Report {
             }
             let np = s.nodeport.as_ref();
             for (arm, why) in [
-                ("tc programs (eBPF mode)", np.and_then(|n| n.tc_skipped.as_ref())),
-                ("iptables mode", np.and_then(|n| n.iptables_skipped.as_ref())),
+                (
+                    "tc programs (eBPF mode)",
+                    np.and_then(|n| n.tc_skipped.as_ref()),
+                ),
+                (
+                    "iptables mode",
+                    np.and_then(|n| n.iptables_skipped.as_ref()),
+                ),
             ] {
                 if let Some(why) = why {
                     let _ = writeln!(
@@ -358,8 +364,14 @@ impl Report {
                 }
             }
         }
-        let _ = write!(out, "**Data path**: new connections per second (one small request and response each) and connect() latency, to a Service chosen at random among N. {connect} ns: the socket program's own run time per call (kernel BPF statistics, run_time ÷ run_cnt), per translated connect (to a ClusterIP, over the eBPF runs) and per pass-through connect (to an address that is no Service, a run of its own).\n\n");
-        let _ = writeln!(out, "| Services | direct conn/s | eBPF conn/s | iptables conn/s | eBPF / direct | eBPF / iptables | p99 direct | p99 eBPF | p99 iptables | p999 eBPF | p999 iptables | {connect} ns translated | {connect} ns pass-through | translated / pass-through |");
+        let _ = write!(
+            out,
+            "**Data path**: new connections per second (one small request and response each) and connect() latency, to a Service chosen at random among N. {connect} ns: the socket program's own run time per call (kernel BPF statistics, run_time ÷ run_cnt), per translated connect (to a ClusterIP, over the eBPF runs) and per pass-through connect (to an address that is no Service, a run of its own).\n\n"
+        );
+        let _ = writeln!(
+            out,
+            "| Services | direct conn/s | eBPF conn/s | iptables conn/s | eBPF / direct | eBPF / iptables | p99 direct | p99 eBPF | p99 iptables | p999 eBPF | p999 iptables | {connect} ns translated | {connect} ns pass-through | translated / pass-through |"
+        );
         out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for s in &self.scales {
             let d = &s.datapath;
@@ -451,14 +463,8 @@ impl Report {
                     direct.rate_per_s,
                     or_skipped(tc_skip, format!("{:.0}", np.datapath.ebpf.rate_per_s)),
                     or_skipped(skip, format!("{:.0}", np.datapath.iptables.rate_per_s)),
-                    or_skipped(
-                        skip || tc_skip,
-                        format!("{:.2}x", np.ebpf_vs_iptables_rate)
-                    ),
-                    or_skipped(
-                        tc_skip,
-                        format!("{:.1} %", np.ebpf_vs_direct_rate * 100.0)
-                    ),
+                    or_skipped(skip || tc_skip, format!("{:.2}x", np.ebpf_vs_iptables_rate)),
+                    or_skipped(tc_skip, format!("{:.1} %", np.ebpf_vs_direct_rate * 100.0)),
                     or_skipped(tc_skip, format!("{:.0} µs", np.datapath.ebpf.p99_us)),
                     or_skipped(skip, format!("{:.0} µs", np.datapath.iptables.p99_us)),
                     or_skipped(tc_skip, format!("{:.0}", np.tc_nodeport.ns_per_run)),
@@ -584,7 +590,11 @@ mod tests {
         assert!((s.ratios.iptables_vs_ebpf_cold - 80.0).abs() < 1e-9);
         assert!((s.ratios.direct_vs_iptables_rate - 5.0).abs() < 1e-9);
         assert!((s.ratios.connect4_translated_vs_passthrough - 3.0).abs() < 1e-9);
-        assert!(s.missing(Family::Ipv4).is_empty(), "{:?}", s.missing(Family::Ipv4));
+        assert!(
+            s.missing(Family::Ipv4).is_empty(),
+            "{:?}",
+            s.missing(Family::Ipv4)
+        );
         let md = report.markdown();
         assert!(
             md.contains("| 10000 | 10000 | 9700 | 2000 | 97.0 % | 4.85x |"),
@@ -641,7 +651,11 @@ mod tests {
             np.datapath.iptables = Datapath::default();
         }
         s.compute_ratios();
-        assert!(s.missing(Family::Ipv4).is_empty(), "{:?}", s.missing(Family::Ipv4));
+        assert!(
+            s.missing(Family::Ipv4).is_empty(),
+            "{:?}",
+            s.missing(Family::Ipv4)
+        );
         let report = report(vec![s]);
         let md = report.markdown();
         assert!(
