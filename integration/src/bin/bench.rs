@@ -266,6 +266,19 @@ impl Bench {
         // The outside client: reaches NodePorts on the node, and (direct arm) the backends
         // through the node, which forwards.
         link(a, &client, "vx", a.node, &outside, "eth0", a.outside);
+        if args.family == Family::Ipv6 {
+            // The agent takes an interface for its tc programs only with an IPv4 address
+            // to source-NAT to: the node's links are dual-stack, the traffic IPv6 alone.
+            let v4 = Family::Ipv4.addressing();
+            for (ns, dev, ip) in [
+                (&client, "vs", v4.node_to_server),
+                (&server_ns, "eth0", v4.server),
+                (&client, "vx", v4.node),
+                (&outside, "eth0", v4.outside),
+            ] {
+                add_address(v4, ns, dev, ip, v4.link_prefix);
+            }
+        }
         route(&outside, a.backend_net, a.node);
         route(&server_ns, a.outside_net, a.node_to_server);
         client.sysctl(match args.family {
