@@ -677,6 +677,83 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_report_names_its_family_and_program_and_skips_unserved_arms() {
+        let mut s = scale(10, 9_800.0, 0.0);
+        s.iptables_skipped = Some("family_not_served: no ip6tables rules yet".into());
+        s.control.iptables = ControlPlane::default();
+        s.agent_rss_mib.iptables = 0.0;
+        s.agent_first_sync_ms.iptables = 0.0;
+        let why = "IPv6 NodePorts not served through the tc programs: 0 connections";
+        if let Some(np) = &mut s.nodeport {
+            np.datapath.ebpf = Datapath::default();
+            np.datapath.iptables = Datapath::default();
+            np.tc_nodeport = ProgramCost::default();
+            np.tc_skipped = Some(why.into());
+        }
+        s.compute_ratios();
+        assert!(
+            s.missing(Family::Ipv6).is_empty(),
+            "{:?}",
+            s.missing(Family::Ipv6)
+        );
+        let mut report = report(vec![s.clone()]);
+        report.family = Family::Ipv6;
+        let md = report.markdown();
+        assert!(
+            md.starts_with("**IPv6**: every Service, backend and client of this run (connect6 is `epx_connect6`)."),
+            "{md}"
+        );
+        assert!(
+            md.contains("| connect6 ns translated | connect6 ns pass-through |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(&format!(
+                "NodePorts through the tc programs (eBPF mode) at 10 Services: skipped ({why})."
+            )),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 10 | 10 | 9000 | skipped | skipped | skipped | skipped | skipped | skipped | skipped | 100 |"),
+            "{md}"
+        );
+        let tc = report
+            .targets()
+            .into_iter()
+            .find(|t| t.figure == "NodePort tc conn/s ÷ direct, 10 Services")
+            .expect("NodePort target");
+        assert_eq!(tc.verdict, Verdict::NotMeasured(why.into()));
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["family"], "ipv6");
+        assert_eq!(json["scales"][0]["nodeport"]["tc_skipped"], why);
+        // A skipped arm whose figures are missing anyway is still not a missing figure,
+        // but a served arm without figures is.
+        if let Some(np) = &mut s.nodeport {
+            np.tc_skipped = None;
+        }
+        assert_eq!(
+            s.missing(Family::Ipv6),
+            [
+                "10 Services: NodePort eBPF (tc) rate",
+                "10 Services: tc ns per NodePort packet run"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ipv4_report_without_skips_serializes_no_skip_fields() {
+        let report = report(vec![scale(10, 9_800.0, 9_000.0)]);
+        let json = serde_json::to_string(&report).expect("json");
+        assert!(json.starts_with(r#"{"family":"ipv4","#), "{json}");
+        assert!(
+            !json.contains("tc_skipped") && !json.contains("\"iptables_skipped\":\""),
+            "{json}"
+        );
+        let back: Report = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back, report);
+    }
+
+    #[test]
     fn targets_table_judges_each_figure_and_names_the_missing_ones() {
         let mut small = scale(10, 9_900.0, 9_000.0);
         small.connect4_translated.ns_per_run = 90.0;

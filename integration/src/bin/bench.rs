@@ -930,17 +930,7 @@ struct NotServed(String);
 
 impl NotServed {
     fn in_log(log: &str) -> Option<Self> {
-        let line = log
-            .lines()
-            .find(|l| l.contains("family_not_served") || l.contains(" is not served: "))?;
-        let message = serde_json::from_str::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v["fields"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| line.to_owned());
-        let cause = message
-            .split_once(" is not served: ")
-            .map_or(message.as_str(), |(_, cause)| cause);
-        Some(Self(format!("family_not_served: {cause}")))
+        integration::bench_skip::family_not_served(log).map(Self)
     }
 }
 
