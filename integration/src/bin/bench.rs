@@ -390,7 +390,7 @@ impl Bench {
                 // tc programs passing the packets through). Over IPv6 the tc programs
                 // may not translate yet: then the direct runs alone.
                 let tc = || stats.tc(&agent.bpffs);
-                let tc_skipped = self.nodeport_unserved(&node_ports, "the tc programs")?;
+                let tc_skipped = self.nodeport_unserved(&node_ports, "the tc programs", agent)?;
                 let mut arms = match tc_skipped {
                     None => vec![
                         (direct_targets.as_path(), Origin::Outside),
@@ -432,7 +432,7 @@ impl Bench {
         let mut iptables_figures = None;
         if iptables_skipped.is_none() {
             let outcome =
-                self.with_agent("iptables", services, iptables_port, index, args, |_| {
+                self.with_agent("iptables", services, iptables_port, index, args, |agent| {
                     let (iptables, _) = self
                         .datapath(
                             &[(&vips, Origin::NodeSocket)],
@@ -442,19 +442,20 @@ impl Bench {
                         )?
                         .pop()
                         .context("iptables runs")?;
-                    let nodeport = match self.nodeport_unserved(&node_ports, "the iptables mode")? {
-                        Some(why) => Err(why),
-                        None => Ok(self
-                            .datapath(
-                                &[(&node_ports, Origin::Outside)],
-                                args.runs,
-                                args.duration_ms,
-                                None,
-                            )?
-                            .pop()
-                            .context("NodePort iptables runs")?
-                            .0),
-                    };
+                    let nodeport =
+                        match self.nodeport_unserved(&node_ports, "the iptables mode", agent)? {
+                            Some(why) => Err(why),
+                            None => Ok(self
+                                .datapath(
+                                    &[(&node_ports, Origin::Outside)],
+                                    args.runs,
+                                    args.duration_ms,
+                                    None,
+                                )?
+                                .pop()
+                                .context("NodePort iptables runs")?
+                                .0),
+                        };
                     Ok((iptables, nodeport))
                 })?;
             match outcome {
@@ -629,8 +630,9 @@ impl Bench {
         )))
     }
 
-    /// Until the agent has synced and the last Service answers, or the agent says it
-    /// leaves the Services out (`family_not_served`: a family its mode does not serve yet).
+    /// Until the agent has synced and the last Service answers, or, synced, the last
+    /// Service does not answer and the agent says it leaves frontends out
+    /// (`family_not_served`: a family its mode does not serve yet).
     fn wait_serving(
         &self,
         agent: &Agent,
@@ -647,13 +649,13 @@ impl Bench {
         while start.elapsed() < limit {
             stop_requested()?;
             let log = agent.log();
-            if let Some(why) = NotServed::in_log(&log) {
-                return Ok(Err(why));
-            }
             if log.contains("\"synced\"") {
                 let probe = self.loadgen(&last, Origin::NodeSocket, 50, 0, 0)?;
                 if probe.connections > 0 && probe.errors == 0 {
                     return Ok(Ok(()));
+                }
+                if let Some(why) = NotServed::in_log(&log) {
+                    return Ok(Err(why));
                 }
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -670,7 +672,13 @@ impl Bench {
     /// connection went through; otherwise why the arm is skipped. Over IPv4 the arms are
     /// measured without this check (a failure there is a regression, and shows in the
     /// figures and `--quick`'s check).
-    fn nodeport_unserved(&self, node_ports: &Path, arm: &str) -> anyhow::Result<Option<String>> {
+    /// The agent's own word, when it left frontends out, ends the reason.
+    fn nodeport_unserved(
+        &self,
+        node_ports: &Path,
+        arm: &str,
+        agent: &Agent,
+    ) -> anyhow::Result<Option<String>> {
         if self.family == Family::Ipv4 {
             return Ok(None);
         }
@@ -685,8 +693,10 @@ impl Bench {
         if connections > 0 && errors.is_empty() {
             return Ok(None);
         }
+        let agent_says = NotServed::in_log(&agent.log())
+            .map_or_else(String::new, |NotServed(why)| format!("; the agent: {why}"));
         Ok(Some(format!(
-            "{} NodePorts not served through {arm}: a {PROBE_MS} ms probe from outside made {connections} connections, failed: {}",
+            "{} NodePorts not served through {arm}: a {PROBE_MS} ms probe from outside made {connections} connections, failed: {}{agent_says}",
             self.family,
             if errors.is_empty() {
                 "none, but none succeeded".to_owned()
