@@ -14,7 +14,7 @@ pub use self::{
     svg::LogAxis,
     targets::{Target, Verdict},
 };
-use crate::bench_profile::Profile;
+use crate::{bench_addresses::Family, bench_profile::Profile};
 
 /// Where and how the numbers were taken.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -133,6 +133,13 @@ pub struct NodePortCase {
     /// The same during the direct runs, whose packets the node forwards untouched: the
     /// programs' pass-through cost.
     pub tc_passthrough: ProgramCost,
+    /// Why the tc programs' NodePort arm was not measured (the agent does not translate
+    /// this family's NodePorts yet); its figures are then zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tc_skipped: Option<String>,
+    /// Why the iptables mode's NodePort arm was not measured while its ClusterIPs were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iptables_skipped: Option<String>,
     pub ebpf_vs_iptables_rate: f64,
     pub ebpf_vs_direct_rate: f64,
 }
@@ -142,8 +149,9 @@ pub struct NodePortCase {
 pub struct Scale {
     pub services: usize,
     pub datapath: Modes<Datapath>,
-    /// The connect4 program's own cost per connect to a ClusterIP (translated), over the
-    /// eBPF runs only.
+    /// The connect program's own cost per connect to a ClusterIP (translated), over the
+    /// eBPF runs only: connect4's, or connect6's when the report's family is IPv6 (the
+    /// field keeps its name).
     pub connect4_translated: ProgramCost,
     /// The same program's cost per connect to an address that is no Service (one map
     /// lookup that misses, nothing rewritten), over a run of its own: the floor of a
@@ -196,8 +204,9 @@ impl Scale {
     }
 
     /// Names of the figures that were not produced (zero or missing), for `--quick`'s
-    /// check that the benchmark still measures everything.
-    pub fn missing(&self) -> Vec<String> {
+    /// check that the benchmark still measures everything; `family` names the program.
+    pub fn missing(&self, family: Family) -> Vec<String> {
+        let connect = family.connect_short();
         let mut missing = Vec::new();
         let mut need = |name: &str, value: f64| {
             if !(value.is_finite() && value > 0.0) {
@@ -219,11 +228,11 @@ impl Scale {
             need("iptables p99", d.iptables.p99_us);
         }
         need(
-            "connect4 ns per translated connect",
+            &format!("{connect} ns per translated connect"),
             self.connect4_translated.ns_per_run,
         );
         need(
-            "connect4 ns per pass-through connect",
+            &format!("{connect} ns per pass-through connect"),
             self.connect4_passthrough.ns_per_run,
         );
         need("eBPF cold programming", self.control.ebpf.cold_ms);
@@ -245,11 +254,16 @@ impl Scale {
                     "NodePort direct rate",
                     np.datapath.direct.as_ref().map_or(0.0, |d| d.rate_per_s),
                 );
-                need("NodePort eBPF (tc) rate", np.datapath.ebpf.rate_per_s);
-                if iptables {
+                let tc = np.tc_skipped.is_none();
+                if tc {
+                    need("NodePort eBPF (tc) rate", np.datapath.ebpf.rate_per_s);
+                }
+                if iptables && np.iptables_skipped.is_none() {
                     need("NodePort iptables rate", np.datapath.iptables.rate_per_s);
                 }
-                need("tc ns per NodePort packet run", np.tc_nodeport.ns_per_run);
+                if tc {
+                    need("tc ns per NodePort packet run", np.tc_nodeport.ns_per_run);
+                }
                 need(
                     "tc ns per pass-through packet run",
                     np.tc_passthrough.ns_per_run,
@@ -263,11 +277,24 @@ impl Scale {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Report {
+    /// The address family of every Service, backend and client of the run.
+    #[serde(default)]
+    pub family: Family,
     pub environment: Environment,
     pub scales: Vec<Scale>,
     /// `--profile`: where the agent's cold sync spent its time, per mode and scale.
     #[serde(default)]
     pub profiles: Vec<Profile>,
+}
+
+impl Report {
+    /// Names of the figures not produced at any scale.
+    pub fn missing(&self) -> Vec<String> {
+        self.scales
+            .iter()
+            .flat_map(|s| s.missing(self.family))
+            .collect()
+    }
 }
 
 /// A figure of a mode that may have been skipped at a scale.
@@ -289,7 +316,14 @@ pub fn fmt_ms(ms: f64) -> String {
 impl Report {
     pub fn markdown(&self) -> String {
         let e = &self.environment;
+        let connect = self.family.connect_short();
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "**{}**: every Service, backend and client of this run ({connect} is `{}`).\n",
+            self.family,
+            self.family.connect_program()
+        );
         let _ = writeln!(
             out,
             "Kernel {}, {}, {} ({} CPUs); {}; {} runs of {} ms per point, median shown; {} endpoints per Service.\n",
@@ -310,9 +344,34 @@ impl Report {
                     s.services
                 );
             }
+            let np = s.nodeport.as_ref();
+            for (arm, why) in [
+                (
+                    "tc programs (eBPF mode)",
+                    np.and_then(|n| n.tc_skipped.as_ref()),
+                ),
+                (
+                    "iptables mode",
+                    np.and_then(|n| n.iptables_skipped.as_ref()),
+                ),
+            ] {
+                if let Some(why) = why {
+                    let _ = writeln!(
+                        out,
+                        "NodePorts through the {arm} at {} Services: skipped ({why}).\n",
+                        s.services
+                    );
+                }
+            }
         }
-        out.push_str("**Data path**: new connections per second (one small request and response each) and connect() latency, to a Service chosen at random among N. connect4 ns: the socket program's own run time per call (kernel BPF statistics, run_time ÷ run_cnt), per translated connect (to a ClusterIP, over the eBPF runs) and per pass-through connect (to an address that is no Service, a run of its own).\n\n");
-        out.push_str("| Services | direct conn/s | eBPF conn/s | iptables conn/s | eBPF / direct | eBPF / iptables | p99 direct | p99 eBPF | p99 iptables | p999 eBPF | p999 iptables | connect4 ns translated | connect4 ns pass-through | translated / pass-through |\n");
+        let _ = write!(
+            out,
+            "**Data path**: new connections per second (one small request and response each) and connect() latency, to a Service chosen at random among N. {connect} ns: the socket program's own run time per call (kernel BPF statistics, run_time ÷ run_cnt), per translated connect (to a ClusterIP, over the eBPF runs) and per pass-through connect (to an address that is no Service, a run of its own).\n\n"
+        );
+        let _ = writeln!(
+            out,
+            "| Services | direct conn/s | eBPF conn/s | iptables conn/s | eBPF / direct | eBPF / iptables | p99 direct | p99 eBPF | p99 iptables | p999 eBPF | p999 iptables | {connect} ns translated | {connect} ns pass-through | translated / pass-through |"
+        );
         out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for s in &self.scales {
             let d = &s.datapath;
@@ -394,20 +453,21 @@ impl Report {
             for s in &self.scales {
                 let Some(np) = &s.nodeport else { continue };
                 let direct = np.datapath.direct.clone().unwrap_or_default();
-                let skip = s.iptables_skipped.is_some();
+                let skip = s.iptables_skipped.is_some() || np.iptables_skipped.is_some();
+                let tc_skip = np.tc_skipped.is_some();
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {:.0} | {:.0} | {} | {} | {:.1} % | {:.0} µs | {} | {:.0} | {:.0} |",
+                    "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
                     s.services,
                     np.node_ports,
                     direct.rate_per_s,
-                    np.datapath.ebpf.rate_per_s,
+                    or_skipped(tc_skip, format!("{:.0}", np.datapath.ebpf.rate_per_s)),
                     or_skipped(skip, format!("{:.0}", np.datapath.iptables.rate_per_s)),
-                    or_skipped(skip, format!("{:.2}x", np.ebpf_vs_iptables_rate)),
-                    np.ebpf_vs_direct_rate * 100.0,
-                    np.datapath.ebpf.p99_us,
+                    or_skipped(skip || tc_skip, format!("{:.2}x", np.ebpf_vs_iptables_rate)),
+                    or_skipped(tc_skip, format!("{:.1} %", np.ebpf_vs_direct_rate * 100.0)),
+                    or_skipped(tc_skip, format!("{:.0} µs", np.datapath.ebpf.p99_us)),
                     or_skipped(skip, format!("{:.0} µs", np.datapath.iptables.p99_us)),
-                    np.tc_nodeport.ns_per_run,
+                    or_skipped(tc_skip, format!("{:.0}", np.tc_nodeport.ns_per_run)),
                     np.tc_passthrough.ns_per_run
                 );
             }
@@ -507,6 +567,7 @@ mod tests {
 
     fn report(scales: Vec<Scale>) -> Report {
         Report {
+            family: Family::Ipv4,
             environment: Environment {
                 kernel: "6.1".into(),
                 runs: 3,
@@ -529,7 +590,11 @@ mod tests {
         assert!((s.ratios.iptables_vs_ebpf_cold - 80.0).abs() < 1e-9);
         assert!((s.ratios.direct_vs_iptables_rate - 5.0).abs() < 1e-9);
         assert!((s.ratios.connect4_translated_vs_passthrough - 3.0).abs() < 1e-9);
-        assert!(s.missing().is_empty(), "{:?}", s.missing());
+        assert!(
+            s.missing(Family::Ipv4).is_empty(),
+            "{:?}",
+            s.missing(Family::Ipv4)
+        );
         let md = report.markdown();
         assert!(
             md.contains("| 10000 | 10000 | 9700 | 2000 | 97.0 % | 4.85x |"),
@@ -566,7 +631,7 @@ mod tests {
             np.tc_nodeport.ns_per_run = 0.0;
         }
         assert_eq!(
-            s.missing(),
+            s.missing(Family::Ipv4),
             [
                 "10 Services: iptables rate",
                 "10 Services: connect4 ns per translated connect",
@@ -586,7 +651,11 @@ mod tests {
             np.datapath.iptables = Datapath::default();
         }
         s.compute_ratios();
-        assert!(s.missing().is_empty(), "{:?}", s.missing());
+        assert!(
+            s.missing(Family::Ipv4).is_empty(),
+            "{:?}",
+            s.missing(Family::Ipv4)
+        );
         let report = report(vec![s]);
         let md = report.markdown();
         assert!(
@@ -605,6 +674,83 @@ mod tests {
         );
         let svg = report.svg();
         assert!(!svg.contains("#d62728\" cx"), "no iptables point: {svg}");
+    }
+
+    #[test]
+    fn an_ipv6_report_names_its_family_and_program_and_skips_unserved_arms() {
+        let mut s = scale(10, 9_800.0, 0.0);
+        s.iptables_skipped = Some("family_not_served: no ip6tables rules yet".into());
+        s.control.iptables = ControlPlane::default();
+        s.agent_rss_mib.iptables = 0.0;
+        s.agent_first_sync_ms.iptables = 0.0;
+        let why = "IPv6 NodePorts not served through the tc programs: 0 connections";
+        if let Some(np) = &mut s.nodeport {
+            np.datapath.ebpf = Datapath::default();
+            np.datapath.iptables = Datapath::default();
+            np.tc_nodeport = ProgramCost::default();
+            np.tc_skipped = Some(why.into());
+        }
+        s.compute_ratios();
+        assert!(
+            s.missing(Family::Ipv6).is_empty(),
+            "{:?}",
+            s.missing(Family::Ipv6)
+        );
+        let mut report = report(vec![s.clone()]);
+        report.family = Family::Ipv6;
+        let md = report.markdown();
+        assert!(
+            md.starts_with("**IPv6**: every Service, backend and client of this run (connect6 is `epx_connect6`)."),
+            "{md}"
+        );
+        assert!(
+            md.contains("| connect6 ns translated | connect6 ns pass-through |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(&format!(
+                "NodePorts through the tc programs (eBPF mode) at 10 Services: skipped ({why})."
+            )),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 10 | 10 | 9000 | skipped | skipped | skipped | skipped | skipped | skipped | skipped | 100 |"),
+            "{md}"
+        );
+        let tc = report
+            .targets()
+            .into_iter()
+            .find(|t| t.figure == "NodePort tc conn/s ÷ direct, 10 Services")
+            .expect("NodePort target");
+        assert_eq!(tc.verdict, Verdict::NotMeasured(why.into()));
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["family"], "ipv6");
+        assert_eq!(json["scales"][0]["nodeport"]["tc_skipped"], why);
+        // A skipped arm whose figures are missing anyway is still not a missing figure,
+        // but a served arm without figures is.
+        if let Some(np) = &mut s.nodeport {
+            np.tc_skipped = None;
+        }
+        assert_eq!(
+            s.missing(Family::Ipv6),
+            [
+                "10 Services: NodePort eBPF (tc) rate",
+                "10 Services: tc ns per NodePort packet run"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ipv4_report_without_skips_serializes_no_skip_fields() {
+        let report = report(vec![scale(10, 9_800.0, 9_000.0)]);
+        let json = serde_json::to_string(&report).expect("json");
+        assert!(json.starts_with(r#"{"family":"ipv4","#), "{json}");
+        assert!(
+            !json.contains("tc_skipped") && !json.contains("\"iptables_skipped\":\""),
+            "{json}"
+        );
+        let back: Report = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back, report);
     }
 
     #[test]

@@ -41,13 +41,14 @@ impl BpfStats {
         run_stats(&ids)
     }
 
-    /// (run_time_ns, run_cnt) of the connect4 program attached to `cgroup`.
-    pub fn connect4(&self, cgroup: &Path) -> anyhow::Result<(u64, u64)> {
+    /// (run_time_ns, run_cnt) of the socket program `program` (`epx_connect4`,
+    /// `epx_connect6`) attached to `cgroup`.
+    pub fn socket_program(&self, cgroup: &Path, program: &str) -> anyhow::Result<(u64, u64)> {
         let Some((id, _)) = crate::attached_programs(cgroup)
             .into_iter()
-            .find(|(_, name)| name == proxy_common::names::PROG_CONNECT4)
+            .find(|(_, name)| name == program)
         else {
-            bail!("no connect4 program attached to {}", cgroup.display());
+            bail!("no {program} program attached to {}", cgroup.display());
         };
         let id = u32::try_from(id).context("program id out of range")?;
         run_stats(&BTreeSet::from([id]))

@@ -12,6 +12,7 @@
 pub mod bench_addresses;
 pub mod bench_profile;
 pub mod bench_report;
+pub mod bench_skip;
 pub mod bench_stats;
 pub mod daemonset;
 pub mod kube_node;

@@ -101,6 +101,9 @@ enum Cmd {
         /// Profile each agent's cold sync with perf and report the top functions.
         #[arg(long)]
         profile: bool,
+        /// The address family measured: `ipv4` (the default) or `ipv6`.
+        #[arg(long)]
+        family: Option<String>,
     },
 }
 
@@ -174,6 +177,7 @@ fn main() -> anyhow::Result<()> {
             duration_ms,
             iptables_max_services,
             profile,
+            family,
         } => {
             setup::run()?;
             build(true)?;
@@ -193,6 +197,7 @@ fn main() -> anyhow::Result<()> {
                     "--iptables-max-services",
                     iptables_max_services.map(|n| n.to_string()),
                 ),
+                ("--family", family),
             ] {
                 if let Some(value) = value {
                     args.extend([flag.to_string(), value]);

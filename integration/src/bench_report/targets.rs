@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::{Report, Scale, svg::thousands};
+use super::{NodePortCase, Report, Scale, svg::thousands};
+use crate::bench_addresses::Family;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
@@ -79,11 +80,14 @@ fn percent(figure: String, value: Option<f64>, limit: f64) -> Target {
     })
 }
 
-fn scale_targets(s: &Scale, out: &mut Vec<Target>) {
+fn scale_targets(s: &Scale, family: Family, out: &mut Vec<Target>) {
     let at = |what: &str| format!("{what}, {} Services", thousands(s.services as f64));
     let positive = |v: f64| (v.is_finite() && v > 0.0).then_some(v);
     out.push(ratio_target(
-        at("connect4 ns, translated ÷ pass-through"),
+        at(&format!(
+            "{} ns, translated ÷ pass-through",
+            family.connect_short()
+        )),
         positive(s.connect4_translated.ns_per_run)
             .zip(positive(s.connect4_passthrough.ns_per_run))
             .map(|(t, p)| t / p),
@@ -117,6 +121,14 @@ fn scale_targets(s: &Scale, out: &mut Vec<Target>) {
         }
     }
     match &s.nodeport {
+        Some(NodePortCase {
+            tc_skipped: Some(why),
+            ..
+        }) => out.push(not_measured(
+            at("NodePort tc conn/s ÷ direct"),
+            "≥ 95 %",
+            why.clone(),
+        )),
         Some(np) => out.push(percent(
             at("NodePort tc conn/s ÷ direct"),
             Some(np.ebpf_vs_direct_rate),
@@ -136,7 +148,7 @@ impl Report {
     pub fn targets(&self) -> Vec<Target> {
         let mut out = Vec::new();
         for s in &self.scales {
-            scale_targets(s, &mut out);
+            scale_targets(s, self.family, &mut out);
         }
         for (services, cold_ms, rss_mib) in SIZED {
             let n = thousands(services as f64);

@@ -5,10 +5,13 @@
 //!
 //! `cargo run -p integration --release --bin bench-control -- --services 10000 --endpoints 5`
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Instant,
+};
 
 use clap::Parser;
-use integration::{Cgroup, objects, privileged, unique};
+use integration::{Cgroup, bench_addresses::Family, objects, privileged, unique};
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use proxy_user::{
     dataplane::ebpf::{EbpfDataplane, loader},
@@ -38,6 +41,9 @@ struct Args {
     /// measured with real sockets in a namespace topology (0 to skip).
     #[arg(long, default_value_t = 200)]
     connect_samples: usize,
+    /// The address family of the Services and endpoints (the connect samples are IPv4's).
+    #[arg(long, value_enum, default_value_t = Family::Ipv4)]
+    family: Family,
 }
 
 /// Addresses per /16 as they are handed out here (x.y.z.1 to x.y.z.254).
@@ -70,22 +76,40 @@ fn endpoint_ip(n: usize) -> String {
     Ipv4Addr::new(198, 18, (n / 254) as u8, (n % 254 + 1) as u8).to_string()
 }
 
-fn service(i: usize) -> Service {
-    objects::cluster_ip_service(
-        "bench",
-        &format!("svc-{i}"),
-        service_ip(i).unwrap_or_default(),
-    )
+/// IPv6 endpoint address number `n`: 2001:db8:18:2::/64 from ::1, as many as IPv4 has
+/// (reused the same way).
+fn endpoint_ip6(n: usize) -> String {
+    let n = (n % ENDPOINT_ADDRESSES) as u128 + 1;
+    Ipv6Addr::from(u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0x18, 2, 0, 0, 0, 0)) + n).to_string()
 }
 
-fn slice(i: usize, endpoints: usize, generation: usize) -> EndpointSlice {
-    objects::ready_slice(
+fn service(family: Family, i: usize) -> Service {
+    let cluster_ip = match family {
+        Family::Ipv4 => service_ip(i).unwrap_or_default(),
+        Family::Ipv6 => family.vip(i).map(|ip| ip.to_string()).unwrap_or_default(),
+    };
+    let mut service = objects::cluster_ip_service("bench", &format!("svc-{i}"), cluster_ip.clone());
+    if let (Family::Ipv6, Some(spec)) = (family, service.spec.as_mut()) {
+        spec.cluster_ips = Some(vec![cluster_ip]);
+        spec.ip_families = Some(vec![family.kubernetes().into()]);
+        spec.ip_family_policy = Some("SingleStack".into());
+    }
+    service
+}
+
+fn slice(family: Family, i: usize, endpoints: usize, generation: usize) -> EndpointSlice {
+    // Endpoint 0 moves with every change (a pod replaced).
+    let n = move |j: usize| i * endpoints + j + if j == 0 { generation * 7 } else { 0 };
+    let mut slice = objects::ready_slice(
         "bench",
         &format!("svc-{i}"),
-        // Endpoint 0 moves with every change (a pod replaced).
-        (0..endpoints)
-            .map(|j| endpoint_ip(i * endpoints + j + if j == 0 { generation * 7 } else { 0 })),
-    )
+        (0..endpoints).map(|j| match family {
+            Family::Ipv4 => endpoint_ip(n(j)),
+            Family::Ipv6 => endpoint_ip6(n(j)),
+        }),
+    );
+    slice.address_type = family.kubernetes().into();
+    slice
 }
 
 /// Counts allocations, to see what each phase costs besides its time.
@@ -157,7 +181,14 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    service_ip(args.services.saturating_sub(1))?;
+    match args.family {
+        Family::Ipv4 => drop(service_ip(args.services.saturating_sub(1))?),
+        Family::Ipv6 => anyhow::ensure!(
+            args.services <= args.family.max_services(),
+            "at most {} IPv6 Services",
+            args.family.max_services()
+        ),
+    }
     if !privileged() {
         anyhow::bail!("bench-control needs root and bpffs");
     }
@@ -167,7 +198,11 @@ fn main() -> anyhow::Result<()> {
     run(&args, &pins.0, &cgroup)?;
     drop(pins);
     if args.connect_samples > 0 && !args.memory_dataplane && !args.iptables {
-        event_to_connection(args.connect_samples)?;
+        if args.family == Family::Ipv4 {
+            event_to_connection(args.connect_samples)?;
+        } else {
+            println!("  endpoint event to first connection: measured over IPv4 only");
+        }
     }
     Ok(())
 }
@@ -199,13 +234,13 @@ fn event_to_connection(samples: usize) -> anyhow::Result<()> {
         let mut store = ObjectStore::new(None);
         let mut syncer = Syncer::default();
         let backend_slice = |ip: &str| {
-            let mut s = slice(0, 1, 0);
+            let mut s = slice(Family::Ipv4, 0, 1, 0);
             if let Some(e) = s.endpoints.as_mut().and_then(|e| e.first_mut()) {
                 e.addresses = vec![ip.to_owned()];
             }
             s
         };
-        let mut svc = service(0);
+        let mut svc = service(Family::Ipv4, 0);
         if let Some(spec) = svc.spec.as_mut() {
             spec.cluster_ip = Some("198.19.0.10".into());
         }
@@ -312,8 +347,8 @@ fn measure<D: proxy_user::dataplane::Dataplane>(
     let rss_empty = rss_kib();
     let mut store = ObjectStore::new(None);
     let (allocs, started) = (allocations(), Instant::now());
-    store.replace_services((0..args.services).map(service));
-    store.replace_slices((0..args.services).map(|i| slice(i, args.endpoints, 0)));
+    store.replace_services((0..args.services).map(|i| service(args.family, i)));
+    store.replace_slices((0..args.services).map(|i| slice(args.family, i, args.endpoints, 0)));
     let load = Phase::since(started, allocs);
     let rss_before = rss_kib();
 
@@ -339,7 +374,7 @@ fn measure<D: proxy_user::dataplane::Dataplane>(
     let change_allocs = allocations();
     for k in 0..args.changes {
         let i = k * 7919 % args.services;
-        store.upsert_slice(slice(i, args.endpoints, k + 1));
+        store.upsert_slice(slice(args.family, i, args.endpoints, k + 1));
         let started = Instant::now();
         let summary = syncer.sync(&mut store, dataplane);
         latencies.push(started.elapsed().as_secs_f64() * 1e3);
@@ -363,8 +398,8 @@ fn measure<D: proxy_user::dataplane::Dataplane>(
         "real BPF maps".to_string()
     };
     println!(
-        "control plane, {} Services x {} endpoints, {target}",
-        args.services, args.endpoints
+        "control plane, {} {} Services x {} endpoints, {target}",
+        args.services, args.family, args.endpoints
     );
     println!(
         "  objects into the store (not part of the sync): {:.1} ms, {} allocations",
