@@ -301,15 +301,23 @@ fn run(args: &Args, pins: &std::path::Path, cgroup: &Cgroup) -> anyhow::Result<(
         if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) } != 0 {
             anyhow::bail!("setns: {}", std::io::Error::last_os_error());
         }
-        use proxy_user::dataplane::iptables::backend::Backend;
-        let iptables = match args.iptables_backend.as_str() {
+        use proxy_user::dataplane::iptables::{
+            FamilyTables, IptablesDataplane, backend::Backend, render::RenderOptions,
+        };
+        let backend = match args.iptables_backend.as_str() {
             "legacy" => Backend::Legacy,
             _ => Backend::Nft,
-        }
-        .binaries();
-        let mut dataplane = proxy_user::dataplane::iptables::IptablesDataplane::open(
-            iptables,
-            proxy_user::dataplane::iptables::render::RenderOptions::default(),
+        };
+        // Both families, as the agent runs it (kube-proxy's IPv4 and IPv6 proxiers).
+        let mut dataplane = IptablesDataplane::open_dual_stack(
+            FamilyTables {
+                iptables: backend.binaries(),
+                options: RenderOptions::default(),
+            },
+            FamilyTables {
+                iptables: backend.binaries_v6(),
+                options: RenderOptions::default().ipv6(None),
+            },
         )?;
         return measure(args, &mut dataplane);
     }
