@@ -1,7 +1,8 @@
 //! A node as kube-proxy's own unit tests picture it (pkg/proxy/iptables/proxier_test.go):
 //! this node with its node IP (and secondary ones), pods on it, a second node with pods of
 //! its own, and external clients, each its own network namespace, connected only to each
-//! other. Every address is given by the caller (in 198.18.0.0/15).
+//! other. Every address is given by the caller (in 198.18.0.0/15, or 2001:db8::/32 for an
+//! IPv6 node: one family per topology, as kube-proxy's tests have one per proxier).
 //!
 //! ```text
 //!  external client E ── x<i> ┐                       ┌ p<i> ── remote pod R
@@ -56,13 +57,34 @@ pub struct KubeNode {
     pub cgroup: Cgroup,
 }
 
-/// A point-to-point veth pair: `a_if` carries `a_ip peer b_ip`, `b_if` the reverse.
+fn is_ipv6(address: &str) -> bool {
+    address.contains(':')
+}
+
+/// The host route of one address (`/32` or `/128`).
+fn host_route(address: &str) -> String {
+    match is_ipv6(address) {
+        true => format!("{address}/128"),
+        false => format!("{address}/32"),
+    }
+}
+
+/// A route to `dest` through the peer `via` of link `dev`. An IPv6 peer route may not be
+/// installed yet right after the link came up, so an IPv6 next hop is declared on-link.
+fn route_via(ns: &Netns, dest: &str, via: &str, dev: &str) {
+    let onlink: &[&str] = if is_ipv6(via) { &["onlink"] } else { &[] };
+    ns.ip(&[&["route", "add", dest, "via", via, "dev", dev][..], onlink].concat());
+}
+
+/// A point-to-point veth pair: `a_if` carries `a_ip peer b_ip`, `b_if` the reverse (IPv6
+/// addresses without duplicate address detection, usable at once).
 fn p2p(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
     a.ip(&[
         "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
     ]);
-    a.ip(&["addr", "add", a_ip, "peer", b_ip, "dev", a_if]);
-    b.ip(&["addr", "add", b_ip, "peer", a_ip, "dev", b_if]);
+    let nodad: &[&str] = if is_ipv6(a_ip) { &["nodad"] } else { &[] };
+    a.ip(&[&["addr", "add", a_ip, "peer", b_ip, "dev", a_if][..], nodad].concat());
+    b.ip(&[&["addr", "add", b_ip, "peer", a_ip, "dev", b_if][..], nodad].concat());
     a.ip(&["link", "set", a_if, "up"]);
     b.ip(&["link", "set", b_if, "up"]);
 }
@@ -77,13 +99,15 @@ fn servers(ns: &Netns, spec: &PodSpec) -> Vec<ChildGuard> {
         .chain(spec.udp.iter().map(|p| (p, "--udp")));
     for (port, flag) in ports {
         let name = format!("{}:{port}", spec.label);
-        let server = spawn_ready(ns.command(bin_dir().join("probe"), None).args([
-            "serve",
-            "--name",
-            &name,
-            flag,
-            &format!("0.0.0.0:{port}"),
-        ]));
+        let any = if is_ipv6(&spec.ip) {
+            format!("[::]:{port}")
+        } else {
+            format!("0.0.0.0:{port}")
+        };
+        let server = spawn_ready(
+            ns.command(bin_dir().join("probe"), None)
+                .args(["serve", "--name", &name, flag, &any]),
+        );
         all.push(server);
     }
     all
@@ -105,7 +129,7 @@ impl KubeNode {
         let other = Netns::new(format!("{id}-o"));
         p2p(&node, "nb0", node_ip, &other, "na0", other_node_ip);
         for alt in alt_ips {
-            node.ip(&["addr", "add", &format!("{alt}/32"), "dev", "lo"]);
+            node.ip(&["addr", "add", &host_route(alt), "dev", "lo"]);
         }
         let mut interfaces = Vec::new();
         let mut clients = Vec::new();
@@ -113,7 +137,7 @@ impl KubeNode {
             let ns = Netns::new(format!("{id}-x{i}"));
             let link = format!("x{i}");
             p2p(&node, &link, node_ip, &ns, "eth0", address);
-            ns.ip(&["route", "add", "default", "via", node_ip]);
+            route_via(&ns, "default", node_ip, "eth0");
             interfaces.push(link);
             clients.push((address.clone(), ns));
         }
@@ -126,15 +150,9 @@ impl KubeNode {
                 false => (&other, other_node_ip),
             };
             p2p(host, &format!("p{i}"), host_ip, &ns, "eth0", &spec.ip);
-            ns.ip(&["route", "add", "default", "via", host_ip]);
+            route_via(&ns, "default", host_ip, "eth0");
             if !spec.on_this_node {
-                node.ip(&[
-                    "route",
-                    "add",
-                    &format!("{}/32", spec.ip),
-                    "via",
-                    other_node_ip,
-                ]);
+                route_via(&node, &host_route(&spec.ip), other_node_ip, "nb0");
             }
             let servers = servers(&ns, &spec);
             all_pods.push(Pod {
@@ -143,12 +161,14 @@ impl KubeNode {
                 _servers: servers,
             });
         }
-        node.ip(&["route", "add", "default", "via", other_node_ip]);
-        other.ip(&["route", "add", "default", "via", node_ip]);
+        route_via(&node, "default", other_node_ip, "nb0");
+        route_via(&other, "default", node_ip, "na0");
         for ns in [&node, &other] {
             ns.sysctl("net.ipv4.ip_forward=1");
+            ns.sysctl("net.ipv6.conf.all.forwarding=1");
             // One ICMP error per attempt, not one per second.
             ns.sysctl("net.ipv4.icmp_ratelimit=0");
+            ns.sysctl("net.ipv6.icmp.ratelimit=0");
         }
         Self {
             id,
@@ -184,7 +204,7 @@ impl KubeNode {
         }
         let addresses: String = std::iter::once(&self.node_ip)
             .chain(alt_ips)
-            .map(|a| format!("{{type: InternalIP, address: {a}}}, "))
+            .map(|a| format!("{{type: InternalIP, address: \"{a}\"}}, "))
             .collect();
         agent.write(
             "node.yaml",

@@ -28,7 +28,8 @@
 //! NodePorts in both modes).
 //!
 //! kube-proxy's node name `testNodeName` is `node-a` here; addresses are mapped by
-//! `addresses`.
+//! `addresses`. An IPv6 case (its node IP is `testNodeIPv6`) builds an IPv6 topology and
+//! runs against kube-proxy's IPv6 proxier's vectors the same way.
 
 #[path = "kube_proxy_oracle/addresses.rs"]
 mod addresses;
@@ -39,7 +40,7 @@ use integration::{
     Agent, Report,
     kube_node::{KubeNode, PodSpec},
 };
-use vectors::{Case, Ebpf, NODE_IP, Output, Protocol, Vector};
+use vectors::{Case, Ebpf, Output, Protocol, Vector};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -83,7 +84,11 @@ fn world(mode: Mode, case: &Case) -> World {
         .iter()
         .map(|p| PodSpec {
             ip: addresses::ours(p.ip),
-            label: p.ip.to_string(),
+            // Answers read `IP:port` as kube-proxy writes a backend (`[v6]:port`).
+            label: match p.ip.contains(':') {
+                true => format!("[{}]", p.ip),
+                false => p.ip.to_string(),
+            },
             on_this_node: p.on_this_node,
             tcp: p.tcp.to_vec(),
             udp: p.udp.to_vec(),
@@ -92,7 +97,7 @@ fn world(mode: Mode, case: &Case) -> World {
     let mut externals: Vec<String> = all_vectors(case)
         .map(|v| v.source)
         .filter(|s| {
-            *s != NODE_IP && !s.starts_with("127.") && !case.pods.iter().any(|p| p.ip == *s)
+            *s != case.node_ip && !s.starts_with("127.") && !case.pods.iter().any(|p| p.ip == *s)
         })
         .map(addresses::ours)
         .collect();
@@ -103,10 +108,15 @@ fn world(mode: Mode, case: &Case) -> World {
         .iter()
         .map(|a| addresses::ours(a))
         .collect();
+    let ipv6 = case.node_ip.contains(':');
+    let (other_node_ip, cluster_cidr) = match ipv6 {
+        true => (addresses::OTHER_NODE_IP6, addresses::CLUSTER_CIDR_DUAL),
+        false => (addresses::OTHER_NODE_IP, addresses::CLUSTER_CIDR),
+    };
     let node = KubeNode::new(
-        &addresses::ours(NODE_IP),
+        &addresses::ours(case.node_ip),
         &alt,
-        addresses::OTHER_NODE_IP,
+        other_node_ip,
         pods,
         &externals,
     );
@@ -114,7 +124,7 @@ fn world(mode: Mode, case: &Case) -> World {
         Mode::Ebpf => "ebpf",
         Mode::Iptables => "iptables",
     };
-    let mut agent = node.agent(mode_name, &alt, addresses::CLUSTER_CIDR);
+    let mut agent = node.agent(mode_name, &alt, cluster_cidr);
     agent
         .extra_args
         .extend(case.agent_args.iter().map(|a| a.to_string()));
@@ -135,7 +145,7 @@ fn is_pod_on_this_node(case: &Case, ip: &str) -> bool {
 }
 
 fn expected(mode: Mode, case: &Case, v: &Vector) -> Expect {
-    let from_node = v.source == NODE_IP || v.source.starts_with("127.");
+    let from_node = v.source == case.node_ip || v.source.starts_with("127.");
     let from_socket = from_node || is_pod_on_this_node(case, v.source);
     let output = match (mode, v.ebpf) {
         (Mode::Ebpf, Ebpf::Differs(output, _why)) => output,
@@ -163,7 +173,7 @@ fn expected(mode: Mode, case: &Case, v: &Vector) -> Expect {
 }
 
 fn probe(w: &World, v: &Vector, count: usize, timeout_ms: u64) -> Report {
-    let to = format!("{}:{}", addresses::ours(v.dest), v.port);
+    let to = addresses::host_port(&addresses::ours(v.dest), v.port);
     let count = count.to_string();
     let timeout = timeout_ms.to_string();
     let mut args = vec!["--to", &to, "--count", &count, "--timeout-ms", &timeout];
@@ -198,7 +208,9 @@ fn check(w: &World, mode: Mode, case: &Case, v: &Vector) -> Result<(), String> {
                         "answered by {backend}, expected one of {backends:?}"
                     ));
                 }
-                let ip = backend.split(':').next().unwrap_or_default();
+                let ip = backend
+                    .rsplit_once(':')
+                    .map_or(backend, |(host, _)| host.trim_matches(['[', ']']));
                 let want = match masq {
                     Masq::NotObservable => None,
                     Masq::Is(m) => Some(m),
@@ -339,4 +351,5 @@ both_modes!(
     terminating_cluster_on_remote_node: TERMINATING_CLUSTER_REMOTE,
     terminating_cluster_no_usable_endpoints: TERMINATING_CLUSTER_NONE_USABLE,
     internal_external_masquerade: INTERNAL_EXTERNAL_MASQUERADE,
+    node_ports_ipv6: NODE_PORTS_IPV6,
 );

@@ -78,6 +78,9 @@ pub struct Case {
     pub alt_node_ips: &'static [&'static str],
     /// The agent flags standing for the kube-proxy options the case sets.
     pub agent_args: &'static [&'static str],
+    /// This node's IP (`testNodeIP`, or `testNodeIPv6` in an IPv6 case): the case's
+    /// family.
+    pub node_ip: &'static str,
     pub vectors: &'static [Vector],
     /// Changes applied in order, each followed by its vectors.
     pub then: &'static [Step],
@@ -197,6 +200,7 @@ ports:
     ],
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "simple clusterIP",
@@ -321,6 +325,7 @@ ports:
     ],
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to cluster IP",
@@ -472,6 +477,7 @@ ports:
     ],
     alt_node_ips: &["192.168.1.2"],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to cluster IP",
@@ -590,6 +596,7 @@ ports:
     ],
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to cluster IP hits both endpoints, unmasqueraded",
@@ -687,6 +694,7 @@ ports:
     pods: EXTERNAL_TRAFFIC_POLICY_LOCAL.pods,
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to cluster IP hits both endpoints, unmasqueraded",
@@ -835,6 +843,7 @@ pub const ITP_CLUSTER: Case = Case {
     pods: itp_pods!(true, false),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[tcp(
         "pod to ClusterIP hits all endpoints",
         "10.0.0.2",
@@ -862,6 +871,7 @@ pub const ITP_LOCAL_ONE: Case = Case {
     pods: itp_pods!(true, false),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[tcp(
         "pod to ClusterIP hits only local endpoint",
         "10.0.0.2",
@@ -886,6 +896,7 @@ pub const ITP_LOCAL_MANY: Case = Case {
     pods: itp_pods!(true, true),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[tcp(
         "pod to ClusterIP hits all local endpoints",
         "10.0.0.2",
@@ -910,6 +921,7 @@ pub const ITP_LOCAL_NONE: Case = Case {
     pods: itp_pods!(false, false),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp("no endpoints", "10.0.0.2", "172.30.1.1", 80, Drop, false)
             .ebpf(Ebpf::Differs(Reject, ITP_NO_LOCAL_ENDPOINTS_REFUSED)),
@@ -990,6 +1002,7 @@ pub const TERMINATING_LOCAL_READY: Case = Case {
     ),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1030,6 +1043,7 @@ pub const TERMINATING_LOCAL_ONLY_TERMINATING: Case = Case {
     ),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1062,6 +1076,7 @@ pub const TERMINATING_LOCAL_REMOTE: Case = Case {
     pods: terminating_pods!(("10.0.1.5", false)),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1097,6 +1112,7 @@ pub const TERMINATING_LOCAL_NONE_USABLE: Case = Case {
     pods: terminating_pods!(("10.0.1.5", true)),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to clusterIP, no usable endpoints",
@@ -1139,6 +1155,7 @@ pub const TERMINATING_CLUSTER_READY: Case = Case {
     ),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1179,6 +1196,7 @@ pub const TERMINATING_CLUSTER_ONLY_TERMINATING: Case = Case {
     ),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1211,6 +1229,7 @@ pub const TERMINATING_CLUSTER_REMOTE: Case = Case {
     pods: terminating_pods!(("10.0.1.5", false)),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1244,6 +1263,7 @@ pub const TERMINATING_CLUSTER_NONE_USABLE: Case = Case {
     pods: terminating_pods!(("10.0.1.5", true)),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to clusterIP",
@@ -1358,6 +1378,7 @@ ports:
     ),
     alt_node_ips: &[],
     agent_args: &[],
+    node_ip: NODE_IP,
     vectors: &[
         tcp(
             "pod to ClusterIP",
@@ -1601,6 +1622,102 @@ ports:
             "9.10.11.12",
             80,
             Backends(&["10.180.0.3:80", "10.180.1.3:80"]),
+            true,
+        ),
+    ],
+    then: &[],
+};
+
+/// kube-proxy's `testNodeIPv6`.
+pub const NODE_IP6: &str = "2001:db8::1";
+
+/// TestNodePorts, subtest "ipv6" (kube-proxy's IPv6 proxier, no `--nodeport-addresses`):
+/// the same NodePort Service as [`NODE_PORTS`] in IPv6 addresses. kube-proxy's iptables
+/// proxier serves a NodePort on every local address but `::1` (no localhost NodePorts in
+/// IPv6), so the node's secondary IP (`testNodeIPv6Alt`) serves it too, as in the IPv4
+/// subtest. The vectors are those the nftables proxier's test of the same name lists for
+/// IPv6 (pod to ClusterIP, external and node to NodePort, external to the secondary IP).
+pub const NODE_PORTS_IPV6: Case = Case {
+    test: "TestNodePorts/ipv6",
+    manifests: r#"
+apiVersion: v1
+kind: Service
+metadata: {name: svc1, namespace: ns1}
+spec:
+  type: NodePort
+  ipFamilies: [IPv6]
+  clusterIP: "fd00:172:30::41"
+  clusterIPs: ["fd00:172:30::41"]
+  ports:
+  - {name: p80, port: 80, protocol: TCP, nodePort: 3001}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: svc1-1
+  namespace: ns1
+  labels: {kubernetes.io/service-name: svc1}
+addressType: IPv6
+endpoints:
+- {addresses: ["fd00:10:180::1"]}
+- {addresses: ["fd00:10:180::2:1"], nodeName: node-a}
+ports:
+- {name: p80, port: 80, protocol: TCP}
+"#,
+    pods: &[
+        Pod {
+            ip: "fd00:10:180::1",
+            on_this_node: false,
+            tcp: &[80],
+            udp: &[],
+        },
+        Pod {
+            ip: "fd00:10:180::2:1",
+            on_this_node: true,
+            tcp: &[80],
+            udp: &[],
+        },
+        Pod {
+            ip: "fd00:10::2",
+            on_this_node: true,
+            tcp: &[],
+            udp: &[],
+        },
+    ],
+    alt_node_ips: &["2001:db8:1::2"],
+    agent_args: &[],
+    node_ip: NODE_IP6,
+    vectors: &[
+        tcp(
+            "pod to cluster IP",
+            "fd00:10::2",
+            "fd00:172:30::41",
+            80,
+            Backends(&["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]),
+            false,
+        ),
+        tcp(
+            "external to nodePort",
+            "2600:5200::1",
+            NODE_IP6,
+            3001,
+            Backends(&["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]),
+            true,
+        ),
+        tcp(
+            "node to nodePort",
+            NODE_IP6,
+            NODE_IP6,
+            3001,
+            Backends(&["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]),
+            true,
+        ),
+        tcp(
+            "external to nodePort on secondary IP",
+            "2600:5200::1",
+            "2001:db8:1::2",
+            3001,
+            Backends(&["[fd00:10:180::1]:80", "[fd00:10:180::2:1]:80"]),
             true,
         ),
     ],
