@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, IfaceInfo, Member,
-    MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SocketRevNat, SourceRangeKey,
-    TCP_REVNAT_RING, TcpRevNat,
+    MemberKey, NatEntry, NatEntry6, NatKey, NatKey6, RevNatKey, Service, ServiceName, SocketRevNat,
+    SourceRangeKey, TCP_REVNAT_RING, TcpRevNat,
     names::{
         DEFAULT_MAX_AFFINITY, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_NAT, DEFAULT_MAX_REVNAT,
         DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
@@ -67,13 +67,17 @@ pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::MAP_SLOTS, 0);
 pub static NAMES: HashMap<Frontend, ServiceName> =
     HashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
 
-/// The tc programs' flows, both directions (LRU: the oldest flows make room).
+/// The tc programs' IPv4 flows, both directions (LRU: the oldest flows make room).
 #[map(name = "EPX_NAT_V1")]
 pub static NAT: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(DEFAULT_MAX_NAT, 0);
 
+/// The tc programs' IPv6 flows, as [`NAT`] for IPv4.
+#[map(name = "EPX_NAT6_V1")]
+pub static NAT6: LruHashMap<NatKey6, NatEntry6> = LruHashMap::pinned(DEFAULT_MAX_NAT, 0);
+
 /// The interfaces the tc programs are attached to (by ifindex), with their source-NAT
-/// address. A backend reached through one of them is on another node.
-#[map(name = "EPX_IFACE_V1")]
+/// addresses. A backend reached through one of them is on another node.
+#[map(name = "EPX_IFACE_V3")]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(256, 0);
 
 /// loadBalancerSourceRanges of the LoadBalancer frontends that have them.
@@ -91,12 +95,13 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[repr(C)]
 pub struct Scratch {
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
-    /// Headers being built: an IP header, then an ICMP header with its quote; or a TCP
-    /// header with its pseudo header.
+    /// Headers being built: an IP header, then an ICMP header with its quote (and for
+    /// ICMPv6 the pseudo header's length and next header); or a TCP header with its
+    /// pseudo header.
     pub words: [u32; SCRATCH_WORDS],
 }
 
-pub const SCRATCH_WORDS: usize = 24;
+pub const SCRATCH_WORDS: usize = 32;
 
 /// This CPU's scratch space, valid for the rest of the program run.
 #[inline(always)]

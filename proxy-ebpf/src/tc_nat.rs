@@ -13,6 +13,12 @@
 //! Both directions of each flow live in the NAT map, with TCP-state-aware timeouts, so a
 //! change to any Service leaves established flows where they are.
 //!
+//! IPv4 and IPv6 take the same path, written once over `tc_family::Family`; each family
+//! has its own flow table (`EPX_NAT_V1`, `EPX_NAT6_V1`) and the maps of frontends,
+//! slots, affinity and source ranges are shared (an IPv4 address in its IPv4-mapped
+//! form). The IPv6 path is a function of its own (a BPF-to-BPF call): its stack frames do
+//! not add up with the IPv4 path's.
+//!
 //! This file is the flow logic; packets are read and rewritten by `tc_packet`, sent on
 //! or dropped (counted) by `tc_forward`, and answered by `tc_reply`.
 
@@ -22,19 +28,22 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use proxy_common::{
-    AFFINITY_CLIENT_IP, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, NAT_ON_EGRESS, NAT_REVERSE,
-    NAT_SNAT, NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS,
-    NatEntry, NatKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET, SERVICE_EXTERNAL_LOCAL,
-    SERVICE_KIND_MASK, SERVICE_SOURCE_RANGES, Service, SourceRangeKey, TCP_CLOSING,
-    TCP_ESTABLISHED, TCP_SYN_SENT, source_range_prefix, v4_mapped, v4_of,
+    Addr, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, NAT_ON_EGRESS, NAT_REVERSE, NAT_SNAT,
+    NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatEntryOf,
+    NatKeyOf, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET, SERVICE_EXTERNAL_LOCAL, SERVICE_KIND_MASK,
+    SERVICE_SOURCE_RANGES, Service, SourceRangeKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_SYN_SENT,
+    source_range_prefix,
 };
 
 use crate::{
-    maps::{IFACES, NAT, SERVICES, SOURCE_RANGES, bump, count, stats},
+    maps::{IFACES, SERVICES, SOURCE_RANGES, bump, count, stats},
     select::choose,
-    tc_forward::{Route, dropped, forward, forward_routed, route},
-    tc_packet::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse, set_destination, set_source},
-    tc_reply,
+    tc_family::{Family, set_destination, set_source},
+    tc_forward::{Route, dropped, forward, forward_routed},
+    tc_packet::{
+        ETH_P_IP, ETH_P_IPV6, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, ether_type, parse4,
+        parse6,
+    },
 };
 
 /// Tries at a free source port when the client's own is taken for this backend.
@@ -44,7 +53,7 @@ const SNAT_PORT_SPAN: u32 = 28_232;
 
 /// Whether a flow entry has outlived its protocol's (and TCP state's) timeout.
 #[inline(always)]
-fn expired(entry: &NatEntry, proto: u8, now: u64) -> bool {
+fn expired<A>(entry: &NatEntryOf<A>, proto: u8, now: u64) -> bool {
     let timeout = if proto == IPPROTO_UDP {
         NAT_TIMEOUT_UDP_NS
     } else {
@@ -59,7 +68,7 @@ fn expired(entry: &NatEntry, proto: u8, now: u64) -> bool {
 
 /// Refreshes a flow entry with this packet's time and TCP flags.
 #[inline(always)]
-fn touch(entry: *mut NatEntry, tcp_flags: u8, now: u64) {
+fn touch<A>(entry: *mut NatEntryOf<A>, tcp_flags: u8, now: u64) {
     // SAFETY: a value pointer from a successful lookup, valid for this run.
     unsafe {
         (*entry).last_seen_ns = now;
@@ -74,27 +83,46 @@ fn touch(entry: *mut NatEntry, tcp_flags: u8, now: u64) {
 /// Ingress: packets of known flows (either direction), and new flows to frontends.
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
-    let Some(p) = parse(ctx) else {
-        return TC_ACT_OK;
-    };
+    match ether_type(ctx) {
+        Some(ETH_P_IP) => match parse4(ctx) {
+            Some(p) => ingress_of(ctx, &p),
+            None => TC_ACT_OK,
+        },
+        Some(ETH_P_IPV6) => ingress6(ctx),
+        _ => TC_ACT_OK,
+    }
+}
+
+/// Ingress of an IPv6 packet. Not inlined: its stack frames then do not add up with the
+/// IPv4 path's (see `new_flow`).
+#[inline(never)]
+fn ingress6(ctx: &TcContext) -> i32 {
+    match parse6(ctx, true) {
+        Some(p) => ingress_of(ctx, &p),
+        None => TC_ACT_OK,
+    }
+}
+
+#[inline(always)]
+fn ingress_of<A: Family>(ctx: &TcContext, p: &Packet<A>) -> i32 {
     let key = p.key();
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(entry) = NAT.get_ptr_mut(key) {
+    if let Some(entry) = A::nat().get_ptr_mut(key) {
         // SAFETY: copied out of a value pointer from a successful lookup.
-        let e: NatEntry = unsafe { *entry };
+        let e: NatEntryOf<A> = unsafe { *entry };
         let new_syn = p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let stale = expired(&e, p.proto, now) || (new_syn && e.state == TCP_CLOSING);
         if !stale {
             touch(entry, p.tcp_flags, now);
             count(Event::ExternalFlowPacket);
             if e.flags & NAT_REVERSE == 0 {
-                return translate_forward(ctx, &p, &e, None);
+                return translate_forward(ctx, p, &e, None);
             }
             if e.flags & NAT_ON_EGRESS != 0 {
                 return TC_ACT_OK;
             }
-            if set_source(ctx, &p, e.to_addr, e.to_port).is_none()
-                || set_destination(ctx, &p, e.alt_addr, e.alt_port).is_none()
+            if set_source(ctx, p, e.to_addr, e.to_port).is_none()
+                || set_destination(ctx, p, e.alt_addr, e.alt_port).is_none()
             {
                 return dropped(Event::RewriteFailed);
             }
@@ -104,14 +132,19 @@ pub fn ingress(ctx: &TcContext) -> i32 {
             return TC_ACT_OK;
         }
     }
-    new_flow(ctx, &p, &key, now)
+    new_flow(ctx, p, &key, now)
 }
 
 /// Rewrites a client's packet as its flow says and sends it on. `route`: where the flow's
 /// first packet was just routed (its source, the client's or the egress interface's own
 /// address, leaves by that interface either way), so it is not routed twice.
 #[inline(always)]
-fn translate_forward(ctx: &TcContext, p: &Packet, e: &NatEntry, route: Option<Route>) -> i32 {
+fn translate_forward<A: Family>(
+    ctx: &TcContext,
+    p: &Packet<A>,
+    e: &NatEntryOf<A>,
+    route: Option<Route>,
+) -> i32 {
     if set_destination(ctx, p, e.to_addr, e.to_port).is_none() {
         return dropped(Event::RewriteFailed);
     }
@@ -133,15 +166,15 @@ fn translate_forward(ctx: &TcContext, p: &Packet, e: &NatEntry, route: Option<Ro
 // add up with the known-flow path's, which keeps the program inside the 512 bytes of
 // stack Linux 6.1 and older allow.
 #[inline(never)]
-fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
-    // 127.0.0.0/8 from outside is no NodePort (the localhost NodePorts are for the node's
+fn new_flow<A: Family>(ctx: &TcContext, p: &Packet<A>, key: &NatKeyOf<A>, now: u64) -> i32 {
+    // Loopback from outside is no NodePort (the localhost NodePorts are for the node's
     // own sockets): left to the kernel, which drops it as a martian, as kube-proxy's
     // "block incoming localnet connections" rule does.
-    if p.daddr.to_ne_bytes()[0] == 127 {
+    if p.daddr.is_loopback() {
         return TC_ACT_OK;
     }
     let frontend = Frontend {
-        addr: v4_mapped(p.daddr),
+        addr: p.daddr.mapped(),
         port: p.dport,
         proto: p.proto,
         scope: SCOPE_SOCKET,
@@ -161,17 +194,8 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         return TC_ACT_OK;
     }
     // loadBalancerSourceRanges: kube-proxy's KUBE-FW / KUBE-PROXY-FIREWALL.
-    if service.flags & SERVICE_SOURCE_RANGES != 0 {
-        let key = aya_ebpf::maps::lpm_trie::Key::new(
-            source_range_prefix(128),
-            SourceRangeKey {
-                frontend,
-                addr: v4_mapped(p.saddr),
-            },
-        );
-        if SOURCE_RANGES.get(key).is_none() {
-            return dropped(Event::SourceRangeDropped);
-        }
+    if service.flags & SERVICE_SOURCE_RANGES != 0 && !source_allowed(&frontend, p.saddr.mapped()) {
+        return dropped(Event::SourceRangeDropped);
     }
     let local_policy = service.flags & SERVICE_EXTERNAL_LOCAL != 0;
     let table = Frontend {
@@ -195,8 +219,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         service
     };
     let frontend_stats = stats(&service);
-    let client = AFFINITY_CLIENT_IP | p.saddr as u64;
-    let Some(choice) = choose(&table, &table_service, || client) else {
+    let Some(choice) = choose(&table, &table_service, || p.saddr.affinity_client()) else {
         if let Some(s) = frontend_stats {
             bump(unsafe { &raw mut (*s).no_endpoint });
         }
@@ -205,14 +228,15 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
             return dropped(Event::ExternalNoLocalEndpoint);
         }
         count(Event::ExternalNoEndpoint);
-        return tc_reply::refuse(ctx, p);
+        return A::refuse(ctx, p);
     };
     let backend_port = choice.backend.port;
-    // The frontend is IPv4, so are its backends (the agent writes each family's own).
-    let Some(backend_addr) = v4_of(&choice.backend.addr) else {
+    // The frontend's family is the packet's, so are its backends (the agent writes each
+    // family's own).
+    let Some(backend_addr) = A::of_mapped(&choice.backend.addr) else {
         return dropped(Event::RewriteFailed);
     };
-    let Some(out) = route(ctx, p.saddr, backend_addr) else {
+    let Some(out) = A::route(ctx, p.saddr, backend_addr) else {
         return dropped(Event::FibLookupFailed);
     };
     let out_ifindex = out.ifindex;
@@ -221,9 +245,12 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
     let snat_addr = if local_policy {
         None
     } else {
-        IFACES.get_ptr(out_ifindex).map(|i| unsafe { (*i).addr })
+        IFACES
+            .get_ptr(out_ifindex)
+            .map(|i| A::snat_addr(unsafe { &*i }))
     };
     let (source, source_port) = match snat_addr {
+        Some(addr) if addr == A::NONE => return dropped(Event::NoSnatAddress),
         Some(addr) => match free_port(p, addr, backend_addr, backend_port) {
             Some(port) => (addr, port),
             None => {
@@ -237,17 +264,17 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
     } else {
         0
     };
-    let forward_entry = NatEntry {
+    let forward_entry = NatEntryOf {
         to_addr: backend_addr,
         to_port: backend_port,
-        alt_addr: if snat_addr.is_some() { source } else { 0 },
+        alt_addr: if snat_addr.is_some() { source } else { A::NONE },
         alt_port: if snat_addr.is_some() { source_port } else { 0 },
         flags: if snat_addr.is_some() { NAT_SNAT } else { 0 },
         state,
         _pad: [0; 2],
         last_seen_ns: now,
     };
-    let reverse_key = NatKey {
+    let reverse_key = NatKeyOf {
         saddr: backend_addr,
         daddr: source,
         sport: backend_port,
@@ -255,7 +282,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         proto: p.proto,
         _pad: [0; 3],
     };
-    let reverse_entry = NatEntry {
+    let reverse_entry = NatEntryOf {
         to_addr: p.daddr,
         to_port: p.dport,
         alt_addr: p.saddr,
@@ -270,8 +297,8 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
         _pad: [0; 2],
         last_seen_ns: now,
     };
-    if NAT.insert(reverse_key, reverse_entry, 0).is_err()
-        || NAT.insert(key, forward_entry, 0).is_err()
+    if A::nat().insert(reverse_key, reverse_entry, 0).is_err()
+        || A::nat().insert(key, forward_entry, 0).is_err()
     {
         return dropped(Event::NatStoreFailed);
     }
@@ -285,13 +312,27 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &NatKey, now: u64) -> i32 {
     translate_forward(ctx, p, &forward_entry, Some(out))
 }
 
+/// Whether loadBalancerSourceRanges admit `client` (the shared maps' form of its address)
+/// to `frontend`.
+#[inline(always)]
+fn source_allowed(frontend: &Frontend, client: Addr) -> bool {
+    let key = aya_ebpf::maps::lpm_trie::Key::new(
+        source_range_prefix(128),
+        SourceRangeKey {
+            frontend: *frontend,
+            addr: client,
+        },
+    );
+    SOURCE_RANGES.get(key).is_some()
+}
+
 /// A source port on `addr` no other flow to this backend uses: the client's own if
 /// free, else a few random ones.
 #[inline(always)]
-fn free_port(p: &Packet, addr: u32, backend: u32, backend_port: u16) -> Option<u16> {
+fn free_port<A: Family>(p: &Packet<A>, addr: A, backend: A, backend_port: u16) -> Option<u16> {
     let mut port = p.sport;
     for _ in 0..SNAT_PORT_TRIES {
-        let key = NatKey {
+        let key = NatKeyOf {
             saddr: backend,
             daddr: addr,
             sport: backend_port,
@@ -299,7 +340,7 @@ fn free_port(p: &Packet, addr: u32, backend: u32, backend_port: u16) -> Option<u
             proto: p.proto,
             _pad: [0; 3],
         };
-        match NAT.get_ptr(key) {
+        match A::nat().get_ptr(key) {
             None => return Some(port),
             // SAFETY: as above.
             Some(e) if unsafe { (*e).alt_addr == p.saddr && (*e).alt_port == p.sport } => {
@@ -317,14 +358,32 @@ fn free_port(p: &Packet, addr: u32, backend: u32, backend_port: u16) -> Option<u
 /// their source becomes the frontend again.
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
-    let Some(p) = parse(ctx) else {
-        return TC_ACT_OK;
-    };
-    let Some(entry) = NAT.get_ptr_mut(p.key()) else {
+    match ether_type(ctx) {
+        Some(ETH_P_IP) => match parse4(ctx) {
+            Some(p) => egress_of(ctx, &p),
+            None => TC_ACT_OK,
+        },
+        Some(ETH_P_IPV6) => egress6(ctx),
+        _ => TC_ACT_OK,
+    }
+}
+
+/// Egress of an IPv6 packet, a function of its own as `ingress6`.
+#[inline(never)]
+fn egress6(ctx: &TcContext) -> i32 {
+    match parse6(ctx, false) {
+        Some(p) => egress_of(ctx, &p),
+        None => TC_ACT_OK,
+    }
+}
+
+#[inline(always)]
+fn egress_of<A: Family>(ctx: &TcContext, p: &Packet<A>) -> i32 {
+    let Some(entry) = A::nat().get_ptr_mut(p.key()) else {
         return TC_ACT_OK;
     };
     // SAFETY: copied out of a value pointer from a successful lookup.
-    let e: NatEntry = unsafe { *entry };
+    let e: NatEntryOf<A> = unsafe { *entry };
     let on_egress = NAT_REVERSE | NAT_ON_EGRESS;
     let now = unsafe { bpf_ktime_get_ns() };
     if e.flags & on_egress != on_egress || expired(&e, p.proto, now) {
@@ -332,7 +391,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
     }
     touch(entry, p.tcp_flags, now);
     count(Event::ExternalFlowPacket);
-    if set_source(ctx, &p, e.to_addr, e.to_port).is_none() {
+    if set_source(ctx, p, e.to_addr, e.to_port).is_none() {
         return dropped(Event::RewriteFailed);
     }
     TC_ACT_OK
