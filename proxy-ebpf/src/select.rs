@@ -11,6 +11,7 @@ use crate::maps::{AFFINITY, MEMBERS, SERVICES, SLOTS, count};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+#[derive(Clone, Copy)]
 pub struct Choice {
     pub backend: Backend,
     pub from_affinity: bool,

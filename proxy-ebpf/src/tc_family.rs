@@ -11,8 +11,9 @@ use proxy_common::{
 };
 
 use crate::{
-    maps::{NAT, NAT6},
+    maps::{NAT, NAT6, Scratch},
     tc_forward::{Route, route4, route6},
+    tc_nat::FlowState,
     tc_packet::{IP_DADDR, IP_SADDR, IP6_DADDR, IP6_SADDR, Packet, set_addr4, set_addr6, set_port},
     tc_reply,
 };
@@ -24,6 +25,8 @@ pub trait Family: Copy + PartialEq + 'static {
     const SADDR: usize;
     const DADDR: usize;
 
+    /// This CPU's scratch space for the family's packet and new flow.
+    fn state(scratch: *mut Scratch) -> *mut FlowState<Self>;
     /// The family's flow table.
     fn nat() -> &'static LruHashMap<NatKeyOf<Self>, NatEntryOf<Self>>;
     /// The address as the shared maps hold it (IPv4-mapped for IPv4).
@@ -54,6 +57,12 @@ impl Family for u32 {
     const NONE: Self = 0;
     const SADDR: usize = IP_SADDR;
     const DADDR: usize = IP_DADDR;
+
+    #[inline(always)]
+    fn state(scratch: *mut Scratch) -> *mut FlowState<Self> {
+        // SAFETY: a pointer into a map value, valid for the program run.
+        unsafe { &raw mut (*scratch).flow4 }
+    }
 
     #[inline(always)]
     fn nat() -> &'static LruHashMap<NatKeyOf<Self>, NatEntryOf<Self>> {
@@ -106,6 +115,12 @@ impl Family for Addr {
     const NONE: Self = [0; 4];
     const SADDR: usize = IP6_SADDR;
     const DADDR: usize = IP6_DADDR;
+
+    #[inline(always)]
+    fn state(scratch: *mut Scratch) -> *mut FlowState<Self> {
+        // SAFETY: as for IPv4.
+        unsafe { &raw mut (*scratch).flow6 }
+    }
 
     #[inline(always)]
     fn nat() -> &'static LruHashMap<NatKeyOf<Self>, NatEntryOf<Self>> {

@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::bpf_csum_diff,
+    helpers::{bpf_csum_diff, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use proxy_common::{Addr, Event, IPPROTO_TCP, IPPROTO_UDP, NatKeyOf};
@@ -81,28 +81,25 @@ pub fn ether_type(ctx: &TcContext) -> Option<u16> {
     Some(u16::from_be(eth_proto))
 }
 
-/// The ports and TCP flags of the L4 header at `l4`.
+/// The L4 header at `l4`: its ports and TCP flags, into `p`.
 #[inline(always)]
-fn l4_header<A>(ctx: &TcContext, l4: usize, proto: u8, saddr: A, daddr: A) -> Option<Packet<A>> {
-    Some(Packet {
-        l4,
-        proto,
-        saddr,
-        daddr,
-        sport: ctx.load(l4).ok()?,
-        dport: ctx.load(l4 + 2).ok()?,
-        tcp_flags: if proto == IPPROTO_TCP {
-            ctx.load(l4 + 13).ok()?
-        } else {
-            0
-        },
-    })
+fn l4_header<A>(ctx: &TcContext, p: &mut Packet<A>, l4: usize, proto: u8) -> Option<()> {
+    p.l4 = l4;
+    p.proto = proto;
+    p.sport = ctx.load(l4).ok()?;
+    p.dport = ctx.load(l4 + 2).ok()?;
+    p.tcp_flags = if proto == IPPROTO_TCP {
+        ctx.load(l4 + 13).ok()?
+    } else {
+        0
+    };
+    Some(())
 }
 
-/// The headers of an IPv4 packet (the EtherType was checked), if it is one the programs
-/// handle; anything else is passed on.
+/// The headers of an IPv4 packet (the EtherType was checked) into `p`, if it is one the
+/// programs handle; anything else is passed on.
 #[inline(always)]
-pub fn parse4(ctx: &TcContext) -> Option<Packet<u32>> {
+pub fn parse4(ctx: &TcContext, p: &mut Packet<u32>) -> Option<()> {
     let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if version_ihl >> 4 != 4 || ihl < 20 {
@@ -116,9 +113,9 @@ pub fn parse4(ctx: &TcContext) -> Option<Packet<u32>> {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return None;
     }
-    let saddr = ctx.load(IP_SADDR).ok()?;
-    let daddr = ctx.load(IP_DADDR).ok()?;
-    l4_header(ctx, ETH_HLEN + ihl, proto, saddr, daddr)
+    p.saddr = ctx.load(IP_SADDR).ok()?;
+    p.daddr = ctx.load(IP_DADDR).ok()?;
+    l4_header(ctx, p, ETH_HLEN + ihl, proto)
 }
 
 /// Next-header values of the IPv6 extension headers (hop-by-hop, routing, fragment, ESP,
@@ -131,12 +128,27 @@ fn is_extension_header(next: u8) -> bool {
     )
 }
 
-/// The headers of an IPv6 packet (the EtherType was checked) whose TCP or UDP header
-/// follows the fixed header; anything else is passed on. A packet with extension
+/// Loads `N` bytes at `offset` straight into `to` (no copy through the stack).
+#[inline(always)]
+fn load_into<T>(ctx: &TcContext, offset: usize, to: &mut T) -> Option<()> {
+    // SAFETY: `to` is `size_of::<T>()` writable bytes.
+    let ret = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            offset as u32,
+            (to as *mut T).cast(),
+            size_of::<T>() as u32,
+        )
+    };
+    (ret == 0).then_some(())
+}
+
+/// The headers of an IPv6 packet (the EtherType was checked) into `p`, if its TCP or UDP
+/// header follows the fixed header; anything else is passed on. A packet with extension
 /// headers (a fragment among them) is left to the node's stack, counted as
 /// [`Event::Ipv6ExtensionHeaders`] when `count_extensions`.
 #[inline(always)]
-pub fn parse6(ctx: &TcContext, count_extensions: bool) -> Option<Packet<Addr>> {
+pub fn parse6(ctx: &TcContext, p: &mut Packet<Addr>, count_extensions: bool) -> Option<()> {
     let version: u8 = ctx.load(ETH_HLEN).ok()?;
     if version >> 4 != 6 {
         return None;
@@ -148,9 +160,9 @@ pub fn parse6(ctx: &TcContext, count_extensions: bool) -> Option<Packet<Addr>> {
         }
         return None;
     }
-    let saddr = ctx.load(IP6_SADDR).ok()?;
-    let daddr = ctx.load(IP6_DADDR).ok()?;
-    l4_header(ctx, ETH_HLEN + IP6_HLEN, next, saddr, daddr)
+    load_into(ctx, IP6_SADDR, &mut p.saddr)?;
+    load_into(ctx, IP6_DADDR, &mut p.daddr)?;
+    l4_header(ctx, p, ETH_HLEN + IP6_HLEN, next)
 }
 
 /// Replaces an IPv4 address (at `offset`) and fixes both checksums.
