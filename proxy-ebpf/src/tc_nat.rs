@@ -142,6 +142,9 @@ fn ingress6(ctx: &TcContext) -> i32 {
 /// [`known_flow`]'s answer when the packet starts a new flow.
 const NEW_FLOW: i32 = i32::MIN;
 
+// Map lookups take keys by reference here (clippy would pass copies): the keys live in
+// the scratch space, and a copy would put them back on the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn ingress_of<A: Family>(ctx: &TcContext, st: &mut FlowState<A>) -> i32 {
     st.key = st.packet.key();
@@ -222,6 +225,7 @@ fn translate_forward<A: Family>(
 // add up with the known-flow path's. What it works on is in `st` (scratch space); what
 // needs more stack is in functions it calls one after the other (`source_allowed`,
 // `pick`, `free_port`, `open_flow`, `translate_forward`, `refuse`).
+#[allow(clippy::needless_borrows_for_generic_args)] // As in `ingress_of`.
 #[inline(never)]
 fn new_flow<A: Family>(ctx: &TcContext, st: &mut FlowState<A>, now: u64) -> i32 {
     let p = &st.packet;
