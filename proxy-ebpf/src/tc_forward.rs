@@ -47,6 +47,14 @@ pub struct Route {
     resolved: bool,
 }
 
+impl Route {
+    /// Not routed yet (no interface has index 0).
+    pub const NONE: Route = Route {
+        ifindex: 0,
+        resolved: false,
+    };
+}
+
 /// The route of an IPv4 packet from `saddr` to `daddr`.
 #[inline(always)]
 pub fn route4(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<Route> {

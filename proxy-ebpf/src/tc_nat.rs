@@ -181,7 +181,7 @@ fn known_flow<A: Family>(
     touch(entry, p.tcp_flags, now);
     count(Event::ExternalFlowPacket);
     if e.flags & NAT_REVERSE == 0 {
-        return translate_forward(ctx, p, &e, None);
+        return translate_forward(ctx, p, &e, &Route::NONE);
     }
     if e.flags & NAT_ON_EGRESS != 0 {
         return TC_ACT_OK;
@@ -196,13 +196,18 @@ fn known_flow<A: Family>(
 
 /// Rewrites a client's packet as its flow says and sends it on. `route`: where the flow's
 /// first packet was just routed (its source, the client's or the egress interface's own
-/// address, leaves by that interface either way), so it is not routed twice.
+/// address, leaves by that interface either way), so it is not routed twice; or
+/// [`Route::NONE`] to route it here.
+///
+/// (The signatures of the functions that are not inlined take no `Option` or other Rust
+/// enum: their BTF would describe it as a union with a member at a non-zero offset, which
+/// the kernel refuses, and with it the whole object's BTF.)
 #[inline(never)]
 fn translate_forward<A: Family>(
     ctx: &TcContext,
     p: &Packet<A>,
     e: &NatEntryOf<A>,
-    route: Option<Route>,
+    route: &Route,
 ) -> i32 {
     if set_destination(ctx, p, e.to_addr, e.to_port).is_none() {
         return dropped(Event::RewriteFailed);
@@ -215,10 +220,10 @@ fn translate_forward<A: Family>(
     } else {
         p.saddr
     };
-    match route {
-        Some(route) => forward_routed(ctx, route),
-        None => forward(ctx, source, e.to_addr),
+    if route.ifindex == Route::NONE.ifindex {
+        return forward(ctx, source, e.to_addr);
     }
+    forward_routed(ctx, *route)
 }
 
 // A function of its own (a BPF-to-BPF call), not inlined: its stack frame then does not
@@ -304,10 +309,8 @@ fn new_flow<A: Family>(ctx: &TcContext, st: &mut FlowState<A>, now: u64) -> i32 
     let (source, source_port) = match snat_addr {
         Some(addr) if addr == A::NONE => return dropped(Event::NoSnatAddress),
         Some(addr) => match free_port(p, &addr, &backend_addr, backend_port) {
-            Some(port) => (addr, port),
-            None => {
-                return dropped(Event::NatStoreFailed);
-            }
+            NO_FREE_PORT => return dropped(Event::NatStoreFailed),
+            port => (addr, port as u16),
         },
         None => (A::NONE, 0),
     };
@@ -336,7 +339,7 @@ fn new_flow<A: Family>(ctx: &TcContext, st: &mut FlowState<A>, now: u64) -> i32 
             bump(unsafe { &raw mut (*s).affinity_hits });
         }
     }
-    translate_forward(ctx, p, &st.forward, Some(out))
+    translate_forward(ctx, p, &st.forward, &out)
 }
 
 /// Picks the backend of a new flow from outside into `out`; false when `table` has no
@@ -394,10 +397,13 @@ fn source_allowed<A: Family>(frontend: &Frontend, client: &A) -> bool {
     SOURCE_RANGES.get(key).is_some()
 }
 
-/// A source port on `addr` no other flow to this backend uses: the client's own if
-/// free, else a few random ones.
+/// [`free_port`]'s answer when every port it tried is taken.
+const NO_FREE_PORT: u32 = u32::MAX;
+
+/// A source port on `addr` (network byte order, in the low 16 bits) no other flow to this
+/// backend uses: the client's own if free, else a few random ones; [`NO_FREE_PORT`].
 #[inline(never)]
-fn free_port<A: Family>(p: &Packet<A>, addr: &A, backend: &A, backend_port: u16) -> Option<u16> {
+fn free_port<A: Family>(p: &Packet<A>, addr: &A, backend: &A, backend_port: u16) -> u32 {
     let mut port = p.sport;
     for _ in 0..SNAT_PORT_TRIES {
         let key = NatKeyOf {
@@ -409,17 +415,17 @@ fn free_port<A: Family>(p: &Packet<A>, addr: &A, backend: &A, backend_port: u16)
             _pad: [0; 3],
         };
         match A::nat().get_ptr(key) {
-            None => return Some(port),
+            None => return port as u32,
             // SAFETY: as above.
             Some(e) if unsafe { (*e).alt_addr == p.saddr && (*e).alt_port == p.sport } => {
-                return Some(port);
+                return port as u32;
             }
             Some(_) => {}
         }
         let random = unsafe { bpf_get_prandom_u32() } % SNAT_PORT_SPAN + SNAT_PORT_BASE;
         port = (random as u16).to_be();
     }
-    None
+    NO_FREE_PORT
 }
 
 /// Egress: the replies of flows to a backend on this node, on their way to the client:
