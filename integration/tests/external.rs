@@ -703,6 +703,19 @@ ebpf_only!(ipv6_a_flow_survives_an_agent_restart);
 fn ipv6_a_flow_survives_an_agent_restart(mode: &'static str) {
     let t = TwoNodes::new();
     let mut agent = start6(&t, mode, &web6("", &t.endpoints6()));
+    // On links just made, the first IPv6 neighbour resolutions can take a second (a
+    // solicitation retransmitted), longer than the probe below waits for an answer:
+    // resolve them first, so what is measured is the restart.
+    let warm = t.probe(&[
+        "--to",
+        &format!("[{NODE_A_IP6}]:30053"),
+        "--udp",
+        "--count",
+        "4",
+        "--timeout-ms",
+        "3000",
+    ]);
+    assert_eq!(warm.answers.values().sum::<usize>(), 4, "{warm:?}");
     let probe = integration::bin_dir().join("probe");
     let client = t
         .client_command(probe.to_str().expect("utf-8 path"))
