@@ -16,8 +16,15 @@
 //! IPv4 and IPv6 take the same path, written once over `tc_family::Family`; each family
 //! has its own flow table (`EPX_NAT_V1`, `EPX_NAT6_V1`) and the maps of frontends,
 //! slots, affinity and source ranges are shared (an IPv4 address in its IPv4-mapped
-//! form). The IPv6 path is a function of its own (a BPF-to-BPF call): its stack frames do
-//! not add up with the IPv4 path's.
+//! form).
+//!
+//! Stack: Linux 6.1 and older allow 512 bytes along the deepest chain of BPF-to-BPF calls.
+//! The packet and the new flow's keys and entries live in the per-CPU scratch space
+//! ([`FlowState`]), and the steps that need stack of their own (the affinity lookup, the
+//! flow's two entries, the answer to a frontend without endpoints, ...) are functions
+//! called one after the other, so their frames do not add up. Deepest chains when this
+//! was written: IPv4 320 bytes, IPv6 448 (each frame rounded up to 32 bytes, as the
+//! verifier counts).
 //!
 //! This file is the flow logic; packets are read and rewritten by `tc_packet`, sent on
 //! or dropped (counted) by `tc_forward`, and answered by `tc_reply`.
