@@ -246,10 +246,6 @@ fn a_frontend_without_endpoints_answers_with_a_reset_or_port_unreachable(mode: &
             String::from_utf8_lossy(&_agent.proxyctl(&["stats"]).stdout)
         );
     }
-    if mode == "ebpf" {
-        // Not yet: the tc programs drop UDP without endpoints instead of answering.
-        return;
-    }
     let udp = t.probe(&[
         "--to",
         &format!("{NODE_A_IP}:30053"),
