@@ -152,6 +152,7 @@ fn check_flows_and_status(t: &TwoNodes, agent: &Agent) {
     // 3 x 40 TCP connections and one UDP socket's flow.
     assert!(flows.len() > 100, "{} flows", flows.len());
     for f in flows {
+        assert_eq!(f["family"], "IPv4", "{f}");
         assert!(
             f["client"]
                 .as_str()
@@ -562,6 +563,7 @@ fn ipv6_cluster_policy_reaches_both_nodes_pods(mode: &'static str) {
     let flows = flows.as_array().expect("rows");
     assert!(flows.len() > 100, "{} flows", flows.len());
     for f in flows {
+        assert_eq!(f["family"], "IPv6", "{f}");
         let client = format!("[{CLIENT_IP6}]:");
         assert!(
             f["client"].as_str().is_some_and(|c| c.starts_with(&client)),

@@ -14,6 +14,8 @@ use super::table::{Align, Table};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct FlowRow {
+    /// `IPv4` or `IPv6`: which flow table the row is from.
+    pub family: &'static str,
     pub protocol: &'static str,
     pub client: String,
     pub frontend: String,
@@ -29,16 +31,19 @@ pub struct FlowRow {
 
 /// An address of a flow table: `u32` (IPv4) or `Addr` (IPv6), network byte order.
 pub trait FlowAddr: Copy {
+    const FAMILY: &'static str;
     fn ip(self) -> IpAddr;
 }
 
 impl FlowAddr for u32 {
+    const FAMILY: &'static str = "IPv4";
     fn ip(self) -> IpAddr {
         Ipv4Addr::from(self.to_ne_bytes()).into()
     }
 }
 
 impl FlowAddr for Addr {
+    const FAMILY: &'static str = "IPv6";
     fn ip(self) -> IpAddr {
         let mut octets = [0u8; 16];
         for (chunk, word) in octets.chunks_exact_mut(4).zip(self) {
@@ -74,6 +79,7 @@ pub fn rows<A: FlowAddr>(
             (
                 idle,
                 FlowRow {
+                    family: A::FAMILY,
                     protocol: if tcp { "TCP" } else { "UDP" },
                     client: endpoint(k.saddr, k.sport),
                     frontend: endpoint(k.daddr, k.dport),
@@ -195,6 +201,8 @@ mod tests {
         assert_eq!(all[0].backend, "[2001:db8:120::2]:8080");
         assert_eq!(all[0].state, "-");
         assert_eq!(all[0].source_nat, None);
+        assert_eq!(all[0].family, "IPv6");
+        assert_eq!(all[1].family, "IPv4");
     }
 
     #[test]
@@ -225,6 +233,7 @@ mod tests {
         assert_eq!(
             rows,
             [FlowRow {
+                family: "IPv4",
                 protocol: "TCP",
                 client: "198.18.100.2:40000".into(),
                 frontend: "198.18.100.1:30080".into(),
