@@ -14,7 +14,7 @@ use integration::{
     Agent, ClientLoop, SOCKET_PROGRAMS, Topology, attached_programs,
     manifests::{DNS, Endpoint, HTTP, Port, ServiceOpts, service_with_endpoints},
     require_privileges, scaled,
-    two_nodes::{NODE_A_IP, TwoNodes},
+    two_nodes::{NODE_A_IP, NODE_A_IP6, TwoNodes},
 };
 
 const VIP: &str = "198.19.0.10";
@@ -557,6 +557,99 @@ fn nodeport_from_outside_as_the_kernel_allows() {
 fn nodeport_from_outside_through_netlink_filters() {
     require_privileges!();
     nodeport_through_restart_then_cleanup("netlink");
+}
+
+/// IPv6 from outside the node on every kernel: a NodePort on node-a's IPv6 address to
+/// both pods (pod-b's flows source-NATed to node-a's IPv6 address, pod-a's keeping the
+/// client's), and an IPv6 NodePort without endpoints answered with a TCP reset and an
+/// ICMPv6 port unreachable: the IPv6 path of the tc programs (route lookups with
+/// AF_INET6, checksums over 128-bit addresses, synthesized answers) on this kernel.
+#[test]
+fn ipv6_nodeport_from_outside() {
+    require_privileges!();
+    let t = TwoNodes::new();
+    let mut agent = t.agent_dual_stack("ebpf");
+    agent
+        .extra_args
+        .extend(["--interfaces".into(), "ext0,nb0".into()]);
+    let node_port = |port| Port {
+        node_port: Some(port),
+        ..HTTP
+    };
+    let opts = ServiceOpts {
+        type_: Some("NodePort"),
+        ..Default::default()
+    };
+    let yaml = [
+        service_with_endpoints(
+            "web",
+            "2001:db8:19::30",
+            &[node_port(30080)],
+            &opts,
+            &t.endpoints6(),
+        ),
+        service_with_endpoints(
+            "empty",
+            "2001:db8:19::31",
+            &[
+                node_port(30081),
+                Port {
+                    node_port: Some(30053),
+                    ..DNS
+                },
+            ],
+            &opts,
+            &[],
+        ),
+    ]
+    .join("---\n");
+    agent.write("web.yaml", &yaml);
+    agent.start();
+    agent.wait_for("the tc programs to attach", Duration::from_secs(10), |_| {
+        agent.log().matches("\"message\":\"tc program\"").count() == 4
+    });
+    let report = t.probe(&[
+        "--to",
+        &format!("[{NODE_A_IP6}]:30080"),
+        "--count",
+        "20",
+        "--ask-source",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert_eq!(
+        report.answers.values().sum::<usize>(),
+        20,
+        "{report:?}\n{}",
+        agent.log()
+    );
+    for answer in report.answers.keys() {
+        let expected = if answer.starts_with("pod-b") {
+            "pod-b saw 2001:db8:18:101::1"
+        } else {
+            "pod-a saw 2001:db8:18:100::2"
+        };
+        assert_eq!(answer, expected, "{report:?}");
+    }
+    let tcp = t.probe(&[
+        "--to",
+        &format!("[{NODE_A_IP6}]:30081"),
+        "--count",
+        "2",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert_eq!(tcp.errors.get("ECONNREFUSED"), Some(&2), "{tcp:?}");
+    let udp = t.probe(&[
+        "--to",
+        &format!("[{NODE_A_IP6}]:30053"),
+        "--udp",
+        "--count",
+        "2",
+        "--timeout-ms",
+        &timeout_ms(),
+    ]);
+    assert_eq!(udp.errors.get("ECONNREFUSED"), Some(&2), "{udp:?}");
 }
 
 /// A kernel without what the tc programs need (shown here with `--assume-missing`, which

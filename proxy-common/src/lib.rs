@@ -19,8 +19,9 @@
 //! the form the kernel itself gives a dual-stack socket. One key type, one set of maps and
 //! one code path serve IPv4, IPv6 and a dual-stack socket connecting to an IPv4 Service
 //! through its mapped address, which finds the IPv4 frontend by construction. The price is
-//! key size (a frontend key of 20 bytes instead of 8); the tc flow table (`NatKey`) stays
-//! IPv4 and keeps its layout.
+//! key size (a frontend key of 20 bytes instead of 8). The tc flow tables are per family:
+//! IPv4's (`NatKey`, `EPX_NAT_V1`) keeps its layout, IPv6's (`NatKey6`, `EPX_NAT6_V1`) sits
+//! beside it, so an IPv4 packet's lookup costs what it did.
 #![no_std]
 
 use bytemuck::{Pod, Zeroable};
@@ -155,29 +156,37 @@ pub const fn source_range_prefix(bits: u8) -> u32 {
     160 + bits as u32
 }
 
-/// Key of the NAT flow table: one direction of a connection translated by the tc
-/// programs, as the packet arrives (addresses and ports in network byte order).
+/// Key of a NAT flow table: one direction of a connection translated by the tc
+/// programs, as the packet arrives (addresses and ports in network byte order). `A` is
+/// the family's address: `u32` for IPv4 ([`NatKey`], `EPX_NAT_V1`), [`Addr`] for IPv6
+/// ([`NatKey6`], `EPX_NAT6_V1`). Each family has its own table, so an IPv4 flow's key
+/// stays 16 bytes (and its per-packet hash as cheap as before IPv6).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct NatKey {
-    pub saddr: u32,
-    pub daddr: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NatKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
 }
+/// The IPv4 flow table's key.
+pub type NatKey = NatKeyOf<u32>;
+/// The IPv6 flow table's key.
+pub type NatKey6 = NatKeyOf<Addr>;
 const _: () = assert!(size_of::<NatKey>() == 16);
+const _: () = assert!(size_of::<NatKey6>() == 40);
 
-/// Value of the NAT flow table.
+/// Value of a NAT flow table (`A` as in [`NatKeyOf`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
-pub struct NatEntry {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatEntryOf<A> {
     /// Forward: the backend (the new destination). Reverse: the frontend (the new source).
-    pub to_addr: u32,
+    pub to_addr: A,
     /// Forward: the source-NAT address (the new source), 0 to keep the client's.
     /// Reverse: the client (the new destination), 0 to keep it.
-    pub alt_addr: u32,
+    pub alt_addr: A,
     pub to_port: u16,
     pub alt_port: u16,
     /// [`NAT_REVERSE`], [`NAT_SNAT`], [`NAT_ON_EGRESS`].
@@ -188,7 +197,23 @@ pub struct NatEntry {
     /// `bpf_ktime_get_ns()` of the last packet.
     pub last_seen_ns: u64,
 }
+/// The IPv4 flow table's value.
+pub type NatEntry = NatEntryOf<u32>;
+/// The IPv6 flow table's value.
+pub type NatEntry6 = NatEntryOf<Addr>;
 const _: () = assert!(size_of::<NatEntry>() == 24);
+const _: () = assert!(size_of::<NatEntry6>() == 48);
+
+// SAFETY: repr(C); the size asserts above prove there is no padding (the fields add up
+// to the size) for both instances, and every bit pattern of each field is valid.
+unsafe impl Zeroable for NatKey {}
+unsafe impl Pod for NatKey {}
+unsafe impl Zeroable for NatKey6 {}
+unsafe impl Pod for NatKey6 {}
+unsafe impl Zeroable for NatEntry {}
+unsafe impl Pod for NatEntry {}
+unsafe impl Zeroable for NatEntry6 {}
+unsafe impl Pod for NatEntry6 {}
 
 /// `NatEntry::flags`: the reply direction.
 pub const NAT_REVERSE: u8 = 1;
@@ -208,13 +233,18 @@ pub const NAT_TIMEOUT_CLOSING_NS: u64 = 10 * 1_000_000_000;
 pub const NAT_TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
 
 /// Value of the interfaces map (by ifindex): an interface the tc programs are attached
-/// to, and the address a flow leaving through it is source-NATed to.
+/// to, and the addresses a flow leaving through it is source-NATed to, one per family
+/// (zero: the interface has none, and a flow of that family that would need source NAT
+/// through it is dropped, counted as [`Event::NoSnatAddress`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
 pub struct IfaceInfo {
+    /// IPv4 address, network byte order.
     pub addr: u32,
+    /// IPv6 address ([`Addr`]; not IPv4-mapped).
+    pub addr6: Addr,
 }
-const _: () = assert!(size_of::<IfaceInfo>() == 4);
+const _: () = assert!(size_of::<IfaceInfo>() == 20);
 
 /// Key of the members map: is `backend` (still) a backend of `frontend`?
 #[repr(C)]
@@ -236,21 +266,38 @@ pub struct Member {
 }
 const _: () = assert!(size_of::<Member>() == 8);
 
-/// Key of the affinity map: one client (a network namespace, i.e. a pod) and one frontend.
+/// Key of the affinity map: one client (a network namespace, i.e. a pod, or an address
+/// outside the node) and one frontend.
+///
+/// The client, by who asks:
+/// - a socket on the node: `client_netns` is its `bpf_get_netns_cookie()` (bit 63 clear,
+///   the kernel's cookies count up from 1), `client_ip6` zero;
+/// - an IPv4 client outside the node (tc): `client_netns` is [`AFFINITY_CLIENT_IP`] with
+///   the address (network byte order) in the low 32 bits, `client_ip6` zero;
+/// - an IPv6 client outside the node (tc): `client_netns` is [`AFFINITY_CLIENT_IP6`]
+///   exactly, `client_ip6` the address.
+///
+/// The three never collide: bit 63 tells a cookie from an address, bit 62 an IPv4 client
+/// from an IPv6 one (an IPv4 key's low 32 bits hold the address, bits 32..62 stay clear).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct AffinityKey {
-    /// `bpf_get_netns_cookie()` of the connecting socket.
     pub client_netns: u64,
     pub frontend: Frontend,
     pub _pad: u32,
+    /// An IPv6 client's address ([`AFFINITY_CLIENT_IP6`]), else zero.
+    pub client_ip6: Addr,
 }
-const _: () = assert!(size_of::<AffinityKey>() == 32);
+const _: () = assert!(size_of::<AffinityKey>() == 48);
 
 /// `AffinityKey::client_netns` of a client outside the node (the tc programs): this bit,
 /// and the client's IPv4 address (network byte order) in the low 32 bits. A netns cookie
 /// never has it set.
 pub const AFFINITY_CLIENT_IP: u64 = 1 << 63;
+
+/// `AffinityKey::client_netns` of an IPv6 client outside the node: these two bits and
+/// nothing else; the address is in `AffinityKey::client_ip6`.
+pub const AFFINITY_CLIENT_IP6: u64 = AFFINITY_CLIENT_IP | (1 << 62);
 
 /// Value of the affinity map.
 #[repr(C)]
@@ -477,10 +524,16 @@ pub enum Event {
     /// tc: the kernel refused to redirect a packet (a redirect helper returned
     /// TC_ACT_SHOT): dropped.
     RedirectFailed = 17,
+    /// tc: an IPv6 packet with extension headers before its TCP or UDP header: passed to
+    /// the node's stack untranslated.
+    Ipv6ExtensionHeaders = 18,
+    /// tc: a flow needed source NAT through an interface without an address of its
+    /// family: dropped.
+    NoSnatAddress = 19,
 }
 
 impl Event {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 20;
     /// Size of the events map: room for events added later without a layout change.
     pub const MAP_SLOTS: u32 = 32;
     pub const ALL: [Event; Event::COUNT as usize] = [
@@ -502,6 +555,8 @@ impl Event {
         Event::RewriteFailed,
         Event::ReplyFailed,
         Event::RedirectFailed,
+        Event::Ipv6ExtensionHeaders,
+        Event::NoSnatAddress,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -524,6 +579,8 @@ impl Event {
             Event::RewriteFailed => "external_dropped_rewrite_failed",
             Event::ReplyFailed => "external_dropped_reply_failed",
             Event::RedirectFailed => "external_dropped_redirect_failed",
+            Event::Ipv6ExtensionHeaders => "external_ipv6_extension_headers_passed",
+            Event::NoSnatAddress => "external_dropped_no_snat_address",
         }
     }
 }
@@ -546,6 +603,8 @@ mod user {
     unsafe impl aya::Pod for AgentInfo {}
     unsafe impl aya::Pod for NatKey {}
     unsafe impl aya::Pod for NatEntry {}
+    unsafe impl aya::Pod for NatKey6 {}
+    unsafe impl aya::Pod for NatEntry6 {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for ServiceName {}

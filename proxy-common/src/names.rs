@@ -30,16 +30,19 @@ pub const MAP_NAMES: &str = "EPX_NAME_V3";
 
 /// 0 -> AgentInfo (array of one). Versioned on its own: no program reads it.
 pub const MAP_AGENT: &str = "EPX_AGENT_V2";
-/// NatKey -> NatEntry (LRU): the tc programs' flows.
+/// NatKey -> NatEntry (LRU): the tc programs' IPv4 flows.
 pub const MAP_NAT: &str = "EPX_NAT_V1";
-/// ifindex -> IfaceInfo: the interfaces the tc programs are attached to.
-pub const MAP_IFACES: &str = "EPX_IFACE_V1";
+/// NatKey6 -> NatEntry6 (LRU): the tc programs' IPv6 flows.
+pub const MAP_NAT6: &str = "EPX_NAT6_V1";
+/// ifindex -> IfaceInfo: the interfaces the tc programs are attached to, with their
+/// source-NAT addresses of both families (layout 3 added the IPv6 one).
+pub const MAP_IFACES: &str = "EPX_IFACE_V3";
 
 /// LPM trie {frontend, client prefix} -> 1: loadBalancerSourceRanges.
 pub const MAP_SOURCE_RANGES: &str = "EPX_SRCR_V3";
 
 /// Every map, for cleanup and status.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_MEMBERS,
@@ -52,6 +55,7 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_NAMES,
     MAP_AGENT,
     MAP_NAT,
+    MAP_NAT6,
     MAP_IFACES,
     MAP_SOURCE_RANGES,
 ];
@@ -61,7 +65,7 @@ pub const ALL_MAPS: [&str; 14] = [
 pub const PROG_TC_INGRESS: &str = "epx_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "epx_tc_egress";
 
-/// Default capacity of the NAT flow table (two entries per flow).
+/// Default capacity of each NAT flow table, IPv4's and IPv6's (two entries per flow).
 pub const DEFAULT_MAX_NAT: u32 = 262_144;
 
 /// The cgroup socket programs: (program name in the object, attach point, link pin name).

@@ -1,19 +1,21 @@
 //! ebpf-proxy's datapath. The socket load balancer: cgroup/sock_addr programs (IPv4 and
 //! IPv6, one code path) that rewrite a connect or send to a Service frontend into one to a
 //! backend, and rewrite the backend address back to the frontend where the application
-//! can see it (recvmsg source, getpeername). And tc programs on the node's interfaces that translate packets
-//! arriving from outside the node (`tc_nat`).
+//! can see it (recvmsg source, getpeername). And tc programs on the node's interfaces that
+//! translate IPv4 and IPv6 packets arriving from outside the node (`tc_nat`).
 //!
 //! Entry points only call functions in `sock_lb` and `tc_nat`; the maps are in `maps`.
-//! The tc side: `tc_nat` (flow logic), `tc_packet` (reading and rewriting headers and
-//! checksums), `tc_forward` (routing, redirects, counted drops), `tc_reply` (answers
-//! for frontends without endpoints).
+//! The tc side: `tc_nat` (flow logic, once for both families), `tc_family` (what differs
+//! between IPv4 and IPv6), `tc_packet` (reading and rewriting headers and checksums),
+//! `tc_forward` (routing, redirects, counted drops), `tc_reply` (answers for frontends
+//! without endpoints).
 #![no_std]
 #![no_main]
 
 mod maps;
 mod select;
 mod sock_lb;
+mod tc_family;
 mod tc_forward;
 mod tc_nat;
 mod tc_packet;

@@ -2,15 +2,16 @@
 //! `proxy_common`; the literal names here must match `proxy_common::names`, which the
 //! agent checks when it loads the object.
 
+use crate::tc_nat::FlowState;
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, IfaceInfo, Member,
-    MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SocketRevNat, SourceRangeKey,
-    TCP_REVNAT_RING, TcpRevNat,
+    Addr, Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, IfaceInfo,
+    Member, MemberKey, NatEntry, NatEntry6, NatKey, NatKey6, RevNatKey, Service, ServiceName,
+    SocketRevNat, SourceRangeKey, TCP_REVNAT_RING, TcpRevNat,
     names::{
         DEFAULT_MAX_AFFINITY, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_NAT, DEFAULT_MAX_REVNAT,
         DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
@@ -67,13 +68,17 @@ pub static EVENTS: PerCpuArray<u64> = PerCpuArray::pinned(Event::MAP_SLOTS, 0);
 pub static NAMES: HashMap<Frontend, ServiceName> =
     HashMap::pinned(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
 
-/// The tc programs' flows, both directions (LRU: the oldest flows make room).
+/// The tc programs' IPv4 flows, both directions (LRU: the oldest flows make room).
 #[map(name = "EPX_NAT_V1")]
 pub static NAT: LruHashMap<NatKey, NatEntry> = LruHashMap::pinned(DEFAULT_MAX_NAT, 0);
 
+/// The tc programs' IPv6 flows, as [`NAT`] for IPv4.
+#[map(name = "EPX_NAT6_V1")]
+pub static NAT6: LruHashMap<NatKey6, NatEntry6> = LruHashMap::pinned(DEFAULT_MAX_NAT, 0);
+
 /// The interfaces the tc programs are attached to (by ifindex), with their source-NAT
-/// address. A backend reached through one of them is on another node.
-#[map(name = "EPX_IFACE_V1")]
+/// addresses. A backend reached through one of them is on another node.
+#[map(name = "EPX_IFACE_V3")]
 pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(256, 0);
 
 /// loadBalancerSourceRanges of the LoadBalancer frontends that have them.
@@ -81,7 +86,8 @@ pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(256, 0);
 pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(65_536, 0);
 
 /// Per-CPU scratch space for the tc programs' larger buffers (the route lookup's
-/// parameters, the headers of a synthesized reply). On the stack they would not fit the
+/// parameters, the packet's addresses and the new flow's keys and entries, the headers
+/// of a synthesized reply). On the stack they would not fit the
 /// 512 bytes Linux 6.1 and older allow beside everything else. Not pinned: it holds
 /// nothing from one program run to the next.
 #[map(name = "EPX_SCRATCH")]
@@ -91,12 +97,16 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[repr(C)]
 pub struct Scratch {
     pub fib: aya_ebpf::bindings::bpf_fib_lookup,
-    /// Headers being built: an IP header, then an ICMP header with its quote; or a TCP
-    /// header with its pseudo header.
+    /// The packet and the new flow being set up, per family (`tc_nat::FlowState`).
+    pub flow4: FlowState<u32>,
+    pub flow6: FlowState<Addr>,
+    /// Headers being built: an IP header, then an ICMP header with its quote (and for
+    /// ICMPv6 the pseudo header's length and next header); or a TCP header with its
+    /// pseudo header.
     pub words: [u32; SCRATCH_WORDS],
 }
 
-pub const SCRATCH_WORDS: usize = 24;
+pub const SCRATCH_WORDS: usize = 32;
 
 /// This CPU's scratch space, valid for the rest of the program run.
 #[inline(always)]

@@ -5,25 +5,27 @@
 //! number of services and backends.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use proxy_common::{Affinity, AffinityKey, Backend, Event, Frontend, MemberKey, Service};
+use proxy_common::{Addr, Affinity, AffinityKey, Backend, Event, Frontend, MemberKey, Service};
 
 use crate::maps::{AFFINITY, MEMBERS, SERVICES, SLOTS, count};
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+#[derive(Clone, Copy)]
 pub struct Choice {
     pub backend: Backend,
     pub from_affinity: bool,
 }
 
 /// Picks a backend for a new connection to `frontend`, or `None` when the frontend has no
-/// usable backend. `client_netns` is asked only for a Service with ClientIP affinity, and
-/// the clock read only then: most connects need neither helper call.
+/// usable backend. `client` (the affinity key's `client_netns` and `client_ip6`) is asked
+/// only for a Service with ClientIP affinity, and the clock read only then: most connects
+/// need neither helper call.
 #[inline(always)]
 pub fn choose(
     frontend: &Frontend,
     service: &Service,
-    client_netns: impl FnOnce() -> u64,
+    client: impl FnOnce() -> (u64, Addr),
 ) -> Option<Choice> {
     if service.affinity_timeout_s == 0 {
         return random_slot(frontend, service).map(|backend| Choice {
@@ -32,10 +34,12 @@ pub fn choose(
         });
     }
     let now = unsafe { bpf_ktime_get_ns() };
+    let (client_netns, client_ip6) = client();
     let affinity_key = AffinityKey {
-        client_netns: client_netns(),
+        client_netns,
         frontend: *frontend,
         _pad: 0,
+        client_ip6,
     };
     if let Some(backend) = live_affinity(&affinity_key, service, now) {
         return Some(Choice {

@@ -167,7 +167,7 @@ pub fn try_forward<const FAMILY: Family, const SET_RETVAL: bool, const REMEMBER:
     // the element cannot tear what we read.
     let service: Service = unsafe { *service };
     let stats = stats(&service);
-    let client_netns = || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let client_netns = || (unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }, [0; 4]);
 
     let Some(choice) = choose(&key, &service, client_netns) else {
         count(if service.flags & SERVICE_LOCAL_ONLY != 0 {

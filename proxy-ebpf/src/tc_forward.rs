@@ -10,11 +10,15 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use proxy_common::Event;
+use proxy_common::{Addr, Event};
 
-use crate::maps::{count, scratch};
+use crate::{
+    maps::{count, scratch},
+    tc_family::Family,
+};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 /// Drops the packet, counted under `event`: the one way the tc programs drop, so no
 /// drop goes uncounted.
@@ -43,10 +47,44 @@ pub struct Route {
     resolved: bool,
 }
 
-/// The route of a packet from `saddr` to `daddr`: one `bpf_fib_lookup`, whose 64 bytes of
-/// parameters live in the per-CPU scratch space, not the stack.
+impl Route {
+    /// Not routed yet (no interface has index 0).
+    pub const NONE: Route = Route {
+        ifindex: 0,
+        resolved: false,
+    };
+}
+
+/// The route of an IPv4 packet from `saddr` to `daddr`.
 #[inline(always)]
-pub fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<Route> {
+pub fn route4(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<Route> {
+    lookup(ctx, |params| {
+        // SAFETY: a pointer into this CPU's scratch space (see `lookup`).
+        unsafe {
+            (*params).family = AF_INET;
+            (*params).__bindgen_anon_3.ipv4_src = saddr;
+            (*params).__bindgen_anon_4.ipv4_dst = daddr;
+        }
+    })
+}
+
+/// The route of an IPv6 packet from `saddr` to `daddr`.
+#[inline(always)]
+pub fn route6(ctx: &TcContext, saddr: Addr, daddr: Addr) -> Option<Route> {
+    lookup(ctx, |params| {
+        // SAFETY: as in `route4`.
+        unsafe {
+            (*params).family = AF_INET6;
+            (*params).__bindgen_anon_3.ipv6_src = saddr;
+            (*params).__bindgen_anon_4.ipv6_dst = daddr;
+        }
+    })
+}
+
+/// One `bpf_fib_lookup` with the addresses `fill` writes, whose 64 bytes of parameters
+/// live in the per-CPU scratch space, not the stack.
+#[inline(always)]
+fn lookup(ctx: &TcContext, fill: impl FnOnce(*mut FibParams)) -> Option<Route> {
     let params: *mut FibParams = unsafe { &raw mut (*scratch()?).fib };
     // SAFETY: a value pointer from a successful lookup, valid for this run and written
     // only by this CPU. Zeroed word by word: what the last run left must not leak in.
@@ -55,12 +93,10 @@ pub fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<Route> {
         for i in 0..size_of::<FibParams>() / 8 {
             words.add(i).write(0);
         }
-        (*params).family = AF_INET;
         // SAFETY: the kernel's skb is valid for the program run.
         (*params).ifindex = (*ctx.skb.skb).ifindex;
-        (*params).__bindgen_anon_3.ipv4_src = saddr;
-        (*params).__bindgen_anon_4.ipv4_dst = daddr;
     }
+    fill(params);
     let ret = unsafe {
         bpf_fib_lookup(
             ctx.skb.skb as *mut _,
@@ -83,8 +119,8 @@ pub fn route(ctx: &TcContext, saddr: u32, daddr: u32) -> Option<Route> {
 /// Sends the (rewritten) packet out of the interface its new destination is routed
 /// through: one route lookup per packet.
 #[inline(always)]
-pub fn forward(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
-    match route(ctx, saddr, daddr) {
+pub fn forward<A: Family>(ctx: &TcContext, saddr: A, daddr: A) -> i32 {
+    match A::route(ctx, saddr, daddr) {
         Some(route) => forward_routed(ctx, route),
         None => dropped(Event::FibLookupFailed),
     }

@@ -313,7 +313,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         };
         // Without a Node object, NodePorts are served on the --interfaces' addresses.
         if let Some(given) = interfaces.filter(|i| !i.is_empty() && ebpf_active) {
-            let addresses = given.iter().map(|i| i.addr.into()).collect();
+            let addresses = given
+                .iter()
+                .flat_map(|i| {
+                    let v4 = i.addr.map(std::net::IpAddr::from);
+                    let v6 = i.addr6.map(std::net::IpAddr::from);
+                    v4.into_iter().chain(v6)
+                })
+                .collect();
             shared.update(|store| store.set_fallback_addresses(addresses));
         }
         let unsynced = shared.clone();
@@ -507,7 +514,7 @@ fn resolve_interfaces(names: &[String]) -> anyhow::Result<Option<Vec<Interface>>
     }
     let interfaces = ifaces::resolve(names)?;
     for i in &interfaces {
-        info!(interface = %i.name, ifindex = i.ifindex, source_nat = %i.addr, "tc programs will attach");
+        info!(interface = %i.name, ifindex = i.ifindex, source_nat = ?i.addr, source_nat6 = ?i.addr6, "tc programs will attach");
     }
     Ok(Some(interfaces))
 }

@@ -300,8 +300,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                 )
                 .into());
             };
-            let entries: Vec<_> = maps.nat.iter().filter_map(Result::ok).collect();
-            let rows = ctl::flows::rows(entries, ctl::affinity::monotonic_ns());
+            let now = ctl::affinity::monotonic_ns();
+            let v4 = ctl::flows::rows(maps.nat.iter().filter_map(Result::ok), now);
+            let v6 = ctl::flows::rows(maps.nat6.iter().filter_map(Result::ok), now);
+            let rows = ctl::flows::merge(v4, v6);
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

@@ -63,7 +63,7 @@ pub fn ebpf_rows(maps: &Maps, services: &[ServiceRow]) -> Vec<AffinityRow> {
                 service: row.map_or_else(|| "(unknown)".into(), |r| r.service.clone()),
                 frontend,
                 protocol: addr.protocol.as_str(),
-                client: client_name(key.client_netns),
+                client: client_name(key.client_netns, key.client_ip6),
                 backend: convert::backend_addr(&entry.backend).to_string(),
                 age_seconds: (age * 10.0).round() / 10.0,
                 timeout_seconds: timeout,
@@ -75,9 +75,12 @@ pub fn ebpf_rows(maps: &Maps, services: &[ServiceRow]) -> Vec<AffinityRow> {
     rows
 }
 
-/// `netns:COOKIE` for a socket on the node, the address for a client outside it.
-fn client_name(client: u64) -> String {
-    if client & proxy_common::AFFINITY_CLIENT_IP != 0 {
+/// `netns:COOKIE` for a socket on the node, the address for a client outside it (an
+/// IPv6 one's in `client_ip6`, see `proxy_common::AffinityKey`).
+fn client_name(client: u64, client_ip6: proxy_common::Addr) -> String {
+    if client == proxy_common::AFFINITY_CLIENT_IP6 {
+        convert::ip_of(&client_ip6).to_string()
+    } else if client & proxy_common::AFFINITY_CLIENT_IP != 0 {
         std::net::Ipv4Addr::from((client as u32).to_ne_bytes()).to_string()
     } else {
         format!("netns:{client}")
@@ -205,11 +208,21 @@ mod tests {
 
     #[test]
     fn clients_are_a_netns_cookie_or_an_address() {
-        assert_eq!(client_name(4096), "netns:4096");
+        assert_eq!(client_name(4096, [0; 4]), "netns:4096");
         let ip = u32::from_ne_bytes([198, 18, 100, 2]);
         assert_eq!(
-            client_name(proxy_common::AFFINITY_CLIENT_IP | u64::from(ip)),
+            client_name(proxy_common::AFFINITY_CLIENT_IP | u64::from(ip), [0; 4]),
             "198.18.100.2"
+        );
+        let ip6 = [
+            u32::from_ne_bytes([0x20, 0x01, 0x0d, 0xb8]),
+            0,
+            0,
+            u32::from_ne_bytes([0, 0, 0, 2]),
+        ];
+        assert_eq!(
+            client_name(proxy_common::AFFINITY_CLIENT_IP6, ip6),
+            "2001:db8::2"
         );
     }
 

@@ -1,12 +1,12 @@
-//! `proxyctl flows`: the tc programs' NAT flow table. One row per connection (its forward
-//! entry): client, frontend, backend, the source-NAT address when the backend is on
-//! another node, the TCP state, and how long ago the last packet passed.
+//! `proxyctl flows`: the tc programs' NAT flow tables, IPv4's and IPv6's. One row per
+//! connection (its forward entry): client, frontend, backend, the source-NAT address when
+//! the backend is on another node, the TCP state, and how long ago the last packet passed.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proxy_common::{
-    IPPROTO_TCP, NAT_REVERSE, NAT_SNAT, NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS,
-    NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatEntry, NatKey, TCP_CLOSING, TCP_ESTABLISHED,
+    Addr, IPPROTO_TCP, NAT_REVERSE, NAT_SNAT, NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS,
+    NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatEntryOf, NatKeyOf, TCP_CLOSING, TCP_ESTABLISHED,
 };
 use serde::Serialize;
 
@@ -14,6 +14,8 @@ use super::table::{Align, Table};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct FlowRow {
+    /// `IPv4` or `IPv6`: which flow table the row is from.
+    pub family: &'static str,
     pub protocol: &'static str,
     pub client: String,
     pub frontend: String,
@@ -27,16 +29,41 @@ pub struct FlowRow {
     pub expired: bool,
 }
 
-fn endpoint(addr: u32, port: u16) -> String {
-    format!(
-        "{}:{}",
-        Ipv4Addr::from(addr.to_ne_bytes()),
-        u16::from_be(port)
-    )
+/// An address of a flow table: `u32` (IPv4) or `Addr` (IPv6), network byte order.
+pub trait FlowAddr: Copy {
+    const FAMILY: &'static str;
+    fn ip(self) -> IpAddr;
 }
 
-/// The rows of the forward entries, newest first. `now_ns` is CLOCK_MONOTONIC.
-pub fn rows(entries: impl IntoIterator<Item = (NatKey, NatEntry)>, now_ns: u64) -> Vec<FlowRow> {
+impl FlowAddr for u32 {
+    const FAMILY: &'static str = "IPv4";
+    fn ip(self) -> IpAddr {
+        Ipv4Addr::from(self.to_ne_bytes()).into()
+    }
+}
+
+impl FlowAddr for Addr {
+    const FAMILY: &'static str = "IPv6";
+    fn ip(self) -> IpAddr {
+        let mut octets = [0u8; 16];
+        for (chunk, word) in octets.chunks_exact_mut(4).zip(self) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        Ipv6Addr::from(octets).into()
+    }
+}
+
+/// `a.b.c.d:port` or `[v6]:port`.
+fn endpoint<A: FlowAddr>(addr: A, port: u16) -> String {
+    super::address::host_port(addr.ip(), u16::from_be(port))
+}
+
+/// The rows of the forward entries, newest first. `now_ns` is CLOCK_MONOTONIC. Rows of
+/// both tables merge by calling this on each and [`merge`].
+pub fn rows<A: FlowAddr>(
+    entries: impl IntoIterator<Item = (NatKeyOf<A>, NatEntryOf<A>)>,
+    now_ns: u64,
+) -> Vec<FlowRow> {
     let mut rows: Vec<(u64, FlowRow)> = entries
         .into_iter()
         .filter(|(_, e)| e.flags & NAT_REVERSE == 0)
@@ -52,6 +79,7 @@ pub fn rows(entries: impl IntoIterator<Item = (NatKey, NatEntry)>, now_ns: u64) 
             (
                 idle,
                 FlowRow {
+                    family: A::FAMILY,
                     protocol: if tcp { "TCP" } else { "UDP" },
                     client: endpoint(k.saddr, k.sport),
                     frontend: endpoint(k.daddr, k.dport),
@@ -66,6 +94,17 @@ pub fn rows(entries: impl IntoIterator<Item = (NatKey, NatEntry)>, now_ns: u64) 
         .collect();
     rows.sort_by_key(|(idle, r)| (*idle, r.client.clone()));
     rows.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The rows of both tables in one list, newest first.
+pub fn merge(mut rows: Vec<FlowRow>, more: Vec<FlowRow>) -> Vec<FlowRow> {
+    rows.extend(more);
+    rows.sort_by(|a, b| {
+        a.idle_seconds
+            .total_cmp(&b.idle_seconds)
+            .then_with(|| a.client.cmp(&b.client))
+    });
+    rows
 }
 
 pub fn render_table(rows: &[FlowRow]) -> String {
@@ -101,8 +140,69 @@ pub fn render_table(rows: &[FlowRow]) -> String {
 mod tests {
     use super::*;
 
+    use proxy_common::{NatEntry, NatEntry6, NatKey, NatKey6};
+
     fn ip(a: [u8; 4]) -> u32 {
         u32::from_ne_bytes(a)
+    }
+
+    fn ip6(text: &str) -> Addr {
+        let octets = text.parse::<Ipv6Addr>().expect("address").octets();
+        let mut words = [0u32; 4];
+        for (word, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
+            *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        words
+    }
+
+    #[test]
+    fn ipv6_flows_are_listed_with_bracketed_addresses_beside_ipv4_ones() {
+        let key = NatKey6 {
+            saddr: ip6("2001:db8:100::2"),
+            daddr: ip6("2001:db8:100::1"),
+            sport: 40_000u16.to_be(),
+            dport: 30_080u16.to_be(),
+            proto: 17,
+            _pad: [0; 3],
+        };
+        let forward = NatEntry6 {
+            to_addr: ip6("2001:db8:120::2"),
+            alt_addr: [0; 4],
+            to_port: 8080u16.to_be(),
+            alt_port: 0,
+            flags: 0,
+            state: 0,
+            _pad: [0; 2],
+            last_seen_ns: 2_000_000_000,
+        };
+        let v6 = rows([(key, forward)], 3_000_000_000);
+        let v4_key = NatKey {
+            saddr: ip([198, 18, 100, 2]),
+            daddr: ip([198, 18, 100, 1]),
+            sport: 40_001u16.to_be(),
+            dport: 30_080u16.to_be(),
+            proto: 17,
+            _pad: [0; 3],
+        };
+        let v4_entry = NatEntry {
+            to_addr: ip([198, 18, 120, 2]),
+            alt_addr: 0,
+            to_port: 8080u16.to_be(),
+            alt_port: 0,
+            flags: 0,
+            state: 0,
+            _pad: [0; 2],
+            last_seen_ns: 0,
+        };
+        let all = merge(rows([(v4_key, v4_entry)], 3_000_000_000), v6);
+        let clients: Vec<&str> = all.iter().map(|r| r.client.as_str()).collect();
+        assert_eq!(clients, ["[2001:db8:100::2]:40000", "198.18.100.2:40001"]);
+        assert_eq!(all[0].frontend, "[2001:db8:100::1]:30080");
+        assert_eq!(all[0].backend, "[2001:db8:120::2]:8080");
+        assert_eq!(all[0].state, "-");
+        assert_eq!(all[0].source_nat, None);
+        assert_eq!(all[0].family, "IPv6");
+        assert_eq!(all[1].family, "IPv4");
     }
 
     #[test]
@@ -133,6 +233,7 @@ mod tests {
         assert_eq!(
             rows,
             [FlowRow {
+                family: "IPv4",
                 protocol: "TCP",
                 client: "198.18.100.2:40000".into(),
                 frontend: "198.18.100.1:30080".into(),

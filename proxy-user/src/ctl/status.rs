@@ -333,6 +333,7 @@ fn fill(maps: &Maps) -> Vec<MapFill> {
         entry(names::MAP_STATS, ids),
         entry(names::MAP_NAMES, maps.names.keys().count()),
         entry(names::MAP_NAT, maps.nat.keys().count()),
+        entry(names::MAP_NAT6, maps.nat6.keys().count()),
         entry(names::MAP_IFACES, maps.ifaces.keys().count()),
     ]
 }

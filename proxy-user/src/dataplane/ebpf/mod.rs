@@ -200,14 +200,7 @@ impl Dataplane for EbpfDataplane {
         let Some(loaded) = self.pending.as_mut().filter(|_| self.interfaces_from_node) else {
             return;
         };
-        let addresses: Vec<std::net::Ipv4Addr> = addresses
-            .iter()
-            .filter_map(|ip| match ip {
-                std::net::IpAddr::V4(ip) => Some(*ip),
-                std::net::IpAddr::V6(_) => None,
-            })
-            .collect();
-        let chosen = interfaces::carrying(&addresses).and_then(|names| {
+        let chosen = interfaces::carrying(addresses).and_then(|names| {
             // Loopback carries addresses only the node itself reaches: sockets, not tc.
             let names: Vec<String> = names.into_iter().filter(|n| n != "lo").collect();
             interfaces::resolve(&names)

@@ -1,5 +1,6 @@
 //! What the agent records in the maps besides frontends: the interfaces the tc programs
-//! are attached to (with their source-NAT addresses), and who programs the maps.
+//! are attached to (with their source-NAT addresses of both families), and who programs
+//! the maps.
 
 use proxy_common::{AgentInfo, IfaceInfo, names};
 
@@ -21,7 +22,10 @@ impl Maps {
         }
         for i in interfaces {
             let info = IfaceInfo {
-                addr: u32::from_ne_bytes(i.addr.octets()),
+                addr: i.addr.map_or(0, |a| u32::from_ne_bytes(a.octets())),
+                addr6: i
+                    .addr6
+                    .map_or([0; 4], crate::dataplane::ebpf::convert::addr_of),
             };
             self.insert(names::MAP_IFACES, |m| m.ifaces.insert(i.ifindex, info, 0))?;
         }

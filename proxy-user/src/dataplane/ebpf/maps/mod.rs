@@ -27,7 +27,8 @@ use aya::{
 };
 use proxy_common::{
     Affinity, AffinityKey, AgentInfo, Backend, Frontend, FrontendStats, IfaceInfo, Member,
-    MemberKey, NatEntry, NatKey, RevNatKey, Service, ServiceName, SourceRangeKey, names,
+    MemberKey, NatEntry, NatEntry6, NatKey, NatKey6, RevNatKey, Service, ServiceName,
+    SourceRangeKey, names,
 };
 
 pub use self::{counters::Counters, space::Space, write::SlotDelta, write_batch::BatchMaps};
@@ -71,6 +72,7 @@ pub struct Maps {
     pub names: HashMap<MapData, Frontend, ServiceName>,
     pub agent: Array<MapData, AgentInfo>,
     pub nat: HashMap<MapData, NatKey, NatEntry>,
+    pub nat6: HashMap<MapData, NatKey6, NatEntry6>,
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     capacity: BTreeMap<&'static str, u32>,
@@ -131,6 +133,7 @@ impl Maps {
             names: typed!(names::MAP_NAMES),
             agent: typed!(names::MAP_AGENT),
             nat: typed!(names::MAP_NAT),
+            nat6: typed!(names::MAP_NAT6),
             ifaces: typed!(names::MAP_IFACES),
             source_ranges: typed!(names::MAP_SOURCE_RANGES),
             capacity,
