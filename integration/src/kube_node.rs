@@ -69,6 +69,16 @@ fn host_route(address: &str) -> String {
     }
 }
 
+/// A namespace whose links use their IPv6 addresses at once: no duplicate address
+/// detection, link-local addresses included (a tentative link-local address holds back the
+/// first neighbour solicitation by a second).
+fn namespace(name: String) -> Netns {
+    let ns = Netns::new(name);
+    ns.sysctl("net.ipv6.conf.all.accept_dad=0");
+    ns.sysctl("net.ipv6.conf.default.accept_dad=0");
+    ns
+}
+
 /// A route to `dest` through the peer `via` of link `dev`. An IPv6 peer route may not be
 /// installed yet right after the link came up, so an IPv6 next hop is declared on-link.
 fn route_via(ns: &Netns, dest: &str, via: &str, dev: &str) {
@@ -87,6 +97,11 @@ fn p2p(a: &Netns, a_if: &str, a_ip: &str, b: &Netns, b_if: &str, b_ip: &str) {
     b.ip(&[&["addr", "add", b_ip, "peer", a_ip, "dev", b_if][..], nodad].concat());
     a.ip(&["link", "set", a_if, "up"]);
     b.ip(&["link", "set", b_if, "up"]);
+    if is_ipv6(a_ip) {
+        // IPv6 keeps no route to the peer of a point-to-point address: one of its own.
+        a.ip(&["route", "replace", &host_route(b_ip), "dev", a_if]);
+        b.ip(&["route", "replace", &host_route(a_ip), "dev", b_if]);
+    }
 }
 
 /// One probe server per port, each answering `<label>:<port>`.
@@ -125,8 +140,8 @@ impl KubeNode {
     ) -> Self {
         let id = unique("epx");
         let cgroup = Cgroup::new(&id);
-        let node = Netns::new(format!("{id}-n"));
-        let other = Netns::new(format!("{id}-o"));
+        let node = namespace(format!("{id}-n"));
+        let other = namespace(format!("{id}-o"));
         p2p(&node, "nb0", node_ip, &other, "na0", other_node_ip);
         for alt in alt_ips {
             node.ip(&["addr", "add", &host_route(alt), "dev", "lo"]);
@@ -134,7 +149,7 @@ impl KubeNode {
         let mut interfaces = Vec::new();
         let mut clients = Vec::new();
         for (i, address) in externals.iter().enumerate() {
-            let ns = Netns::new(format!("{id}-x{i}"));
+            let ns = namespace(format!("{id}-x{i}"));
             let link = format!("x{i}");
             p2p(&node, &link, node_ip, &ns, "eth0", address);
             route_via(&ns, "default", node_ip, "eth0");
@@ -144,7 +159,7 @@ impl KubeNode {
         interfaces.push("nb0".to_string());
         let mut all_pods = Vec::new();
         for (i, spec) in pods.into_iter().enumerate() {
-            let ns = Netns::new(format!("{id}-p{i}"));
+            let ns = namespace(format!("{id}-p{i}"));
             let (host, host_ip) = match spec.on_this_node {
                 true => (&node, node_ip),
                 false => (&other, other_node_ip),
