@@ -33,7 +33,7 @@ fn state() -> DesiredState {
                 kind: FrontendKind::ClusterIp,
                 affinity_timeout_s: 10_800,
                 local_only: false,
-                backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
+                backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)].into(),
                 serving_anywhere: true,
                 source_ranges: None,
                 health_check_node_port: None,
@@ -51,7 +51,7 @@ fn state() -> DesiredState {
                 kind: FrontendKind::ClusterIp,
                 affinity_timeout_s: 0,
                 local_only: false,
-                backends: vec![backend(2, 1), backend(3, 1)],
+                backends: vec![backend(2, 1), backend(3, 1)].into(),
                 serving_anywhere: true,
                 source_ranges: None,
                 health_check_node_port: None,
@@ -69,7 +69,7 @@ fn state() -> DesiredState {
                 kind: FrontendKind::NodePort,
                 affinity_timeout_s: 10_800,
                 local_only: false,
-                backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
+                backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)].into(),
                 serving_anywhere: true,
                 source_ranges: None,
                 health_check_node_port: None,
@@ -87,7 +87,7 @@ fn state() -> DesiredState {
                 kind: FrontendKind::LoadBalancer,
                 affinity_timeout_s: 10_800,
                 local_only: false,
-                backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
+                backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)].into(),
                 serving_anywhere: true,
                 source_ranges: None,
                 health_check_node_port: None,
@@ -105,7 +105,7 @@ fn state() -> DesiredState {
                 kind: FrontendKind::ClusterIp,
                 affinity_timeout_s: 0,
                 local_only: false,
-                backends: vec![],
+                backends: vec![].into(),
                 serving_anywhere: false,
                 source_ranges: None,
                 health_check_node_port: None,
@@ -200,7 +200,7 @@ fn state6() -> DesiredState {
                 ..addr
             };
             let spec = FrontendSpec {
-                backends: backends(&spec.backends),
+                backends: backends(&spec.backends).into(),
                 external_local: spec.external_local.as_deref().map(backends),
                 source_ranges: spec.source_ranges.clone().map(|mut r| {
                     r.cidrs = r

@@ -261,13 +261,13 @@ fn prune_orphans_removes_entries_planted_while_the_dataplane_runs() {
         kind: FrontendKind::LoadBalancer,
         affinity_timeout_s: 0,
         local_only: false,
-        backends: vec![backend],
+        backends: vec![backend].into(),
         serving_anywhere: true,
         external_local: None,
-        source_ranges: Some(SourceRanges {
+        source_ranges: Some(Box::new(SourceRanges {
             cidrs: vec![range],
             allow_node: false,
-        }),
+        })),
         health_check_node_port: None,
     };
     let report = dataplane.apply(vec![Change::Upsert(frontend_at(7), spec)]);

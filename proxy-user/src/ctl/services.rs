@@ -258,7 +258,7 @@ mod tests {
                     kind: FrontendKind::ClusterIp,
                     local_only: false,
                     affinity_timeout_s: 0,
-                    backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)],
+                    backends: vec![backend(2, 3), backend(3, 1), backend(4, 0)].into(),
                     serving_anywhere: true,
                     source_ranges: None,
                     health_check_node_port: None,
@@ -276,7 +276,7 @@ mod tests {
                     kind: FrontendKind::ClusterIp,
                     local_only: false,
                     affinity_timeout_s: 30,
-                    backends: vec![],
+                    backends: Default::default(),
                     serving_anywhere: false,
                     source_ranges: None,
                     health_check_node_port: None,
@@ -325,9 +325,11 @@ demo/web:http  198.19.0.10:80/TCP  -                  7            0
         let mut state = installed();
         let v4 = state.values().find(|s| &*s.service == "demo/web:http");
         let mut spec = v4.expect("web").clone();
-        for (i, b) in spec.backends.iter_mut().enumerate() {
+        let mut backends = spec.backends.to_vec();
+        for (i, b) in backends.iter_mut().enumerate() {
             b.addr.ip = format!("2001:db8:1::{}", i + 2).parse().expect("ip");
         }
+        spec.backends = backends.into();
         let addr = FrontendAddr {
             ip: "2001:db8::a".parse().expect("ip"),
             port: 80,

@@ -74,7 +74,7 @@ mod tests {
             kind: FrontendKind::ClusterIp,
             affinity_timeout_s: timeout,
             local_only: false,
-            backends: vec![],
+            backends: Default::default(),
             serving_anywhere: false,
             external_local: None,
             source_ranges: None,

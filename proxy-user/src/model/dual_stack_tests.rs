@@ -270,7 +270,7 @@ fn source_ranges_are_split_per_family() {
         out.frontends
             .iter()
             .find(|(a, _)| a.ip == ip(lb_ip))
-            .and_then(|(_, s)| s.source_ranges.clone())
+            .and_then(|(_, s)| s.source_ranges.as_deref().cloned())
             .expect("a firewalled LoadBalancer frontend")
     };
     let out = lb("[198.18.0.0/24, \"2001:db8::/64\", 203.0.113.0/25]");

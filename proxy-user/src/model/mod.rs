@@ -182,8 +182,11 @@ pub struct FrontendSpec {
     /// Only this node's endpoints are used (internalTrafficPolicy Local); when there are
     /// none the traffic is dropped rather than rejected (it still fails at once).
     pub local_only: bool,
-    /// Sorted by address, no duplicates. What sockets on this node reach.
-    pub backends: Vec<WeightedBackend>,
+    /// Sorted by address, no duplicates. What sockets on this node reach. Shared: a port's
+    /// frontends (ClusterIP, NodePorts, external IPs) hold one list, and so do the
+    /// syncer's last good copy and the dataplane's installed one (at 100,000 Services the
+    /// copies cost tens of megabytes).
+    pub backends: std::sync::Arc<[WeightedBackend]>,
     /// Some endpoint anywhere in the cluster takes new connections (ready, or serving and
     /// terminating, with a non-zero weight). Under a Local policy without a local
     /// endpoint, kube-proxy drops the traffic if so ("has no local endpoints") and rejects
@@ -197,7 +200,7 @@ pub struct FrontendSpec {
     pub external_local: Option<Vec<WeightedBackend>>,
     /// loadBalancerSourceRanges, on a LoadBalancer frontend: who may reach it from
     /// outside the node. `None`: anyone.
-    pub source_ranges: Option<SourceRanges>,
+    pub source_ranges: Option<Box<SourceRanges>>,
     /// The Service's health check node port (a LoadBalancer with externalTrafficPolicy
     /// Local), on each of its frontends.
     pub health_check_node_port: Option<u16>,

@@ -130,7 +130,9 @@ pub fn translate_service(
                 backends.sort();
                 backends
             };
-            let mut cluster_backends = weigh(endpoints::cluster(&all, node));
+            // One list for every frontend of the port that uses them (Arc clones).
+            let cluster_backends: Arc<[WeightedBackend]> =
+                weigh(endpoints::cluster(&all, node)).into();
             let serving_anywhere = cluster_backends.iter().any(|b| b.weight > 0);
             // One name for all of the port's frontends (and every copy of them), in both
             // families, as kube-proxy names it.
@@ -142,7 +144,7 @@ pub fn translate_service(
             let external_local = service
                 .external_traffic_local
                 .then(|| weigh(endpoints::local(&all, node)));
-            let frontend = |kind, backends, local_only| FrontendSpec {
+            let frontend = |kind, backends: Arc<[WeightedBackend]>, local_only| FrontendSpec {
                 service: name.clone(),
                 kind,
                 affinity_timeout_s,
@@ -155,7 +157,7 @@ pub fn translate_service(
                     external_local.clone()
                 },
                 source_ranges: if kind == FrontendKind::LoadBalancer {
-                    source_ranges.clone()
+                    source_ranges.clone().map(Box::new)
                 } else {
                     None
                 },
@@ -163,12 +165,8 @@ pub fn translate_service(
             };
 
             let node_port = port.node_port.filter(|p| node_ports && *p != 0);
-            // The cluster endpoints go to the ClusterIP itself only when no other frontend
-            // needs them: then they are moved, not copied.
             let clusterip_backends = if service.internal_traffic_local {
-                weigh(endpoints::local(&all, node))
-            } else if external.is_empty() && (node_port.is_none() || node_addresses.is_empty()) {
-                std::mem::take(&mut cluster_backends)
+                weigh(endpoints::local(&all, node)).into()
             } else {
                 cluster_backends.clone()
             };

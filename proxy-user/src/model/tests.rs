@@ -557,7 +557,7 @@ fn load_balancer_source_ranges_are_cidrs_on_the_load_balancer_frontends() {
     };
     for (addr, r) in &ranges {
         if addr.starts_with("198.19.2.1:") {
-            assert_eq!(r.as_ref(), Some(&expected), "{addr}");
+            assert_eq!(r.as_deref(), Some(&expected), "{addr}");
         } else {
             assert_eq!(r, &None, "only the LoadBalancer IP is firewalled: {addr}");
         }
@@ -594,9 +594,9 @@ fn load_balancer_source_ranges_are_cidrs_on_the_load_balancer_frontends() {
         .map(|(_, s)| s.source_ranges.clone());
     assert_eq!(
         lb_spec,
-        Some(Some(SourceRanges {
+        Some(Some(Box::new(SourceRanges {
             cidrs: vec![],
             allow_node: false
-        }))
+        })))
     );
 }

@@ -217,8 +217,8 @@ pub fn desired_state(entries: Entries) -> DesiredState {
                 local_only,
                 affinity_timeout_s: service.affinity_timeout_s,
                 serving_anywhere: backends.iter().any(|b| b.weight > 0),
-                backends,
-                source_ranges,
+                backends: backends.into(),
+                source_ranges: source_ranges.map(Box::new),
                 health_check_node_port: None,
                 // Filled from the scoped tables below.
                 external_local: None,
@@ -254,9 +254,11 @@ pub fn unchanged(installed: &FrontendSpec, wanted: &FrontendSpec) -> bool {
     let comparable = |s: &FrontendSpec| FrontendSpec {
         serving_anywhere: false,
         health_check_node_port: None,
-        source_ranges: s.source_ranges.as_ref().map(|r| SourceRanges {
-            allow_node: false,
-            ..r.clone()
+        source_ranges: s.source_ranges.as_ref().map(|r| {
+            Box::new(SourceRanges {
+                allow_node: false,
+                ..(**r).clone()
+            })
         }),
         ..s.clone()
     };
@@ -319,16 +321,16 @@ mod tests {
             kind: FrontendKind::LoadBalancer,
             affinity_timeout_s: 600,
             local_only: false,
-            backends: vec![wb(2, 3), wb(3, 1), wb(4, 0)],
+            backends: vec![wb(2, 3), wb(3, 1), wb(4, 0)].into(),
             serving_anywhere: true,
             external_local: Some(vec![wb(2, 3)]),
-            source_ranges: Some(SourceRanges {
+            source_ranges: Some(Box::new(SourceRanges {
                 cidrs: vec![
                     (Ipv4Addr::new(198, 18, 100, 0).into(), 24),
                     (Ipv4Addr::new(203, 0, 113, 7).into(), 32),
                 ],
                 allow_node: true,
-            }),
+            })),
             health_check_node_port: Some(32_100),
         }
     }
@@ -388,7 +390,7 @@ mod tests {
             (
                 "weights",
                 FrontendSpec {
-                    backends: vec![wb(2, 1), wb(3, 1), wb(4, 0)],
+                    backends: vec![wb(2, 1), wb(3, 1), wb(4, 0)].into(),
                     ..base.clone()
                 },
             ),
@@ -402,10 +404,10 @@ mod tests {
             (
                 "a source range gone",
                 FrontendSpec {
-                    source_ranges: Some(SourceRanges {
+                    source_ranges: Some(Box::new(SourceRanges {
                         cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)],
                         allow_node: true,
-                    }),
+                    })),
                     ..base.clone()
                 },
             ),
@@ -432,10 +434,10 @@ mod tests {
     #[test]
     fn closed_source_ranges_read_back_as_closed_not_open() {
         let spec = FrontendSpec {
-            source_ranges: Some(SourceRanges {
+            source_ranges: Some(Box::new(SourceRanges {
                 cidrs: Vec::new(),
                 allow_node: false,
-            }),
+            })),
             ..full_spec()
         };
         let back = desired_state(entries_of(&addr(), &spec));

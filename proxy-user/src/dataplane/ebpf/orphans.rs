@@ -65,12 +65,15 @@ mod tests {
                     port: 8080,
                 },
                 weight: 3,
-            }],
+            }]
+            .into(),
             serving_anywhere: true,
             external_local: None,
-            source_ranges: source_ranges.then(|| SourceRanges {
-                cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)],
-                allow_node: false,
+            source_ranges: source_ranges.then(|| {
+                Box::new(SourceRanges {
+                    cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)],
+                    allow_node: false,
+                })
             }),
             health_check_node_port: None,
         }

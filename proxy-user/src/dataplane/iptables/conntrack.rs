@@ -199,7 +199,9 @@ mod tests {
     fn ipv6_entries_are_named_by_family() {
         let old = spec(FrontendKind::NodePort, &[(2, 1)]);
         let mut old6 = old.clone();
-        old6.backends[0].addr.ip = "2001:db8:18:1::2".parse().expect("ip");
+        let mut backends = old6.backends.to_vec();
+        backends[0].addr.ip = "2001:db8:18:1::2".parse().expect("ip");
+        old6.backends = backends.into();
         let node_port = FrontendAddr {
             ip: "2001:db8::1".parse().expect("ip"),
             ..addr(Protocol::Udp)

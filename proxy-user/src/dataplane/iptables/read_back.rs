@@ -75,7 +75,7 @@ fn base_spec(view: &FrontendView) -> FrontendSpec {
         kind: view.kind,
         affinity_timeout_s: view.affinity_timeout_s,
         local_only: false,
-        backends: Vec::new(),
+        backends: Default::default(),
         // A nat jump exists only when some endpoint serves; without one, the filter
         // rule says which: "has no local endpoints" (DROP) or "has no endpoints" (REJECT).
         serving_anywhere: view.chain.is_some() || matches!(view.verdict, Some((Verdict::Drop, _))),
@@ -92,7 +92,7 @@ fn cluster_ip_spec(rules: &InstalledRules, view: &FrontendView) -> FrontendSpec 
     match &view.chain {
         Some(chain) => {
             spec.local_only = chain.starts_with("KUBE-SVL-");
-            spec.backends = weights_of(&view.endpoints);
+            spec.backends = weights_of(&view.endpoints).into();
         }
         None => spec.local_only = matches!(view.verdict, Some((Verdict::Drop, _))),
     }
@@ -143,12 +143,13 @@ fn external_spec(
             .local_traffic_chain
             .as_deref()
             .map(|c| weights_of(&rules.resolve(c)))
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into();
     } else {
-        spec.backends = weights_of(&reached.endpoints);
+        spec.backends = weights_of(&reached.endpoints).into();
     }
     if firewall.is_some() {
-        spec.source_ranges = Some(source_ranges(view, views));
+        spec.source_ranges = Some(Box::new(source_ranges(view, views)));
     }
     spec
 }
@@ -313,7 +314,7 @@ fn held(spec: &FrontendSpec) -> Held<'_> {
         backends,
         serving_anywhere: has_endpoints,
         external_local: local.filter(|_| has_endpoints),
-        source_ranges: spec.source_ranges.as_ref().filter(|_| has_endpoints),
+        source_ranges: spec.source_ranges.as_deref().filter(|_| has_endpoints),
         health_check_node_port: spec.health_check_node_port,
     }
 }

@@ -28,7 +28,7 @@ pub struct SlotDelta {
 /// The spec of a frontend's external-local table (this node's endpoints), if it has one.
 fn local_view(spec: &FrontendSpec) -> Option<FrontendSpec> {
     spec.external_local.as_ref().map(|local| FrontendSpec {
-        backends: local.clone(),
+        backends: local.clone().into(),
         external_local: None,
         ..spec.clone()
     })
@@ -106,7 +106,7 @@ impl Maps {
             local_delta =
                 self.write_table(scoped, frontend_id, local, previous_local.as_ref(), 0)?;
         }
-        let old_ranges = previous.and_then(|p| p.source_ranges.as_ref());
+        let old_ranges = previous.and_then(|p| p.source_ranges.as_deref());
         let main = match &spec.source_ranges {
             Some(ranges) => self.add_source_ranges(fe, ranges),
             None => Ok(()),
@@ -132,7 +132,7 @@ impl Maps {
             }
         };
         if let Some(old) = old_ranges {
-            let gone = not_in(&old.cidrs, spec.source_ranges.as_ref());
+            let gone = not_in(&old.cidrs, spec.source_ranges.as_deref());
             self.remove_source_ranges(fe, &gone);
         }
         if let (None, Some(old_local)) = (&spec.external_local, &previous_local) {
@@ -192,7 +192,7 @@ impl Maps {
         let table = table.placed(base, frontend_id);
         let old_members: Vec<MemberKey> = previous
             .iter()
-            .flat_map(|p| &p.backends)
+            .flat_map(|p| p.backends.iter())
             .map(|b| entries::member_key(fe, b))
             .collect();
 
@@ -253,7 +253,7 @@ impl Maps {
                 self.release_frontend_id(old.frontend_id);
             }
         }
-        for b in &previous.backends {
+        for b in previous.backends.iter() {
             let _ = self.members.remove(&entries::member_key(fe, b));
         }
         let _ = self.names.remove(&fe);

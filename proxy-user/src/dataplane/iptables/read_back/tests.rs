@@ -41,7 +41,7 @@ fn spec(service: &str, kind: FrontendKind, backends: Vec<WeightedBackend>) -> Fr
         affinity_timeout_s: 0,
         local_only: false,
         serving_anywhere: backends.iter().any(|b| b.weight > 0),
-        backends,
+        backends: backends.into(),
         external_local: None,
         source_ranges: None,
         health_check_node_port: None,
@@ -145,7 +145,7 @@ fn cases() -> Vec<Case> {
     let lb_spec = |kind| FrontendSpec {
         affinity_timeout_s: 600,
         external_local: (kind != ClusterIp).then(|| vec![wb(5, 1)]),
-        source_ranges: (kind == LoadBalancer).then(|| ranges.clone()),
+        source_ranges: (kind == LoadBalancer).then(|| Box::new(ranges.clone())),
         health_check_node_port: Some(32_100),
         ..spec(lb, kind, vec![wb(5, 1), wb(6, 1), wb(7, 1)])
     };
@@ -214,10 +214,10 @@ fn cases() -> Vec<Case> {
             frontends: vec![Frontend {
                 addr: addr([198, 19, 200, 2], 443, tcp),
                 spec: FrontendSpec {
-                    source_ranges: Some(SourceRanges {
+                    source_ranges: Some(Box::new(SourceRanges {
                         cidrs: Vec::new(),
                         allow_node: false,
-                    }),
+                    })),
                     ..spec("demo/closed:https", LoadBalancer, vec![wb(8, 1)])
                 },
                 excluded: &[],
@@ -292,10 +292,10 @@ fn cases() -> Vec<Case> {
                     spec: FrontendSpec {
                         affinity_timeout_s: 600,
                         external_local: Some(Vec::new()),
-                        source_ranges: Some(SourceRanges {
+                        source_ranges: Some(Box::new(SourceRanges {
                             cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0).into(), 24)],
                             allow_node: false,
-                        }),
+                        })),
                         health_check_node_port: Some(32_101),
                         ..spec("demo/empty:http", LoadBalancer, Vec::new())
                     },
@@ -405,10 +405,10 @@ fn a_change_to_anything_iptables_holds_is_a_change() {
     let base = FrontendSpec {
         affinity_timeout_s: 600,
         external_local: Some(vec![wb(2, 3)]),
-        source_ranges: Some(SourceRanges {
+        source_ranges: Some(Box::new(SourceRanges {
             cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0).into(), 24)],
             allow_node: true,
-        }),
+        })),
         health_check_node_port: Some(32_100),
         ..spec(
             "demo/lb:https",
@@ -443,14 +443,14 @@ fn a_change_to_anything_iptables_holds_is_a_change() {
         (
             "weights",
             FrontendSpec {
-                backends: vec![wb(2, 1), wb(3, 1)],
+                backends: vec![wb(2, 1), wb(3, 1)].into(),
                 ..base.clone()
             },
         ),
         (
             "a backend out of new connections",
             FrontendSpec {
-                backends: vec![wb(2, 3), wb(3, 0)],
+                backends: vec![wb(2, 3), wb(3, 0)].into(),
                 ..base.clone()
             },
         ),
@@ -471,20 +471,20 @@ fn a_change_to_anything_iptables_holds_is_a_change() {
         (
             "a range",
             FrontendSpec {
-                source_ranges: Some(SourceRanges {
+                source_ranges: Some(Box::new(SourceRanges {
                     cidrs: vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)],
                     allow_node: true,
-                }),
+                })),
                 ..base.clone()
             },
         ),
         (
             "the node's own traffic",
             FrontendSpec {
-                source_ranges: Some(SourceRanges {
+                source_ranges: Some(Box::new(SourceRanges {
                     cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0).into(), 24)],
                     allow_node: false,
-                }),
+                })),
                 ..base.clone()
             },
         ),
@@ -505,7 +505,7 @@ fn a_change_to_anything_iptables_holds_is_a_change() {
         (
             "no endpoints anywhere",
             FrontendSpec {
-                backends: Vec::new(),
+                backends: Default::default(),
                 external_local: Some(Vec::new()),
                 serving_anywhere: false,
                 ..base.clone()
@@ -608,9 +608,11 @@ fn ipv6_frontends_round_trip() {
     let external = |kind| FrontendSpec {
         kind,
         external_local: Some(vec![backend(5, 1)]),
-        source_ranges: (kind == FrontendKind::LoadBalancer).then(|| SourceRanges {
-            cidrs: vec![(v6("2001:db8:aa::"), 48)],
-            allow_node: true,
+        source_ranges: (kind == FrontendKind::LoadBalancer).then(|| {
+            Box::new(SourceRanges {
+                cidrs: vec![(v6("2001:db8:aa::"), 48)],
+                allow_node: true,
+            })
         }),
         ..base.clone()
     };

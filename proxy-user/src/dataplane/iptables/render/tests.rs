@@ -219,7 +219,7 @@ fn external(
 ) -> FrontendSpec {
     FrontendSpec {
         kind,
-        external_local: external_local.map(|eps| self::spec("", 0, eps).backends),
+        external_local: external_local.map(|eps| self::spec("", 0, eps).backends.to_vec()),
         ..spec.clone()
     }
 }
@@ -240,10 +240,10 @@ fn node_ports_external_ips_and_load_balancers_as_kube_proxy_writes_them() {
     let svc6 = spec("ns6/svc6:p80", 0, &[]);
     let svc5 = spec("ns5/svc5:p80", 0, &[("10.180.0.3:80", 1)]);
     let svc5_lb = FrontendSpec {
-        source_ranges: Some(SourceRanges {
+        source_ranges: Some(Box::new(SourceRanges {
             cidrs: vec![(Ipv4Addr::new(203, 0, 113, 0).into(), 25)],
             allow_node: false,
-        }),
+        })),
         ..external(FrontendKind::LoadBalancer, &svc5, None)
     };
     // The only endpoint of svc2 is on another node: no local endpoints. Its health
@@ -462,7 +462,7 @@ fn local_policies_use_the_svl_chain() {
     for spec in state.values_mut() {
         if spec.kind == FrontendKind::ClusterIp {
             // Endpoints elsewhere still serve: a DROP, not a REJECT.
-            spec.backends.clear();
+            spec.backends = Default::default();
             spec.serving_anywhere = true;
         } else {
             spec.external_local = Some(Vec::new());
@@ -611,10 +611,10 @@ fn ipv6_rejects_cluster_cidr_and_source_ranges() {
     let web = spec("ns1/svc1:p80", 0, &[("[fd00:10::5]:8080", 1)]);
     let lb = FrontendSpec {
         kind: FrontendKind::LoadBalancer,
-        source_ranges: Some(SourceRanges {
+        source_ranges: Some(Box::new(SourceRanges {
             cidrs: vec![("2001:db8:aa::".parse().expect("ip"), 48)],
             allow_node: true,
-        }),
+        })),
         ..web.clone()
     };
     let state: DesiredState = [
