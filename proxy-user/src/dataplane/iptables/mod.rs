@@ -38,7 +38,9 @@ use self::{
 use super::{ApplyReport, Change, Dataplane, WriteError, WriteFailure, left_out::LeftOut};
 use crate::model::{DesiredState, Family, FrontendAddr, FrontendKind, FrontendSpec};
 
-/// Why IPv6 frontends are left out when the dataplane was opened for IPv4 only.
+/// Why IPv6 frontends are left out when the dataplane was opened for IPv4 only (the unit
+/// tests' fake tables).
+#[cfg(test)]
 pub const IPV6_NOT_OPENED: &str = "iptables mode was started without ip6tables";
 
 /// Service ports whose chains one restore of a full sync loads.
@@ -108,8 +110,10 @@ struct Proxier {
 }
 
 impl IptablesDataplane {
-    /// IPv4 only: IPv6 frontends are left out ([`IPV6_NOT_OPENED`]). See
-    /// [`IptablesDataplane::open_dual_stack`].
+    /// IPv4 only, for the unit tests' fake tables: IPv6 frontends are left out
+    /// ([`IPV6_NOT_OPENED`]). The agent and bench-control open both families
+    /// ([`IptablesDataplane::open_dual_stack`]): one way to start the dataplane.
+    #[cfg(test)]
     pub fn open(iptables: Iptables, options: RenderOptions) -> Result<Self, InstallError> {
         Self::with_families(
             FamilyTables { iptables, options },
