@@ -630,32 +630,50 @@ impl Agent {
             &format!("frontend {frontend} with {backends} backends"),
             Duration::from_secs(10),
             |s| {
-                s.as_array().is_some_and(|rows| {
-                    rows.iter().any(|r| {
-                        r["frontend"] == frontend
-                            && r["backends"]
-                                .as_array()
-                                .is_some_and(|b| b.len() == backends)
+                self.socket_programs_attached()
+                    && s.as_array().is_some_and(|rows| {
+                        rows.iter().any(|r| {
+                            r["frontend"] == frontend
+                                && r["backends"]
+                                    .as_array()
+                                    .is_some_and(|b| b.len() == backends)
+                        })
                     })
-                })
             },
         );
     }
 
-    /// Waits until the frontend for `service` lists `backends` backends.
+    /// In eBPF mode, whether the agent's latest start has attached (or adopted) every
+    /// socket program. It attaches them after its first full sync, so a frontend already
+    /// in the maps is not yet one that connects are translated to: a wait on the maps
+    /// alone let a test's first connects race the attachment (ENETUNREACH).
+    fn socket_programs_attached(&self) -> bool {
+        if self.mode != "ebpf" {
+            return true;
+        }
+        let log = self.log();
+        let latest = log
+            .rsplit_once("proxy-agent starting")
+            .map_or(log.as_str(), |(_, tail)| tail);
+        latest.matches("\"message\":\"socket program\"").count() >= SOCKET_PROGRAMS
+    }
+
+    /// Waits until the frontend for `service` lists `backends` backends (and, in eBPF
+    /// mode, the socket programs are attached).
     pub fn wait_backends(&self, service: &str, backends: usize) {
         self.wait_for(
             &format!("{service} with {backends} backends"),
             Duration::from_secs(10),
             |s| {
-                s.as_array().is_some_and(|rows| {
-                    rows.iter().any(|r| {
-                        r["service"] == service
-                            && r["backends"]
-                                .as_array()
-                                .is_some_and(|b| b.len() == backends)
+                self.socket_programs_attached()
+                    && s.as_array().is_some_and(|rows| {
+                        rows.iter().any(|r| {
+                            r["service"] == service
+                                && r["backends"]
+                                    .as_array()
+                                    .is_some_and(|b| b.len() == backends)
+                        })
                     })
-                })
             },
         );
     }
