@@ -324,6 +324,89 @@ pub struct RevNatKey {
 }
 const _: () = assert!(size_of::<RevNatKey>() == 32);
 
+/// Key of the UDP flow table: one unconnected UDP socket (its cookie) sending to one
+/// frontend, as the socket named it. A cookie is never reused while the system runs, so
+/// the flows of a closed socket are never matched again; they are the LRU's first victims.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct UdpFlowKey {
+    /// `bpf_get_socket_cookie()` of the socket.
+    pub socket_cookie: u64,
+    pub frontend: Frontend,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<UdpFlowKey>() == 32);
+
+/// A UDP flow's backend and clock, as conntrack keeps a UDP "connection": the datagrams
+/// of one socket to one frontend go to `backend` until the flow has been idle longer than
+/// its timeout (`DatapathConfig`: the short one until a reply came back, the stream one
+/// after), or until the backend leaves the frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct UdpFlow {
+    pub backend: Backend,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last datagram sent.
+    pub last_sent_ns: u64,
+    /// Of the last datagram received from the backend; 0 until one was.
+    pub last_reply_ns: u64,
+}
+const _: () = assert!(size_of::<UdpFlow>() == 40);
+
+impl UdpFlow {
+    /// When the flow was last active, either way.
+    pub const fn last_active_ns(&self) -> u64 {
+        if self.last_reply_ns > self.last_sent_ns {
+            self.last_reply_ns
+        } else {
+            self.last_sent_ns
+        }
+    }
+
+    /// Its idle timeout under `config`: the stream timeout once a reply was seen.
+    pub const fn timeout_ns(&self, config: &DatapathConfig) -> u64 {
+        if self.last_reply_ns != 0 {
+            config.udp_stream_timeout_ns
+        } else {
+            config.udp_timeout_ns
+        }
+    }
+}
+
+/// Settings the agent writes for the programs (an array of one). Zero fields mean the
+/// defaults below (the programs may run before the agent wrote it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DatapathConfig {
+    /// Idle timeout of a UDP flow no reply was seen on (conntrack's
+    /// `nf_conntrack_udp_timeout`).
+    pub udp_timeout_ns: u64,
+    /// Idle timeout once replies were seen (`nf_conntrack_udp_timeout_stream`).
+    pub udp_stream_timeout_ns: u64,
+}
+const _: () = assert!(size_of::<DatapathConfig>() == 16);
+
+impl DatapathConfig {
+    pub const DEFAULT_UDP_TIMEOUT_NS: u64 = 30_000_000_000;
+    pub const DEFAULT_UDP_STREAM_TIMEOUT_NS: u64 = 120_000_000_000;
+
+    /// These settings with each unset field at its default.
+    pub const fn or_defaults(self) -> Self {
+        Self {
+            udp_timeout_ns: if self.udp_timeout_ns == 0 {
+                Self::DEFAULT_UDP_TIMEOUT_NS
+            } else {
+                self.udp_timeout_ns
+            },
+            udp_stream_timeout_ns: if self.udp_stream_timeout_ns == 0 {
+                Self::DEFAULT_UDP_STREAM_TIMEOUT_NS
+            } else {
+                self.udp_stream_timeout_ns
+            },
+        }
+    }
+}
+
 /// What connect4 stores on the socket itself (socket-local storage): the frontend the
 /// socket asked for and the backend it was given. recvmsg4 and getpeername4 show the
 /// frontend where the socket's peer is that backend. Freed by the kernel with the socket.
@@ -530,10 +613,18 @@ pub enum Event {
     /// tc: a flow needed source NAT through an interface without an address of its
     /// family: dropped.
     NoSnatAddress = 19,
+    /// An unconnected UDP socket's flow had been idle past its timeout: its next datagram
+    /// chose a backend anew.
+    UdpFlowExpired = 20,
+    /// An unconnected UDP socket's flow named a backend that left the frontend (removed,
+    /// no longer ready, weight 0): its next datagram chose a live one.
+    UdpFlowBackendLeft = 21,
+    /// A UDP flow could not be stored: its datagrams are balanced one by one.
+    UdpFlowStoreFailed = 22,
 }
 
 impl Event {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 23;
     /// Size of the events map: room for events added later without a layout change.
     pub const MAP_SLOTS: u32 = 32;
     pub const ALL: [Event; Event::COUNT as usize] = [
@@ -557,6 +648,9 @@ impl Event {
         Event::RedirectFailed,
         Event::Ipv6ExtensionHeaders,
         Event::NoSnatAddress,
+        Event::UdpFlowExpired,
+        Event::UdpFlowBackendLeft,
+        Event::UdpFlowStoreFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -581,6 +675,9 @@ impl Event {
             Event::RedirectFailed => "external_dropped_redirect_failed",
             Event::Ipv6ExtensionHeaders => "external_ipv6_extension_headers_passed",
             Event::NoSnatAddress => "external_dropped_no_snat_address",
+            Event::UdpFlowExpired => "udp_flow_expired",
+            Event::UdpFlowBackendLeft => "udp_flow_backend_left",
+            Event::UdpFlowStoreFailed => "udp_flow_store_failed",
         }
     }
 }
@@ -593,6 +690,9 @@ mod user {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for SocketRevNat {}
+    unsafe impl aya::Pod for UdpFlowKey {}
+    unsafe impl aya::Pod for UdpFlow {}
+    unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for TcpRevNat {}
     unsafe impl aya::Pod for MemberKey {}
     unsafe impl aya::Pod for Member {}

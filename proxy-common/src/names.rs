@@ -41,8 +41,13 @@ pub const MAP_IFACES: &str = "EPX_IFACE_V3";
 /// LPM trie {frontend, client prefix} -> 1: loadBalancerSourceRanges.
 pub const MAP_SOURCE_RANGES: &str = "EPX_SRCR_V3";
 
+/// UdpFlowKey -> UdpFlow (LRU): each unconnected UDP socket's backend per frontend.
+pub const MAP_UDP_FLOWS: &str = "EPX_UDPF_V1";
+/// 0 -> DatapathConfig (array of one): the agent's settings for the programs.
+pub const MAP_CONFIG: &str = "EPX_CONF_V1";
+
 /// Every map, for cleanup and status.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_MEMBERS,
@@ -58,6 +63,8 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_NAT6,
     MAP_IFACES,
     MAP_SOURCE_RANGES,
+    MAP_UDP_FLOWS,
+    MAP_CONFIG,
 ];
 
 /// The tc programs, attached to each `--interfaces` device (link pins
@@ -135,3 +142,4 @@ pub const DEFAULT_MAX_SLOTS: u32 = 1 << 20;
 pub const DEFAULT_MAX_MEMBERS: u32 = 1 << 19;
 pub const DEFAULT_MAX_AFFINITY: u32 = 65_536;
 pub const DEFAULT_MAX_REVNAT: u32 = 131_072;
+pub const DEFAULT_MAX_UDP_FLOWS: u32 = 131_072;

@@ -20,6 +20,7 @@ mod tc_forward;
 mod tc_nat;
 mod tc_packet;
 mod tc_reply;
+mod udp_flow;
 
 use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier},

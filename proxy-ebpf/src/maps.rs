@@ -9,12 +9,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use proxy_common::{
-    Addr, Affinity, AffinityKey, AgentInfo, Backend, Event, Frontend, FrontendStats, IfaceInfo,
-    Member, MemberKey, NatEntry, NatEntry6, NatKey, NatKey6, RevNatKey, Service, ServiceName,
-    SocketRevNat, SourceRangeKey, TCP_REVNAT_RING, TcpRevNat,
+    Addr, Affinity, AffinityKey, AgentInfo, Backend, DatapathConfig, Event, Frontend,
+    FrontendStats, IfaceInfo, Member, MemberKey, NatEntry, NatEntry6, NatKey, NatKey6, RevNatKey,
+    Service, ServiceName, SocketRevNat, SourceRangeKey, TCP_REVNAT_RING, TcpRevNat, UdpFlow,
+    UdpFlowKey,
     names::{
         DEFAULT_MAX_AFFINITY, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_NAT, DEFAULT_MAX_REVNAT,
-        DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS,
+        DEFAULT_MAX_SERVICES, DEFAULT_MAX_SLOTS, DEFAULT_MAX_UDP_FLOWS,
     },
 };
 
@@ -41,6 +42,22 @@ pub static AFFINITY: LruHashMap<AffinityKey, Affinity> =
 
 #[map(name = "EPX_RNAT_V3")]
 pub static REVNAT: LruHashMap<RevNatKey, Frontend> = LruHashMap::pinned(DEFAULT_MAX_REVNAT, 0);
+
+/// Each unconnected UDP socket's backend per frontend (sendmsg4/6 keep a flow on one
+/// backend while it is active, as conntrack does; recvmsg4/6 mark its replies).
+#[map(name = "EPX_UDPF_V1")]
+pub static UDP_FLOWS: LruHashMap<UdpFlowKey, UdpFlow> =
+    LruHashMap::pinned(DEFAULT_MAX_UDP_FLOWS, 0);
+
+/// The agent's settings (UDP flow timeouts); zero fields are the defaults.
+#[map(name = "EPX_CONF_V1")]
+pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// The settings in force.
+#[inline(always)]
+pub fn config() -> DatapathConfig {
+    CONFIG.get(0).copied().unwrap_or_default().or_defaults()
+}
 
 /// connect4's translation, stored on the socket (socket-local storage, freed with the
 /// socket): nothing shared is written per connect. A BTF map (the kernel requires BTF for

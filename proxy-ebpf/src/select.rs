@@ -71,22 +71,27 @@ fn live_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<Backe
     // SAFETY: the pointer comes from a successful lookup and stays valid for this program run.
     let (backend, last_used) = unsafe { ((*entry).backend, (*entry).last_used_ns) };
     let timeout_ns = service.affinity_timeout_s as u64 * NS_PER_SEC;
-    let member = MEMBERS.get_ptr(MemberKey {
-        frontend: key.frontend,
-        backend,
-    });
-    let usable = match member {
-        // SAFETY: as above.
-        Some(m) => (unsafe { (*m).weight }) != 0,
-        None => false,
-    };
-    if now.wrapping_sub(last_used) > timeout_ns || !usable {
+    if now.wrapping_sub(last_used) > timeout_ns || !usable(&key.frontend, backend) {
         count(Event::AffinityStale);
         return None;
     }
     // SAFETY: as above; a racing writer can only store another timestamp.
     unsafe { (*entry).last_used_ns = now };
     Some(backend)
+}
+
+/// Whether `backend` still takes new connections of `frontend` (a member with a non-zero
+/// weight): what an affinity entry or a UDP flow needs to keep its backend.
+#[inline(always)]
+pub fn usable(frontend: &Frontend, backend: Backend) -> bool {
+    match MEMBERS.get_ptr(MemberKey {
+        frontend: *frontend,
+        backend,
+    }) {
+        // SAFETY: a value pointer from a successful lookup, read at once.
+        Some(m) => (unsafe { (*m).weight }) != 0,
+        None => false,
+    }
 }
 
 /// A uniformly random slot of the frontend's table. A slot outside the array or empty

@@ -16,6 +16,10 @@
 //! LRU, looked up before it is written: a socket sending to one Service again and again
 //! writes it once. Kernels without socket-local storage in these programs get a UDP
 //! connect4 writing the LRU too (the `_lru` variants).
+//!
+//! An unconnected UDP socket's datagrams to one frontend stay on one backend while the
+//! flow is active ([`udp_flow`]), as conntrack keeps a UDP 5-tuple on its endpoint in
+//! kube-proxy's iptables mode; a connected one keeps the backend of its connect.
 
 use aya_ebpf::{
     EbpfContext,
@@ -31,6 +35,7 @@ use crate::{
     ALLOW,
     maps::{REVNAT, SERVICES, SOCKET_REVNAT, TCP_REVNAT, bump, count, stats},
     select::choose,
+    udp_flow,
 };
 
 const REJECT: i32 = 0;
@@ -167,6 +172,21 @@ pub fn try_forward<const FAMILY: Family, const SET_RETVAL: bool, const REMEMBER:
     // the element cannot tear what we read.
     let service: Service = unsafe { *service };
     let stats = stats(&service);
+    // An unconnected UDP socket's flow keeps its backend while it is active.
+    let flow = (REMEMBER == REMEMBER_PER_DESTINATION && frontend.proto == IPPROTO_UDP)
+        .then(|| udp_flow::key(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }, &frontend));
+    if let Some(flow) = &flow
+        && let Some(backend) = udp_flow::kept(flow, &key)
+    {
+        remember::<REMEMBER>(ctx, &backend, &frontend);
+        set_address::<FAMILY>(ctx, &backend.addr, backend.port);
+        count(Event::Translated);
+        if let Some(s) = stats {
+            // SAFETY: a value pointer from a successful lookup.
+            bump(unsafe { &raw mut (*s).translated });
+        }
+        return ALLOW;
+    }
     let client_netns = || (unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }, [0; 4]);
 
     let Some(choice) = choose(&key, &service, client_netns) else {
@@ -187,6 +207,9 @@ pub fn try_forward<const FAMILY: Family, const SET_RETVAL: bool, const REMEMBER:
         return REJECT;
     };
 
+    if let Some(flow) = &flow {
+        udp_flow::start(flow, choice.backend);
+    }
     remember::<REMEMBER>(ctx, &choice.backend, &frontend);
     set_address::<FAMILY>(ctx, &choice.backend.addr, choice.backend.port);
     count(Event::Translated);
@@ -361,5 +384,8 @@ pub fn try_reverse<const FAMILY: Family, const ON_SOCKET: bool>(ctx: &SockAddrCo
         let frontend = unsafe { *frontend };
         set_address::<FAMILY>(ctx, &frontend.addr, frontend.port);
         count(Event::ReverseTranslated);
+        if sa.protocol as u8 == IPPROTO_UDP {
+            udp_flow::replied(&udp_flow::key(cookie, &frontend));
+        }
     }
 }

@@ -123,6 +123,16 @@ struct Args {
     /// Capacity of the reverse-translation map (LRU, one entry per socket and backend).
     #[arg(long, value_name = "N", default_value_t = proxy_common::names::DEFAULT_MAX_REVNAT)]
     max_revnat: u32,
+    /// Idle timeout of a UDP flow no reply was seen on (kube-proxy's
+    /// conntrack.udpTimeout): eBPF mode keeps an unconnected socket's datagrams to one
+    /// Service on one backend this long after the last one (default 30); iptables mode
+    /// sets nf_conntrack_udp_timeout (unset: the kernel's value stays).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    udp_timeout: Option<u64>,
+    /// Idle timeout of a UDP flow once replies were seen (conntrack.udpStreamTimeout;
+    /// eBPF default 120; iptables mode: nf_conntrack_udp_timeout_stream).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    udp_stream_timeout: Option<u64>,
     /// Where /metrics is served (Prometheus text format).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
     metrics_addr: std::net::SocketAddr,
@@ -243,6 +253,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         },
         tc_attach: args.tc_attach,
         assume_missing: args.assume_missing.clone(),
+        datapath: proxy_common::DatapathConfig {
+            udp_timeout_ns: args.udp_timeout.map_or(0, seconds_to_ns),
+            udp_stream_timeout_ns: args.udp_stream_timeout.map_or(0, seconds_to_ns),
+        },
     };
     // Two workers: a source blocked on the store lock while the sync thread translates
     // leaves the other serving /healthz, /metrics and the health check node ports.
@@ -271,6 +285,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 iptables_options,
                 ipv6_cluster_cidr,
                 args.iptables_backend,
+                conntrack_udp_timeouts(&args),
             )?),
             Mode::Auto => match open_ebpf(&args, &cgroup, load_options, interfaces) {
                 Ok(ebpf) => {
@@ -287,6 +302,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 iptables_options,
                 ipv6_cluster_cidr,
                 args.iptables_backend,
+                conntrack_udp_timeouts(&args),
             )?)
                 }
             },
@@ -519,6 +535,18 @@ fn resolve_interfaces(names: &[String]) -> anyhow::Result<Option<Vec<Interface>>
     Ok(Some(interfaces))
 }
 
+/// `--udp-timeout` and `--udp-stream-timeout`, for conntrack.
+fn conntrack_udp_timeouts(args: &Args) -> (Option<Duration>, Option<Duration>) {
+    (
+        args.udp_timeout.map(Duration::from_secs),
+        args.udp_stream_timeout.map(Duration::from_secs),
+    )
+}
+
+fn seconds_to_ns(seconds: u64) -> u64 {
+    seconds.saturating_mul(1_000_000_000)
+}
+
 /// The iptables dataplane, on the backend `choice` resolves to.
 /// Without route_localnet (an unprivileged container's /proc/sys is read-only), only the
 /// localhost NodePorts are lost, and the log says why: they are left out of the NodePort
@@ -528,10 +556,16 @@ fn open_iptables(
     mut options: iptables::render::RenderOptions,
     ipv6_cluster_cidr: Option<(std::net::IpAddr, u8)>,
     choice: iptables::backend::BackendChoice,
+    (udp_timeout, udp_stream_timeout): (Option<Duration>, Option<Duration>),
 ) -> anyhow::Result<IptablesDataplane> {
     let (backend, why) =
         iptables::backend::resolve(choice).context("choosing the iptables backend")?;
     info!(backend = backend.name(), reason = %why, "iptables backend chosen");
+    iptables::udp_timeouts::set_udp_timeouts(
+        std::path::Path::new("/proc/sys"),
+        udp_timeout,
+        udp_stream_timeout,
+    )?;
     if options.localhost_node_ports {
         match iptables::localnet::ensure_route_localnet(std::path::Path::new("/proc/sys")) {
             Ok(true) => info!(

@@ -85,6 +85,8 @@ pub struct LoadOptions {
     /// Features to treat as missing whatever the probes say (`--assume-missing`): what a
     /// node on an older kernel does, shown on this one.
     pub assume_missing: Vec<KernelFeature>,
+    /// The programs' settings (UDP flow timeouts; zero fields: the defaults).
+    pub datapath: proxy_common::DatapathConfig,
 }
 
 /// Each socket program and what happened to its attachment.

@@ -79,6 +79,7 @@ impl EbpfDataplane {
         let (loaded, mut maps) = loader::load(pin_dir, cgroup, options.clone(), &names)?;
         let report = loaded.report.clone();
         maps.set_interfaces(given)?;
+        maps.write_config(&options.datapath)?;
         if loaded.replaces_older_layout {
             // The maps both layouts share (members, names, source ranges) hold what the
             // older programs, still attached, read; this layout's services map is empty

@@ -21,6 +21,7 @@ pub mod probability;
 pub mod read_back;
 pub mod render;
 pub mod saved;
+pub mod udp_timeouts;
 
 use tracing::{info, warn};
 

@@ -1,8 +1,8 @@
 //! What the agent records in the maps besides frontends: the interfaces the tc programs
-//! are attached to (with their source-NAT addresses of both families), and who programs
-//! the maps.
+//! are attached to (with their source-NAT addresses of both families), the programs'
+//! settings, and who programs the maps.
 
-use proxy_common::{AgentInfo, IfaceInfo, names};
+use proxy_common::{AgentInfo, DatapathConfig, IfaceInfo, names};
 
 use super::{Maps, MapsError};
 use crate::dataplane::ebpf::interfaces::Interface;
@@ -30,6 +30,16 @@ impl Maps {
             self.insert(names::MAP_IFACES, |m| m.ifaces.insert(i.ifindex, info, 0))?;
         }
         Ok(())
+    }
+
+    /// The programs' settings (UDP flow timeouts), in force from the next datagram.
+    pub fn write_config(&mut self, config: &DatapathConfig) -> Result<(), MapsError> {
+        self.insert(names::MAP_CONFIG, |m| m.config.set(0, config, 0))
+    }
+
+    /// The settings in force (the defaults where the agent left a field unset).
+    pub fn config(&self) -> DatapathConfig {
+        self.config.get(&0, 0).unwrap_or_default().or_defaults()
     }
 
     /// Records who programs the maps (for `proxyctl status`).

@@ -26,9 +26,9 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
 };
 use proxy_common::{
-    Affinity, AffinityKey, AgentInfo, Backend, Frontend, FrontendStats, IfaceInfo, Member,
-    MemberKey, NatEntry, NatEntry6, NatKey, NatKey6, RevNatKey, Service, ServiceName,
-    SourceRangeKey, names,
+    Affinity, AffinityKey, AgentInfo, Backend, DatapathConfig, Frontend, FrontendStats, IfaceInfo,
+    Member, MemberKey, NatEntry, NatEntry6, NatKey, NatKey6, RevNatKey, Service, ServiceName,
+    SourceRangeKey, UdpFlow, UdpFlowKey, names,
 };
 
 pub use self::{counters::Counters, space::Space, write::SlotDelta, write_batch::BatchMaps};
@@ -75,6 +75,8 @@ pub struct Maps {
     pub nat6: HashMap<MapData, NatKey6, NatEntry6>,
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    pub udp_flows: HashMap<MapData, UdpFlowKey, UdpFlow>,
+    pub config: Array<MapData, DatapathConfig>,
     capacity: BTreeMap<&'static str, u32>,
     /// Free regions of the slots array and free frontend ids, as the service values say.
     space: Space,
@@ -136,6 +138,8 @@ impl Maps {
             nat6: typed!(names::MAP_NAT6),
             ifaces: typed!(names::MAP_IFACES),
             source_ranges: typed!(names::MAP_SOURCE_RANGES),
+            udp_flows: typed!(names::MAP_UDP_FLOWS),
+            config: typed!(names::MAP_CONFIG),
             capacity,
             space: Space::default(),
         };
