@@ -248,7 +248,7 @@ impl KubeNode {
 
     /// Where a connection from `source` starts: the node itself, a pod, or an external
     /// client; `None` if no namespace holds that address.
-    fn command_from(&self, source: &str) -> Option<Command> {
+    pub fn command_from(&self, source: &str) -> Option<Command> {
         let probe = bin_dir().join("probe");
         if source == self.node_ip || source.starts_with("127.") {
             return Some(self.node.command(probe, Some(&self.cgroup)));

@@ -425,7 +425,10 @@ const _: () = assert!(size_of::<SocketRevNat>() == 36);
 /// A TCP connect's translation, in a ring indexed by the socket's cookie (the low
 /// [`TCP_REVNAT_RING_BITS`] bits): one plain store per connect, no allocation and no
 /// lock, where socket-local storage allocates twice and takes a lock shared by every CPU.
-/// getpeername4 reads it back for a socket whose cookie and peer match. A record is
+/// getpeername4 reads it back for a socket whose cookie and peer match. A connected UDP
+/// socket's translation is written here too (its own is on the socket): the agent reads
+/// it to find the sockets connected to a backend that left (sock_diag does not hand out
+/// a UDP socket's local storage). A record is
 /// overwritten only by a later translated connect whose cookie lands on the same index,
 /// so it lasts at least [`TCP_REVNAT_RING`] socket cookies handed out on the node after
 /// its own.

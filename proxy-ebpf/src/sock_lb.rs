@@ -11,7 +11,8 @@
 //! a ring indexed by its socket cookie (`TCP_REVNAT`: a plain store, no allocation, no
 //! lock), which getpeername4 reads back. A UDP connect keeps it on the socket
 //! (socket-local storage, freed with the socket): recvmsg4 asks on every datagram, for as
-//! long as the socket lives, so it must not be overwritten. sendmsg4 (an unconnected UDP
+//! long as the socket lives, so it must not be overwritten; it writes the ring too, where
+//! the agent finds the sockets to destroy when their backend leaves. sendmsg4 (an unconnected UDP
 //! socket may reach several backends) keeps one entry per socket and backend in the shared
 //! LRU, looked up before it is written: a socket sending to one Service again and again
 //! writes it once. Kernels without socket-local storage in these programs get a UDP
@@ -241,7 +242,10 @@ fn remember<const REMEMBER: Remember>(
         return;
     }
     if REMEMBER == REMEMBER_ON_SOCKET {
+        // On the socket for recvmsg; in the ring for the agent, which destroys the
+        // connected sockets of a backend that left.
         remember_on_socket(ctx, translation);
+        remember_tcp(ctx, translation);
         return;
     }
     let key = RevNatKey {
@@ -261,7 +265,7 @@ fn remember<const REMEMBER: Remember>(
     }
 }
 
-/// Writes a TCP socket's translation into its record of the ring.
+/// Writes a TCP (or connected UDP) socket's translation into its record of the ring.
 #[inline(always)]
 fn remember_tcp(ctx: &SockAddrContext, translation: SocketRevNat) {
     // SAFETY: the helper takes the socket from the context the kernel passed us.
@@ -322,6 +326,8 @@ fn forget_connected<const REMEMBER: Remember>(ctx: &SockAddrContext, peer: &Fron
         if !stored.is_null() {
             // SAFETY: non-null storage of this socket, valid for this program run.
             unsafe { *stored = SocketRevNat::default() };
+            // SAFETY: the helper takes the socket from the context the kernel passed us.
+            forget_in_ring(unsafe { bpf_get_socket_cookie(ctx.as_ptr()) });
         }
     } else if REMEMBER == REMEMBER_IN_LRU {
         let key = RevNatKey {
@@ -335,6 +341,20 @@ fn forget_connected<const REMEMBER: Remember>(ctx: &SockAddrContext, peer: &Fron
             _pad: 0,
         };
         let _ = REVNAT.remove(key);
+    }
+}
+
+/// Clears the socket's record of the ring, if it still is this socket's: the agent must
+/// not take the socket for one connected through a Service any more.
+#[inline(always)]
+fn forget_in_ring(cookie: u64) {
+    if let Some(record) = TCP_REVNAT.get_ptr_mut(TcpRevNat::index(cookie))
+        // SAFETY: an element of a preallocated array, valid for this program run.
+        && unsafe { (*record).cookie_high } == TcpRevNat::cookie_high(cookie)
+    {
+        // SAFETY: as above; a racing writer is another socket's connect, whose record
+        // this store may blank (the agent then misses that socket, as after a wrap).
+        unsafe { (*record).translation = SocketRevNat::default() };
     }
 }
 

@@ -95,6 +95,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// eBPF mode: the UDP flows of sockets on the node: each unconnected socket's
+    /// backend per Service it sends to, whether replies came back, idle time and timeout
+    /// (`--udp-timeout`, `--udp-stream-timeout` of proxy-agent).
+    ///
+    /// Example: proxyctl udp-flows --json | jq '.[] | select(.service == "kube-system/kube-dns:dns")'
+    UdpFlows {
+        #[arg(long)]
+        json: bool,
+    },
     /// Shell completions for proxyctl, on standard output.
     ///
     /// Example: proxyctl completions bash > /etc/bash_completion.d/proxyctl
@@ -308,6 +317,25 @@ fn run(args: Args) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", ctl::flows::render_table(&rows));
+            }
+        }
+        Command::UdpFlows { json } => {
+            let Installed::Ebpf(maps) = &installed else {
+                return Err(CtlError::Usage(
+                    "proxy-agent runs in iptables mode here: the kernel's conntrack holds the UDP flows (conntrack -L -p udp)".into(),
+                )
+                .into());
+            };
+            let rows = ctl::udp_flows::rows(
+                maps.udp_flows.iter().filter_map(Result::ok),
+                &maps.config(),
+                &service_rows(&installed)?,
+                ctl::affinity::monotonic_ns(),
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", ctl::udp_flows::render_table(&rows));
             }
         }
         // Printed above, before anything was read.

@@ -11,6 +11,7 @@ pub mod services;
 pub mod stats;
 pub mod status;
 pub mod table;
+pub mod udp_flows;
 
 use std::{io::ErrorKind, path::Path};
 

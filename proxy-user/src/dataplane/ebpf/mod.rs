@@ -9,9 +9,12 @@ pub mod links;
 pub mod load_error;
 pub mod loader;
 pub mod maps;
+pub mod netns;
 pub mod orphans;
 pub mod regions;
 pub mod slots;
+pub mod sock_diag;
+pub mod socket_reaper;
 pub mod tc_attach;
 pub mod tc_filters;
 
@@ -43,6 +46,9 @@ pub struct EbpfDataplane {
     /// The tc programs' interfaces are those carrying the node's addresses, known once
     /// the Node object is (see [`Dataplane::node_addresses`]).
     interfaces_from_node: bool,
+    /// Destroys connected UDP sockets of backends that left their frontend; `None` if it
+    /// could not start (logged).
+    reaper: Option<socket_reaper::SocketReaper>,
 }
 
 /// `uname -r`.
@@ -95,6 +101,14 @@ impl EbpfDataplane {
         let slots_in_use = maps.slots_in_use();
         let members_in_use = installed.values().map(|s| s.backends.len() as u64).sum();
         info!(frontends = installed.len(), pin_dir = %pin_dir.display(), "eBPF dataplane ready");
+        let reaper = socket_reaper::SocketReaper::start(pin_dir)
+            .inspect_err(|e| {
+                warn!(
+                    "connected UDP sockets of removed endpoints will not be destroyed: {}",
+                    Chain(e)
+                );
+            })
+            .ok();
         Ok(Self {
             maps,
             batch,
@@ -103,6 +117,7 @@ impl EbpfDataplane {
             members_in_use,
             pending: Some(loaded),
             interfaces_from_node: interfaces.is_none(),
+            reaper,
             agent: proxy_common::AgentInfo {
                 version: proxy_common::AgentInfo::field(env!("CARGO_PKG_VERSION")),
                 cgroup: proxy_common::AgentInfo::field(&cgroup.display().to_string()),
@@ -158,7 +173,9 @@ impl Dataplane for EbpfDataplane {
         let mut report = ApplyReport::default();
         self.maps.reclaim_space();
         let changes = self.write_fresh_in_batches(changes, &mut report);
+        let mut stale = Vec::new();
         for change in changes {
+            stale.extend(self.stale_udp_backends(&change));
             match change {
                 Change::Upsert(addr, spec) => {
                     let previous = self.installed.get(&addr);
@@ -193,6 +210,9 @@ impl Dataplane for EbpfDataplane {
         }
         if self.pending.is_none() {
             self.record_agent();
+        }
+        if let Some(reaper) = &self.reaper {
+            reaper.reap(stale);
         }
         report
     }
@@ -258,6 +278,34 @@ impl Dataplane for EbpfDataplane {
 }
 
 impl EbpfDataplane {
+    /// The backends a change takes out of a UDP frontend's new connections (removed,
+    /// weight 0, or the frontend itself removed), for the socket reaper.
+    fn stale_udp_backends(&self, change: &Change) -> Vec<socket_reaper::StaleBackend> {
+        let (addr, wanted) = match change {
+            Change::Upsert(addr, spec) => (addr, Some(spec)),
+            Change::Remove(addr) => (addr, None),
+        };
+        if addr.protocol != crate::model::Protocol::Udp {
+            return Vec::new();
+        }
+        let Some(before) = self.installed.get(addr) else {
+            return Vec::new();
+        };
+        let kept = |b: &crate::model::WeightedBackend| {
+            wanted.is_some_and(|w| w.backends.iter().any(|n| n.addr == b.addr && n.weight > 0))
+        };
+        let frontend = convert::frontend(addr);
+        before
+            .backends
+            .iter()
+            .filter(|b| b.weight > 0 && !kept(b))
+            .map(|b| socket_reaper::StaleBackend {
+                frontend,
+                backend: convert::backend(&b.addr),
+            })
+            .collect()
+    }
+
     /// Stamps the agent record with this sync's time. A failure costs only `proxyctl
     /// status` its agent line: logged, not fatal.
     fn record_agent(&mut self) {

@@ -11,6 +11,8 @@
 //! same (`--to [2001:db8:19::a]:80`, addresses reported as `[2001:db8:19::a]:80`), and an
 //! IPv4-mapped address (`--to [::ffff:198.19.0.10]:80`) connects an IPv6 socket to an
 //! IPv4 address, as a dual-stack application does.
+//!
+//! `probe flows` keeps UDP sockets across a change the test makes ([`flows`]).
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +21,8 @@ use std::{
     os::fd::{FromRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
+
+mod flows;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -71,6 +75,7 @@ enum Command {
         #[arg(long)]
         then_to: Option<SocketAddr>,
     },
+    Flows(flows::FlowsArgs),
 }
 
 #[derive(Default, Serialize)]
@@ -89,6 +94,7 @@ struct Report {
 fn main() {
     match Args::parse().command {
         Command::Serve { name, tcp, udp } => serve(&name, &tcp, &udp),
+        Command::Flows(args) => flows::run(&args),
         Command::Connect {
             to,
             count,
@@ -248,6 +254,8 @@ fn error_name(e: &std::io::Error) -> String {
         Some(libc::EPERM) => "EPERM".into(),
         Some(libc::ETIMEDOUT) | Some(libc::EAGAIN) => "ETIMEDOUT".into(),
         Some(libc::ECONNRESET) => "ECONNRESET".into(),
+        Some(libc::ECONNABORTED) => "ECONNABORTED".into(),
+        Some(libc::EDESTADDRREQ) => "EDESTADDRREQ".into(),
         Some(n) => format!("errno {n}"),
         None if e.kind() == std::io::ErrorKind::TimedOut => "ETIMEDOUT".into(),
         None => e.to_string(),

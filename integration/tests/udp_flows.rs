@@ -1,0 +1,353 @@
+//! UDP flows and stale sockets, in both modes, with real sockets from a pod on the node
+//! and from the node itself: an unconnected socket's datagrams stay on one backend while
+//! the flow is active (kube-proxy's users get that from conntrack), a flow idle past its
+//! timeout chooses anew with the current weights, and no client is stranded on an
+//! endpoint that left its Service (eBPF mode destroys the connected sockets, iptables
+//! mode deletes their conntrack entries). Run as root (`cargo xtask test`).
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Read as _},
+    process::Stdio,
+    time::Duration,
+};
+
+use integration::{
+    Agent, ChildGuard,
+    kube_node::{KubeNode, PodSpec},
+    manifests::{DNS, Endpoint, ServiceOpts, service_with_endpoints},
+    require_privileges,
+};
+
+const NODE_IP: &str = "198.18.60.1";
+const OTHER_NODE_IP: &str = "198.18.60.2";
+const CLIENT_POD: &str = "198.18.61.2";
+const BACKENDS: [(&str, &str); 3] = [
+    ("198.18.62.2", "a"),
+    ("198.18.62.3", "b"),
+    ("198.18.62.4", "c"),
+];
+const VIP: &str = "198.19.60.10";
+const TO: &str = "198.19.60.10:53";
+const SERVICE: &str = "demo/dns:dns";
+const CLUSTER_CIDR: &str = "198.18.60.0/22";
+const MODES: [&str; 2] = ["ebpf", "iptables"];
+
+/// The answer of backend `label` (pods answer `<label>:<port>`).
+fn answer(label: &str) -> String {
+    format!("{label}:{}", DNS.target)
+}
+
+/// This node with a client pod and the three backend pods on it.
+fn node() -> KubeNode {
+    let mut pods = vec![PodSpec {
+        ip: CLIENT_POD.into(),
+        label: "client".into(),
+        on_this_node: true,
+        tcp: vec![],
+        udp: vec![],
+    }];
+    pods.extend(BACKENDS.iter().map(|(ip, label)| PodSpec {
+        ip: (*ip).into(),
+        label: (*label).into(),
+        on_this_node: true,
+        tcp: vec![],
+        udp: vec![DNS.target],
+    }));
+    KubeNode::new(NODE_IP, &[], OTHER_NODE_IP, pods, &[])
+}
+
+/// The Service over the backends labelled `labels`.
+fn dns_service(labels: &[&str], weights: Option<&str>) -> String {
+    let endpoints: Vec<Endpoint> = BACKENDS
+        .iter()
+        .filter(|(_, label)| labels.contains(label))
+        .map(|(ip, label)| Endpoint::ready(ip, label))
+        .collect();
+    let opts = ServiceOpts {
+        weights,
+        ..ServiceOpts::default()
+    };
+    service_with_endpoints("dns", VIP, &[DNS], &opts, &endpoints)
+}
+
+fn start(node: &KubeNode, mode: &'static str, extra: &[&str], service: &str) -> Agent {
+    let mut agent = node.agent(mode, &[], CLUSTER_CIDR);
+    agent.extra_args.extend(extra.iter().map(|a| a.to_string()));
+    agent.write("dns.yaml", service);
+    node.start(&mut agent);
+    agent
+}
+
+/// Waits until the Service's backends are exactly `labels`' addresses.
+fn wait_for_backends(agent: &Agent, labels: &[&str]) {
+    let wanted: BTreeSet<String> = BACKENDS
+        .iter()
+        .filter(|(_, label)| labels.contains(label))
+        .map(|(ip, _)| format!("{ip}:{}", DNS.target))
+        .collect();
+    agent.wait_for(
+        &format!("{SERVICE} on {labels:?}"),
+        Duration::from_secs(10),
+        |s| {
+            s.as_array().is_some_and(|rows| {
+                rows.iter().any(|r| {
+                    r["service"] == SERVICE
+                        && r["backends"].as_array().is_some_and(|b| {
+                            b.iter()
+                                .filter_map(|b| b["address"].as_str().map(str::to_owned))
+                                .collect::<BTreeSet<_>>()
+                                == wanted
+                        })
+                })
+            })
+        },
+    );
+}
+
+/// Waits until backend `ip` takes at least `percent` of the Service's new connections
+/// (iptables mode lists no backend of weight 0).
+fn wait_for_share(agent: &Agent, ip: &str, percent: f64) {
+    let address = format!("{ip}:{}", DNS.target);
+    agent.wait_for(
+        &format!("{address} taking {percent}% of {SERVICE}"),
+        Duration::from_secs(10),
+        |s| {
+            s.as_array().is_some_and(|rows| {
+                rows.iter().filter(|r| r["service"] == SERVICE).any(|r| {
+                    r["backends"].as_array().is_some_and(|bs| {
+                        bs.iter().any(|x| {
+                            x["address"] == address
+                                && x["share_percent"].as_f64().is_some_and(|p| p >= percent)
+                        })
+                    })
+                })
+            })
+        },
+    );
+}
+
+/// `probe flows` from `source`, started, stopped after its round 0 until the test calls
+/// [`Flows::resume`].
+struct Flows {
+    child: ChildGuard,
+    stdout: BufReader<std::process::ChildStdout>,
+    wait_file: std::path::PathBuf,
+    label: String,
+}
+
+impl Flows {
+    fn start(node: &KubeNode, source: &str, args: &[&str]) -> Self {
+        let wait_file = std::env::temp_dir().join(format!("{}-{source}-go", node.id));
+        let _ = std::fs::remove_file(&wait_file);
+        let mut command = node
+            .command_from(source)
+            .unwrap_or_else(|| panic!("no namespace holds {source}"));
+        let mut child = ChildGuard(
+            command
+                .args(["flows", "--to", TO, "--wait-file"])
+                .arg(&wait_file)
+                .args(args)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("probe flows"),
+        );
+        let mut stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("probe output");
+        assert_eq!(line.trim(), "round 0", "probe flows from {source}");
+        Self {
+            child,
+            stdout,
+            wait_file,
+            label: format!("{source} {args:?}"),
+        }
+    }
+
+    fn resume(&self) {
+        std::fs::write(&self.wait_file, b"go").expect("wait file");
+    }
+
+    /// Every round's answers, one per socket.
+    fn finish(mut self) -> (String, Vec<Vec<String>>) {
+        let mut out = String::new();
+        self.stdout.read_to_string(&mut out).expect("probe output");
+        let _ = self.child.0.wait();
+        let _ = std::fs::remove_file(&self.wait_file);
+        let report: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+        let rounds = report["rounds"]
+            .as_array()
+            .expect("rounds")
+            .iter()
+            .map(|r| {
+                r.as_array()
+                    .expect("answers")
+                    .iter()
+                    .map(|a| a.as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .collect();
+        (self.label, rounds)
+    }
+}
+
+#[test]
+fn one_unconnected_socket_stays_on_one_backend_and_other_sockets_spread() {
+    require_privileges!();
+    for mode in MODES {
+        let node = node();
+        let agent = start(&node, mode, &[], &dns_service(&["a", "b", "c"], None));
+        wait_for_backends(&agent, &["a", "b", "c"]);
+        for source in [CLIENT_POD, NODE_IP] {
+            let report = node.probe_from(source, &["--to", TO, "--one-socket", "--count", "30"]);
+            assert_eq!(
+                report.answers.values().sum::<usize>(),
+                30,
+                "{mode} {source}: {report:?}"
+            );
+            assert_eq!(
+                report.answers.len(),
+                1,
+                "{mode} {source}: one socket, one backend: {report:?}"
+            );
+            // Twelve sockets all on one backend of three: 3 x (1/3)^12 < 1e-5.
+            let mut reached = BTreeSet::new();
+            for _ in 0..12 {
+                let report = node.probe_from(source, &["--to", TO, "--one-socket", "--count", "2"]);
+                assert_eq!(report.answers.len(), 1, "{mode} {source}: {report:?}");
+                reached.extend(report.answers.into_keys());
+            }
+            assert!(
+                reached.len() >= 2,
+                "{mode} {source}: sockets spread: {reached:?}"
+            );
+        }
+        if mode == "ebpf" {
+            let out = agent.proxyctl(&["udp-flows", "--json"]);
+            let rows: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("udp-flows --json");
+            let rows = rows.as_array().expect("rows");
+            assert!(rows.len() >= 13, "{out:?}");
+            for row in rows {
+                assert_eq!(row["service"], SERVICE, "{row}");
+                assert_eq!(row["frontend"], TO, "{row}");
+                assert_eq!(row["replied"], true, "{row}");
+                assert_eq!(row["timeout_seconds"], 120, "{row}");
+            }
+        }
+    }
+}
+
+/// A flow keeps its backend however the weights change, until it has been idle past its
+/// timeout; then its next datagram chooses with the current weights.
+#[test]
+fn an_idle_flow_chooses_anew_with_the_current_weights() {
+    require_privileges!();
+    let (a, b) = (BACKENDS[0].0, BACKENDS[1].0);
+    let only_a = format!("{a}=1,{b}=0");
+    let mostly_b = format!("{a}=1,{b}=1000");
+    for mode in MODES {
+        let node = node();
+        let timeouts = ["--udp-timeout", "3", "--udp-stream-timeout", "3"];
+        let agent = start(
+            &node,
+            mode,
+            &timeouts,
+            &dns_service(&["a", "b"], Some(&only_a)),
+        );
+        wait_for_share(&agent, a, 100.0);
+        let flows = Flows::start(
+            &node,
+            CLIENT_POD,
+            &["--sockets", "10", "--rounds", "3", "--interval-ms", "4500"],
+        );
+        agent.write("dns.yaml", &dns_service(&["a", "b"], Some(&mostly_b)));
+        wait_for_share(&agent, b, 99.0);
+        flows.resume();
+        let (label, rounds) = flows.finish();
+        let on =
+            |round: usize, who: &str| rounds[round].iter().filter(|x| **x == answer(who)).count();
+        assert_eq!(on(0, "a"), 10, "{mode} {label}: {rounds:?}");
+        assert_eq!(
+            on(1, "a"),
+            10,
+            "{mode} {label}: flows kept their backend: {rounds:?}"
+        );
+        // Each idle flow chooses b with probability 1000/1001: fewer than 6 of 10 is
+        // below 1e-7.
+        assert!(
+            on(2, "b") >= 6,
+            "{mode} {label}: idle flows chose anew: {rounds:?}"
+        );
+    }
+}
+
+/// The endpoint every client uses leaves the Service (another takes its place): within
+/// a second, a connected client gets an error (eBPF mode: its socket was destroyed) or
+/// the live backend (iptables mode: its conntrack entry was deleted), and its next
+/// exchange reaches the live backend; an unconnected one reaches the live backend at
+/// once. From a pod and from the node itself. The removed pod still answers, so a
+/// stranded client would show it.
+#[test]
+fn no_client_is_stranded_on_a_removed_endpoint() {
+    require_privileges!();
+    for mode in MODES {
+        let node = node();
+        let agent = start(&node, mode, &[], &dns_service(&["a"], None));
+        wait_for_backends(&agent, &["a"]);
+        let args = ["--sockets", "3", "--rounds", "3", "--interval-ms", "300"];
+        let connected: Vec<&str> = args.iter().copied().chain(["--connected"]).collect();
+        let all = [
+            Flows::start(&node, CLIENT_POD, &connected),
+            Flows::start(&node, NODE_IP, &connected),
+            Flows::start(&node, CLIENT_POD, &args),
+            Flows::start(&node, NODE_IP, &args),
+        ];
+        agent.write("dns.yaml", &dns_service(&["b"], None));
+        wait_for_backends(&agent, &["b"]);
+        std::thread::sleep(Duration::from_secs(1));
+        for flows in &all {
+            flows.resume();
+        }
+        for flows in all {
+            let (label, rounds) = flows.finish();
+            let is_connected = label.contains("--connected");
+            assert!(
+                rounds[0].iter().all(|x| *x == answer("a")),
+                "{mode} {label}: {rounds:?}"
+            );
+            for x in &rounds[1] {
+                let destroyed = x == "ECONNABORTED" || x == "EDESTADDRREQ";
+                let expected = if mode == "ebpf" && is_connected {
+                    destroyed
+                } else {
+                    *x == answer("b")
+                };
+                assert!(
+                    expected,
+                    "{mode} {label}: round 1: {rounds:?}\nagent log:\n{}",
+                    agent.log()
+                );
+            }
+            assert!(
+                rounds[2].iter().all(|x| *x == answer("b")),
+                "{mode} {label}: {rounds:?}"
+            );
+        }
+        if mode == "ebpf" {
+            let log = agent.log();
+            let destroyed: usize = log
+                .split("\"sockets_destroyed\":")
+                .skip(1)
+                .filter_map(|tail| {
+                    tail.split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .sum();
+            assert_eq!(destroyed, 6, "six connected sockets destroyed:\n{log}");
+        }
+    }
+}
