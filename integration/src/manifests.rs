@@ -111,6 +111,11 @@ pub struct Endpoint<'a> {
     pub terminating: bool,
     /// `nodeName`, which decides whether the endpoint is local to the agent's node.
     pub node: Option<&'a str>,
+    /// `hints.forZones`, as the EndpointSlice controller writes them for
+    /// `trafficDistribution: PreferSameZone` (or PreferClose, or PreferSameNode).
+    pub zone_hints: &'a [&'a str],
+    /// `hints.forNodes`, as it writes them for `trafficDistribution: PreferSameNode`.
+    pub node_hints: &'a [&'a str],
 }
 
 impl<'a> Endpoint<'a> {
@@ -122,6 +127,8 @@ impl<'a> Endpoint<'a> {
             serving: true,
             terminating: false,
             node: None,
+            zone_hints: &[],
+            node_hints: &[],
         }
     }
 }
@@ -169,6 +176,18 @@ pub fn endpoint_slice_of(
         );
         if let Some(node) = e.node {
             let _ = writeln!(y, "  nodeName: {node}");
+        }
+        if !e.zone_hints.is_empty() || !e.node_hints.is_empty() {
+            let names = |list: &[&str]| -> String {
+                let names: Vec<String> = list.iter().map(|n| format!("{{name: {n}}}")).collect();
+                names.join(", ")
+            };
+            let _ = writeln!(
+                y,
+                "  hints: {{forZones: [{}], forNodes: [{}]}}",
+                names(e.zone_hints),
+                names(e.node_hints)
+            );
         }
     }
     y
@@ -232,6 +251,52 @@ mod tests {
             .flatten()
             .flat_map(|e| e.addresses.clone())
             .collect()
+    }
+
+    #[test]
+    fn topology_hints_are_written_as_the_controller_writes_them() {
+        let eps = [
+            Endpoint {
+                zone_hints: &["zone-1"],
+                node_hints: &["node-a"],
+                ..Endpoint::ready("198.18.1.2", "web-0")
+            },
+            Endpoint::ready("198.18.2.2", "web-1"),
+        ];
+        let (_, slices) = parse(&service_with_endpoints(
+            "web",
+            "198.19.0.10",
+            &[HTTP],
+            &ServiceOpts::default(),
+            &eps,
+        ));
+        let hints: Vec<Option<(Vec<String>, Vec<String>)>> = slices[0]
+            .endpoints
+            .iter()
+            .flatten()
+            .map(|e| {
+                let h = e.hints.as_ref()?;
+                Some((
+                    h.for_zones
+                        .iter()
+                        .flatten()
+                        .map(|z| z.name.clone())
+                        .collect(),
+                    h.for_nodes
+                        .iter()
+                        .flatten()
+                        .map(|n| n.name.clone())
+                        .collect(),
+                ))
+            })
+            .collect();
+        assert_eq!(
+            hints,
+            [
+                Some((vec!["zone-1".to_string()], vec!["node-a".to_string()])),
+                None
+            ]
+        );
     }
 
     #[test]

@@ -317,3 +317,49 @@ async fn the_node_object_gives_node_ports_and_locality() {
         .await;
     assert!(!agent.summary().iter().any(|l| l.contains("198.18.0.5")));
 }
+
+/// trafficDistribution as the API server delivers it: the EndpointSlice controller's
+/// `hints.forNodes` and `hints.forZones`, and the zone from this node's Node object.
+#[tokio::test]
+async fn topology_hints_prefer_this_node_then_its_zone() {
+    let api = FakeApiServer::start().await;
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a",
+        "labels": {"topology.kubernetes.io/zone": "zone-1"}}}),
+    );
+    let mut svc = service("web", "198.19.0.10");
+    svc["spec"]["trafficDistribution"] = json!("PreferSameNode");
+    api.apply(svc);
+    // As the controller writes them for PreferSameNode: each endpoint hinted for its own
+    // node and zone.
+    let hinted = |node: &str, zone: &str| json!({"forNodes": [{"name": node}], "forZones": [{"name": zone}]});
+    let mut eps = slice("web", &["198.18.1.2", "198.18.1.3", "198.18.1.4"]);
+    eps["endpoints"][0]["hints"] = hinted("node-a", "zone-1");
+    eps["endpoints"][1]["hints"] = hinted("node-b", "zone-1");
+    eps["endpoints"][2]["hints"] = hinted("node-c", "zone-2");
+    api.apply(eps.clone());
+    let agent = Agent::start(&api, Some("node-a")).await;
+    agent
+        .wait_for("this node's endpoint alone", |s| {
+            s == ["shop/web:http 198.19.0.10:80/TCP [198.18.1.2]"]
+        })
+        .await;
+
+    // No endpoint on this node any more: its zone's.
+    eps["endpoints"][0]["hints"] = hinted("node-d", "zone-2");
+    api.apply(eps.clone());
+    agent
+        .wait_for("this zone's endpoint", |s| {
+            s == ["shop/web:http 198.19.0.10:80/TCP [198.18.1.3]"]
+        })
+        .await;
+
+    // Nor in its zone: every endpoint.
+    eps["endpoints"][1]["hints"] = hinted("node-b", "zone-2");
+    api.apply(eps);
+    agent
+        .wait_for("every endpoint", |s| {
+            s == ["shop/web:http 198.19.0.10:80/TCP [198.18.1.2,198.18.1.3,198.18.1.4]"]
+        })
+        .await;
+}

@@ -1,8 +1,8 @@
 //! Which endpoints of a Service port receive new connections, as kube-proxy decides it
 //! (pkg/proxy/topology.go, CategorizeEndpoints):
 //!
-//! - cluster traffic: the ready endpoints, narrowed to the node's zone when topology hints
-//!   apply; if none is ready, the serving and terminating endpoints;
+//! - cluster traffic: the ready endpoints, narrowed to this node or its zone when topology
+//!   hints apply ([`Topology`]); if none is ready, the serving and terminating endpoints;
 //! - local traffic (internalTrafficPolicy Local): the ready endpoints on this node; if none,
 //!   the serving and terminating ones on this node; if none, nothing (the traffic is dropped).
 
@@ -10,6 +10,7 @@ use super::{
     BackendAddr, Family, Protocol, Rejection,
     input::{EndpointInput, SliceInput},
     node::NodeContext,
+    topology::Topology,
 };
 
 /// An endpoint of one Service port: its address with the slice port's number.
@@ -26,10 +27,6 @@ impl PortEndpoint<'_> {
 
     fn serving_terminating(&self) -> bool {
         self.endpoint.serving && self.endpoint.terminating
-    }
-
-    fn hinted_for(&self, zone: &str) -> bool {
-        self.endpoint.zone_hints.iter().any(|z| &**z == zone)
     }
 }
 
@@ -108,15 +105,8 @@ pub fn port_endpoints<'a>(
 /// Endpoints for cluster-wide traffic: the ready ones (narrowed by topology hints when
 /// they apply), else the serving-terminating ones.
 pub fn cluster<'a>(endpoints: &[PortEndpoint<'a>], node: &NodeContext) -> Vec<PortEndpoint<'a>> {
-    let zone = node
-        .zone
-        .as_deref()
-        .filter(|_| use_topology(endpoints, node));
-    ready_else_terminating(
-        endpoints,
-        |e| zone.is_none_or(|z| e.hinted_for(z)),
-        |_| true,
-    )
+    let topology = Topology::of(endpoints, node);
+    ready_else_terminating(endpoints, |e| topology.admits(e), |_| true)
 }
 
 /// Endpoints for traffic with a Local policy: the same rule, on this node only.
@@ -146,21 +136,4 @@ fn ready_else_terminating<'a>(
         .filter(|e| e.serving_terminating() && fallback_filter(e))
         .cloned()
         .collect()
-}
-
-/// kube-proxy's canUseTopology: hints are used only when every ready endpoint has zone
-/// hints and at least one is hinted for this node's zone; otherwise all endpoints are used
-/// (so a half-hinted slice never blackholes a zone).
-fn use_topology(endpoints: &[PortEndpoint], node: &NodeContext) -> bool {
-    let Some(zone) = node.zone.as_deref() else {
-        return false;
-    };
-    let mut for_zone = false;
-    for e in endpoints.iter().filter(|e| e.ready()) {
-        if e.endpoint.zone_hints.is_empty() {
-            return false;
-        }
-        for_zone |= e.hinted_for(zone);
-    }
-    for_zone
 }

@@ -152,10 +152,53 @@ pub struct EndpointInput {
     pub address: Result<IpAddr, Box<str>>,
     pub target_name: Option<Box<str>>,
     pub node_name: Option<Arc<str>>,
-    pub zone_hints: Box<[Arc<str>]>,
+    /// `hints`, boxed: `None` when it names no zone and no node, as for every endpoint
+    /// of a Service without a trafficDistribution (8 bytes where two lists take 32).
+    pub hints: Option<Box<EndpointHints>>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+}
+
+/// The topology hints the EndpointSlice controller writes for a Service's
+/// `trafficDistribution` (or its `service.kubernetes.io/topology-mode: Auto` annotation):
+/// the zones (`forZones`) and nodes (`forNodes`, PreferSameNode) whose traffic the
+/// endpoint should take.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointHints {
+    pub for_zones: Box<[Arc<str>]>,
+    pub for_nodes: Box<[Arc<str>]>,
+}
+
+impl EndpointInput {
+    /// The zones it is hinted for (`hints.forZones`); empty when it has none.
+    pub fn zone_hints(&self) -> &[Arc<str>] {
+        self.hints.as_ref().map_or(&[], |h| &h.for_zones)
+    }
+
+    /// The nodes it is hinted for (`hints.forNodes`); empty when it has none.
+    pub fn node_hints(&self) -> &[Arc<str>] {
+        self.hints.as_ref().map_or(&[], |h| &h.for_nodes)
+    }
+}
+
+impl From<&k8s_openapi::api::discovery::v1::EndpointHints> for EndpointHints {
+    fn from(hints: &k8s_openapi::api::discovery::v1::EndpointHints) -> Self {
+        Self {
+            for_zones: hints
+                .for_zones
+                .iter()
+                .flatten()
+                .map(|z| interned(&z.name))
+                .collect(),
+            for_nodes: hints
+                .for_nodes
+                .iter()
+                .flatten()
+                .map(|n| interned(&n.name))
+                .collect(),
+        }
+    }
 }
 
 impl From<&EndpointSlice> for SliceInput {
@@ -200,14 +243,12 @@ impl From<&EndpointSlice> for SliceInput {
                             .and_then(|r| r.name.as_deref())
                             .map(Into::into),
                         node_name: e.node_name.as_deref().map(interned),
-                        zone_hints: e
+                        hints: e
                             .hints
                             .as_ref()
-                            .and_then(|h| h.for_zones.as_ref())
-                            .into_iter()
-                            .flatten()
-                            .map(|z| interned(&z.name))
-                            .collect(),
+                            .map(EndpointHints::from)
+                            .filter(|h| *h != EndpointHints::default())
+                            .map(Box::new),
                         ready,
                         serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
                         terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),

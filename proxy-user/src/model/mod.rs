@@ -8,6 +8,7 @@ mod interned;
 pub mod node;
 mod object_ref;
 mod service;
+mod topology;
 pub mod weights;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
@@ -268,3 +269,6 @@ mod tests;
 
 #[cfg(test)]
 mod dual_stack_tests;
+
+#[cfg(test)]
+mod topology_tests;
