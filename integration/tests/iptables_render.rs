@@ -15,6 +15,7 @@ use proxy_user::{
 
 fn state() -> DesiredState {
     let backend = |last, weight| WeightedBackend {
+        flows_only: false,
         addr: BackendAddr {
             ip: Ipv4Addr::new(198, 18, 1, last).into(),
             port: 8080,
@@ -184,6 +185,7 @@ fn state6() -> DesiredState {
     let backends = |list: &[WeightedBackend]| -> Vec<WeightedBackend> {
         list.iter()
             .map(|b| WeightedBackend {
+                flows_only: false,
                 addr: BackendAddr {
                     ip: v6(b.addr.ip),
                     ..b.addr

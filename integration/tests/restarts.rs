@@ -249,6 +249,7 @@ fn prune_orphans_removes_entries_planted_while_the_dataplane_runs() {
         protocol: Protocol::Tcp,
     };
     let backend = WeightedBackend {
+        flows_only: false,
         addr: BackendAddr {
             ip: Ipv4Addr::new(198, 18, 1, 2).into(),
             port: 8080,

@@ -351,3 +351,53 @@ fn no_client_is_stranded_on_a_removed_endpoint() {
         }
     }
 }
+
+/// The endpoint every client uses starts terminating but still serves, and a ready one
+/// takes the new clients: the flows already on it stay there in both modes (kube-proxy
+/// leaves the conntrack entries of an endpoint that serves), connected sockets included.
+#[test]
+fn flows_stay_on_an_endpoint_that_terminates_while_it_serves() {
+    require_privileges!();
+    let (a, b) = (BACKENDS[0], BACKENDS[1]);
+    let terminating = [
+        Endpoint {
+            ready: false,
+            serving: true,
+            terminating: true,
+            ..Endpoint::ready(a.0, a.1)
+        },
+        Endpoint::ready(b.0, b.1),
+    ];
+    let changed = service_with_endpoints("dns", VIP, &[DNS], &ServiceOpts::default(), &terminating);
+    for mode in MODES {
+        let node = node();
+        let agent = start(&node, mode, &[], &dns_service(&["a"], None));
+        wait_for_backends(&agent, &["a"]);
+        let args = ["--sockets", "3", "--rounds", "3", "--interval-ms", "300"];
+        let connected: Vec<&str> = args.iter().copied().chain(["--connected"]).collect();
+        let all = [
+            Flows::start(&node, CLIENT_POD, &connected),
+            Flows::start(&node, CLIENT_POD, &args),
+        ];
+        agent.write("dns.yaml", &changed);
+        wait_for_share(&agent, b.0, 100.0);
+        std::thread::sleep(Duration::from_secs(1));
+        for flows in &all {
+            flows.resume();
+        }
+        for flows in all {
+            let (label, rounds) = flows.finish();
+            assert!(
+                rounds.iter().flatten().all(|x| *x == answer("a")),
+                "{mode} {label}: {rounds:?}\nagent log:\n{}",
+                agent.log()
+            );
+        }
+        let report = node.probe_from(CLIENT_POD, &["--to", TO, "--one-socket", "--count", "3"]);
+        assert_eq!(
+            report.count(&answer("b")),
+            3,
+            "{mode}: a new flow: {report:?}"
+        );
+    }
+}

@@ -266,6 +266,18 @@ pub struct Member {
 }
 const _: () = assert!(size_of::<Member>() == 8);
 
+/// `Member::flags`: the backend serves but takes no new connections (weight 0): the UDP
+/// flows already on it keep it.
+pub const MEMBER_FLOWS_ONLY: u32 = 1;
+
+impl Member {
+    /// Whether a UDP flow on this backend keeps it.
+    #[inline(always)]
+    pub const fn keeps_flows(&self) -> bool {
+        self.weight != 0 || self.flags & MEMBER_FLOWS_ONLY != 0
+    }
+}
+
 /// Key of the affinity map: one client (a network namespace, i.e. a pod, or an address
 /// outside the node) and one frontend.
 ///

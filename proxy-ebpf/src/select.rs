@@ -94,6 +94,20 @@ pub fn usable(frontend: &Frontend, backend: Backend) -> bool {
     }
 }
 
+/// Whether a UDP flow on `backend` keeps it: the backend takes new connections of
+/// `frontend`, or still serves them (`MEMBER_FLOWS_ONLY`).
+#[inline(always)]
+pub fn keeps_flows(frontend: &Frontend, backend: Backend) -> bool {
+    match MEMBERS.get_ptr(MemberKey {
+        frontend: *frontend,
+        backend,
+    }) {
+        // SAFETY: a value pointer from a successful lookup, read at once.
+        Some(m) => unsafe { *m }.keeps_flows(),
+        None => false,
+    }
+}
+
 /// A uniformly random slot of the frontend's table. A slot outside the array or empty
 /// cannot happen while the agent keeps its regions (a table is written before its value
 /// names it, and a region is reused only after a quarantine); should it happen anyway, read

@@ -2,7 +2,9 @@
 //! one backend while the flow is active, as conntrack keeps a UDP 5-tuple on the endpoint
 //! its first packet was DNATed to. A flow idle past its timeout (the short one until a
 //! reply came back, the stream one after: `DatapathConfig`), or whose backend left the
-//! frontend, is chosen anew by the next datagram. One hash lookup and one member lookup
+//! frontend, is chosen anew by the next datagram. A backend that still serves without
+//! taking new connections (terminating while ready ones exist) keeps its flows, as
+//! kube-proxy leaves their conntrack entries. One hash lookup and one member lookup
 //! per datagram, whatever the number of flows; nothing is scanned.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
@@ -10,7 +12,7 @@ use proxy_common::{Backend, Event, Frontend, UdpFlow, UdpFlowKey};
 
 use crate::{
     maps::{UDP_FLOWS, config, count},
-    select::usable,
+    select::keeps_flows,
 };
 
 /// The flow of the socket with `cookie` to `frontend` (as the socket named it).
@@ -24,8 +26,8 @@ pub fn key(cookie: u64, frontend: &Frontend) -> UdpFlowKey {
 }
 
 /// The backend of a live flow, its clock moved on; `None` when there is no flow, it has
-/// expired, or its backend no longer takes new connections of `lookup` (the frontend's
-/// key in the maps).
+/// expired, or its backend left `lookup` (the frontend's key in the maps): removed, no
+/// longer serving, or drained with weight 0.
 #[inline(always)]
 pub fn kept(flow: &UdpFlowKey, lookup: &Frontend) -> Option<Backend> {
     let entry = UDP_FLOWS.get_ptr_mut(flow)?;
@@ -38,7 +40,7 @@ pub fn kept(flow: &UdpFlowKey, lookup: &Frontend) -> Option<Backend> {
         count(Event::UdpFlowExpired);
         return None;
     }
-    if !usable(lookup, known.backend) {
+    if !keeps_flows(lookup, known.backend) {
         count(Event::UdpFlowBackendLeft);
         return None;
     }

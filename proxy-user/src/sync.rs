@@ -264,7 +264,7 @@ impl Syncer {
         // Only the frontends this sync touched can have changed state.
         for addr in &touched {
             match dataplane.installed().get(addr) {
-                Some(spec) if spec.local_only && spec.backends.is_empty() => {
+                Some(spec) if spec.local_only && spec.backends.iter().all(|b| b.flows_only) => {
                     self.no_local.insert(*addr, spec.service.clone());
                 }
                 _ => {

@@ -108,6 +108,7 @@ mod tests {
                     weight: Some(1),
                     share_percent: *share,
                     chain: None,
+                    existing_flows_only: false,
                 })
                 .collect(),
         }

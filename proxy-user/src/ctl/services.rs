@@ -52,6 +52,11 @@ pub struct BackendRow {
     /// iptables mode: the KUBE-SEP chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain: Option<String>,
+    /// eBPF mode, a UDP frontend: the endpoint serves but takes no new connections
+    /// (terminating while others are ready, or outside this node's topology hints); the
+    /// UDP flows already on it stay.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub existing_flows_only: bool,
 }
 
 fn percent(share: f64) -> f64 {
@@ -94,6 +99,7 @@ pub fn rows_from(
                             percent(f64::from(b.weight) / total as f64)
                         },
                         chain: None,
+                        existing_flows_only: b.flows_only,
                     })
                     .collect(),
             }
@@ -139,6 +145,7 @@ pub fn rows_from_rules(rules: &InstalledRules, family: Family) -> Vec<ServiceRow
                         weight: None,
                         share_percent: percent(e.share),
                         chain: Some(e.chain.clone()),
+                        existing_flows_only: false,
                     })
                     .collect(),
                 chain: f.chain,
@@ -204,7 +211,11 @@ pub fn render_table(rows: &[ServiceRow]) -> String {
                 format!("-> {}", b.address),
                 format!("weight {weight}"),
                 format!("{:.1}%", b.share_percent),
-                b.chain.clone().unwrap_or_default(),
+                if b.existing_flows_only {
+                    "(existing UDP flows only)".to_string()
+                } else {
+                    b.chain.clone().unwrap_or_default()
+                },
             ]);
         }
     }
@@ -240,6 +251,7 @@ mod tests {
 
     fn installed() -> DesiredState {
         let backend = |last, weight| WeightedBackend {
+            flows_only: false,
             addr: BackendAddr {
                 ip: Ipv4Addr::new(198, 18, 1, last).into(),
                 port: 8080,

@@ -102,6 +102,16 @@ pub fn port_endpoints<'a>(
     found
 }
 
+/// The endpoints that serve (ready, or serving while terminating), chosen for new
+/// connections or not: kube-proxy keeps the UDP flows already on them.
+pub fn serving<'a, 'b>(
+    endpoints: &'b [PortEndpoint<'a>],
+) -> impl Iterator<Item = &'b PortEndpoint<'a>> {
+    endpoints
+        .iter()
+        .filter(|e| e.endpoint.ready || e.endpoint.serving)
+}
+
 /// Endpoints for cluster-wide traffic: the ready ones (narrowed by topology hints when
 /// they apply), else the serving-terminating ones.
 pub fn cluster<'a>(endpoints: &[PortEndpoint<'a>], node: &NodeContext) -> Vec<PortEndpoint<'a>> {

@@ -142,6 +142,19 @@ pub struct WeightedBackend {
     pub addr: BackendAddr,
     /// 0 keeps the backend listed but takes it out of new connections.
     pub weight: u32,
+    /// Serving but not chosen for new connections (terminating while ready endpoints
+    /// exist, or outside this node's topology hints), weight 0: the UDP flows already on
+    /// it stay there, as kube-proxy leaves their conntrack entries to an endpoint that
+    /// still serves. The iptables rules do not hold it.
+    pub flows_only: bool,
+}
+
+impl WeightedBackend {
+    /// Whether the flows already on this backend stay there: it takes new connections,
+    /// or it still serves.
+    pub const fn keeps_flows(&self) -> bool {
+        self.weight > 0 || self.flows_only
+    }
 }
 
 /// How clients reach a frontend.

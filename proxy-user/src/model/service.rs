@@ -123,6 +123,7 @@ pub fn translate_service(
                 let mut backends: Vec<WeightedBackend> = chosen
                     .iter()
                     .map(|e| WeightedBackend {
+                        flows_only: false,
                         addr: e.addr,
                         weight: weights.of(e.endpoint.target_name.as_deref(), e.addr.ip),
                     })
@@ -130,9 +131,32 @@ pub fn translate_service(
                 backends.sort();
                 backends
             };
+            // A UDP port's endpoints that serve but take no new connections stay listed
+            // (weight 0, `flows_only`): the flows already on them are not stale.
+            let keep_serving = |mut backends: Vec<WeightedBackend>,
+                                keep: &dyn Fn(&PortEndpoint) -> bool|
+             -> Vec<WeightedBackend> {
+                if protocol != Protocol::Udp {
+                    return backends;
+                }
+                let chosen = backends.len();
+                for e in endpoints::serving(&all).filter(|e| keep(e)) {
+                    let drained = weights.of(e.endpoint.target_name.as_deref(), e.addr.ip) == 0;
+                    if !drained && !backends[..chosen].iter().any(|b| b.addr == e.addr) {
+                        backends.push(WeightedBackend {
+                            addr: e.addr,
+                            weight: 0,
+                            flows_only: true,
+                        });
+                    }
+                }
+                backends.sort();
+                backends
+            };
+            let on_node = |e: &PortEndpoint| node.is_local(e.endpoint.node_name.as_deref());
             // One list for every frontend of the port that uses them (Arc clones).
             let cluster_backends: Arc<[WeightedBackend]> =
-                weigh(endpoints::cluster(&all, node)).into();
+                keep_serving(weigh(endpoints::cluster(&all, node)), &|_| true).into();
             let serving_anywhere = cluster_backends.iter().any(|b| b.weight > 0);
             // One name for all of the port's frontends (and every copy of them), in both
             // families, as kube-proxy names it.
@@ -166,7 +190,7 @@ pub fn translate_service(
 
             let node_port = port.node_port.filter(|p| node_ports && *p != 0);
             let clusterip_backends = if service.internal_traffic_local {
-                weigh(endpoints::local(&all, node)).into()
+                keep_serving(weigh(endpoints::local(&all, node)), &on_node).into()
             } else {
                 cluster_backends.clone()
             };

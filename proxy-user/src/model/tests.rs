@@ -87,6 +87,48 @@ fn ports_named_target_ports_and_ready_endpoints() {
     assert_eq!(spec.affinity_timeout_s, 0);
 }
 
+/// A UDP port keeps the endpoint that serves while terminating, weight 0, for the flows
+/// already on it (kube-proxy leaves their conntrack entries); a TCP port does not list it.
+#[test]
+fn a_udp_port_keeps_its_serving_terminating_endpoint_for_existing_flows() {
+    let out = one(&service("", PORTS)).expect("valid");
+    let listed = |i: usize| -> Vec<(String, u32, bool)> {
+        out.frontends[i]
+            .1
+            .backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.weight, b.flows_only))
+            .collect()
+    };
+    assert_eq!(
+        listed(1),
+        [
+            ("198.18.1.2:5353".into(), 1, false),
+            ("198.18.1.3:5353".into(), 1, false),
+            ("198.18.1.4:5353".into(), 0, true),
+        ]
+    );
+    assert_eq!(listed(0).len(), 2, "TCP: {:?}", listed(0));
+    // No longer serving: gone from the list.
+    let not_serving = service("", PORTS).replace(
+        "{ready: false, serving: true, terminating: true}",
+        "{ready: false, serving: false, terminating: true}",
+    );
+    let out = one(&not_serving).expect("valid");
+    assert_eq!(out.frontends[1].1.backends.len(), 2);
+    // Drained with weight 0 by the annotation: its flows go too.
+    let drained = service(
+        "  annotations: {ebpf-proxy.dev/weights: \"web-2=0\"}\n",
+        PORTS,
+    );
+    let out = one(&drained).expect("valid");
+    assert!(
+        out.frontends[1].1.backends.iter().all(|b| !b.flows_only),
+        "{:?}",
+        out.frontends[1].1.backends
+    );
+}
+
 #[test]
 fn terminating_endpoints_serve_only_when_none_is_ready() {
     let yaml = service("", PORTS).replace(

@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use proxy_common::{
-    Backend, Frontend, Member, MemberKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET,
+    Backend, Frontend, MEMBER_FLOWS_ONLY, Member, MemberKey, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET,
     SERVICE_EXTERNAL_LOCAL, SERVICE_SOURCE_RANGES, Service, SourceRangeKey,
 };
 
@@ -121,7 +121,7 @@ pub fn members(fe: Frontend, backends: &[WeightedBackend]) -> Vec<(MemberKey, Me
                 member_key(fe, b),
                 Member {
                     weight: b.weight,
-                    flags: 0,
+                    flags: if b.flows_only { MEMBER_FLOWS_ONLY } else { 0 },
                 },
             )
         })
@@ -175,6 +175,7 @@ pub fn desired_state(entries: Entries) -> DesiredState {
             .entry(key.frontend)
             .or_default()
             .push(WeightedBackend {
+                flows_only: member.flags & MEMBER_FLOWS_ONLY != 0,
                 addr,
                 weight: member.weight,
             });
@@ -277,6 +278,7 @@ mod tests {
 
     fn wb(last: u8, weight: u32) -> WeightedBackend {
         WeightedBackend {
+            flows_only: false,
             addr: BackendAddr {
                 ip: Ipv4Addr::new(198, 18, 1, last).into(),
                 port: 8080,

@@ -278,8 +278,9 @@ impl Dataplane for EbpfDataplane {
 }
 
 impl EbpfDataplane {
-    /// The backends a change takes out of a UDP frontend's new connections (removed,
-    /// weight 0, or the frontend itself removed), for the socket reaper.
+    /// The backends a change takes out of a UDP frontend (removed, no longer serving,
+    /// weight 0, or the frontend itself removed), for the socket reaper. One that stops
+    /// taking new connections but still serves keeps its sockets.
     fn stale_udp_backends(&self, change: &Change) -> Vec<socket_reaper::StaleBackend> {
         let (addr, wanted) = match change {
             Change::Upsert(addr, spec) => (addr, Some(spec)),
@@ -292,13 +293,17 @@ impl EbpfDataplane {
             return Vec::new();
         };
         let kept = |b: &crate::model::WeightedBackend| {
-            wanted.is_some_and(|w| w.backends.iter().any(|n| n.addr == b.addr && n.weight > 0))
+            wanted.is_some_and(|w| {
+                w.backends
+                    .iter()
+                    .any(|n| n.addr == b.addr && n.keeps_flows())
+            })
         };
         let frontend = convert::frontend(addr);
         before
             .backends
             .iter()
-            .filter(|b| b.weight > 0 && !kept(b))
+            .filter(|b| b.keeps_flows() && !kept(b))
             .map(|b| socket_reaper::StaleBackend {
                 frontend,
                 backend: convert::backend(&b.addr),

@@ -60,6 +60,7 @@ mod tests {
             affinity_timeout_s: 0,
             local_only: false,
             backends: vec![WeightedBackend {
+                flows_only: false,
                 addr: BackendAddr {
                     ip: Ipv4Addr::new(198, 18, 1, 2).into(),
                     port: 8080,

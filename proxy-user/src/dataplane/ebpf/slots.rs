@@ -86,6 +86,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, w)| WeightedBackend {
+                flows_only: false,
                 addr: BackendAddr {
                     ip: Ipv4Addr::new(198, 18, 1, i as u8 + 1).into(),
                     port: 80,

@@ -43,10 +43,9 @@ pub fn stale_flows(
         spec.map(|s| s.usable().map(|b| b.addr.ip).collect())
             .unwrap_or_default()
     };
-    let (before, after) = (usable(old), usable(new));
     // A frontend that rejected before (not one new to this agent: after a restart its
     // live flows are valid).
-    if old.is_some() && before.is_empty() && !after.is_empty() {
+    if old.is_some() && usable(old).is_empty() && !usable(new).is_empty() {
         return vec![StaleFlows {
             family: addr.family(),
             destination,
@@ -54,6 +53,19 @@ pub fn stale_flows(
             reply_source: None,
         }];
     }
+    // An endpoint that still serves keeps its flows (kube-proxy clears those of an
+    // endpoint deleted or no longer serving).
+    let keeping = |spec: Option<&FrontendSpec>| -> Vec<IpAddr> {
+        spec.map(|s| {
+            s.backends
+                .iter()
+                .filter(|b| b.keeps_flows())
+                .map(|b| b.addr.ip)
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let (before, after) = (keeping(old), keeping(new));
     let mut gone: Vec<IpAddr> = before
         .into_iter()
         .filter(|ip| !after.contains(ip))
@@ -125,6 +137,7 @@ mod tests {
             backends: ips
                 .iter()
                 .map(|(last, weight)| WeightedBackend {
+                    flows_only: false,
                     addr: BackendAddr {
                         ip: Ipv4Addr::new(198, 18, 1, *last).into(),
                         port: 5353,
@@ -166,6 +179,25 @@ mod tests {
         assert!(
             stale_flows(&addr(Protocol::Tcp), Some(&old), Some(&new)).is_empty(),
             "TCP is never touched"
+        );
+    }
+
+    /// kube-proxy clears the flows of an endpoint deleted or no longer serving, not of
+    /// one that still serves while terminating.
+    #[test]
+    fn an_endpoint_that_still_serves_keeps_its_flows_until_it_stops() {
+        let old = spec(FrontendKind::ClusterIp, &[(2, 1), (3, 1)]);
+        let mut terminating = spec(FrontendKind::ClusterIp, &[(2, 1), (3, 0)]);
+        let mut backends = terminating.backends.to_vec();
+        backends[1].flows_only = true;
+        terminating.backends = backends.into();
+        let udp = addr(Protocol::Udp);
+        assert!(stale_flows(&udp, Some(&old), Some(&terminating)).is_empty());
+        let gone = spec(FrontendKind::ClusterIp, &[(2, 1)]);
+        let stale = stale_flows(&udp, Some(&terminating), Some(&gone));
+        assert_eq!(
+            stale.iter().map(|f| f.reply_source).collect::<Vec<_>>(),
+            [Some(Ipv4Addr::new(198, 18, 1, 3).into())]
         );
     }
 

@@ -232,6 +232,7 @@ fn weights_of(endpoints: &[EndpointView]) -> Vec<WeightedBackend> {
             .iter()
             .zip(weights)
             .map(|(e, weight)| WeightedBackend {
+                flows_only: false,
                 addr: e.addr,
                 weight,
             })

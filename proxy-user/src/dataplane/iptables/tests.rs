@@ -128,6 +128,7 @@ fn spec(service: &str, backends: &[u8]) -> FrontendSpec {
         backends: backends
             .iter()
             .map(|last| WeightedBackend {
+                flows_only: false,
                 addr: BackendAddr {
                     ip: Ipv4Addr::new(198, 18, 1, *last).into(),
                     port: 8080,

@@ -26,6 +26,7 @@ fn addr(ip: [u8; 4], port: u16, protocol: Protocol) -> FrontendAddr {
 
 fn wb(last: u8, weight: u32) -> WeightedBackend {
     WeightedBackend {
+        flows_only: false,
         addr: BackendAddr {
             ip: Ipv4Addr::new(198, 18, 1, last).into(),
             port: 8080,
@@ -548,6 +549,7 @@ COMMIT\n";
         .get(&addr([198, 19, 0, 10], 80, Protocol::Tcp))
         .expect("read back");
     let backend = |ip: [u8; 4], weight| WeightedBackend {
+        flows_only: false,
         addr: BackendAddr {
             ip: Ipv4Addr::from(ip).into(),
             port: 8080,
@@ -588,6 +590,7 @@ fn uneven_shares_beyond_the_search_come_back_close() {
 fn ipv6_frontends_round_trip() {
     let v6 = |text: &str| -> IpAddr { text.parse().expect("test IPv6 address") };
     let backend = |last: u16, weight| WeightedBackend {
+        flows_only: false,
         addr: BackendAddr {
             ip: IpAddr::V6(std::net::Ipv6Addr::new(
                 0x2001, 0xdb8, 0x18, 1, 0, 0, 0, last,

@@ -31,6 +31,7 @@ fn spec(service: &str, affinity: u32, endpoints: &[(&str, u32)]) -> FrontendSpec
                 let (ip, port) = ep.rsplit_once(':').expect("ip:port");
                 let ip = ip.trim_start_matches('[').trim_end_matches(']');
                 WeightedBackend {
+                    flows_only: false,
                     addr: BackendAddr {
                         ip: ip.parse().expect("ip"),
                         port: port.parse().expect("port"),
