@@ -15,6 +15,7 @@ pub mod bench_report;
 pub mod bench_skip;
 pub mod bench_stats;
 pub mod daemonset;
+pub mod flows_probe;
 pub mod kube_node;
 pub mod manifests;
 pub mod objects;

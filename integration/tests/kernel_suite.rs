@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use integration::{
     Agent, ClientLoop, SOCKET_PROGRAMS, Topology, attached_programs,
+    flows_probe::FlowsProbe,
     manifests::{DNS, Endpoint, HTTP, Port, ServiceOpts, service_with_endpoints},
     require_privileges, scaled,
     two_nodes::{NODE_A_IP, NODE_A_IP6, TwoNodes},
@@ -864,5 +865,114 @@ fn connected_sockets_keep_their_translation_on_the_socket_or_in_the_lru_without_
     assert!(
         text.contains("bpf_sk_storage_get (Linux 5.3) missing"),
         "{text}"
+    );
+}
+
+/// UDP flows on this kernel: one unconnected socket's datagrams stay on one backend; and
+/// when the backend every connected socket was given leaves the Service, each socket is
+/// destroyed (its next call fails; reconnected, it reaches the live backend) within a
+/// second, while unconnected ones move at once. The agent finds the sockets through
+/// sock_diag and destroys them with SOCK_DESTROY, which every kernel here has.
+#[test]
+fn udp_flows_stick_and_no_connected_socket_is_stranded() {
+    require_privileges!();
+    let t = Topology::new(2);
+    let mut agent = Agent::new(&t);
+    let only = |i: usize| {
+        service_with_endpoints(
+            "web",
+            VIP,
+            &[DNS],
+            &ServiceOpts::default(),
+            &t.ready_endpoints()[i..=i],
+        )
+    };
+    agent.write("web.yaml", &only(0));
+    agent.start();
+    agent.wait_backends("demo/web:dns", 1);
+    wait_attached(&agent);
+    let to = format!("{VIP}:53");
+    let timeout = timeout_ms();
+    let args = [
+        "--sockets",
+        "3",
+        "--rounds",
+        "3",
+        "--interval-ms",
+        "300",
+        "--timeout-ms",
+        &timeout,
+    ];
+    let connected: Vec<&str> = args.iter().copied().chain(["--connected"]).collect();
+    let probe = || t.client.command(FlowsProbe::program(), Some(&t.cgroup));
+    let all = [
+        FlowsProbe::start(probe(), &to, &connected),
+        FlowsProbe::start(probe(), &to, &args),
+    ];
+    agent.write("web.yaml", &only(1));
+    agent.wait_for("web-1 alone", Duration::from_secs(10), |s| {
+        s.as_array().is_some_and(|rows| {
+            rows.iter().any(|r| {
+                r["service"] == "demo/web:dns"
+                    && r["backends"].as_array().is_some_and(|b| {
+                        b.len() == 1 && b[0]["address"] == format!("{}:5353", t.backends[1].ip)
+                    })
+            })
+        })
+    });
+    std::thread::sleep(scaled(Duration::from_secs(1)));
+    for flows in &all {
+        flows.resume();
+    }
+    for flows in all {
+        let (label, rounds) = flows.finish();
+        let connected = label.contains("--connected");
+        assert!(
+            rounds[0].iter().all(|x| x == "web-0"),
+            "{label}: {rounds:?}"
+        );
+        for x in &rounds[1] {
+            let ok = if connected {
+                x == "ECONNABORTED" || x == "EDESTADDRREQ"
+            } else {
+                x == "web-1"
+            };
+            assert!(
+                ok,
+                "{label}: round 1: {rounds:?}\nagent log:\n{}",
+                agent.log()
+            );
+        }
+        assert!(
+            rounds[2].iter().all(|x| x == "web-1"),
+            "{label}: {rounds:?}"
+        );
+    }
+    // Both backends: one socket's 20 datagrams still reach one (by chance: 2 x 2^-20).
+    agent.write(
+        "web.yaml",
+        &service_with_endpoints(
+            "web",
+            VIP,
+            &[DNS],
+            &ServiceOpts::default(),
+            &t.ready_endpoints(),
+        ),
+    );
+    agent.wait_backends("demo/web:dns", 2);
+    let report = t.probe(&[
+        "--to",
+        &to,
+        "--one-socket",
+        "--count",
+        "20",
+        "--timeout-ms",
+        &timeout,
+    ]);
+    assert_eq!(report.answers.values().sum::<usize>(), 20, "{report:?}");
+    assert_eq!(
+        report.answers.len(),
+        1,
+        "one socket, one backend: {report:?}"
     );
 }

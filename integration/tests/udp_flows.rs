@@ -5,15 +5,11 @@
 //! endpoint that left its Service (eBPF mode destroys the connected sockets, iptables
 //! mode deletes their conntrack entries). Run as root (`cargo xtask test`).
 
-use std::{
-    collections::BTreeSet,
-    io::{BufRead as _, BufReader, Read as _},
-    process::Stdio,
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use integration::{
-    Agent, ChildGuard,
+    Agent,
+    flows_probe::FlowsProbe,
     kube_node::{KubeNode, PodSpec},
     manifests::{DNS, Endpoint, ServiceOpts, service_with_endpoints},
     require_privileges,
@@ -127,69 +123,14 @@ fn wait_for_share(agent: &Agent, ip: &str, percent: f64) {
     );
 }
 
-/// `probe flows` from `source`, started, stopped after its round 0 until the test calls
-/// [`Flows::resume`].
-struct Flows {
-    child: ChildGuard,
-    stdout: BufReader<std::process::ChildStdout>,
-    wait_file: std::path::PathBuf,
-    label: String,
-}
-
-impl Flows {
-    fn start(node: &KubeNode, source: &str, args: &[&str]) -> Self {
-        let wait_file = std::env::temp_dir().join(format!("{}-{source}-go", node.id));
-        let _ = std::fs::remove_file(&wait_file);
-        let mut command = node
-            .command_from(source)
-            .unwrap_or_else(|| panic!("no namespace holds {source}"));
-        let mut child = ChildGuard(
-            command
-                .args(["flows", "--to", TO, "--wait-file"])
-                .arg(&wait_file)
-                .args(args)
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("probe flows"),
-        );
-        let mut stdout = BufReader::new(child.0.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("probe output");
-        assert_eq!(line.trim(), "round 0", "probe flows from {source}");
-        Self {
-            child,
-            stdout,
-            wait_file,
-            label: format!("{source} {args:?}"),
-        }
-    }
-
-    fn resume(&self) {
-        std::fs::write(&self.wait_file, b"go").expect("wait file");
-    }
-
-    /// Every round's answers, one per socket.
-    fn finish(mut self) -> (String, Vec<Vec<String>>) {
-        let mut out = String::new();
-        self.stdout.read_to_string(&mut out).expect("probe output");
-        let _ = self.child.0.wait();
-        let _ = std::fs::remove_file(&self.wait_file);
-        let report: serde_json::Value =
-            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out:?}: {e}"));
-        let rounds = report["rounds"]
-            .as_array()
-            .expect("rounds")
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .expect("answers")
-                    .iter()
-                    .map(|a| a.as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-            .collect();
-        (self.label, rounds)
-    }
+/// `probe flows --to TO ARGS` from `source`, stopped after its round 0.
+fn flows(node: &KubeNode, source: &str, args: &[&str]) -> FlowsProbe {
+    let command = node
+        .command_from(source)
+        .unwrap_or_else(|| panic!("no namespace holds {source}"));
+    let mut probe = FlowsProbe::start(command, TO, args);
+    probe.label = format!("from {source} {args:?}");
+    probe
 }
 
 #[test]
@@ -257,7 +198,7 @@ fn an_idle_flow_chooses_anew_with_the_current_weights() {
             &dns_service(&["a", "b"], Some(&only_a)),
         );
         wait_for_share(&agent, a, 100.0);
-        let flows = Flows::start(
+        let flows = flows(
             &node,
             CLIENT_POD,
             &["--sockets", "10", "--rounds", "3", "--interval-ms", "4500"],
@@ -299,10 +240,10 @@ fn no_client_is_stranded_on_a_removed_endpoint() {
         let args = ["--sockets", "3", "--rounds", "3", "--interval-ms", "300"];
         let connected: Vec<&str> = args.iter().copied().chain(["--connected"]).collect();
         let all = [
-            Flows::start(&node, CLIENT_POD, &connected),
-            Flows::start(&node, NODE_IP, &connected),
-            Flows::start(&node, CLIENT_POD, &args),
-            Flows::start(&node, NODE_IP, &args),
+            flows(&node, CLIENT_POD, &connected),
+            flows(&node, NODE_IP, &connected),
+            flows(&node, CLIENT_POD, &args),
+            flows(&node, NODE_IP, &args),
         ];
         agent.write("dns.yaml", &dns_service(&["b"], None));
         wait_for_backends(&agent, &["b"]);
@@ -376,8 +317,8 @@ fn flows_stay_on_an_endpoint_that_terminates_while_it_serves() {
         let args = ["--sockets", "3", "--rounds", "3", "--interval-ms", "300"];
         let connected: Vec<&str> = args.iter().copied().chain(["--connected"]).collect();
         let all = [
-            Flows::start(&node, CLIENT_POD, &connected),
-            Flows::start(&node, CLIENT_POD, &args),
+            flows(&node, CLIENT_POD, &connected),
+            flows(&node, CLIENT_POD, &args),
         ];
         agent.write("dns.yaml", &changed);
         wait_for_share(&agent, b.0, 100.0);
