@@ -277,18 +277,17 @@ fn no_client_is_stranded_on_a_removed_endpoint() {
             );
         }
         if mode == "ebpf" {
-            let log = agent.log();
-            let destroyed: usize = log
-                .split("\"sockets_destroyed\":")
-                .skip(1)
-                .filter_map(|tail| {
-                    tail.split(|c: char| !c.is_ascii_digit())
-                        .next()?
-                        .parse::<usize>()
-                        .ok()
-                })
-                .sum();
-            assert_eq!(destroyed, 6, "six connected sockets destroyed:\n{log}");
+            assert_eq!(
+                agent.metric("ebpf_proxy_udp_sockets_destroyed_total"),
+                Some(6.0),
+                "six connected sockets destroyed:\n{}",
+                agent.log()
+            );
+            assert_eq!(
+                agent.metric("ebpf_proxy_udp_flows_dropped_total"),
+                Some(6.0),
+                "six unconnected flows dropped"
+            );
         }
     }
 }

@@ -246,6 +246,7 @@ impl AgentMetrics {
                 &[],
                 m.write_failures,
             );
+            reaper_totals(&mut out);
             header(
                 &mut out,
                 "ebpf_proxy_map_entries",
@@ -389,3 +390,35 @@ fn kernel_features(out: &mut String, info: &proxy_common::AgentInfo) {
         );
     }
 }
+
+/// What the eBPF mode's socket reaper did since the agent started (zero in iptables mode,
+/// where conntrack's entries are deleted instead).
+fn reaper_totals(out: &mut String) {
+    use crate::dataplane::ebpf::socket_reaper::{SOCKETS_DESTROYED, UDP_FLOWS_DROPPED};
+    use std::sync::atomic::Ordering;
+    header(
+        out,
+        "ebpf_proxy_udp_sockets_destroyed_total",
+        "Connected UDP sockets destroyed because the backend they were given left its Service",
+        "counter",
+    );
+    sample(
+        out,
+        "ebpf_proxy_udp_sockets_destroyed_total",
+        &[],
+        SOCKETS_DESTROYED.load(Ordering::Relaxed),
+    );
+    header(
+        out,
+        "ebpf_proxy_udp_flows_dropped_total",
+        "Unconnected sockets' UDP flows dropped because their backend left its Service",
+        "counter",
+    );
+    sample(
+        out,
+        "ebpf_proxy_udp_flows_dropped_total",
+        &[],
+        UDP_FLOWS_DROPPED.load(Ordering::Relaxed),
+    );
+}
+

@@ -1,12 +1,13 @@
 //! No client stranded on a removed endpoint. A connected UDP socket keeps the backend its
 //! connect was given for as long as it lives; when that backend leaves the frontend
-//! (deleted, no longer ready, weight 0, the Service gone), the socket would keep sending
+//! (deleted, no longer serving, weight 0, the Service gone), the socket would keep sending
 //! into the void. The reaper destroys every such socket on the node, in every network
 //! namespace, so its owner's next call fails (ECONNABORTED) and it connects again, to a
 //! live backend, as kube-proxy's deleting the conntrack entries of a removed UDP
 //! endpoint makes the next packet choose anew. Unconnected sockets' flows to the backend
 //! are dropped too (sendmsg would choose anew by itself; dropping them keeps `proxyctl
-//! flows` true). TCP is left alone, as kube-proxy leaves it.
+//! udp-flows` true). TCP is left alone, as kube-proxy leaves it. An endpoint that still
+//! serves while terminating is not one that left: its sockets stay.
 //!
 //! Why destroy rather than re-steer: a connected socket's peer is part of the socket
 //! (`getsockname`/`getpeername`, the kernel's route and source address cache); rewriting
@@ -27,7 +28,10 @@
 use std::{
     collections::HashMap as StdHashMap,
     path::Path,
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -38,6 +42,11 @@ use proxy_common::{
 use tracing::{debug, info, warn};
 
 use super::{netns, sock_diag};
+
+/// Connected UDP sockets destroyed since the agent started (for /metrics).
+pub static SOCKETS_DESTROYED: AtomicU64 = AtomicU64::new(0);
+/// Unconnected sockets' UDP flows dropped since the agent started (for /metrics).
+pub static UDP_FLOWS_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// A backend that left a UDP frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,11 +69,15 @@ pub struct SocketReaper {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("opening the pinned map {name} for the socket reaper")]
-pub struct ReaperError {
-    name: &'static str,
-    #[source]
-    source: aya::maps::MapError,
+pub enum ReaperError {
+    #[error("opening the pinned map {name} for the socket reaper")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("starting the socket reaper's thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// The maps a sweep reads, opened from their pins.
@@ -92,7 +105,7 @@ fn typed<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     MapData::from_pin(pin_dir.join(name))
         .and_then(aya::maps::Map::from_map_data)
         .and_then(TryInto::try_into)
-        .map_err(|source| ReaperError { name, source })
+        .map_err(|source| ReaperError::Map { name, source })
 }
 
 impl SocketReaper {
@@ -100,7 +113,7 @@ impl SocketReaper {
     pub fn start(pin_dir: &Path) -> Result<Self, ReaperError> {
         let mut maps = ReaperMaps::open(pin_dir)?;
         let (tx, rx) = mpsc::channel::<Vec<StaleBackend>>();
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("socket-reaper".into())
             .spawn(move || {
                 while let Ok(mut stale) = rx.recv() {
@@ -110,12 +123,12 @@ impl SocketReaper {
                     }
                     let started = Instant::now();
                     let reaped = sweep(&mut maps, &stale);
+                    SOCKETS_DESTROYED.fetch_add(reaped.destroyed as u64, Ordering::Relaxed);
+                    UDP_FLOWS_DROPPED.fetch_add(reaped.flows_dropped as u64, Ordering::Relaxed);
                     log_sweep(&stale, &reaped, started.elapsed());
                 }
-            });
-        if let Err(e) = spawned {
-            warn!("the socket reaper's thread could not start: {e}");
-        }
+            })
+            .map_err(ReaperError::Thread)?;
         Ok(Self { tx })
     }
 
