@@ -236,6 +236,8 @@ fn status_in_iptables_mode_names_the_backend_and_the_hooks() {
             "nat PREROUTING -> KUBE-SERVICES",
             "nat OUTPUT -> KUBE-SERVICES",
             "nat POSTROUTING -> KUBE-POSTROUTING",
+            "filter INPUT -> KUBE-PROXY-FIREWALL",
+            "filter FORWARD -> KUBE-FORWARD",
         ] {
             let hook = format!("{family} {hook}");
             assert!(hooks.contains(&hook), "{hook} missing: {hooks:?}");
