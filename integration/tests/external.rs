@@ -445,30 +445,19 @@ fn without_a_node_object_node_ports_are_served_on_the_interfaces_addresses() {
 
 // IPv6 from outside the node: the same scenarios over IPv6 (an IPv6 Service, its
 // NodePort on node-a's IPv6 address, an IPv6 ExternalIP and LoadBalancer IP), and a
-// dual-stack NodePort reached over both families.
-//
-// eBPF mode only for now: iptables mode's IPv6 (ip6tables) is being written beside this;
-// when it lands, each `ebpf_only!` below becomes `both_modes!` and the scenarios, which
-// already take the mode, run in both.
+// dual-stack NodePort reached over both families, in both modes: iptables mode's chains
+// are kube-proxy's IPv6 proxier's (ip6tables), and the differences are the IPv4 ones
+// (iptables mode masquerades every Cluster-policy flow; the eBPF mode only flows to
+// another node).
 
 const VIP6: &str = "2001:db8:19::30";
 const EXTERNAL_IP6: &str = "2001:db8:19::5:5";
 const LB_IP6: &str = "2001:db8:19::7:7";
 /// node-a's address toward node-b: what a flow to pod-b is source-NATed to.
 const NODE_A_NB_IP6: &str = "2001:db8:18:101::1";
-
-/// One test, in eBPF mode, for an IPv6 scenario `fn(mode)` (see above).
-macro_rules! ebpf_only {
-    ($scenario:ident) => {
-        mod $scenario {
-            #[test]
-            fn ebpf() {
-                integration::require_privileges!();
-                super::$scenario("ebpf");
-            }
-        }
-    };
-}
+/// node-a's address toward pod-a: what iptables mode masquerades a flow to pod-a to
+/// (MASQUERADE takes the address of the link the packet leaves by).
+const NODE_A_POD_A_IP6: &str = "2001:db8:18:110::1";
 
 /// `web` as an IPv6 single-stack LoadBalancer: the same ports, an IPv6 ExternalIP and
 /// LoadBalancer IP.
@@ -512,7 +501,7 @@ fn frontends6() -> [String; 3] {
     ]
 }
 
-ebpf_only!(ipv6_cluster_policy_reaches_both_nodes_pods);
+both_modes!(ipv6_cluster_policy_reaches_both_nodes_pods);
 fn ipv6_cluster_policy_reaches_both_nodes_pods(mode: &'static str) {
     let t = TwoNodes::new();
     let agent = start6(&t, mode, &web6("", &t.endpoints6()));
@@ -527,13 +516,14 @@ fn ipv6_cluster_policy_reaches_both_nodes_pods(mode: &'static str) {
         let seen = who_saw(&report);
         let pods: std::collections::BTreeSet<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(pods.len(), 2, "{to}: both nodes' pods answer: {report:?}");
-        // Source-NATed to node-a's IPv6 address toward node-b for pod-b only (see
-        // `cluster_policy_reaches_both_nodes_pods`).
+        // Source-NATed to node-a's IPv6 address toward node-b for pod-b; pod-a sees the
+        // client in eBPF mode, node-a's address on its link in iptables mode, which
+        // masquerades every flow (see `cluster_policy_reaches_both_nodes_pods`).
         for (pod, source) in &seen {
-            let expected = if pod == "pod-b" {
-                NODE_A_NB_IP6
-            } else {
-                CLIENT_IP6
+            let expected = match (mode, pod.as_str()) {
+                (_, "pod-b") => NODE_A_NB_IP6,
+                ("iptables", _) => NODE_A_POD_A_IP6,
+                _ => CLIENT_IP6,
             };
             assert_eq!(source, expected, "{to}: {pod}: {report:?}");
         }
@@ -552,7 +542,11 @@ fn ipv6_cluster_policy_reaches_both_nodes_pods(mode: &'static str) {
         [&format!("[{NODE_A_IP6}]:30053")],
         "{udp:?}"
     );
-    // proxyctl flows lists the IPv6 flows, the source NAT on node-a's IPv6 address.
+    // proxyctl flows (the tc programs' flow table, eBPF mode) lists the IPv6 flows, the
+    // source NAT on node-a's IPv6 address.
+    if mode != "ebpf" {
+        return;
+    }
     let out = agent.proxyctl(&["flows", "--json"]);
     assert!(
         out.status.success(),
@@ -581,7 +575,7 @@ fn ipv6_cluster_policy_reaches_both_nodes_pods(mode: &'static str) {
     }
 }
 
-ebpf_only!(ipv6_local_policy_keeps_the_client_address_and_uses_this_nodes_pod);
+both_modes!(ipv6_local_policy_keeps_the_client_address_and_uses_this_nodes_pod);
 fn ipv6_local_policy_keeps_the_client_address_and_uses_this_nodes_pod(mode: &'static str) {
     let t = TwoNodes::new();
     let _agent = start6(
@@ -599,7 +593,7 @@ fn ipv6_local_policy_keeps_the_client_address_and_uses_this_nodes_pod(mode: &'st
     }
 }
 
-ebpf_only!(ipv6_local_policy_without_a_local_endpoint_drops);
+both_modes!(ipv6_local_policy_without_a_local_endpoint_drops);
 fn ipv6_local_policy_without_a_local_endpoint_drops(mode: &'static str) {
     let t = TwoNodes::new();
     let only_b = &t.endpoints6()[1..];
@@ -615,7 +609,7 @@ fn ipv6_local_policy_without_a_local_endpoint_drops(mode: &'static str) {
     assert_eq!(report.errors.get("ETIMEDOUT"), Some(&2), "{report:?}");
 }
 
-ebpf_only!(ipv6_a_frontend_without_endpoints_answers_with_a_reset_or_port_unreachable);
+both_modes!(ipv6_a_frontend_without_endpoints_answers_with_a_reset_or_port_unreachable);
 fn ipv6_a_frontend_without_endpoints_answers_with_a_reset_or_port_unreachable(mode: &'static str) {
     let t = TwoNodes::new();
     let agent = start6(&t, mode, &web6("", &[]));
@@ -646,7 +640,7 @@ fn ipv6_a_frontend_without_endpoints_answers_with_a_reset_or_port_unreachable(mo
     );
 }
 
-ebpf_only!(ipv6_load_balancer_source_ranges_admit_and_refuse);
+both_modes!(ipv6_load_balancer_source_ranges_admit_and_refuse);
 fn ipv6_load_balancer_source_ranges_admit_and_refuse(mode: &'static str) {
     let t = TwoNodes::new();
     let allowed =
@@ -697,7 +691,7 @@ fn ipv6_load_balancer_source_ranges_admit_and_refuse(mode: &'static str) {
     agent.stop();
 }
 
-ebpf_only!(ipv6_a_flow_survives_an_agent_restart);
+both_modes!(ipv6_a_flow_survives_an_agent_restart);
 fn ipv6_a_flow_survives_an_agent_restart(mode: &'static str) {
     let t = TwoNodes::new();
     let mut agent = start6(&t, mode, &web6("", &t.endpoints6()));
@@ -736,7 +730,7 @@ fn ipv6_a_flow_survives_an_agent_restart(mode: &'static str) {
     assert_eq!(report.answers.values().sum::<usize>(), 60, "{report:?}");
 }
 
-ebpf_only!(ipv6_client_ip_affinity_is_keyed_by_the_clients_address);
+both_modes!(ipv6_client_ip_affinity_is_keyed_by_the_clients_address);
 fn ipv6_client_ip_affinity_is_keyed_by_the_clients_address(mode: &'static str) {
     let t = TwoNodes::new();
     let sticky =
@@ -765,7 +759,7 @@ fn ipv6_client_ip_affinity_is_keyed_by_the_clients_address(mode: &'static str) {
     }
 }
 
-ebpf_only!(a_dual_stack_node_port_is_reached_over_both_families);
+both_modes!(a_dual_stack_node_port_is_reached_over_both_families);
 fn a_dual_stack_node_port_is_reached_over_both_families(mode: &'static str) {
     let t = TwoNodes::new();
     let opts = ServiceOpts {
@@ -790,66 +784,15 @@ fn a_dual_stack_node_port_is_reached_over_both_families(mode: &'static str) {
         let seen = who_saw(&report);
         let pods: std::collections::BTreeSet<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(pods.len(), 2, "{to}: both nodes' pods answer: {report:?}");
-        // node-a's pod sees the client as it connected, in its family.
-        assert!(
-            seen.iter().any(|(p, s)| p == "pod-a" && s == client),
-            "{to}: {report:?}"
-        );
-    }
-}
-
-/// An IPv6 NodePort from outside, in iptables mode: ip6tables' KUBE-NODEPORTS and KUBE-EXT
-/// chains translate it as kube-proxy's IPv6 proxier does, masquerading to node-a, and the
-/// IPv4 NodePort of the same dual-stack Service keeps working beside it. (The same
-/// scenario in eBPF mode, where a pod on node-a keeps seeing the client, is
-/// `ipv6_cluster_policy_reaches_both_nodes_pods`.)
-#[test]
-fn an_ipv6_node_port_reaches_both_nodes_pods_in_iptables_mode() {
-    integration::require_privileges!();
-    let t = TwoNodes::new();
-    let mut agent = t.agent_dual_stack("iptables");
-    let endpoints: Vec<integration::manifests::Endpoint> =
-        t.endpoints().into_iter().chain(t.endpoints6()).collect();
-    let opts = ServiceOpts {
-        type_: Some("NodePort"),
-        second_cluster_ip: Some("2001:db8:19::30"),
-        ..ServiceOpts::default()
-    };
-    agent.write(
-        "web.yaml",
-        &service_with_endpoints("web", VIP, &[HTTP_NP, DNS_NP], &opts, &endpoints),
-    );
-    agent.start();
-    agent.wait_for("the first sync", Duration::from_secs(10), |_| {
-        agent.log().contains("\"synced\"")
-    });
-    for (to, client) in [
-        (format!("[{NODE_A_IP6}]:30080"), CLIENT_IP6),
-        (format!("{NODE_A_IP}:30080"), CLIENT_IP),
-    ] {
-        let report = t.probe(&["--to", &to, "--count", "40", "--ask-source"]);
-        assert_eq!(
-            report.answers.values().sum::<usize>(),
-            40,
-            "{to}: {report:?}"
-        );
-        let seen = who_saw(&report);
-        let pods: std::collections::BTreeSet<&str> = seen.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(pods.len(), 2, "{to}: both nodes' pods answer: {report:?}");
+        // node-a's pod sees the client as it connected, in its family, in eBPF mode;
+        // iptables mode masquerades every flow.
         for (pod, source) in &seen {
-            assert_ne!(
-                source, client,
-                "{to}: {pod} saw the client: kube-proxy masquerades"
+            let masqueraded = source != client;
+            let expected = mode == "iptables" || pod == "pod-b";
+            assert_eq!(
+                masqueraded, expected,
+                "{to}: {pod} saw {source}: {report:?}"
             );
         }
     }
-    let to = format!("[{NODE_A_IP6}]:30053");
-    let udp = t.probe(&["--to", &to, "--udp", "--count", "30"]);
-    assert_eq!(udp.answers.values().sum::<usize>(), 30, "{udp:?}");
-    assert_eq!(udp.answers.len(), 2, "{udp:?}");
-    assert_eq!(
-        udp.reply_sources.keys().collect::<Vec<_>>(),
-        [&to],
-        "{udp:?}"
-    );
 }

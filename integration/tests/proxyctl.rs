@@ -197,7 +197,19 @@ fn status_names_attachments_fill_and_whether_the_agent_runs() {
 #[test]
 fn status_in_iptables_mode_names_the_backend_and_the_hooks() {
     require_privileges!();
-    let (_t, agent) = start("iptables");
+    let (t, agent) = start("iptables");
+    // An IPv6 Service beside the IPv4 one: ip6tables holds its chains.
+    agent.write(
+        "web6.yaml",
+        &service_with_endpoints(
+            "web6",
+            "2001:db8:19::a",
+            &[HTTP],
+            &ServiceOpts::default(),
+            &t.ready_endpoints6(),
+        ),
+    );
+    agent.wait_frontend("[2001:db8:19::a]:80", 2);
     let status = json(&agent.proxyctl(&["status", "--json"]));
     assert_eq!(status["mode"], "iptables", "{status}");
     assert!(
@@ -210,22 +222,56 @@ fn status_in_iptables_mode_names_the_backend_and_the_hooks() {
         .iter()
         .map(|a| {
             format!(
-                "{} -> {}",
+                "{} {} -> {}",
+                a["hook"].as_str().unwrap_or(""),
                 a["target"].as_str().unwrap_or(""),
                 a["program"].as_str().unwrap_or("")
             )
         })
         .collect();
-    for hook in [
-        "nat PREROUTING -> KUBE-SERVICES",
-        "nat OUTPUT -> KUBE-SERVICES",
-        "nat POSTROUTING -> KUBE-POSTROUTING",
-    ] {
-        assert!(
-            hooks.contains(&hook.to_string()),
-            "{hook} missing: {hooks:?}"
-        );
+    // Both proxiers' hooks, each family's labelled: the agent writes iptables and
+    // ip6tables (as kube-proxy runs one proxier per family).
+    for family in ["iptables", "ip6tables"] {
+        for hook in [
+            "nat PREROUTING -> KUBE-SERVICES",
+            "nat OUTPUT -> KUBE-SERVICES",
+            "nat POSTROUTING -> KUBE-POSTROUTING",
+            "filter INPUT -> KUBE-PROXY-FIREWALL",
+            "filter FORWARD -> KUBE-FORWARD",
+        ] {
+            let hook = format!("{family} {hook}");
+            assert!(hooks.contains(&hook), "{hook} missing: {hooks:?}");
+        }
     }
+    // Chains and rules per family and table: the IPv4 Service (two ports) makes the IPv4
+    // nat table the larger one, the IPv6 Service (one port) fills the IPv6 one.
+    let chains: Vec<(String, String, u64)> = status["chains"]
+        .as_array()
+        .expect("chains")
+        .iter()
+        .map(|c| {
+            (
+                c["family"].as_str().unwrap_or("").to_owned(),
+                c["table"].as_str().unwrap_or("").to_owned(),
+                c["rules"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let rules_of = |family: &str| {
+        chains
+            .iter()
+            .find(|(f, t, _)| f == family && t == "nat")
+            .map(|(_, _, rules)| *rules)
+    };
+    assert!(
+        matches!((rules_of("IPv4"), rules_of("IPv6")), (Some(v4), Some(v6)) if v4 > v6 && v6 > 0),
+        "{status}"
+    );
+    let table = text(&agent.proxyctl(&["status"]));
+    assert!(
+        table.contains("ip6tables  nat PREROUTING") && table.contains("\nIPv6    nat "),
+        "{table}"
+    );
 }
 
 fn stderr(out: &Output) -> String {

@@ -189,10 +189,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         Command::Status { json } => {
             let status = match &installed {
                 Installed::Ebpf(maps) => ctl::status::ebpf(maps, &args.bpffs),
-                // The IPv4 tables' chains, hooks and agent version.
-                Installed::Iptables(families) => {
-                    ctl::status::iptables(&families.ipv4, families.backend())
-                }
+                // Each family's chains and hooks, and the agent version.
+                Installed::Iptables(families) => ctl::status::iptables(families),
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);

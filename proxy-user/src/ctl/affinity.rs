@@ -88,12 +88,17 @@ fn client_name(client: u64, client_ip6: proxy_common::Addr) -> String {
 }
 
 /// One line of /proc/net/xt_recent/<list>: `src=IP ttl: T last_seen: JIFFIES oldest_pkt: ...`.
+/// The kernel writes an IPv6 source in full (`2001:0db8:0000:...`); it is shown as every
+/// other address is (`2001:db8::2`), so the eBPF mode's and iptables mode's rows agree.
 fn recent_entry(line: &str) -> Option<(String, u64)> {
     let src = line.strip_prefix("src=")?.split_whitespace().next()?;
+    let src = src
+        .parse::<std::net::IpAddr>()
+        .map_or_else(|_| src.to_owned(), |ip| ip.to_string());
     let mut words = line.split_whitespace();
     words.find(|w| *w == "last_seen:")?;
     let last_seen = words.next()?.parse().ok()?;
-    Some((src.to_owned(), last_seen))
+    Some((src, last_seen))
 }
 
 /// iptables mode: the `recent` lists of the endpoint chains of services with affinity.
@@ -233,6 +238,13 @@ mod tests {
                 "src=198.18.0.1 ttl: 64 last_seen: 4297816321 oldest_pkt: 3 4297816000, 4297816100, 4297816321"
             ),
             Some(("198.18.0.1".into(), 4_297_816_321))
+        );
+        // An IPv6 source as xt_recent writes it: every group, zero-padded.
+        assert_eq!(
+            recent_entry(
+                "src=2001:0db8:0018:0100:0000:0000:0000:0002 ttl: 64 last_seen: 4297816321 oldest_pkt: 1 4297816321"
+            ),
+            Some(("2001:db8:18:100::2".into(), 4_297_816_321))
         );
         assert_eq!(recent_entry("garbage"), None);
     }

@@ -12,12 +12,15 @@ use proxy_common::{AgentInfo, names};
 use serde::Serialize;
 
 use super::{
-    chains::InstalledRules,
+    IptablesFamilies,
     table::{Align, Table},
 };
-use crate::dataplane::ebpf::{
-    loader::{link_pin, tc_link_pin},
-    maps::Maps,
+use crate::{
+    dataplane::ebpf::{
+        loader::{link_pin, tc_link_pin},
+        maps::Maps,
+    },
+    model::Family,
 };
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -117,7 +120,8 @@ impl Kernel {
 pub struct Attachment {
     /// A BPF program, or in iptables mode the chain jumped to.
     pub program: String,
-    /// `cgroup` for the socket programs; `iptables` for a jump from a built-in chain.
+    /// `cgroup` for the socket programs; `iptables` (IPv4) or `ip6tables` (IPv6) for a
+    /// jump from a built-in chain.
     pub hook: &'static str,
     pub target: String,
     /// Kernel ids, when the link pin is there and open.
@@ -135,6 +139,8 @@ pub struct MapFill {
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct ChainCount {
+    /// `IPv4` (iptables) or `IPv6` (ip6tables).
+    pub family: &'static str,
     pub table: &'static str,
     pub chains: usize,
     pub rules: usize,
@@ -185,23 +191,48 @@ pub fn ebpf(maps: &Maps, dir: &Path) -> Status {
     }
 }
 
-/// Status of the iptables mode from the installed chains.
-pub fn iptables(rules: &InstalledRules, backend: &'static str) -> Status {
-    let chains = rules
-        .chain_counts()
-        .into_iter()
-        .map(|(table, chains, rules)| ChainCount {
-            table,
-            chains,
-            rules,
-        })
-        .collect();
+/// Status of the iptables mode from the installed chains of each family: iptables' and,
+/// when the agent wrote there too, ip6tables' hooks and chain counts, each labelled with
+/// its family; the agent version from the IPv4 tables' owner marker.
+pub fn iptables(families: &IptablesFamilies) -> Status {
+    let mut chains = Vec::new();
+    let mut attachments = Vec::new();
+    for (family, rules) in families.each() {
+        let hook = match family {
+            Family::Ipv4 => "iptables",
+            Family::Ipv6 => "ip6tables",
+        };
+        chains.extend(
+            rules
+                .chain_counts()
+                .into_iter()
+                .map(|(table, chains, rules)| ChainCount {
+                    family: family.as_str(),
+                    table,
+                    chains,
+                    rules,
+                }),
+        );
+        attachments.extend(
+            rules
+                .hooks()
+                .into_iter()
+                .map(|(table, from, to)| Attachment {
+                    program: to,
+                    hook,
+                    target: format!("{table} {from}"),
+                    link_id: None,
+                    program_id: None,
+                    attached: true,
+                }),
+        );
+    }
     Status {
         mode: "iptables",
         pin_dir: None,
         layout: None,
-        backend: Some(backend),
-        agent: rules.agent_version().map(|version| Agent {
+        backend: Some(families.backend()),
+        agent: families.ipv4.agent_version().map(|version| Agent {
             version,
             pid: None,
             running: None,
@@ -209,18 +240,7 @@ pub fn iptables(rules: &InstalledRules, backend: &'static str) -> Status {
             synced_unix: None,
         }),
         kernel: None,
-        attachments: rules
-            .hooks()
-            .into_iter()
-            .map(|(table, from, to)| Attachment {
-                program: to,
-                hook: "iptables",
-                target: format!("{table} {from}"),
-                link_id: None,
-                program_id: None,
-                attached: true,
-            })
-            .collect(),
+        attachments,
         maps: Vec::new(),
         chains,
     }
@@ -432,12 +452,14 @@ pub fn render(status: &Status, now_unix: u64) -> String {
     }
     if !status.chains.is_empty() {
         let mut table = Table::new(&[
+            ("FAMILY", Align::Left),
             ("TABLE", Align::Left),
             ("CHAINS", Align::Right),
             ("RULES", Align::Right),
         ]);
         for c in &status.chains {
             table.row([
+                c.family.to_owned(),
                 c.table.to_owned(),
                 c.chains.to_string(),
                 c.rules.to_string(),
@@ -492,6 +514,7 @@ fn render_kernel(out: &mut String, kernel: &Kernel) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ctl::chains::InstalledRules;
 
     fn sample() -> Status {
         Status {
@@ -620,5 +643,78 @@ mod tests {
             ),
             "{out}"
         );
+    }
+
+    /// A family's nat table as iptables-save prints it: the owner marker, the hooks into
+    /// KUBE-SERVICES and KUBE-POSTROUTING, and one Service chain with `rules` rules.
+    fn saved_nat(rules: usize) -> String {
+        let mut nat = String::from(
+            "*nat\n\
+             :PREROUTING ACCEPT [0:0]\n\
+             :OUTPUT ACCEPT [0:0]\n\
+             :POSTROUTING ACCEPT [0:0]\n\
+             :EBPF-PROXY-OWNED - [0:0]\n\
+             :KUBE-SERVICES - [0:0]\n\
+             :KUBE-POSTROUTING - [0:0]\n\
+             -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+             -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+             -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+             -A EBPF-PROXY-OWNED -m comment --comment \"ebpf-proxy 0.1.0\" -j RETURN\n\
+             -A KUBE-POSTROUTING -j RETURN\n",
+        );
+        for _ in 0..rules {
+            nat.push_str("-A KUBE-SERVICES -j RETURN\n");
+        }
+        nat.push_str("COMMIT\n");
+        nat
+    }
+
+    #[test]
+    fn iptables_mode_shows_each_familys_hooks_and_chains_labelled() {
+        let families = IptablesFamilies {
+            ipv4: InstalledRules::parse(&saved_nat(2), "*filter\nCOMMIT\n"),
+            ipv6: Some(InstalledRules::parse(&saved_nat(5), "*filter\nCOMMIT\n")),
+        };
+        let status = iptables(&families);
+        let hooks: Vec<String> = status
+            .attachments
+            .iter()
+            .map(|a| format!("{} {} -> {}", a.hook, a.target, a.program))
+            .collect();
+        assert_eq!(
+            hooks,
+            [
+                "iptables nat PREROUTING -> KUBE-SERVICES",
+                "iptables nat OUTPUT -> KUBE-SERVICES",
+                "iptables nat POSTROUTING -> KUBE-POSTROUTING",
+                "ip6tables nat PREROUTING -> KUBE-SERVICES",
+                "ip6tables nat OUTPUT -> KUBE-SERVICES",
+                "ip6tables nat POSTROUTING -> KUBE-POSTROUTING",
+            ]
+        );
+        assert_eq!(status.agent.map(|a| a.version).as_deref(), Some("0.1.0"));
+        let text = render(&iptables(&families), 0);
+        for part in [
+            "KUBE-SERVICES     ip6tables  nat PREROUTING   -     -\n",
+            "FAMILY  TABLE   CHAINS  RULES\n\
+             IPv4    nat          2      3\n\
+             IPv4    filter       0      0\n\
+             IPv6    nat          2      6\n\
+             IPv6    filter       0      0\n",
+        ] {
+            assert!(text.contains(part), "{part:?} missing:\n{text}");
+        }
+        let json = serde_json::to_value(iptables(&families)).expect("serializes");
+        assert_eq!(json["chains"][2]["family"], "IPv6", "{json}");
+        assert_eq!(json["attachments"][3]["hook"], "ip6tables", "{json}");
+
+        // An agent that wrote no ip6tables chains: the IPv4 part alone.
+        let ipv4_only = IptablesFamilies {
+            ipv6: None,
+            ..families
+        };
+        let status = iptables(&ipv4_only);
+        assert!(status.attachments.iter().all(|a| a.hook == "iptables"));
+        assert!(status.chains.iter().all(|c| c.family == "IPv4"));
     }
 }
