@@ -421,4 +421,3 @@ fn reaper_totals(out: &mut String) {
         UDP_FLOWS_DROPPED.load(Ordering::Relaxed),
     );
 }
-
