@@ -408,7 +408,9 @@ impl Topology {
     }
 }
 
-fn spawn_ready(cmd: &mut Command) -> ChildGuard {
+/// Spawns a `probe serve` (or any server that prints `ready` once listening) and waits
+/// for that line.
+pub fn spawn_ready(cmd: &mut Command) -> ChildGuard {
     let mut child = ChildGuard(
         cmd.stdout(Stdio::piped())
             .spawn()

@@ -8,11 +8,11 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use integration::{
-    Agent,
+    Agent, ChildGuard,
     flows_probe::FlowsProbe,
     kube_node::{KubeNode, PodSpec},
-    manifests::{DNS, Endpoint, ServiceOpts, service_with_endpoints},
-    require_privileges,
+    manifests::{DNS, Endpoint, Port, ServiceOpts, service_with_endpoints},
+    require_privileges, spawn_ready,
 };
 
 const NODE_IP: &str = "198.18.60.1";
@@ -77,18 +77,23 @@ fn start(node: &KubeNode, mode: &'static str, extra: &[&str], service: &str) -> 
 
 /// Waits until the Service's backends are exactly `labels`' addresses.
 fn wait_for_backends(agent: &Agent, labels: &[&str]) {
+    wait_for_port_backends(agent, SERVICE, &DNS, labels);
+}
+
+/// Waits until `service`'s backends are exactly `labels`' addresses on `port`'s target.
+fn wait_for_port_backends(agent: &Agent, service: &str, port: &Port, labels: &[&str]) {
     let wanted: BTreeSet<String> = BACKENDS
         .iter()
         .filter(|(_, label)| labels.contains(label))
-        .map(|(ip, _)| format!("{ip}:{}", DNS.target))
+        .map(|(ip, _)| format!("{ip}:{}", port.target))
         .collect();
     agent.wait_for(
-        &format!("{SERVICE} on {labels:?}"),
+        &format!("{service} on {labels:?}"),
         Duration::from_secs(10),
         |s| {
             s.as_array().is_some_and(|rows| {
                 rows.iter().any(|r| {
-                    r["service"] == SERVICE
+                    r["service"] == service
                         && r["backends"].as_array().is_some_and(|b| {
                             b.iter()
                                 .filter_map(|b| b["address"].as_str().map(str::to_owned))
@@ -278,7 +283,7 @@ fn no_client_is_stranded_on_a_removed_endpoint() {
         }
         if mode == "ebpf" {
             assert_eq!(
-                agent.metric("ebpf_proxy_udp_sockets_destroyed_total"),
+                agent.metric("ebpf_proxy_sockets_destroyed_total{protocol=\"udp\"}"),
                 Some(6.0),
                 "six connected sockets destroyed:\n{}",
                 agent.log()
@@ -339,5 +344,84 @@ fn flows_stay_on_an_endpoint_that_terminates_while_it_serves() {
             3,
             "{mode}: a new flow: {report:?}"
         );
+    }
+}
+
+/// A long-lived TCP service: `probe serve --tcp-lines` on each backend pod.
+const LINES: Port<'static> = Port {
+    name: "lines",
+    port: 9000,
+    target: 9000,
+    protocol: "TCP",
+    node_port: None,
+};
+
+/// The endpoint of two open TCP connections (from a pod and from the node) leaves the
+/// Service: they are left alone, as kube-proxy leaves them, unless the agent runs with
+/// `--terminate-tcp-on-endpoint-removal` (eBPF mode), which resets them within a second.
+#[test]
+fn tcp_connections_are_reset_only_when_asked() {
+    require_privileges!();
+    let lines = |label: &str| {
+        let endpoints: Vec<Endpoint> = BACKENDS
+            .iter()
+            .filter(|(_, l)| *l == label)
+            .map(|(ip, l)| Endpoint::ready(ip, l))
+            .collect();
+        service_with_endpoints("lines", VIP, &[LINES], &ServiceOpts::default(), &endpoints)
+    };
+    let to = format!("{VIP}:{}", LINES.port);
+    for (mode, terminate) in [("ebpf", false), ("ebpf", true), ("iptables", false)] {
+        let node = node();
+        let _servers: Vec<ChildGuard> = node.pods[1..]
+            .iter()
+            .map(|pod| {
+                let listen = format!("0.0.0.0:{}", LINES.target);
+                spawn_ready(pod.netns.command(FlowsProbe::program(), None).args([
+                    "serve",
+                    "--name",
+                    &pod.spec.label,
+                    "--tcp-lines",
+                    &listen,
+                ]))
+            })
+            .collect();
+        let flag = ["--terminate-tcp-on-endpoint-removal"];
+        let extra: &[&str] = if terminate { &flag } else { &[] };
+        let agent = start(&node, mode, extra, &lines("a"));
+        wait_for_port_backends(&agent, "demo/lines:lines", &LINES, &["a"]);
+        let args = ["--tcp", "--sockets", "2", "--rounds", "2"];
+        let all: Vec<FlowsProbe> = [CLIENT_POD, NODE_IP]
+            .iter()
+            .map(|source| {
+                let command = node.command_from(source).expect("a source namespace");
+                FlowsProbe::start(command, &to, &args)
+            })
+            .collect();
+        agent.write("dns.yaml", &lines("b"));
+        wait_for_port_backends(&agent, "demo/lines:lines", &LINES, &["b"]);
+        std::thread::sleep(Duration::from_secs(1));
+        for flows in &all {
+            flows.resume();
+        }
+        for flows in all {
+            let (label, rounds) = flows.finish();
+            let context = format!("{mode} terminate={terminate} {label}: {rounds:?}");
+            assert!(rounds[0].iter().all(|x| x == "connected"), "{context}");
+            for x in &rounds[1] {
+                if terminate {
+                    assert!(x.starts_with('E') || x.starts_with("errno"), "{context}");
+                } else {
+                    assert_eq!(*x, "a", "{context}");
+                }
+            }
+        }
+        let reset = agent.metric("ebpf_proxy_sockets_destroyed_total{protocol=\"tcp\"}");
+        let expected = if mode == "ebpf" {
+            Some(if terminate { 4.0 } else { 0.0 })
+        } else {
+            Some(0.0)
+        };
+        assert_eq!(reset, expected, "{mode} terminate={terminate}");
     }
 }

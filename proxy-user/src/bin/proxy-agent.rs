@@ -133,6 +133,12 @@ struct Args {
     /// eBPF default 120; iptables mode: nf_conntrack_udp_timeout_stream).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     udp_stream_timeout: Option<u64>,
+    /// eBPF mode: when an endpoint leaves a Service, also reset the TCP connections on
+    /// the node that were translated to it (their owners get ECONNABORTED, the endpoint a
+    /// reset), as its connected UDP sockets are destroyed. Off by default: kube-proxy
+    /// leaves TCP connections to end by themselves. No effect in iptables mode.
+    #[arg(long)]
+    terminate_tcp_on_endpoint_removal: bool,
     /// Where /metrics is served (Prometheus text format).
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10249")]
     metrics_addr: std::net::SocketAddr,
@@ -307,6 +313,11 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             },
         };
+        if !ebpf_active && args.terminate_tcp_on_endpoint_removal {
+            tracing::warn!(
+                "--terminate-tcp-on-endpoint-removal has no effect in iptables mode: TCP connections end by themselves, as with kube-proxy"
+            );
+        }
         let shared = if let Some(client) = client {
             let shared = Shared::new(
                 args.node_name.clone(),
@@ -499,8 +510,9 @@ fn open_ebpf(
     interfaces: Option<&[Interface]>,
 ) -> anyhow::Result<EbpfDataplane> {
     let cgroup = cgroup.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dataplane = EbpfDataplane::open(&args.bpffs, cgroup, load_options, interfaces)
+    let mut dataplane = EbpfDataplane::open(&args.bpffs, cgroup, load_options, interfaces)
         .context("starting the eBPF dataplane")?;
+    dataplane.terminate_tcp_on_endpoint_removal(args.terminate_tcp_on_endpoint_removal);
     info!(cgroup = %cgroup.display(), "programs loaded; they attach after the first full sync");
     Ok(dataplane)
 }

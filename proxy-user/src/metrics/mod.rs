@@ -394,20 +394,28 @@ fn kernel_features(out: &mut String, info: &proxy_common::AgentInfo) {
 /// What the eBPF mode's socket reaper did since the agent started (zero in iptables mode,
 /// where conntrack's entries are deleted instead).
 fn reaper_totals(out: &mut String) {
-    use crate::dataplane::ebpf::socket_reaper::{SOCKETS_DESTROYED, UDP_FLOWS_DROPPED};
+    use crate::dataplane::ebpf::socket_reaper::{
+        TCP_SOCKETS_DESTROYED, UDP_FLOWS_DROPPED, UDP_SOCKETS_DESTROYED,
+    };
     use std::sync::atomic::Ordering;
+    let name = "ebpf_proxy_sockets_destroyed_total";
     header(
         out,
-        "ebpf_proxy_udp_sockets_destroyed_total",
-        "Connected UDP sockets destroyed because the backend they were given left its Service",
+        name,
+        "Connected sockets destroyed because the backend they were given left its Service (TCP only with --terminate-tcp-on-endpoint-removal)",
         "counter",
     );
-    sample(
-        out,
-        "ebpf_proxy_udp_sockets_destroyed_total",
-        &[],
-        SOCKETS_DESTROYED.load(Ordering::Relaxed),
-    );
+    for (protocol, count) in [
+        ("udp", &UDP_SOCKETS_DESTROYED),
+        ("tcp", &TCP_SOCKETS_DESTROYED),
+    ] {
+        sample(
+            out,
+            name,
+            &[("protocol", protocol)],
+            count.load(Ordering::Relaxed),
+        );
+    }
     header(
         out,
         "ebpf_proxy_udp_flows_dropped_total",

@@ -12,7 +12,8 @@
 //! IPv4-mapped address (`--to [::ffff:198.19.0.10]:80`) connects an IPv6 socket to an
 //! IPv4 address, as a dual-stack application does.
 //!
-//! `probe flows` keeps UDP sockets across a change the test makes ([`flows`]).
+//! `probe flows` keeps UDP sockets (or TCP connections) across a change the test makes
+//! ([`flows`]); `probe serve --tcp-lines` answers each line of a long-lived connection.
 
 use std::{
     collections::BTreeMap,
@@ -42,6 +43,10 @@ enum Command {
         tcp: Vec<SocketAddr>,
         #[arg(long)]
         udp: Vec<SocketAddr>,
+        /// Long-lived TCP connections: each line received is answered with the name, for
+        /// as long as the client keeps the connection (one thread per connection).
+        #[arg(long)]
+        tcp_lines: Vec<SocketAddr>,
     },
     Connect {
         #[arg(long)]
@@ -93,7 +98,12 @@ struct Report {
 
 fn main() {
     match Args::parse().command {
-        Command::Serve { name, tcp, udp } => serve(&name, &tcp, &udp),
+        Command::Serve {
+            name,
+            tcp,
+            udp,
+            tcp_lines,
+        } => serve(&name, &tcp, &udp, &tcp_lines),
         Command::Flows(args) => flows::run(&args),
         Command::Connect {
             to,
@@ -262,8 +272,18 @@ fn error_name(e: &std::io::Error) -> String {
     }
 }
 
-fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr]) {
+fn serve(name: &str, tcp: &[SocketAddr], udp: &[SocketAddr], tcp_lines: &[SocketAddr]) {
     let mut threads = Vec::new();
+    for addr in tcp_lines {
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+        let name = name.to_owned();
+        threads.push(std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let name = name.clone();
+                std::thread::spawn(move || answer_lines(stream, &name));
+            }
+        }));
+    }
     for addr in tcp {
         let listener = match addr {
             SocketAddr::V4(_) => TcpListener::bind(addr),
@@ -349,6 +369,20 @@ fn ipv6_only_socket(addr: &SocketAddrV6, kind: libc::c_int) -> std::io::Result<O
 
 /// Reads the request head (whatever arrives within a moment), answers with the name, and
 /// closes first.
+/// Answers every line with `name` until the client closes (or a minute passes).
+fn answer_lines(stream: TcpStream, name: &str) {
+    use std::io::BufRead as _;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    for line in std::io::BufReader::new(stream).lines() {
+        if line.is_err() || writer.write_all(format!("{name}\n").as_bytes()).is_err() {
+            break;
+        }
+    }
+}
+
 fn answer_http(mut stream: TcpStream, name: &str) {
     let started = Instant::now();
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));

@@ -49,6 +49,9 @@ pub struct EbpfDataplane {
     /// Destroys connected UDP sockets of backends that left their frontend; `None` if it
     /// could not start (logged).
     reaper: Option<socket_reaper::SocketReaper>,
+    /// TCP connections of a backend that left are reset too (opt-in; kube-proxy leaves
+    /// them).
+    terminate_tcp: bool,
 }
 
 /// `uname -r`.
@@ -118,6 +121,7 @@ impl EbpfDataplane {
             pending: Some(loaded),
             interfaces_from_node: interfaces.is_none(),
             reaper,
+            terminate_tcp: false,
             agent: proxy_common::AgentInfo {
                 version: proxy_common::AgentInfo::field(env!("CARGO_PKG_VERSION")),
                 cgroup: proxy_common::AgentInfo::field(&cgroup.display().to_string()),
@@ -143,6 +147,12 @@ impl EbpfDataplane {
     /// datapath created for a frontend being removed leaves behind. Run at start, and
     /// cheap enough to run periodically: one read of the service values and one pass
     /// over each other map's keys (`Maps::remove_orphans`). Returns the entries removed.
+    /// Resets the TCP connections a backend that left its frontend was given, as UDP
+    /// sockets are destroyed (`--terminate-tcp-on-endpoint-removal`).
+    pub fn terminate_tcp_on_endpoint_removal(&mut self, on: bool) {
+        self.terminate_tcp = on;
+    }
+
     pub fn prune_orphans(&mut self) -> Result<usize, MapsError> {
         prune(&mut self.maps)
     }
@@ -175,7 +185,7 @@ impl Dataplane for EbpfDataplane {
         let changes = self.write_fresh_in_batches(changes, &mut report);
         let mut stale = Vec::new();
         for change in changes {
-            stale.extend(self.stale_udp_backends(&change));
+            stale.extend(self.stale_backends(&change));
             match change {
                 Change::Upsert(addr, spec) => {
                     let previous = self.installed.get(&addr);
@@ -279,14 +289,19 @@ impl Dataplane for EbpfDataplane {
 
 impl EbpfDataplane {
     /// The backends a change takes out of a UDP frontend (removed, no longer serving,
-    /// weight 0, or the frontend itself removed), for the socket reaper. One that stops
-    /// taking new connections but still serves keeps its sockets.
-    fn stale_udp_backends(&self, change: &Change) -> Vec<socket_reaper::StaleBackend> {
+    /// weight 0, or the frontend itself removed), for the socket reaper; of a TCP one too
+    /// when its connections are to be reset. One that stops taking new connections but
+    /// still serves keeps its sockets.
+    fn stale_backends(&self, change: &Change) -> Vec<socket_reaper::StaleBackend> {
         let (addr, wanted) = match change {
             Change::Upsert(addr, spec) => (addr, Some(spec)),
             Change::Remove(addr) => (addr, None),
         };
-        if addr.protocol != crate::model::Protocol::Udp {
+        let reaped = match addr.protocol {
+            crate::model::Protocol::Udp => true,
+            crate::model::Protocol::Tcp => self.terminate_tcp,
+        };
+        if !reaped {
             return Vec::new();
         }
         let Some(before) = self.installed.get(addr) else {

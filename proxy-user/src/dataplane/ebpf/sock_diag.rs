@@ -1,7 +1,8 @@
 //! The kernel's socket diagnostics over netlink (`NETLINK_SOCK_DIAG`): a dump of one
-//! network namespace's connected UDP sockets (peer and cookie), and `SOCK_DESTROY` of one
-//! of them (Linux's `udp_abort`: the socket is disconnected and its owner's next call
-//! fails with ECONNABORTED; the kernel needs `CONFIG_INET_DIAG_DESTROY`). A socket belongs
+//! network namespace's connected UDP sockets or TCP connections (peer and cookie), and
+//! `SOCK_DESTROY` of one of them (Linux's `udp_abort`: the socket is disconnected and its
+//! owner's next call fails with ECONNABORTED; `tcp_abort`: the same, and the peer gets a
+//! reset; the kernel needs `CONFIG_INET_DIAG_DESTROY`). A socket belongs
 //! to the namespace its netlink socket was opened in: [`DiagSocket::open`] is called
 //! inside the namespace to look at. (`inet_diag` can hand out a socket's local storage,
 //! but only a TCP socket's: for UDP it stops before that part, so the translations are
@@ -24,15 +25,19 @@ const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
 /// A connected UDP socket is in TCP_ESTABLISHED (1) for the diag interface.
 const STATE_ESTABLISHED: u32 = 1 << 1;
+/// A TCP connection a client made: SYN_SENT (2), ESTABLISHED, CLOSE_WAIT (8).
+const STATES_TCP_CLIENT: u32 = (1 << 1) | (1 << 2) | (1 << 8);
 const NLMSG_HDRLEN: usize = 16;
 const REQ_LEN: usize = 56;
 const SOCKID_LEN: usize = 48;
 
-/// One connected UDP socket of the namespace.
+/// One connected socket of the namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UdpSocket {
+pub struct InetSocket {
     /// `AF_INET` or `AF_INET6` (a dual-stack socket connected to `::ffff:a.b.c.d` is one).
     pub family: u8,
+    /// `IPPROTO_UDP` or `IPPROTO_TCP`.
+    pub protocol: u8,
     /// `inet_diag_sockid` as the kernel gave it: what names the socket to destroy.
     id: [u8; SOCKID_LEN],
     /// Its peer in the maps' form (network order; IPv4 mapped).
@@ -64,9 +69,14 @@ impl DiagSocket {
         Ok(Self { fd, seq: 0 })
     }
 
-    /// The connected UDP sockets of `family`.
-    pub fn connected_udp(&mut self, family: u8) -> io::Result<Vec<UdpSocket>> {
-        let body = request(family, STATE_ESTABLISHED, &[0; SOCKID_LEN]);
+    /// The connected sockets of `protocol` (`IPPROTO_UDP`, `IPPROTO_TCP`) and `family`.
+    pub fn connected(&mut self, protocol: u8, family: u8) -> io::Result<Vec<InetSocket>> {
+        let states = if protocol == libc::IPPROTO_TCP as u8 {
+            STATES_TCP_CLIENT
+        } else {
+            STATE_ESTABLISHED
+        };
+        let body = request(family, protocol, states, &[0; SOCKID_LEN]);
         self.send(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, &body)?;
         let mut found = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
@@ -77,7 +87,7 @@ impl DiagSocket {
                     NLMSG_DONE => return Ok(found),
                     NLMSG_ERROR => return Err(error_of(payload).unwrap_or_else(truncated)),
                     SOCK_DIAG_BY_FAMILY => {
-                        if let Some(socket) = parse_socket(payload) {
+                        if let Some(socket) = parse_socket(payload, protocol) {
                             found.push(socket);
                         }
                     }
@@ -87,10 +97,10 @@ impl DiagSocket {
         }
     }
 
-    /// Destroys `socket` (UDP): its owner's next call fails with ECONNABORTED. A socket
-    /// already gone is not an error.
-    pub fn destroy(&mut self, socket: &UdpSocket) -> io::Result<()> {
-        let body = request(socket.family, u32::MAX, &socket.id);
+    /// Destroys `socket`: its owner's next call fails with ECONNABORTED. A socket already
+    /// gone is not an error.
+    pub fn destroy(&mut self, socket: &InetSocket) -> io::Result<()> {
+        let body = request(socket.family, socket.protocol, u32::MAX, &socket.id);
         self.send(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, &body)?;
         let mut buf = vec![0u8; 4096];
         let n = self.recv(&mut buf)?;
@@ -152,10 +162,10 @@ fn truncated() -> io::Error {
     )
 }
 
-/// `inet_diag_req_v2` for UDP.
-fn request(family: u8, states: u32, id: &[u8; SOCKID_LEN]) -> Vec<u8> {
+/// `inet_diag_req_v2`.
+fn request(family: u8, protocol: u8, states: u32, id: &[u8; SOCKID_LEN]) -> Vec<u8> {
     let mut body = Vec::with_capacity(REQ_LEN + 16);
-    body.extend_from_slice(&[family, libc::IPPROTO_UDP as u8, 0, 0]);
+    body.extend_from_slice(&[family, protocol, 0, 0]);
     body.extend_from_slice(&states.to_ne_bytes());
     body.extend_from_slice(id);
     body
@@ -193,8 +203,8 @@ fn error_of(payload: &[u8]) -> Option<io::Error> {
     (code != 0).then(|| io::Error::from_raw_os_error(-code))
 }
 
-/// One `inet_diag_msg`: its family, socket id, peer and cookie.
-fn parse_socket(payload: &[u8]) -> Option<UdpSocket> {
+/// One `inet_diag_msg` of `protocol`: its family, socket id, peer and cookie.
+fn parse_socket(payload: &[u8], protocol: u8) -> Option<InetSocket> {
     let family = *payload.first()?;
     let id: [u8; SOCKID_LEN] = payload.get(4..4 + SOCKID_LEN)?.try_into().ok()?;
     let dport = u16::from_ne_bytes([id[2], id[3]]);
@@ -205,8 +215,9 @@ fn parse_socket(payload: &[u8]) -> Option<UdpSocket> {
     } else {
         dst
     };
-    Some(UdpSocket {
+    Some(InetSocket {
         family,
+        protocol,
         id,
         peer: Backend {
             addr,
@@ -232,7 +243,7 @@ mod tests {
         id[44..48].copy_from_slice(&1u32.to_ne_bytes());
         msg.extend_from_slice(&id);
         msg.resize(72, 0);
-        let socket = parse_socket(&msg).expect("a socket");
+        let socket = parse_socket(&msg, libc::IPPROTO_UDP as u8).expect("a socket");
         assert_eq!(
             socket.peer.addr,
             v4_mapped(u32::from_ne_bytes([198, 18, 1, 2]))

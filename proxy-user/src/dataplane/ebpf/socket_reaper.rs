@@ -6,8 +6,9 @@
 //! live backend, as kube-proxy's deleting the conntrack entries of a removed UDP
 //! endpoint makes the next packet choose anew. Unconnected sockets' flows to the backend
 //! are dropped too (sendmsg would choose anew by itself; dropping them keeps `proxyctl
-//! udp-flows` true). TCP is left alone, as kube-proxy leaves it. An endpoint that still
-//! serves while terminating is not one that left: its sockets stay.
+//! udp-flows` true). TCP is left alone, as kube-proxy leaves it, unless the operator asks
+//! for its connections to be reset too (`--terminate-tcp-on-endpoint-removal`). An
+//! endpoint that still serves while terminating is not one that left: its sockets stay.
 //!
 //! Why destroy rather than re-steer: a connected socket's peer is part of the socket
 //! (`getsockname`/`getpeername`, the kernel's route and source address cache); rewriting
@@ -37,18 +38,21 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use proxy_common::{
-    Backend, Frontend, RevNatKey, TcpRevNat, UdpFlow, UdpFlowKey, names, v4_mapped, v4_of,
+    Backend, Frontend, IPPROTO_TCP, IPPROTO_UDP, RevNatKey, TcpRevNat, UdpFlow, UdpFlowKey, names,
+    v4_mapped, v4_of,
 };
 use tracing::{debug, info, warn};
 
 use super::{netns, sock_diag};
 
 /// Connected UDP sockets destroyed since the agent started (for /metrics).
-pub static SOCKETS_DESTROYED: AtomicU64 = AtomicU64::new(0);
+pub static UDP_SOCKETS_DESTROYED: AtomicU64 = AtomicU64::new(0);
+/// TCP connections destroyed since the agent started (opt-in; for /metrics).
+pub static TCP_SOCKETS_DESTROYED: AtomicU64 = AtomicU64::new(0);
 /// Unconnected sockets' UDP flows dropped since the agent started (for /metrics).
 pub static UDP_FLOWS_DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// A backend that left a UDP frontend.
+/// A backend that left a frontend (UDP, or TCP when its connections are to be reset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StaleBackend {
     pub frontend: Frontend,
@@ -59,7 +63,8 @@ pub struct StaleBackend {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reaped {
     pub namespaces: usize,
-    pub destroyed: usize,
+    pub udp_destroyed: usize,
+    pub tcp_destroyed: usize,
     pub flows_dropped: usize,
 }
 
@@ -123,7 +128,8 @@ impl SocketReaper {
                     }
                     let started = Instant::now();
                     let reaped = sweep(&mut maps, &stale);
-                    SOCKETS_DESTROYED.fetch_add(reaped.destroyed as u64, Ordering::Relaxed);
+                    UDP_SOCKETS_DESTROYED.fetch_add(reaped.udp_destroyed as u64, Ordering::Relaxed);
+                    TCP_SOCKETS_DESTROYED.fetch_add(reaped.tcp_destroyed as u64, Ordering::Relaxed);
                     UDP_FLOWS_DROPPED.fetch_add(reaped.flows_dropped as u64, Ordering::Relaxed);
                     log_sweep(&stale, &reaped, started.elapsed());
                 }
@@ -132,7 +138,7 @@ impl SocketReaper {
         Ok(Self { tx })
     }
 
-    /// Hands backends that left UDP frontends to the reaper.
+    /// Hands backends that left their frontends to the reaper.
     pub fn reap(&self, stale: Vec<StaleBackend>) {
         if !stale.is_empty() && self.tx.send(stale).is_err() {
             warn!("the socket reaper has stopped: connected UDP sockets are not destroyed");
@@ -141,20 +147,21 @@ impl SocketReaper {
 }
 
 fn log_sweep(stale: &[StaleBackend], reaped: &Reaped, took: Duration) {
-    if reaped.destroyed > 0 || reaped.flows_dropped > 0 {
+    if reaped.udp_destroyed + reaped.tcp_destroyed + reaped.flows_dropped > 0 {
         info!(
             stale_backends = stale.len(),
-            sockets_destroyed = reaped.destroyed,
+            udp_sockets_destroyed = reaped.udp_destroyed,
+            tcp_connections_reset = reaped.tcp_destroyed,
             udp_flows_dropped = reaped.flows_dropped,
             namespaces = reaped.namespaces,
             took_ms = took.as_millis() as u64,
-            "UDP clients of backends that left their Service: connected sockets destroyed, flows dropped"
+            "clients of backends that left their Service: connected sockets destroyed, flows dropped"
         );
     } else {
         debug!(
             stale_backends = stale.len(),
             namespaces = reaped.namespaces,
-            "no UDP socket of a backend that left"
+            "no socket of a backend that left"
         );
     }
 }
@@ -171,19 +178,31 @@ fn same_frontend(key: &Frontend, addr: &proxy_common::Addr, port: u16) -> bool {
             && v4_of(addr).is_some_and(|a| a.to_ne_bytes()[0] == 127))
 }
 
-/// One pass over every namespace's connected UDP sockets and over the flow table.
+/// The frontends each backend left, by protocol and backend.
+type LeftBy = StdHashMap<(u8, Backend), Vec<Frontend>>;
+
+/// One pass over every namespace's connected sockets of the protocols in `stale`, and
+/// over the flow table.
 fn sweep(maps: &mut ReaperMaps, stale: &[StaleBackend]) -> Reaped {
-    let mut by_backend: StdHashMap<Backend, Vec<Frontend>> = StdHashMap::new();
+    let mut left: LeftBy = StdHashMap::new();
     for s in stale {
-        by_backend.entry(s.backend).or_default().push(s.frontend);
+        left.entry((s.frontend.proto, s.backend))
+            .or_default()
+            .push(s.frontend);
     }
+    let mut protocols: Vec<u8> = stale.iter().map(|s| s.frontend.proto).collect();
+    protocols.sort_unstable();
+    protocols.dedup();
     let namespaces = netns::all();
     let (ring, revnat) = (&maps.ring, &maps.revnat);
     let outcomes = netns::visit_each(&namespaces, |_| {
         let mut diag = sock_diag::DiagSocket::open()?;
-        let mut destroyed = 0;
-        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-            let sockets = match diag.connected_udp(family) {
+        let mut destroyed = (0, 0);
+        for (&protocol, family) in protocols
+            .iter()
+            .flat_map(|p| [(p, libc::AF_INET as u8), (p, libc::AF_INET6 as u8)])
+        {
+            let sockets = match diag.connected(protocol, family) {
                 Ok(sockets) => sockets,
                 // A namespace without IPv6 has no AF_INET6 sockets to show.
                 Err(e) if family == libc::AF_INET6 as u8 => {
@@ -193,13 +212,17 @@ fn sweep(maps: &mut ReaperMaps, stale: &[StaleBackend]) -> Reaped {
                 Err(e) => return Err(e),
             };
             for socket in sockets {
-                if stranded(&socket, &by_backend, ring, revnat) {
+                if stranded(&socket, &left, ring, revnat) {
                     diag.destroy(&socket)?;
-                    destroyed += 1;
+                    if protocol == IPPROTO_TCP {
+                        destroyed.1 += 1;
+                    } else {
+                        destroyed.0 += 1;
+                    }
                 }
             }
         }
-        Ok::<usize, std::io::Error>(destroyed)
+        Ok::<(usize, usize), std::io::Error>(destroyed)
     });
     let mut reaped = Reaped {
         namespaces: namespaces.len(),
@@ -207,31 +230,34 @@ fn sweep(maps: &mut ReaperMaps, stale: &[StaleBackend]) -> Reaped {
     };
     for (path, outcome) in outcomes {
         match outcome {
-            Ok(Ok(n)) => reaped.destroyed += n,
+            Ok(Ok((udp, tcp))) => {
+                reaped.udp_destroyed += udp;
+                reaped.tcp_destroyed += tcp;
+            }
             Ok(Err(e)) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => warn!(
                 namespace = %path.display(),
-                "connected UDP sockets of removed endpoints cannot be destroyed: the kernel was built without CONFIG_INET_DIAG_DESTROY ({e})"
+                "connected sockets of removed endpoints cannot be destroyed: the kernel was built without CONFIG_INET_DIAG_DESTROY ({e})"
             ),
             Ok(Err(e)) => {
-                warn!(namespace = %path.display(), "destroying connected UDP sockets of removed endpoints: {e}")
+                warn!(namespace = %path.display(), "destroying connected sockets of removed endpoints: {e}")
             }
             Err(e) => {
                 debug!(namespace = %path.display(), "namespace not entered (gone meanwhile?): {e}")
             }
         }
     }
-    reaped.flows_dropped = drop_flows(&mut maps.udp_flows, &by_backend);
+    reaped.flows_dropped = drop_flows(&mut maps.udp_flows, &left);
     reaped
 }
 
 /// Whether `socket` was connected through a frontend to a backend that left it.
 fn stranded(
-    socket: &sock_diag::UdpSocket,
-    by_backend: &StdHashMap<Backend, Vec<Frontend>>,
+    socket: &sock_diag::InetSocket,
+    left: &LeftBy,
     ring: &Array<MapData, TcpRevNat>,
     revnat: &HashMap<MapData, RevNatKey, Frontend>,
 ) -> bool {
-    let Some(frontends) = by_backend.get(&socket.peer) else {
+    let Some(frontends) = left.get(&(socket.protocol, socket.peer)) else {
         return false;
     };
     let through = |addr: &proxy_common::Addr, port: u16| {
@@ -257,19 +283,17 @@ fn stranded(
 }
 
 /// Drops the unconnected sockets' flows to backends that left; how many.
-fn drop_flows(
-    flows: &mut HashMap<MapData, UdpFlowKey, UdpFlow>,
-    by_backend: &StdHashMap<Backend, Vec<Frontend>>,
-) -> usize {
+fn drop_flows(flows: &mut HashMap<MapData, UdpFlowKey, UdpFlow>, left: &LeftBy) -> usize {
     let doomed: Vec<UdpFlowKey> = flows
         .iter()
         .filter_map(Result::ok)
         .filter(|(key, flow)| {
-            by_backend.get(&flow.backend).is_some_and(|frontends| {
-                frontends
-                    .iter()
-                    .any(|f| same_frontend(f, &key.frontend.addr, key.frontend.port))
-            })
+            left.get(&(IPPROTO_UDP, flow.backend))
+                .is_some_and(|frontends| {
+                    frontends
+                        .iter()
+                        .any(|f| same_frontend(f, &key.frontend.addr, key.frontend.port))
+                })
         })
         .map(|(key, _)| key)
         .collect();
