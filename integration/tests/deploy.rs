@@ -169,8 +169,9 @@ fn the_agent_started_as_the_daemonset_serves_a_cluster_ip() {
         .lines()
         .find_map(|l| l.strip_prefix("CapBnd:"))
         .expect("CapBnd");
-    // CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_PERFMON 38, CAP_BPF 39.
-    let expected: u64 = (1 << 12) | (1 << 13) | (1 << 38) | (1 << 39);
+    // CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_SYS_PTRACE 19, CAP_SYS_ADMIN 21,
+    // CAP_PERFMON 38, CAP_BPF 39.
+    let expected: u64 = (1 << 12) | (1 << 13) | (1 << 19) | (1 << 21) | (1 << 38) | (1 << 39);
     assert_eq!(
         u64::from_str_radix(bounding.trim(), 16).ok(),
         Some(expected),

@@ -306,6 +306,11 @@ fn daemonset_runs_the_agent_as_an_operator_expects() {
 
     assert_eq!(pod.host_network, Some(true), "{file}: hostNetwork");
     assert_eq!(
+        pod.host_pid,
+        Some(true),
+        "{file}: hostPID (the socket reaper finds pods' network namespaces in /proc)"
+    );
+    assert_eq!(
         pod.priority_class_name.as_deref(),
         Some("system-node-critical"),
         "{file}: priorityClassName"
@@ -382,7 +387,14 @@ fn daemonset_runs_the_agent_as_an_operator_expects() {
         .unwrap_or_else(|| panic!("{file}: no capabilities"));
     assert_eq!(
         set(capabilities.add.as_ref()),
-        BTreeSet::from(["BPF", "NET_ADMIN", "NET_RAW", "PERFMON"]),
+        BTreeSet::from([
+            "BPF",
+            "NET_ADMIN",
+            "NET_RAW",
+            "PERFMON",
+            "SYS_ADMIN",
+            "SYS_PTRACE"
+        ]),
         "{file}: capabilities.add"
     );
     assert_eq!(
@@ -610,6 +622,11 @@ fn iptables_overlay_only_takes_the_ebpf_capabilities_away() {
         set(capabilities.add.as_ref()),
         BTreeSet::from(["NET_ADMIN", "NET_RAW"]),
         "{file}: capabilities.add in iptables mode"
+    );
+    assert_eq!(
+        pod_spec(file, &patch).host_pid,
+        Some(false),
+        "{file}: iptables mode destroys no sockets: no hostPID"
     );
     assert!(
         capabilities.drop.is_none() || capabilities.drop == Some(strings(&["ALL"])),

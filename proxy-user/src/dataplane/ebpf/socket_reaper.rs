@@ -228,6 +228,7 @@ fn sweep(maps: &mut ReaperMaps, stale: &[StaleBackend]) -> Reaped {
         namespaces: namespaces.len(),
         ..Reaped::default()
     };
+    let mut not_entered = 0;
     for (path, outcome) in outcomes {
         match outcome {
             Ok(Ok((udp, tcp))) => {
@@ -241,10 +242,17 @@ fn sweep(maps: &mut ReaperMaps, stale: &[StaleBackend]) -> Reaped {
             Ok(Err(e)) => {
                 warn!(namespace = %path.display(), "destroying connected sockets of removed endpoints: {e}")
             }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => not_entered += 1,
             Err(e) => {
                 debug!(namespace = %path.display(), "namespace not entered (gone meanwhile?): {e}")
             }
         }
+    }
+    if not_entered > 0 {
+        warn!(
+            namespaces = not_entered,
+            "the sockets in these network namespaces were not checked: entering them needs CAP_SYS_ADMIN (EPERM); clients there may stay on endpoints that left"
+        );
     }
     reaped.flows_dropped = drop_flows(&mut maps.udp_flows, &left);
     reaped
