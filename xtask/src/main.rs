@@ -315,9 +315,17 @@ fn test(require_privileged: bool, extra: &[String], totals: &mut Totals) -> anyh
     if root && extra.is_empty() {
         step(
             "test",
-            "the ClusterIP tests again, with the agent started as deploy/'s DaemonSet starts it",
+            "the ClusterIP and UDP flow tests again, with the agent started as deploy/'s DaemonSet starts it (its capabilities: the UDP flow tests destroy sockets in pods' namespaces)",
         );
-        let args = ["-p", "integration", "--test", "clusterip"].map(String::from);
+        let args = [
+            "-p",
+            "integration",
+            "--test",
+            "clusterip",
+            "--test",
+            "udp_flows",
+        ]
+        .map(String::from);
         let env = [("EBPF_PROXY_AGENT_LAUNCH", "daemonset")];
         ok &= cargo_test(&args, &env, require_privileged, totals)?;
     }
