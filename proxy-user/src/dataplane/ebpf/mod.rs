@@ -9,6 +9,7 @@ pub mod links;
 pub mod load_error;
 pub mod loader;
 pub mod maps;
+pub mod netlink;
 pub mod netns;
 pub mod orphans;
 pub mod regions;

@@ -6,6 +6,8 @@
 
 use std::{ffi::CStr, io, mem::size_of};
 
+use super::netlink::{self, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attributes};
+
 /// Which side of the clsact qdisc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -38,25 +40,10 @@ pub struct Filter {
 
 const RTM_GETTFILTER: u16 = 46;
 const RTM_NEWTFILTER: u16 = 44;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
 const TCA_KIND: u16 = 1;
 const TCA_OPTIONS: u16 = 2;
 const TCA_BPF_NAME: u16 = 7;
 const TCA_BPF_ID: u16 = 11;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct NlMsgHdr {
-    len: u32,
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    pid: u32,
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -70,74 +57,38 @@ struct TcMsg {
     info: u32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Request {
-    header: NlMsgHdr,
-    tc: TcMsg,
-}
-
 /// Every filter on `direction` of the clsact qdisc of interface `ifindex`; empty when
 /// the interface has no clsact qdisc.
 pub fn list(ifindex: u32, direction: Direction) -> io::Result<Vec<Filter>> {
-    let socket = Socket::open()?;
-    let request = Request {
-        header: NlMsgHdr {
-            len: size_of::<Request>() as u32,
-            kind: RTM_GETTFILTER,
-            flags: NLM_F_REQUEST | NLM_F_DUMP,
-            seq: 1,
-            pid: 0,
-        },
-        tc: TcMsg {
-            ifindex: ifindex as i32,
-            parent: direction.parent(),
-            ..Default::default()
-        },
+    let mut socket = netlink::Socket::open(libc::NETLINK_ROUTE)?;
+    let request = TcMsg {
+        ifindex: ifindex as i32,
+        parent: direction.parent(),
+        ..Default::default()
     };
-    // SAFETY: Request is repr(C) plain data.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&request as *const Request).cast::<u8>(),
-            size_of::<Request>(),
-        )
+    // SAFETY: TcMsg is repr(C) plain data.
+    let body = unsafe {
+        std::slice::from_raw_parts((&request as *const TcMsg).cast::<u8>(), size_of::<TcMsg>())
     };
-    socket.send(bytes)?;
+    socket.request(RTM_GETTFILTER, NLM_F_REQUEST | NLM_F_DUMP, body)?;
     let mut filters = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = socket.recv(&mut buf)?;
-        let mut rest = &buf[..n];
-        while rest.len() >= size_of::<NlMsgHdr>() {
-            let header: NlMsgHdr = read(rest);
-            let len = header.len as usize;
-            if len < size_of::<NlMsgHdr>() || len > rest.len() {
-                return Err(io::Error::other("truncated netlink message"));
-            }
-            let body = &rest[size_of::<NlMsgHdr>()..len];
-            match header.kind {
+        for (kind, body) in netlink::messages(&buf[..n])? {
+            match kind {
                 NLMSG_DONE => return Ok(filters),
                 NLMSG_ERROR => {
-                    let code = if body.len() >= 4 {
-                        i32::from_ne_bytes([body[0], body[1], body[2], body[3]])
-                    } else {
-                        0
-                    };
-                    return match -code {
-                        0 => Ok(filters),
+                    return match netlink::error_of(body).and_then(|e| e.raw_os_error()) {
+                        None => Ok(filters),
                         // No clsact qdisc (or no such side of it): no filters.
-                        libc::EINVAL | libc::ENOENT => Ok(Vec::new()),
-                        errno => Err(io::Error::from_raw_os_error(errno)),
+                        Some(libc::EINVAL | libc::ENOENT) => Ok(Vec::new()),
+                        Some(errno) => Err(io::Error::from_raw_os_error(errno)),
                     };
                 }
-                RTM_NEWTFILTER => {
-                    if let Some(filter) = parse_filter(body) {
-                        filters.push(filter);
-                    }
-                }
+                RTM_NEWTFILTER => filters.extend(parse_filter(body)),
                 _ => {}
             }
-            rest = &rest[align(len).min(rest.len())..];
         }
     }
 }
@@ -179,27 +130,6 @@ fn parse_filter(body: &[u8]) -> Option<Filter> {
     Some(filter)
 }
 
-/// The (type, payload) of each netlink attribute in `bytes`.
-fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if bytes.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
-        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > bytes.len() {
-            return None;
-        }
-        let data = &bytes[4..len];
-        bytes = &bytes[align(len).min(bytes.len())..];
-        Some((kind, data))
-    })
-}
-
-fn align(len: usize) -> usize {
-    (len + 3) & !3
-}
-
 fn c_string(data: &[u8]) -> Option<String> {
     CStr::from_bytes_until_nul(data)
         .ok()
@@ -217,47 +147,6 @@ fn read<T: Copy + Default>(bytes: &[u8]) -> T {
     value
 }
 
-struct Socket(std::os::fd::OwnedFd);
-
-impl Socket {
-    fn open() -> io::Result<Self> {
-        use std::os::fd::FromRawFd as _;
-        // SAFETY: plain socket(2); the descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a new descriptor nobody else owns.
-        Ok(Self(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
-    }
-
-    fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: bytes is valid for its length.
-        let n = unsafe { libc::send(self.0.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::fd::AsRawFd as _;
-        // SAFETY: buf is valid and writable for its length.
-        let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +156,7 @@ mod tests {
         out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
         out.extend_from_slice(&kind.to_ne_bytes());
         out.extend_from_slice(data);
-        out.resize(align(out.len()), 0);
+        out.resize(netlink::align(out.len()), 0);
         out
     }
 
@@ -311,12 +200,5 @@ mod tests {
         body.extend(attr(TCA_KIND, b"bpf\0"));
         assert_eq!(parse_filter(&body), None);
         assert_eq!(parse_filter(&body[..4]), None);
-    }
-
-    #[test]
-    fn a_truncated_attribute_ends_the_walk() {
-        let mut bytes = attr(TCA_KIND, b"bpf\0");
-        bytes.extend_from_slice(&[200, 0, 1, 0]);
-        assert_eq!(attributes(&bytes).count(), 1);
     }
 }
