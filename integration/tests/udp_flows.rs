@@ -138,6 +138,31 @@ fn flows(node: &KubeNode, source: &str, args: &[&str]) -> FlowsProbe {
     probe
 }
 
+/// Three connected and three unconnected sockets from each of `sources`, three rounds
+/// 300 ms apart, stopped after round 0.
+fn udp_probes(node: &KubeNode, sources: &[&str]) -> Vec<FlowsProbe> {
+    let args = ["--sockets", "3", "--rounds", "3", "--interval-ms", "300"];
+    let connected: Vec<&str> = args.iter().copied().chain(["--connected"]).collect();
+    sources
+        .iter()
+        .flat_map(|source| [flows(node, source, &connected), flows(node, source, &args)])
+        .collect()
+}
+
+/// Makes `change` while `probes` wait after their round 0, then lets them go on a second
+/// after it is programmed (`change` returns once it is); every probe's rounds.
+fn across_a_change(
+    probes: Vec<FlowsProbe>,
+    change: impl FnOnce(),
+) -> Vec<(String, Vec<Vec<String>>)> {
+    change();
+    std::thread::sleep(Duration::from_secs(1));
+    for probe in &probes {
+        probe.resume();
+    }
+    probes.into_iter().map(FlowsProbe::finish).collect()
+}
+
 #[test]
 fn one_unconnected_socket_stays_on_one_backend_and_other_sockets_spread() {
     require_privileges!();
@@ -242,22 +267,12 @@ fn no_client_is_stranded_on_a_removed_endpoint() {
         let node = node();
         let agent = start(&node, mode, &[], &dns_service(&["a"], None));
         wait_for_backends(&agent, &["a"]);
-        let args = ["--sockets", "3", "--rounds", "3", "--interval-ms", "300"];
-        let connected: Vec<&str> = args.iter().copied().chain(["--connected"]).collect();
-        let all = [
-            flows(&node, CLIENT_POD, &connected),
-            flows(&node, NODE_IP, &connected),
-            flows(&node, CLIENT_POD, &args),
-            flows(&node, NODE_IP, &args),
-        ];
-        agent.write("dns.yaml", &dns_service(&["b"], None));
-        wait_for_backends(&agent, &["b"]);
-        std::thread::sleep(Duration::from_secs(1));
-        for flows in &all {
-            flows.resume();
-        }
-        for flows in all {
-            let (label, rounds) = flows.finish();
+        let probes = udp_probes(&node, &[CLIENT_POD, NODE_IP]);
+        let results = across_a_change(probes, || {
+            agent.write("dns.yaml", &dns_service(&["b"], None));
+            wait_for_backends(&agent, &["b"]);
+        });
+        for (label, rounds) in results {
             let is_connected = label.contains("--connected");
             assert!(
                 rounds[0].iter().all(|x| *x == answer("a")),
@@ -318,20 +333,12 @@ fn flows_stay_on_an_endpoint_that_terminates_while_it_serves() {
         let node = node();
         let agent = start(&node, mode, &[], &dns_service(&["a"], None));
         wait_for_backends(&agent, &["a"]);
-        let args = ["--sockets", "3", "--rounds", "3", "--interval-ms", "300"];
-        let connected: Vec<&str> = args.iter().copied().chain(["--connected"]).collect();
-        let all = [
-            flows(&node, CLIENT_POD, &connected),
-            flows(&node, CLIENT_POD, &args),
-        ];
-        agent.write("dns.yaml", &changed);
-        wait_for_share(&agent, b.0, 100.0);
-        std::thread::sleep(Duration::from_secs(1));
-        for flows in &all {
-            flows.resume();
-        }
-        for flows in all {
-            let (label, rounds) = flows.finish();
+        let probes = udp_probes(&node, &[CLIENT_POD]);
+        let results = across_a_change(probes, || {
+            agent.write("dns.yaml", &changed);
+            wait_for_share(&agent, b.0, 100.0);
+        });
+        for (label, rounds) in results {
             assert!(
                 rounds.iter().flatten().all(|x| *x == answer("a")),
                 "{mode} {label}: {rounds:?}\nagent log:\n{}",
@@ -398,14 +405,11 @@ fn tcp_connections_are_reset_only_when_asked() {
                 FlowsProbe::start(command, &to, &args)
             })
             .collect();
-        agent.write("dns.yaml", &lines("b"));
-        wait_for_port_backends(&agent, "demo/lines:lines", &LINES, &["b"]);
-        std::thread::sleep(Duration::from_secs(1));
-        for flows in &all {
-            flows.resume();
-        }
-        for flows in all {
-            let (label, rounds) = flows.finish();
+        let results = across_a_change(all, || {
+            agent.write("dns.yaml", &lines("b"));
+            wait_for_port_backends(&agent, "demo/lines:lines", &LINES, &["b"]);
+        });
+        for (label, rounds) in results {
             let context = format!("{mode} terminate={terminate} {label}: {rounds:?}");
             assert!(rounds[0].iter().all(|x| x == "connected"), "{context}");
             for x in &rounds[1] {

@@ -5,7 +5,9 @@
 //! number of services and backends.
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
-use proxy_common::{Addr, Affinity, AffinityKey, Backend, Event, Frontend, MemberKey, Service};
+use proxy_common::{
+    Addr, Affinity, AffinityKey, Backend, Event, Frontend, Member, MemberKey, Service,
+};
 
 use crate::maps::{AFFINITY, MEMBERS, SERVICES, SLOTS, count};
 
@@ -80,32 +82,29 @@ fn live_affinity(key: &AffinityKey, service: &Service, now: u64) -> Option<Backe
     Some(backend)
 }
 
-/// Whether `backend` still takes new connections of `frontend` (a member with a non-zero
-/// weight): what an affinity entry or a UDP flow needs to keep its backend.
+/// `backend`'s member entry in `frontend`'s table, if it is one.
 #[inline(always)]
-pub fn usable(frontend: &Frontend, backend: Backend) -> bool {
-    match MEMBERS.get_ptr(MemberKey {
+fn member(frontend: &Frontend, backend: Backend) -> Option<Member> {
+    let entry = MEMBERS.get_ptr(MemberKey {
         frontend: *frontend,
         backend,
-    }) {
-        // SAFETY: a value pointer from a successful lookup, read at once.
-        Some(m) => (unsafe { (*m).weight }) != 0,
-        None => false,
-    }
+    })?;
+    // SAFETY: a value pointer from a successful lookup, read at once.
+    Some(unsafe { *entry })
+}
+
+/// Whether `backend` still takes new connections of `frontend` (a member with a non-zero
+/// weight): what an affinity entry needs to keep its backend.
+#[inline(always)]
+pub fn usable(frontend: &Frontend, backend: Backend) -> bool {
+    member(frontend, backend).is_some_and(|m| m.weight != 0)
 }
 
 /// Whether a UDP flow on `backend` keeps it: the backend takes new connections of
 /// `frontend`, or still serves them (`MEMBER_FLOWS_ONLY`).
 #[inline(always)]
 pub fn keeps_flows(frontend: &Frontend, backend: Backend) -> bool {
-    match MEMBERS.get_ptr(MemberKey {
-        frontend: *frontend,
-        backend,
-    }) {
-        // SAFETY: a value pointer from a successful lookup, read at once.
-        Some(m) => unsafe { *m }.keeps_flows(),
-        None => false,
-    }
+    member(frontend, backend).is_some_and(|m| m.keeps_flows())
 }
 
 /// A uniformly random slot of the frontend's table. A slot outside the array or empty

@@ -15,7 +15,7 @@
 //! every datagram underneath it is what the socket path exists to avoid. Why `SOCK_DESTROY`
 //! through sock_diag and not `bpf_sock_destroy` from a socket iterator (Linux 6.5): the
 //! loader (aya) cannot relocate kfunc calls yet, and sock_diag does it on every kernel
-//! with `CONFIG_INET_DIAG_DESTROY` (Debian's and most distributions' since 4.5).
+//! with `CONFIG_INET_DIAG_DESTROY` (Debian's kernels have it).
 //!
 //! Which sockets: those whose translation names the frontend and the backend that left,
 //! found by socket cookie in the ring connect4/6 write for TCP and connected UDP sockets
