@@ -93,10 +93,23 @@ fn main() {
     println!("\n-- 4. UDP to demo/dns 198.19.0.53:53 (unconnected sendto/recvfrom)");
     let udp = t.probe(&["--to", "198.19.0.53:53", "--count", "20", "--unconnected"]);
     println!(
-        "answers: {}; replies came from: {}",
+        "20 sockets, one datagram each: {}; replies came from: {}",
         summary(&udp),
         keys(&udp.reply_sources)
     );
+    // One socket's datagrams are one flow: they stay on one backend while it is active.
+    let flow = t.probe(&["--to", "198.19.0.53:53", "--count", "20", "--one-socket"]);
+    println!("one socket, 20 datagrams: {}", summary(&flow));
+    println!("\n$ proxyctl udp-flows   (the socket's flow)");
+    let flows = String::from_utf8_lossy(&agent.proxyctl(&["udp-flows"]).stdout).into_owned();
+    let mut lines = flows.lines();
+    if let Some(header) = lines.next() {
+        println!("{header}");
+    }
+    // The newest flow is the last socket's; the 20 sockets before it each left one too.
+    if let Some(newest) = lines.next() {
+        println!("{newest}");
+    }
 
     println!(
         "\n-- 5. a dual-stack Service, demo/both: 198.19.0.20 (endpoints web-0, web-1 by IPv4) and 2001:db8:19::20 (web-1, web-2 by IPv6)"
