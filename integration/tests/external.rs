@@ -342,7 +342,10 @@ fn a_flow_survives_an_unrelated_change_and_an_agent_restart(mode: &'static str) 
         .client_command(probe.to_str().expect("utf-8 path"))
         .args(["connect", "--to", &format!("{NODE_A_IP}:30053"), "--udp"])
         .args(["--one-socket", "--count", "60", "--interval-ms", "50"])
-        .args(["--timeout-ms", "1000", "--sequence"])
+        // A datagram the restart loses times out however long the wait; a long one only
+        // forgives a reply late on a loaded machine (CI once saw one at 1 s, before the
+        // restart).
+        .args(["--timeout-ms", "3000", "--sequence"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("probe");
@@ -713,7 +716,10 @@ fn ipv6_a_flow_survives_an_agent_restart(mode: &'static str) {
         .client_command(probe.to_str().expect("utf-8 path"))
         .args(["connect", "--to", &format!("[{NODE_A_IP6}]:30053"), "--udp"])
         .args(["--one-socket", "--count", "60", "--interval-ms", "50"])
-        .args(["--timeout-ms", "1000", "--sequence"])
+        // A datagram the restart loses times out however long the wait; a long one only
+        // forgives a reply late on a loaded machine (CI once saw one at 1 s, before the
+        // restart).
+        .args(["--timeout-ms", "3000", "--sequence"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("probe");
