@@ -236,6 +236,25 @@ impl FrontendSpec {
     pub fn usable(&self) -> impl Iterator<Item = &WeightedBackend> {
         self.backends.iter().filter(|b| b.weight > 0)
     }
+
+    /// The backends whose flows go stale when this frontend becomes `next` (`None`: it is
+    /// removed): each kept its flows here and does not there (deleted, no longer serving,
+    /// weight 0). Both dataplanes act on them: the iptables mode deletes their UDP
+    /// conntrack entries, the eBPF mode destroys their connected sockets.
+    pub fn left_for(&self, next: Option<&FrontendSpec>) -> Vec<BackendAddr> {
+        let kept = |b: &WeightedBackend| {
+            next.is_some_and(|n| {
+                n.backends
+                    .iter()
+                    .any(|k| k.addr == b.addr && k.keeps_flows())
+            })
+        };
+        self.backends
+            .iter()
+            .filter(|b| b.keeps_flows() && !kept(b))
+            .map(|b| b.addr)
+            .collect()
+    }
 }
 
 /// Every frontend of the node.

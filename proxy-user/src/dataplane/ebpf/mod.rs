@@ -308,21 +308,13 @@ impl EbpfDataplane {
         let Some(before) = self.installed.get(addr) else {
             return Vec::new();
         };
-        let kept = |b: &crate::model::WeightedBackend| {
-            wanted.is_some_and(|w| {
-                w.backends
-                    .iter()
-                    .any(|n| n.addr == b.addr && n.keeps_flows())
-            })
-        };
         let frontend = convert::frontend(addr);
         before
-            .backends
+            .left_for(wanted)
             .iter()
-            .filter(|b| b.keeps_flows() && !kept(b))
             .map(|b| socket_reaper::StaleBackend {
                 frontend,
-                backend: convert::backend(&b.addr),
+                backend: convert::backend(b),
             })
             .collect()
     }

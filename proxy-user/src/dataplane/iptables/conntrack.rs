@@ -54,21 +54,21 @@ pub fn stale_flows(
         }];
     }
     // An endpoint that still serves keeps its flows (kube-proxy clears those of an
-    // endpoint deleted or no longer serving).
-    let keeping = |spec: Option<&FrontendSpec>| -> Vec<IpAddr> {
-        spec.map(|s| {
-            s.backends
+    // endpoint deleted or no longer serving). Entries are matched by reply source, an
+    // address: one still serving on another port keeps them.
+    let still_there = |ip: &IpAddr| {
+        new.is_some_and(|n| {
+            n.backends
                 .iter()
-                .filter(|b| b.keeps_flows())
-                .map(|b| b.addr.ip)
-                .collect()
+                .any(|b| b.addr.ip == *ip && b.keeps_flows())
         })
-        .unwrap_or_default()
     };
-    let (before, after) = (keeping(old), keeping(new));
-    let mut gone: Vec<IpAddr> = before
+    let mut gone: Vec<IpAddr> = old
+        .map(|o| o.left_for(new))
+        .unwrap_or_default()
         .into_iter()
-        .filter(|ip| !after.contains(ip))
+        .map(|b| b.ip)
+        .filter(|ip| !still_there(ip))
         .collect();
     gone.sort();
     gone.dedup();
