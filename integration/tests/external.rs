@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use integration::{
     Agent,
+    flows_probe::FlowsProbe,
     manifests::{DNS, HTTP, Port, ServiceOpts, service_with_endpoints},
     two_nodes::{CLIENT_IP, CLIENT_IP6, NODE_A_IP, NODE_A_IP6, TwoNodes},
 };
@@ -461,6 +462,125 @@ const NODE_A_NB_IP6: &str = "2001:db8:18:101::1";
 /// node-a's address toward pod-a: what iptables mode masquerades a flow to pod-a to
 /// (MASQUERADE takes the address of the link the packet leaves by).
 const NODE_A_POD_A_IP6: &str = "2001:db8:18:110::1";
+
+/// A long-lived TCP port (`probe serve --tcp-lines`), NodePort 30090.
+const LINES_NP: Port<'static> = Port {
+    name: "lines",
+    port: 9000,
+    target: 9000,
+    protocol: "TCP",
+    node_port: Some(30090),
+};
+
+/// The port node-a's own connections use below: in the kernel's ephemeral range, where
+/// an external client's source port also lies.
+const SHARED_PORT: u16 = 40_000;
+
+both_modes!(masqueraded_flows_and_the_nodes_own_connections_never_share_a_port);
+/// Flows masqueraded to node-a and node-a's own connections leave from one address. If
+/// one took a source port the other holds toward the same backend, the backend's replies
+/// would reach the wrong one: the connection made second times out, or resets the first.
+/// kube-proxy's conntrack picks another port for the masqueraded flow; the eBPF mode takes
+/// its ports outside the kernel's ephemeral range, and reserves them where the node's
+/// range reaches into them. Both orders, with the external client and the node using the
+/// same source port.
+fn masqueraded_flows_and_the_nodes_own_connections_never_share_a_port(mode: &'static str) {
+    let t = TwoNodes::new();
+    let probe = FlowsProbe::program();
+    let _lines = integration::spawn_ready(t.pod_b.netns.command(&probe, None).args([
+        "serve",
+        "--name",
+        "pod-b",
+        "--tcp-lines",
+        "0.0.0.0:9000",
+    ]));
+    // pod-b alone, on node-b: every flow through the NodePorts leaves node-a masqueraded.
+    let opts = ServiceOpts {
+        type_: Some("NodePort"),
+        ..ServiceOpts::default()
+    };
+    let yaml = service_with_endpoints("web", VIP, &[HTTP_NP, LINES_NP], &opts, &t.endpoints()[1..]);
+    // A node whose ephemeral range is widened to every port (as some operators do): the
+    // eBPF mode's agent reserves the ports masqueraded flows take.
+    t.node_a.sysctl("net.ipv4.ip_local_port_range=1024 65535");
+    let agent = start(&t, mode, &yaml);
+    let reserved = integration::run(
+        t.node_a
+            .command("sysctl", None)
+            .args(["-n", "net.ipv4.ip_local_reserved_ports"]),
+    );
+    let expected = if mode == "ebpf" { "61000-65535" } else { "" };
+    assert_eq!(reserved.trim(), expected, "{mode}: {}", agent.log());
+    let http = format!("{NODE_A_IP}:30080");
+    let seen = who_saw(&t.probe(&["--to", &http, "--ask-source"]));
+    let [(pod, masquerade)] = seen.as_slice() else {
+        panic!("{mode}: one answer: {seen:?}");
+    };
+    assert_eq!(pod, "pod-b", "{mode}");
+    let client_from = format!("{CLIENT_IP}:{SHARED_PORT}");
+    let node_from = format!("{masquerade}:{SHARED_PORT}");
+    let node_probe = |args: &[&str]| -> integration::Report {
+        let out = integration::run(
+            t.node_a
+                .command(&probe, Some(&t.cgroup))
+                .arg("connect")
+                .args(args),
+        );
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("probe output {out:?}: {e}"))
+    };
+
+    // The external client's flow first (closed, but its translation lives on a while),
+    // then node-a's own connection to pod-b from the same port.
+    let external = t.probe(&["--to", &http, "--from", &client_from]);
+    assert_eq!(
+        external.count("pod-b"),
+        1,
+        "{mode}: external first: {external:?}"
+    );
+    let pod_b = format!("{}:8080", t.pod_b.ip);
+    let own = node_probe(&["--to", &pod_b, "--from", &node_from, "--timeout-ms", "3000"]);
+    assert_eq!(
+        own.count("pod-b"),
+        1,
+        "{mode}: node-a's connection second: {own:?}"
+    );
+
+    // node-a's open connection first, then an external flow from the same port; both
+    // go on answering.
+    let node_from = format!("{masquerade}:{}", SHARED_PORT + 2);
+    let client_from = format!("{CLIENT_IP}:{}", SHARED_PORT + 2);
+    let lines = |command, to: String, from: &str| {
+        let args = [
+            "--tcp",
+            "--rounds",
+            "2",
+            "--timeout-ms",
+            "3000",
+            "--from",
+            from,
+        ];
+        FlowsProbe::start(command, &to, &args)
+    };
+    let own = lines(
+        t.node_a.command(&probe, Some(&t.cgroup)),
+        format!("{}:9000", t.pod_b.ip),
+        &node_from,
+    );
+    let external = lines(
+        t.client_command(probe.to_str().expect("utf-8 path")),
+        format!("{NODE_A_IP}:30090"),
+        &client_from,
+    );
+    for flows in [own, external] {
+        flows.resume();
+        let (label, rounds) = flows.finish();
+        assert_eq!(
+            rounds,
+            [vec!["connected".to_owned()], vec!["pod-b".to_owned()]],
+            "{mode}: {label}"
+        );
+    }
+}
 
 /// `web` as an IPv6 single-stack LoadBalancer: the same ports, an IPv6 ExternalIP and
 /// LoadBalancer IP.

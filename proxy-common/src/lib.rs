@@ -226,6 +226,14 @@ pub const TCP_SYN_SENT: u8 = 0;
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_CLOSING: u8 = 2;
 
+/// The source ports of flows source-NATed to the node: above the kernel's default
+/// ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999), so that the node's own
+/// connections, which leave from the same address, never hold one (the backend's replies
+/// would reach the wrong one). Where the node's range reaches into them, the agent adds
+/// them to `net.ipv4.ip_local_reserved_ports`.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+
 /// Flow timeouts, as Cilium's connection tracking uses them.
 pub const NAT_TIMEOUT_SYN_NS: u64 = 60 * 1_000_000_000;
 pub const NAT_TIMEOUT_TCP_NS: u64 = 21_600 * 1_000_000_000;

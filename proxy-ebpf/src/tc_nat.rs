@@ -38,8 +38,8 @@ use proxy_common::{
     Addr, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, NAT_ON_EGRESS, NAT_REVERSE, NAT_SNAT,
     NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatEntryOf,
     NatKeyOf, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET, SERVICE_EXTERNAL_LOCAL, SERVICE_KIND_MASK,
-    SERVICE_SOURCE_RANGES, Service, SourceRangeKey, TCP_CLOSING, TCP_ESTABLISHED, TCP_SYN_SENT,
-    source_range_prefix,
+    SERVICE_SOURCE_RANGES, SNAT_PORT_MAX, SNAT_PORT_MIN, Service, SourceRangeKey, TCP_CLOSING,
+    TCP_ESTABLISHED, TCP_SYN_SENT, source_range_prefix,
 };
 
 use crate::{
@@ -53,10 +53,9 @@ use crate::{
     },
 };
 
-/// Tries at a free source port when the client's own is taken for this backend.
+/// Tries at a free source port in `SNAT_PORT_MIN..=SNAT_PORT_MAX` for a masqueraded flow.
 const SNAT_PORT_TRIES: u32 = 8;
-const SNAT_PORT_BASE: u32 = 32_768;
-const SNAT_PORT_SPAN: u32 = 28_232;
+const SNAT_PORT_SPAN: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
 
 /// Whether a flow entry has outlived its protocol's (and TCP state's) timeout.
 #[inline(always)]
@@ -408,10 +407,16 @@ fn source_allowed<A: Family>(frontend: &Frontend, client: &A) -> bool {
 const NO_FREE_PORT: u32 = u32::MAX;
 
 /// A source port on `addr` (network byte order, in the low 16 bits) no other flow to this
-/// backend uses: the client's own if free, else a few random ones; [`NO_FREE_PORT`].
+/// backend uses, in `SNAT_PORT_MIN..=SNAT_PORT_MAX` (never one the node's own connections
+/// may hold): the client's own if it lies there and is free, else a few random ones;
+/// [`NO_FREE_PORT`].
 #[inline(never)]
 fn free_port<A: Family>(p: &Packet<A>, addr: &A, backend: &A, backend_port: u16) -> u32 {
-    let mut port = p.sport;
+    let mut port = if u16::from_be(p.sport) >= SNAT_PORT_MIN {
+        p.sport
+    } else {
+        random_snat_port()
+    };
     for _ in 0..SNAT_PORT_TRIES {
         let key = NatKeyOf {
             saddr: *backend,
@@ -429,10 +434,17 @@ fn free_port<A: Family>(p: &Packet<A>, addr: &A, backend: &A, backend_port: u16)
             }
             Some(_) => {}
         }
-        let random = unsafe { bpf_get_prandom_u32() } % SNAT_PORT_SPAN + SNAT_PORT_BASE;
-        port = (random as u16).to_be();
+        port = random_snat_port();
     }
     NO_FREE_PORT
+}
+
+/// A random port in `SNAT_PORT_MIN..=SNAT_PORT_MAX`, network byte order.
+#[inline(always)]
+fn random_snat_port() -> u16 {
+    // SAFETY: a helper without arguments.
+    let random = unsafe { bpf_get_prandom_u32() } % SNAT_PORT_SPAN;
+    (random as u16 + SNAT_PORT_MIN).to_be()
 }
 
 /// Egress: the replies of flows to a backend on this node, on their way to the client:

@@ -13,7 +13,7 @@ use proxy_user::{
         ebpf::{
             EbpfDataplane,
             interfaces::{self as ifaces, Interface},
-            loader,
+            loader, snat_ports,
         },
         iptables::{self, IptablesDataplane},
     },
@@ -513,8 +513,40 @@ fn open_ebpf(
     let mut dataplane = EbpfDataplane::open(&args.bpffs, cgroup, load_options, interfaces)
         .context("starting the eBPF dataplane")?;
     dataplane.terminate_tcp_on_endpoint_removal(args.terminate_tcp_on_endpoint_removal);
+    if interfaces.is_none_or(|i| !i.is_empty()) {
+        protect_snat_ports();
+    }
     info!(cgroup = %cgroup.display(), "programs loaded; they attach after the first full sync");
     Ok(dataplane)
+}
+
+/// Keeps the source ports of masqueraded flows from the node's own connections; without
+/// that, the log says what is at stake, and everything else is served.
+fn protect_snat_ports() {
+    let ports = format!(
+        "{}-{}",
+        proxy_common::SNAT_PORT_MIN,
+        proxy_common::SNAT_PORT_MAX
+    );
+    match snat_ports::protect(std::path::Path::new("/proc/sys")) {
+        Ok(snat_ports::Protection::Apart { ephemeral }) => info!(
+            snat_ports = %ports,
+            ephemeral_ports = ?ephemeral,
+            "masqueraded flows take source ports outside the node's ephemeral range"
+        ),
+        Ok(snat_ports::Protection::AlreadyReserved { ephemeral }) => info!(
+            snat_ports = %ports,
+            ephemeral_ports = ?ephemeral,
+            "masqueraded flows take source ports already in ip_local_reserved_ports"
+        ),
+        Ok(snat_ports::Protection::Reserved { ephemeral }) => info!(
+            snat_ports = %ports,
+            ephemeral_ports = ?ephemeral,
+            "added the source ports of masqueraded flows to ip_local_reserved_ports, as the \
+             node's ephemeral range reaches into them"
+        ),
+        Err(e) => tracing::warn!("{}", logging::Chain(&e)),
+    }
 }
 
 /// A kernel feature by the name `proxyctl status` gives it.

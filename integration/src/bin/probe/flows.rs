@@ -36,6 +36,9 @@ pub struct FlowsArgs {
     wait_file: Option<PathBuf>,
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
+    /// `--tcp`: connect from this address and port (one socket only).
+    #[arg(long, requires = "tcp")]
+    from: Option<SocketAddr>,
 }
 
 #[derive(Serialize)]
@@ -86,7 +89,7 @@ fn run_tcp(args: &FlowsArgs, timeout: Duration) {
     let mut streams: Vec<Option<TcpStream>> = Vec::new();
     let mut first = Vec::new();
     for _ in 0..args.sockets {
-        match TcpStream::connect_timeout(&args.to, timeout) {
+        match super::tcp_connect(args.to, args.from, timeout) {
             Ok(stream) => {
                 let _ = stream.set_read_timeout(Some(timeout));
                 streams.push(Some(stream));

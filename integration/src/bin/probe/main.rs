@@ -10,7 +10,8 @@
 //! and which peer (getpeername) and reply source addresses the client saw. IPv6 works the
 //! same (`--to [2001:db8:19::a]:80`, addresses reported as `[2001:db8:19::a]:80`), and an
 //! IPv4-mapped address (`--to [::ffff:198.19.0.10]:80`) connects an IPv6 socket to an
-//! IPv4 address, as a dual-stack application does.
+//! IPv4 address, as a dual-stack application does. `--from 198.18.100.2:40000` makes a
+//! TCP connection from that address and port.
 //!
 //! `probe flows` keeps UDP sockets (or TCP connections) across a change the test makes
 //! ([`flows`]); `probe serve --tcp-lines` answers each line of a long-lived connection.
@@ -79,6 +80,10 @@ enum Command {
         /// and exchange again (both answers, peers and reply sources are reported).
         #[arg(long)]
         then_to: Option<SocketAddr>,
+        /// TCP: connect from this address and port (SO_REUSEADDR), as a test makes two
+        /// flows share a source port.
+        #[arg(long)]
+        from: Option<SocketAddr>,
     },
     Flows(flows::FlowsArgs),
 }
@@ -116,6 +121,7 @@ fn main() {
             ask_source,
             one_socket,
             then_to,
+            from,
         } => {
             let timeout = Duration::from_millis(timeout_ms);
             let mut report = Report::default();
@@ -137,7 +143,7 @@ fn main() {
                 } else if udp || unconnected {
                     udp_exchange(to, unconnected, then_to, timeout, &mut report)
                 } else {
-                    tcp_exchange(to, timeout, ask_source, &mut report)
+                    tcp_exchange(to, from, timeout, ask_source, &mut report)
                 };
                 let label = match outcome {
                     Ok(name) => {
@@ -164,11 +170,12 @@ fn main() {
 
 fn tcp_exchange(
     to: SocketAddr,
+    from: Option<SocketAddr>,
     timeout: Duration,
     ask_source: bool,
     report: &mut Report,
 ) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&to, timeout)?;
+    let mut stream = tcp_connect(to, from, timeout)?;
     if let Ok(peer) = stream.peer_addr() {
         *report.peers.entry(peer.to_string()).or_default() += 1;
     }
@@ -213,6 +220,27 @@ fn udp_exchange(
         )),
         None => Ok(first),
     }
+}
+
+/// A TCP connection to `to`, from `from` when given (bound first, with SO_REUSEADDR so
+/// that a port the last connection left in TIME_WAIT can be bound again).
+fn tcp_connect(
+    to: SocketAddr,
+    from: Option<SocketAddr>,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect_timeout(&to, timeout);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&from.into())?;
+    socket.connect_timeout(&to.into(), timeout)?;
+    Ok(socket.into())
 }
 
 /// The wildcard address of `to`'s family, any port: what a client socket for `to` binds.

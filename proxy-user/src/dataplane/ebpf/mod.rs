@@ -14,6 +14,7 @@ pub mod netns;
 pub mod orphans;
 pub mod regions;
 pub mod slots;
+pub mod snat_ports;
 pub mod sock_diag;
 pub mod socket_reaper;
 pub mod tc_attach;
