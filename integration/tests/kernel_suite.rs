@@ -56,7 +56,9 @@ fn start(backends: usize, opts: &ServiceOpts, mode: &'static str) -> (Topology, 
     (t, agent)
 }
 
-/// Waits until the agent has attached its socket programs (both families).
+/// Waits until the agent has attached its socket programs (both families) and recorded
+/// itself for `proxyctl status` (which it does once every program is attached, the tc
+/// ones after the socket ones).
 fn wait_attached(agent: &Agent) {
     agent.wait_for("the programs to attach", Duration::from_secs(10), |_| {
         agent
@@ -64,6 +66,7 @@ fn wait_attached(agent: &Agent) {
             .matches("\"message\":\"socket program\"")
             .count()
             == SOCKET_PROGRAMS
+            && !status(agent)["agent"].is_null()
     });
 }
 

@@ -3,7 +3,7 @@
 //! installed, another map layout, not permitted). Affinity and per-reason counters are
 //! checked against traffic in `parity.rs`.
 
-use std::process::Output;
+use std::{process::Output, time::Duration};
 
 use integration::{
     Agent, Topology, bin_dir, command_in,
@@ -50,6 +50,11 @@ fn start(mode: &'static str) -> (Topology, Agent) {
     agent.start();
     agent.wait_backends("demo/web:http", 2);
     agent.wait_backends("demo/web:dns", 2);
+    // The agent records itself for `proxyctl status` once its programs are attached,
+    // a moment after the maps show the backends.
+    agent.wait_for("the agent record", Duration::from_secs(10), |_| {
+        !json(&agent.proxyctl(&["status", "--json"]))["agent"].is_null()
+    });
     (t, agent)
 }
 
