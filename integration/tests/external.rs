@@ -46,7 +46,13 @@ fn web(extra: &str, endpoints: &[integration::manifests::Endpoint]) -> String {
 }
 
 fn start(t: &TwoNodes, mode: &'static str, yaml: &str) -> Agent {
+    start_with(t, mode, yaml, &[])
+}
+
+/// [`start`] with more agent flags.
+fn start_with(t: &TwoNodes, mode: &'static str, yaml: &str, flags: &[&str]) -> Agent {
     let mut agent = t.agent(mode);
+    agent.extra_args.extend(flags.iter().map(|f| f.to_string()));
     if mode == "ebpf" {
         agent
             .extra_args
@@ -373,6 +379,96 @@ fn a_flow_survives_an_unrelated_change_and_an_agent_restart(mode: &'static str) 
         "one backend throughout: {report:?}"
     );
     assert_eq!(report.answers.values().sum::<usize>(), 60, "{report:?}");
+}
+
+both_modes!(a_udp_flow_from_outside_moves_off_an_endpoint_that_left);
+/// A client that keeps sending UDP through the NodePort from one socket stays on its
+/// endpoint (one flow) until that endpoint leaves the Service; its next datagrams then
+/// reach a live one, as kube-proxy's deleting the removed endpoint's conntrack entries
+/// makes them. pod-b keeps running, so a flow left on it would still be answered.
+fn a_udp_flow_from_outside_moves_off_an_endpoint_that_left(mode: &'static str) {
+    let t = TwoNodes::new();
+    let agent = start(&t, mode, &web("", &t.endpoints()[1..]));
+    let probe = FlowsProbe::program();
+    let flow = FlowsProbe::start(
+        t.client_command(probe.to_str().expect("utf-8 path")),
+        &format!("{NODE_A_IP}:30053"),
+        &["--sockets", "1", "--rounds", "4", "--interval-ms", "300"],
+    );
+    agent.write("web.yaml", &web("", &t.endpoints()[..1]));
+    let pod_a = format!("{}:5353", t.pod_a.ip);
+    agent.wait_for(
+        "pod-a alone behind the NodePort",
+        Duration::from_secs(10),
+        |s| {
+            s.as_array().is_some_and(|rows| {
+                rows.iter().any(|r| {
+                    r["service"] == "demo/web:dns"
+                        && r["backends"].as_array().is_some_and(|b| {
+                            b.len() == 1 && b[0]["address"].as_str() == Some(pod_a.as_str())
+                        })
+                })
+            })
+        },
+    );
+    // Within a second of the change.
+    std::thread::sleep(Duration::from_secs(1));
+    flow.resume();
+    let (label, rounds) = flow.finish();
+    let expected: Vec<Vec<String>> = ["pod-b", "pod-a", "pod-a", "pod-a"]
+        .iter()
+        .map(|answer| vec![answer.to_string()])
+        .collect();
+    assert_eq!(rounds, expected, "{mode}: {label}\n{}", agent.log());
+    let dropped = agent.metric("ebpf_proxy_external_flows_dropped_total");
+    let expected = if mode == "ebpf" { 1.0 } else { 0.0 };
+    assert_eq!(dropped, Some(expected), "{mode}");
+}
+
+both_modes!(a_udp_flow_from_outside_ends_after_the_udp_timeout);
+/// `--udp-timeout` and `--udp-stream-timeout` (3 s here) end a flow from outside once it
+/// has been idle that long, as conntrack's UDP timeouts (which iptables mode sets from
+/// them) do: the client's next datagram chooses anew. The flow's endpoint, pod-b, starts
+/// terminating while it still serves and pod-a is ready: the flow stays on pod-b while
+/// active, and moves to pod-a once idle past the timeout.
+fn a_udp_flow_from_outside_ends_after_the_udp_timeout(mode: &'static str) {
+    let t = TwoNodes::new();
+    let flags = ["--udp-timeout", "3", "--udp-stream-timeout", "3"];
+    let agent = start_with(&t, mode, &web("", &t.endpoints()[1..]), &flags);
+    let probe = FlowsProbe::program();
+    let flow = FlowsProbe::start(
+        t.client_command(probe.to_str().expect("utf-8 path")),
+        &format!("{NODE_A_IP}:30053"),
+        &["--sockets", "1", "--rounds", "3", "--interval-ms", "5000"],
+    );
+    let endpoints = t.endpoints();
+    let terminating = integration::manifests::Endpoint {
+        ready: false,
+        terminating: true,
+        ..endpoints[1].clone()
+    };
+    agent.write("web.yaml", &web("", &[endpoints[0].clone(), terminating]));
+    let pod_a = format!("{}:5353", t.pod_a.ip);
+    agent.wait_for("pod-a behind the NodePort", Duration::from_secs(10), |s| {
+        s.as_array().is_some_and(|rows| {
+            rows.iter().any(|r| {
+                r["service"] == "demo/web:dns"
+                    && r["backends"].as_array().is_some_and(|b| {
+                        b.iter()
+                            .any(|b| b["address"].as_str() == Some(pod_a.as_str()))
+                    })
+            })
+        })
+    });
+    // Round 1 at once (the flow idle for about as long as the change took), round 2
+    // after 5 s idle.
+    flow.resume();
+    let (label, rounds) = flow.finish();
+    let expected: Vec<Vec<String>> = ["pod-b", "pod-b", "pod-a"]
+        .iter()
+        .map(|answer| vec![answer.to_string()])
+        .collect();
+    assert_eq!(rounds, expected, "{mode}: {label}\n{}", agent.log());
 }
 
 /// Without `--interfaces`, the tc programs attach to the interfaces carrying the node's

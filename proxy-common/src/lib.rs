@@ -191,7 +191,8 @@ pub struct NatEntryOf<A> {
     pub alt_port: u16,
     /// [`NAT_REVERSE`], [`NAT_SNAT`], [`NAT_ON_EGRESS`].
     pub flags: u8,
-    /// [`TCP_SYN_SENT`], [`TCP_ESTABLISHED`], [`TCP_CLOSING`]; UDP stays 0.
+    /// [`TCP_SYN_SENT`], [`TCP_ESTABLISHED`], [`TCP_CLOSING`]; UDP: 0, or
+    /// [`UDP_REPLIED`] in both directions' entries once a reply passed.
     pub state: u8,
     pub _pad: [u8; 2],
     /// `bpf_ktime_get_ns()` of the last packet.
@@ -225,6 +226,9 @@ pub const NAT_ON_EGRESS: u8 = 4;
 pub const TCP_SYN_SENT: u8 = 0;
 pub const TCP_ESTABLISHED: u8 = 1;
 pub const TCP_CLOSING: u8 = 2;
+/// `NatEntry::state` of a UDP flow a reply has passed: its idle timeout is then the stream
+/// one (`DatapathConfig::udp_stream_timeout_ns`), as conntrack's is.
+pub const UDP_REPLIED: u8 = 1;
 
 /// The source ports of flows source-NATed to the node: above the kernel's default
 /// ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999), so that the node's own
@@ -234,11 +238,11 @@ pub const TCP_CLOSING: u8 = 2;
 pub const SNAT_PORT_MIN: u16 = 61_000;
 pub const SNAT_PORT_MAX: u16 = 65_535;
 
-/// Flow timeouts, as Cilium's connection tracking uses them.
+/// TCP flow timeouts, as Cilium's connection tracking uses them. A UDP flow's are the
+/// agent's (`DatapathConfig`), conntrack's by default.
 pub const NAT_TIMEOUT_SYN_NS: u64 = 60 * 1_000_000_000;
 pub const NAT_TIMEOUT_TCP_NS: u64 = 21_600 * 1_000_000_000;
 pub const NAT_TIMEOUT_CLOSING_NS: u64 = 10 * 1_000_000_000;
-pub const NAT_TIMEOUT_UDP_NS: u64 = 60 * 1_000_000_000;
 
 /// Value of the interfaces map (by ifindex): an interface the tc programs are attached
 /// to, and the addresses a flow leaving through it is source-NATed to, one per family

@@ -36,14 +36,14 @@ use aya_ebpf::{
 };
 use proxy_common::{
     Addr, Event, Frontend, IPPROTO_TCP, IPPROTO_UDP, NAT_ON_EGRESS, NAT_REVERSE, NAT_SNAT,
-    NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatEntryOf,
-    NatKeyOf, SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET, SERVICE_EXTERNAL_LOCAL, SERVICE_KIND_MASK,
+    NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NatEntryOf, NatKeyOf,
+    SCOPE_EXTERNAL_LOCAL, SCOPE_SOCKET, SERVICE_EXTERNAL_LOCAL, SERVICE_KIND_MASK,
     SERVICE_SOURCE_RANGES, SNAT_PORT_MAX, SNAT_PORT_MIN, Service, SourceRangeKey, TCP_CLOSING,
-    TCP_ESTABLISHED, TCP_SYN_SENT, source_range_prefix,
+    TCP_ESTABLISHED, TCP_SYN_SENT, UDP_REPLIED, source_range_prefix,
 };
 
 use crate::{
-    maps::{IFACES, SERVICES, SOURCE_RANGES, bump, count, scratch, stats},
+    maps::{IFACES, SERVICES, SOURCE_RANGES, bump, config, count, scratch, stats},
     select::{Choice, choose},
     tc_family::{Family, set_destination, set_source},
     tc_forward::{Route, dropped, forward, forward_routed},
@@ -57,11 +57,18 @@ use crate::{
 const SNAT_PORT_TRIES: u32 = 8;
 const SNAT_PORT_SPAN: u32 = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
 
-/// Whether a flow entry has outlived its protocol's (and TCP state's) timeout.
+/// Whether a flow entry has outlived its protocol's (and state's) timeout: a UDP flow's
+/// are the agent's (`--udp-timeout`, `--udp-stream-timeout` once a reply passed), as
+/// conntrack's are in iptables mode; a TCP flow's Cilium's.
 #[inline(always)]
 fn expired<A>(entry: &NatEntryOf<A>, proto: u8, now: u64) -> bool {
     let timeout = if proto == IPPROTO_UDP {
-        NAT_TIMEOUT_UDP_NS
+        let config = config();
+        if entry.state == UDP_REPLIED {
+            config.udp_stream_timeout_ns
+        } else {
+            config.udp_timeout_ns
+        }
     } else {
         match entry.state {
             TCP_SYN_SENT => NAT_TIMEOUT_SYN_NS,
@@ -82,6 +89,52 @@ fn touch<A>(entry: *mut NatEntryOf<A>, tcp_flags: u8, now: u64) {
             (*entry).state = TCP_CLOSING;
         } else if tcp_flags & TCP_ACK != 0 && (*entry).state == TCP_SYN_SENT {
             (*entry).state = TCP_ESTABLISHED;
+        }
+    }
+}
+
+/// A UDP flow lives as one, as conntrack's one entry does: a packet either way refreshes
+/// the other direction's entry too, and a reply marks both replied (the stream timeout).
+/// `entry` is the packet's own (already refreshed); `e`, its contents before.
+#[inline(never)]
+fn touch_udp_pair<A: Family>(
+    p: &Packet<A>,
+    entry: *mut NatEntryOf<A>,
+    e: &NatEntryOf<A>,
+    now: u64,
+) {
+    let reply = e.flags & NAT_REVERSE != 0;
+    let key = if reply {
+        NatKeyOf {
+            saddr: e.alt_addr,
+            daddr: e.to_addr,
+            sport: e.alt_port,
+            dport: e.to_port,
+            proto: p.proto,
+            _pad: [0; 3],
+        }
+    } else {
+        let snat = e.flags & NAT_SNAT != 0;
+        NatKeyOf {
+            saddr: e.to_addr,
+            daddr: if snat { e.alt_addr } else { p.saddr },
+            sport: e.to_port,
+            dport: if snat { e.alt_port } else { p.sport },
+            proto: p.proto,
+            _pad: [0; 3],
+        }
+    };
+    let pair = A::nat().get_ptr_mut(key);
+    // SAFETY: value pointers from successful lookups, valid for this run.
+    unsafe {
+        if let Some(pair) = pair {
+            (*pair).last_seen_ns = now;
+            if reply {
+                (*pair).state = UDP_REPLIED;
+            }
+        }
+        if reply {
+            (*entry).state = UDP_REPLIED;
         }
     }
 }
@@ -185,6 +238,9 @@ fn known_flow<A: Family>(
         };
     }
     touch(entry, p.tcp_flags, now);
+    if p.proto == IPPROTO_UDP {
+        touch_udp_pair(p, entry, &e, now);
+    }
     count(Event::ExternalFlowPacket);
     if e.flags & NAT_REVERSE == 0 {
         return translate_forward(ctx, p, &e, &Route::NONE);
@@ -491,6 +547,9 @@ fn egress_of<A: Family>(ctx: &TcContext, p: &Packet<A>) -> i32 {
         return TC_ACT_OK;
     }
     touch(entry, p.tcp_flags, now);
+    if p.proto == IPPROTO_UDP {
+        touch_udp_pair(p, entry, &e, now);
+    }
     count(Event::ExternalFlowPacket);
     if set_source(ctx, p, e.to_addr, e.to_port).is_none() {
         return dropped(Event::RewriteFailed);

@@ -308,8 +308,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .into());
             };
             let now = ctl::affinity::monotonic_ns();
-            let v4 = ctl::flows::rows(maps.nat.iter().filter_map(Result::ok), now);
-            let v6 = ctl::flows::rows(maps.nat6.iter().filter_map(Result::ok), now);
+            let config = maps.config();
+            let v4 = ctl::flows::rows(maps.nat.iter().filter_map(Result::ok), &config, now);
+            let v6 = ctl::flows::rows(maps.nat6.iter().filter_map(Result::ok), &config, now);
             let rows = ctl::flows::merge(v4, v6);
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

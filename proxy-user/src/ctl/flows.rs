@@ -5,8 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proxy_common::{
-    Addr, IPPROTO_TCP, NAT_REVERSE, NAT_SNAT, NAT_TIMEOUT_CLOSING_NS, NAT_TIMEOUT_SYN_NS,
-    NAT_TIMEOUT_TCP_NS, NAT_TIMEOUT_UDP_NS, NatEntryOf, NatKeyOf, TCP_CLOSING, TCP_ESTABLISHED,
+    Addr, DatapathConfig, IPPROTO_TCP, NAT_REVERSE, NAT_SNAT, NAT_TIMEOUT_CLOSING_NS,
+    NAT_TIMEOUT_SYN_NS, NAT_TIMEOUT_TCP_NS, NatEntryOf, NatKeyOf, TCP_CLOSING, TCP_ESTABLISHED,
+    UDP_REPLIED,
 };
 use serde::Serialize;
 
@@ -22,7 +23,8 @@ pub struct FlowRow {
     pub backend: String,
     /// The address and port the backend sees, when the flow is source-NATed.
     pub source_nat: Option<String>,
-    /// `syn_sent`, `established`, `closing`; `-` for UDP.
+    /// `syn_sent`, `established`, `closing`; UDP: `replied` once a reply passed (the
+    /// stream timeout applies), else `-`.
     pub state: &'static str,
     pub idle_seconds: f64,
     /// Past its timeout: the next packet starts a new flow.
@@ -58,19 +60,23 @@ fn endpoint<A: FlowAddr>(addr: A, port: u16) -> String {
     super::address::host_port(addr.ip(), u16::from_be(port))
 }
 
-/// The rows of the forward entries, newest first. `now_ns` is CLOCK_MONOTONIC. Rows of
-/// both tables merge by calling this on each and [`merge`].
+/// The rows of the forward entries, newest first. `now_ns` is CLOCK_MONOTONIC; `config`,
+/// the settings in force (UDP timeouts). Rows of both tables merge by calling this on
+/// each and [`merge`].
 pub fn rows<A: FlowAddr>(
     entries: impl IntoIterator<Item = (NatKeyOf<A>, NatEntryOf<A>)>,
+    config: &DatapathConfig,
     now_ns: u64,
 ) -> Vec<FlowRow> {
+    let config = config.or_defaults();
     let mut rows: Vec<(u64, FlowRow)> = entries
         .into_iter()
         .filter(|(_, e)| e.flags & NAT_REVERSE == 0)
         .map(|(k, e)| {
             let tcp = k.proto == IPPROTO_TCP;
             let (state, timeout) = match (tcp, e.state) {
-                (false, _) => ("-", NAT_TIMEOUT_UDP_NS),
+                (false, UDP_REPLIED) => ("replied", config.udp_stream_timeout_ns),
+                (false, _) => ("-", config.udp_timeout_ns),
                 (true, TCP_ESTABLISHED) => ("established", NAT_TIMEOUT_TCP_NS),
                 (true, TCP_CLOSING) => ("closing", NAT_TIMEOUT_CLOSING_NS),
                 (true, _) => ("syn_sent", NAT_TIMEOUT_SYN_NS),
@@ -175,7 +181,8 @@ mod tests {
             _pad: [0; 2],
             last_seen_ns: 2_000_000_000,
         };
-        let v6 = rows([(key, forward)], 3_000_000_000);
+        let config = DatapathConfig::default();
+        let v6 = rows([(key, forward)], &config, 3_000_000_000);
         let v4_key = NatKey {
             saddr: ip([198, 18, 100, 2]),
             daddr: ip([198, 18, 100, 1]),
@@ -194,7 +201,7 @@ mod tests {
             _pad: [0; 2],
             last_seen_ns: 0,
         };
-        let all = merge(rows([(v4_key, v4_entry)], 3_000_000_000), v6);
+        let all = merge(rows([(v4_key, v4_entry)], &config, 3_000_000_000), v6);
         let clients: Vec<&str> = all.iter().map(|r| r.client.as_str()).collect();
         assert_eq!(clients, ["[2001:db8:100::2]:40000", "198.18.100.2:40001"]);
         assert_eq!(all[0].frontend, "[2001:db8:100::1]:30080");
@@ -229,7 +236,11 @@ mod tests {
             flags: NAT_REVERSE | NAT_SNAT,
             ..forward
         };
-        let rows = rows([(key, forward), (key, reverse)], 3_500_000_000);
+        let rows = rows(
+            [(key, forward), (key, reverse)],
+            &DatapathConfig::default(),
+            3_500_000_000,
+        );
         assert_eq!(
             rows,
             [FlowRow {
@@ -253,5 +264,43 @@ mod tests {
         );
         let json = serde_json::to_value(&rows).expect("json");
         assert_eq!(json[0]["source_nat"], "198.18.101.1:40000");
+    }
+
+    #[test]
+    fn a_udp_flow_shows_whether_a_reply_passed_and_expires_by_the_agents_timeouts() {
+        let key = NatKey {
+            saddr: ip([198, 18, 100, 2]),
+            daddr: ip([198, 18, 100, 1]),
+            sport: 40_000u16.to_be(),
+            dport: 30_053u16.to_be(),
+            proto: 17,
+            _pad: [0; 3],
+        };
+        let entry = NatEntry {
+            to_addr: ip([198, 18, 110, 2]),
+            alt_addr: 0,
+            to_port: 5353u16.to_be(),
+            alt_port: 0,
+            flags: 0,
+            state: 0,
+            _pad: [0; 2],
+            last_seen_ns: 0,
+        };
+        // --udp-timeout 3 --udp-stream-timeout 8; 5 s idle.
+        let config = DatapathConfig {
+            udp_timeout_ns: 3_000_000_000,
+            udp_stream_timeout_ns: 8_000_000_000,
+        };
+        let unreplied = rows([(key, entry)], &config, 5_000_000_000);
+        assert_eq!((unreplied[0].state, unreplied[0].expired), ("-", true));
+        let replied = NatEntry {
+            state: UDP_REPLIED,
+            ..entry
+        };
+        let replied = rows([(key, replied)], &config, 5_000_000_000);
+        assert_eq!((replied[0].state, replied[0].expired), ("replied", false));
+        // Unset, conntrack's defaults: 30 s unreplied.
+        let default = rows([(key, entry)], &DatapathConfig::default(), 5_000_000_000);
+        assert!(!default[0].expired);
     }
 }

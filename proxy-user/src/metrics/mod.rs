@@ -395,7 +395,7 @@ fn kernel_features(out: &mut String, info: &proxy_common::AgentInfo) {
 /// where conntrack's entries are deleted instead).
 fn reaper_totals(out: &mut String) {
     use crate::dataplane::ebpf::socket_reaper::{
-        TCP_SOCKETS_DESTROYED, UDP_FLOWS_DROPPED, UDP_SOCKETS_DESTROYED,
+        EXTERNAL_FLOWS_DROPPED, TCP_SOCKETS_DESTROYED, UDP_FLOWS_DROPPED, UDP_SOCKETS_DESTROYED,
     };
     use std::sync::atomic::Ordering;
     let name = "ebpf_proxy_sockets_destroyed_total";
@@ -427,5 +427,17 @@ fn reaper_totals(out: &mut String) {
         "ebpf_proxy_udp_flows_dropped_total",
         &[],
         UDP_FLOWS_DROPPED.load(Ordering::Relaxed),
+    );
+    header(
+        out,
+        "ebpf_proxy_external_flows_dropped_total",
+        "Flows from outside the node (NodePort, ExternalIP, LoadBalancer) dropped because their backend left its Service (UDP; TCP only with --terminate-tcp-on-endpoint-removal)",
+        "counter",
+    );
+    sample(
+        out,
+        "ebpf_proxy_external_flows_dropped_total",
+        &[],
+        EXTERNAL_FLOWS_DROPPED.load(Ordering::Relaxed),
     );
 }

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod convert;
 pub mod entries;
+pub mod external_flows;
 pub mod features;
 pub mod interfaces;
 pub mod links;

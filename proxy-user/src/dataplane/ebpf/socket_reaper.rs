@@ -38,12 +38,12 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use proxy_common::{
-    Backend, Frontend, IPPROTO_TCP, IPPROTO_UDP, RevNatKey, TcpRevNat, UdpFlow, UdpFlowKey, names,
-    v4_mapped, v4_of,
+    Backend, Frontend, IPPROTO_TCP, IPPROTO_UDP, NatEntry, NatEntry6, NatKey, NatKey6, RevNatKey,
+    TcpRevNat, UdpFlow, UdpFlowKey, names, v4_mapped, v4_of,
 };
 use tracing::{debug, info, warn};
 
-use super::{netns, sock_diag};
+use super::{external_flows, netns, sock_diag};
 
 /// Connected UDP sockets destroyed since the agent started (for /metrics).
 pub static UDP_SOCKETS_DESTROYED: AtomicU64 = AtomicU64::new(0);
@@ -51,6 +51,8 @@ pub static UDP_SOCKETS_DESTROYED: AtomicU64 = AtomicU64::new(0);
 pub static TCP_SOCKETS_DESTROYED: AtomicU64 = AtomicU64::new(0);
 /// Unconnected sockets' UDP flows dropped since the agent started (for /metrics).
 pub static UDP_FLOWS_DROPPED: AtomicU64 = AtomicU64::new(0);
+/// The tc programs' flows from outside dropped since the agent started (for /metrics).
+pub static EXTERNAL_FLOWS_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// A backend that left a frontend (UDP, or TCP when its connections are to be reset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +68,8 @@ pub struct Reaped {
     pub udp_destroyed: usize,
     pub tcp_destroyed: usize,
     pub flows_dropped: usize,
+    /// Flows from outside the node (the tc programs' flow tables).
+    pub external_flows_dropped: usize,
 }
 
 /// The handle the dataplane keeps: sending never blocks.
@@ -90,6 +94,8 @@ struct ReaperMaps {
     ring: Array<MapData, TcpRevNat>,
     revnat: HashMap<MapData, RevNatKey, Frontend>,
     udp_flows: HashMap<MapData, UdpFlowKey, UdpFlow>,
+    nat: HashMap<MapData, NatKey, NatEntry>,
+    nat6: HashMap<MapData, NatKey6, NatEntry6>,
 }
 
 impl ReaperMaps {
@@ -98,6 +104,8 @@ impl ReaperMaps {
             ring: typed(pin_dir, names::MAP_TCP_REVNAT)?,
             revnat: typed(pin_dir, names::MAP_REVNAT)?,
             udp_flows: typed(pin_dir, names::MAP_UDP_FLOWS)?,
+            nat: typed(pin_dir, names::MAP_NAT)?,
+            nat6: typed(pin_dir, names::MAP_NAT6)?,
         })
     }
 }
@@ -131,6 +139,8 @@ impl SocketReaper {
                     UDP_SOCKETS_DESTROYED.fetch_add(reaped.udp_destroyed as u64, Ordering::Relaxed);
                     TCP_SOCKETS_DESTROYED.fetch_add(reaped.tcp_destroyed as u64, Ordering::Relaxed);
                     UDP_FLOWS_DROPPED.fetch_add(reaped.flows_dropped as u64, Ordering::Relaxed);
+                    EXTERNAL_FLOWS_DROPPED
+                        .fetch_add(reaped.external_flows_dropped as u64, Ordering::Relaxed);
                     log_sweep(&stale, &reaped, started.elapsed());
                 }
             })
@@ -147,12 +157,17 @@ impl SocketReaper {
 }
 
 fn log_sweep(stale: &[StaleBackend], reaped: &Reaped, took: Duration) {
-    if reaped.udp_destroyed + reaped.tcp_destroyed + reaped.flows_dropped > 0 {
+    let total = reaped.udp_destroyed
+        + reaped.tcp_destroyed
+        + reaped.flows_dropped
+        + reaped.external_flows_dropped;
+    if total > 0 {
         info!(
             stale_backends = stale.len(),
             udp_sockets_destroyed = reaped.udp_destroyed,
             tcp_connections_reset = reaped.tcp_destroyed,
             udp_flows_dropped = reaped.flows_dropped,
+            external_flows_dropped = reaped.external_flows_dropped,
             namespaces = reaped.namespaces,
             took_ms = took.as_millis() as u64,
             "clients of backends that left their Service: connected sockets destroyed, flows dropped"
@@ -179,10 +194,10 @@ fn same_frontend(key: &Frontend, addr: &proxy_common::Addr, port: u16) -> bool {
 }
 
 /// The frontends each backend left, by protocol and backend.
-type LeftBy = StdHashMap<(u8, Backend), Vec<Frontend>>;
+pub type LeftBy = StdHashMap<(u8, Backend), Vec<Frontend>>;
 
-/// One pass over every namespace's connected sockets of the protocols in `stale`, and
-/// over the flow table.
+/// One pass over every namespace's connected sockets of the protocols in `stale`, over
+/// the unconnected sockets' flow table and over the tc programs' flow tables.
 fn sweep(maps: &mut ReaperMaps, stale: &[StaleBackend]) -> Reaped {
     let mut left: LeftBy = StdHashMap::new();
     for s in stale {
@@ -255,6 +270,8 @@ fn sweep(maps: &mut ReaperMaps, stale: &[StaleBackend]) -> Reaped {
         );
     }
     reaped.flows_dropped = drop_flows(&mut maps.udp_flows, &left);
+    reaped.external_flows_dropped = external_flows::drop_stale(&mut maps.nat, &left, same_frontend)
+        + external_flows::drop_stale(&mut maps.nat6, &left, same_frontend);
     reaped
 }
 
