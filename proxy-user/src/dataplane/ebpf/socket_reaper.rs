@@ -6,9 +6,11 @@
 //! live backend, as kube-proxy's deleting the conntrack entries of a removed UDP
 //! endpoint makes the next packet choose anew. Unconnected sockets' flows to the backend
 //! are dropped too (sendmsg would choose anew by itself; dropping them keeps `proxyctl
-//! udp-flows` true). TCP is left alone, as kube-proxy leaves it, unless the operator asks
-//! for its connections to be reset too (`--terminate-tcp-on-endpoint-removal`). An
-//! endpoint that still serves while terminating is not one that left: its sockets stay.
+//! udp-flows` true), and so are the tc programs' flows from outside the node to it
+//! ([`external_flows`]), which a client that keeps sending would otherwise keep for good.
+//! TCP is left alone, as kube-proxy leaves it, unless the operator asks for its
+//! connections to be reset too (`--terminate-tcp-on-endpoint-removal`). An endpoint that
+//! still serves while terminating is not one that left: its sockets stay.
 //!
 //! Why destroy rather than re-steer: a connected socket's peer is part of the socket
 //! (`getsockname`/`getpeername`, the kernel's route and source address cache); rewriting
