@@ -205,6 +205,41 @@ pub type NatEntry6 = NatEntryOf<Addr>;
 const _: () = assert!(size_of::<NatEntry>() == 24);
 const _: () = assert!(size_of::<NatEntry6>() == 48);
 
+impl<A: Copy> NatKeyOf<A> {
+    /// The reply direction's key of the flow this key (the client's direction) opened with
+    /// `forward`: the backend toward the address it sees, the node's when the flow is
+    /// source-NATed, else the client's. The tc programs store it, the agent deletes it: one
+    /// definition for both.
+    #[inline(always)]
+    pub fn reply_key(&self, forward: &NatEntryOf<A>) -> Self {
+        let snat = forward.flags & NAT_SNAT != 0;
+        Self {
+            saddr: forward.to_addr,
+            daddr: if snat { forward.alt_addr } else { self.saddr },
+            sport: forward.to_port,
+            dport: if snat { forward.alt_port } else { self.sport },
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl<A: Copy> NatEntryOf<A> {
+    /// The client's-direction key of the flow whose reply entry this is (a reply entry
+    /// names the frontend and the client).
+    #[inline(always)]
+    pub fn client_key(&self, proto: u8) -> NatKeyOf<A> {
+        NatKeyOf {
+            saddr: self.alt_addr,
+            daddr: self.to_addr,
+            sport: self.alt_port,
+            dport: self.to_port,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 // SAFETY: repr(C); the size asserts above prove there is no padding (the fields add up
 // to the size) for both instances, and every bit pattern of each field is valid.
 unsafe impl Zeroable for NatKey {}

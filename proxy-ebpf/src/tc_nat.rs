@@ -105,24 +105,9 @@ fn touch_udp_pair<A: Family>(
 ) {
     let reply = e.flags & NAT_REVERSE != 0;
     let key = if reply {
-        NatKeyOf {
-            saddr: e.alt_addr,
-            daddr: e.to_addr,
-            sport: e.alt_port,
-            dport: e.to_port,
-            proto: p.proto,
-            _pad: [0; 3],
-        }
+        e.client_key(p.proto)
     } else {
-        let snat = e.flags & NAT_SNAT != 0;
-        NatKeyOf {
-            saddr: e.to_addr,
-            daddr: if snat { e.alt_addr } else { p.saddr },
-            sport: e.to_port,
-            dport: if snat { e.alt_port } else { p.sport },
-            proto: p.proto,
-            _pad: [0; 3],
-        }
+        p.key().reply_key(e)
     };
     let pair = A::nat().get_ptr_mut(key);
     // SAFETY: value pointers from successful lookups, valid for this run.
@@ -424,14 +409,7 @@ fn pick<A: Family>(table: &Frontend, service: &Service, client: &A, out: &mut Ch
 #[inline(never)]
 fn open_flow<A: Family>(p: &Packet<A>, key: &NatKeyOf<A>, forward: &NatEntryOf<A>) -> bool {
     let snat = forward.flags & NAT_SNAT != 0;
-    let reverse_key = NatKeyOf {
-        saddr: forward.to_addr,
-        daddr: if snat { forward.alt_addr } else { p.saddr },
-        sport: forward.to_port,
-        dport: if snat { forward.alt_port } else { p.sport },
-        proto: p.proto,
-        _pad: [0; 3],
-    };
+    let reverse_key = key.reply_key(forward);
     let reverse_entry = NatEntryOf {
         to_addr: p.daddr,
         to_port: p.dport,

@@ -10,9 +10,7 @@
 //! node's stack, which resets it.
 
 use aya::maps::{HashMap, MapData};
-use proxy_common::{
-    Addr, Backend, Frontend, NAT_REVERSE, NAT_SNAT, NatEntryOf, NatKeyOf, v4_mapped,
-};
+use proxy_common::{Addr, Backend, Frontend, NAT_REVERSE, NatEntryOf, NatKeyOf, v4_mapped};
 
 use super::socket_reaper::LeftBy;
 
@@ -61,24 +59,9 @@ pub fn stale_keys<A: TableAddr>(
         {
             continue;
         }
-        keys.push([key, reverse_key(&key, &entry)]);
+        keys.push([key, key.reply_key(&entry)]);
     }
     keys
-}
-
-/// The key of the reply direction of the flow `key` (client's direction) → `entry`, as
-/// the tc programs store it: the backend toward the address it sees (the node's, when the
-/// flow is source-NATed, else the client's).
-fn reverse_key<A: TableAddr>(key: &NatKeyOf<A>, entry: &NatEntryOf<A>) -> NatKeyOf<A> {
-    let snat = entry.flags & NAT_SNAT != 0;
-    NatKeyOf {
-        saddr: entry.to_addr,
-        daddr: if snat { entry.alt_addr } else { key.saddr },
-        sport: entry.to_port,
-        dport: if snat { entry.alt_port } else { key.sport },
-        proto: key.proto,
-        _pad: [0; 3],
-    }
 }
 
 /// Deletes the flows of `table` whose backend left; how many flows (each two entries).
@@ -104,7 +87,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_SOCKET};
+    use proxy_common::{IPPROTO_TCP, IPPROTO_UDP, NAT_SNAT, SCOPE_SOCKET};
 
     use super::*;
 
@@ -155,7 +138,7 @@ mod tests {
             flags: NAT_REVERSE | forward.flags,
             ..forward
         };
-        [(key, forward), (reverse_key(&key, &forward), reverse)]
+        [(key, forward), (key.reply_key(&forward), reverse)]
     }
 
     fn left(proto: u8, backend: [u8; 4]) -> LeftBy {
