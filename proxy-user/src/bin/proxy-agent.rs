@@ -529,21 +529,11 @@ fn protect_snat_ports() {
         proxy_common::SNAT_PORT_MAX
     );
     match snat_ports::protect(std::path::Path::new("/proc/sys")) {
-        Ok(snat_ports::Protection::Apart { ephemeral }) => info!(
+        Ok(protection) => info!(
             snat_ports = %ports,
-            ephemeral_ports = ?ephemeral,
-            "masqueraded flows take source ports outside the node's ephemeral range"
-        ),
-        Ok(snat_ports::Protection::AlreadyReserved { ephemeral }) => info!(
-            snat_ports = %ports,
-            ephemeral_ports = ?ephemeral,
-            "masqueraded flows take source ports already in ip_local_reserved_ports"
-        ),
-        Ok(snat_ports::Protection::Reserved { ephemeral }) => info!(
-            snat_ports = %ports,
-            ephemeral_ports = ?ephemeral,
-            "added the source ports of masqueraded flows to ip_local_reserved_ports, as the \
-             node's ephemeral range reaches into them"
+            ephemeral_ports = ?protection.ephemeral(),
+            "{}",
+            protection.summary()
         ),
         Err(e) => tracing::warn!("{}", logging::Chain(&e)),
     }

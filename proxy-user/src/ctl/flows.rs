@@ -161,6 +161,30 @@ mod tests {
         words
     }
 
+    /// A UDP flow from 198.18.100.2:`sport` through NodePort 198.18.100.1:30080 to a
+    /// backend on another node, without source NAT, last seen at time 0.
+    fn udp_v4(sport: u16) -> (NatKey, NatEntry) {
+        let key = NatKey {
+            saddr: ip([198, 18, 100, 2]),
+            daddr: ip([198, 18, 100, 1]),
+            sport: sport.to_be(),
+            dport: 30_080u16.to_be(),
+            proto: 17,
+            _pad: [0; 3],
+        };
+        let entry = NatEntry {
+            to_addr: ip([198, 18, 120, 2]),
+            alt_addr: 0,
+            to_port: 8080u16.to_be(),
+            alt_port: 0,
+            flags: 0,
+            state: 0,
+            _pad: [0; 2],
+            last_seen_ns: 0,
+        };
+        (key, entry)
+    }
+
     #[test]
     fn ipv6_flows_are_listed_with_bracketed_addresses_beside_ipv4_ones() {
         let key = NatKey6 {
@@ -183,25 +207,7 @@ mod tests {
         };
         let config = DatapathConfig::default();
         let v6 = rows([(key, forward)], &config, 3_000_000_000);
-        let v4_key = NatKey {
-            saddr: ip([198, 18, 100, 2]),
-            daddr: ip([198, 18, 100, 1]),
-            sport: 40_001u16.to_be(),
-            dport: 30_080u16.to_be(),
-            proto: 17,
-            _pad: [0; 3],
-        };
-        let v4_entry = NatEntry {
-            to_addr: ip([198, 18, 120, 2]),
-            alt_addr: 0,
-            to_port: 8080u16.to_be(),
-            alt_port: 0,
-            flags: 0,
-            state: 0,
-            _pad: [0; 2],
-            last_seen_ns: 0,
-        };
-        let all = merge(rows([(v4_key, v4_entry)], &config, 3_000_000_000), v6);
+        let all = merge(rows([udp_v4(40_001)], &config, 3_000_000_000), v6);
         let clients: Vec<&str> = all.iter().map(|r| r.client.as_str()).collect();
         assert_eq!(clients, ["[2001:db8:100::2]:40000", "198.18.100.2:40001"]);
         assert_eq!(all[0].frontend, "[2001:db8:100::1]:30080");
@@ -268,24 +274,7 @@ mod tests {
 
     #[test]
     fn a_udp_flow_shows_whether_a_reply_passed_and_expires_by_the_agents_timeouts() {
-        let key = NatKey {
-            saddr: ip([198, 18, 100, 2]),
-            daddr: ip([198, 18, 100, 1]),
-            sport: 40_000u16.to_be(),
-            dport: 30_053u16.to_be(),
-            proto: 17,
-            _pad: [0; 3],
-        };
-        let entry = NatEntry {
-            to_addr: ip([198, 18, 110, 2]),
-            alt_addr: 0,
-            to_port: 5353u16.to_be(),
-            alt_port: 0,
-            flags: 0,
-            state: 0,
-            _pad: [0; 2],
-            last_seen_ns: 0,
-        };
+        let (key, entry) = udp_v4(40_000);
         // --udp-timeout 3 --udp-stream-timeout 8; 5 s idle.
         let config = DatapathConfig {
             udp_timeout_ns: 3_000_000_000,

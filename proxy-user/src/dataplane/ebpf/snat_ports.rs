@@ -37,6 +37,33 @@ pub enum Protection {
     Reserved { ephemeral: RangeInclusive<u16> },
 }
 
+impl Protection {
+    /// The node's ephemeral range, as read.
+    pub fn ephemeral(&self) -> &RangeInclusive<u16> {
+        match self {
+            Self::Apart { ephemeral }
+            | Self::AlreadyReserved { ephemeral }
+            | Self::Reserved { ephemeral } => ephemeral,
+        }
+    }
+
+    /// What this means, for the agent's log.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            Self::Apart { .. } => {
+                "masqueraded flows take source ports outside the node's ephemeral range"
+            }
+            Self::AlreadyReserved { .. } => {
+                "masqueraded flows take source ports already in ip_local_reserved_ports"
+            }
+            Self::Reserved { .. } => {
+                "added the source ports of masqueraded flows to ip_local_reserved_ports, as \
+                 the node's ephemeral range reaches into them"
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SnatPortsError {
     #[error("cannot read {}: {error}", path.display())]
